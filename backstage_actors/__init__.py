@@ -1,0 +1,3 @@
+"""Backstage: CQRS & Event Sourcing on Thespian actors."""
+
+__all__: list[str] = []

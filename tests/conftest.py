@@ -1,0 +1,96 @@
+"""Fixtures shared by every test: one real Thespian actor system per test, on each base."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from thespian.actors import ActorSystem
+
+BASES = ["simple", "multiproc"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def thespian_log_defs(path: str) -> dict[str, Any]:
+    """Route actor logs (forwarded to Thespian's logger process) to a file of the test's own."""
+    return {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": path, "formatter": "plain"}
+        },
+        "root": {"handlers": ["file"], "level": logging.INFO},
+    }
+
+
+def start_actor_system(base: str, log_path: str) -> Any:
+    if base == "simple":
+        return ActorSystem("simpleSystemBase", transientUnique=True)
+    capabilities = {"Admin Port": free_port()}
+    return ActorSystem(
+        "multiprocTCPBase",
+        capabilities,
+        logDefs=thespian_log_defs(log_path),
+        transientUnique=True,
+    )
+
+
+@pytest.fixture(params=BASES)
+def base(request: pytest.FixtureRequest) -> str:
+    """The Thespian base a test runs on; every test using it runs once per base."""
+    return str(request.param)
+
+
+@pytest.fixture
+def actor_system(base: str, tmp_path: Any) -> Iterator[Any]:
+    """A fresh actor system of ``base``: its own admin port, shut down when the test ends."""
+    system = start_actor_system(base, str(tmp_path / "actors.log"))
+    try:
+        yield system
+    finally:
+        system.shutdown()
+
+
+@pytest.fixture
+def multiproc_system(tmp_path: Any) -> Iterator[Any]:
+    system = start_actor_system("multiproc", str(tmp_path / "actors.log"))
+    try:
+        yield system
+    finally:
+        system.shutdown()
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
