@@ -81,6 +81,11 @@ class SupervisedActor(Actor):
         """Exit normally: a ``transient`` or ``temporary`` child is then not restarted."""
         self._exit(None)
 
+    def hand_back(self, message: Any, sender: Any) -> None:
+        """Return a message this instance accepted but will not handle (it is about to crash or
+        stop): the supervisor gives it to the next instance, with ``sender`` as its sender."""
+        self._bounce(message, sender)
+
     def crash(self, failure: Failure) -> None:
         """Exit as crashed without an exception in hand (e.g. a resource was found broken)."""
         self._exit(failure)

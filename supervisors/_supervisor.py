@@ -83,7 +83,10 @@ class Child:
 
     @property
     def is_supervisor(self) -> bool:
-        return isinstance(self.spec.actor, SupervisorSpec)
+        actor = self.spec.actor
+        return isinstance(actor, SupervisorSpec) or (
+            isinstance(actor, type) and issubclass(actor, Supervisor)
+        )
 
     @property
     def kind(self) -> str:
@@ -91,6 +94,8 @@ class Child:
             return self.spec.kind
         if isinstance(self.spec.actor, SupervisorSpec):
             return self.spec.actor.kind
+        if isinstance(self.spec.args, SupervisorSpec) and self.is_supervisor:
+            return str(getattr(self.spec.actor, "kind", None) or self.spec.args.kind)
         return str(getattr(self.spec.actor, "kind", "worker"))
 
 
@@ -112,7 +117,10 @@ class Supervisor(SupervisedActor):
     kind = "supervisor"
 
     def on_start(self) -> None:
-        self.spec: SupervisorSpec = self.args
+        # A plain supervisor gets its spec as args; a subclass may get {"spec": ..., ...}.
+        self.spec: SupervisorSpec = (
+            self.args if isinstance(self.args, SupervisorSpec) else self.args["spec"]
+        )
         self.children: dict[str, Child] = {}
         self._by_address: dict[str, Child] = {}
         self._restart_times: deque[float] = deque()
@@ -158,6 +166,10 @@ class Supervisor(SupervisedActor):
     def describe_child(self, child: Child) -> bool:
         """Whether ``tree`` asks this child for its own description (default: every live child)."""
         return True
+
+    def tree_children(self) -> list[Child]:
+        """The children that appear in ``tree`` (default: all; a router may show a window)."""
+        return list(self.children.values())
 
     # -- message dispatch -------------------------------------------------------------------
 
@@ -267,8 +279,9 @@ class Supervisor(SupervisedActor):
     def _start(self, child: Child) -> None:
         child.generation += 1
         child.failure = None
-        actor = Supervisor if child.is_supervisor else child.spec.actor
-        args = child.spec.actor if child.is_supervisor else child.spec.args
+        nested = isinstance(child.spec.actor, SupervisorSpec)
+        actor = Supervisor if nested else child.spec.actor
+        args = child.spec.actor if nested else child.spec.args
         try:
             address = self.createActor(actor)
         except Exception as exc:
@@ -486,11 +499,11 @@ class Supervisor(SupervisedActor):
                     self.send(who, Failure(child.name, "ChildStopped", "stopped", "", None))
             child.waiters = []
         if child.name not in self._start_set:
-            self.child_ended(child)
-            for watcher in self._watchers:
-                self.send(watcher, ChildAddress(child.name, None))
             if child.dynamic or child.spec.restart == "temporary":
                 self.children.pop(child.name, None)
+            for watcher in self._watchers:
+                self.send(watcher, ChildAddress(child.name, None))
+            self.child_ended(child)
         self._advance()
 
     def _on_wakeup(self, payload: Any) -> None:
@@ -601,7 +614,7 @@ class Supervisor(SupervisedActor):
         rid = next(self._ids)
         gather = _Gather(reply_to, request_id, set())
         self._gathers[rid] = gather
-        for child in self.children.values():
+        for child in self.tree_children():
             if child.status in _LIVE and self.describe_child(child):
                 gather.waiting.add(child.name)
                 self.send(child.address, _Describe((rid, child.name), timeout * 0.8))
@@ -625,7 +638,7 @@ class Supervisor(SupervisedActor):
     def _finish_gather(self, rid: int, gather: _Gather) -> None:
         del self._gathers[rid]
         children = []
-        for child in self.children.values():
+        for child in self.tree_children():
             extra = dict(gather.extras.get(child.name, {}))
             node = {
                 "name": child.name,

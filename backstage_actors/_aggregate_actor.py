@@ -1,0 +1,300 @@
+"""The actor that hosts one aggregate instance: its mailbox serializes that aggregate's commands.
+
+On start it rebuilds the state from the latest snapshot plus the events after it. Each batch of
+commands is executed in order; a command's events are checked (they must serialize) and applied,
+then all the batch's appends are committed together, either by this actor (``direct``) or through
+the store actor's group commit (``actor``). If another writer got there first, the actor catches
+up from the store and runs the commands again, up to ``max_retries`` times.
+
+An exception from ``execute`` is a rejection (the command's sender gets :class:`CommandRejected`);
+one from ``apply`` is a crash: every command of the batch gets :class:`AggregateFailed`, nothing of
+the batch is stored, and a fresh instance rebuilds from the store. An aggregate whose stored events
+cannot be applied answers every command with :class:`AggregateFailed` instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from typing import Any
+
+from supervisors import Failure, SupervisedActor
+
+from ._codec import encode_event
+from ._protocol import (
+    AppendBatch,
+    Appended,
+    AppendResults,
+    Execute,
+    Executed,
+    Listeners,
+    Settings,
+)
+from ._shared import shared_store
+from .aggregate import Aggregate, events_of
+from .command import CommandItem, DispatchResult
+from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpectedVersion
+from .store import AppendRequest, EventStore, RecordedEvent
+
+__all__ = ["AggregateActor"]
+
+_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-4a8e-9b67-3f0d8f0b7a11")
+
+
+def log() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+class AggregateActor(SupervisedActor):
+    kind = "aggregate"
+
+    def on_start(self) -> None:
+        self.settings: Settings = self.args["settings"]
+        self.cls: type[Aggregate] = self.args["aggregate"]
+        self.stream_id: str = self.args["stream_id"]
+        self.identity: str = self.args["identity"]
+        self.store: EventStore = shared_store(self.settings)
+        self.store_actor: Any = self.args.get("store_actor")
+        self.listeners: list[Any] = list(self.args.get("listeners", []))
+        self.queue: deque[tuple[Execute, int]] = deque()
+        self.in_flight: (
+            tuple[Execute, int, dict[str, Any], list[tuple[int, CommandItem]]] | None
+        ) = None
+        self.broken: str | None = None
+        self._snapshot_at: int | None = None
+        self._tag = 0
+        self.aggregate = self._rebuild()
+
+    def describe(self) -> dict[str, Any]:
+        node: dict[str, Any] = {"stream_id": self.stream_id, "version": self.aggregate.version}
+        if self.broken:
+            node["broken"] = self.broken
+        return node
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _fresh(self) -> Aggregate:
+        aggregate = self.cls()
+        aggregate.id = self.identity
+        aggregate.version = 0
+        return aggregate
+
+    def _rebuild(self) -> Aggregate:
+        aggregate = self._fresh()
+        snapshot = self.store.load_snapshot(self.stream_id, self.cls.snapshot_version)
+        if snapshot is not None:
+            try:
+                aggregate.restore_snapshot(snapshot.state)
+                aggregate.version = snapshot.version
+            except Exception as exc:
+                log().warning(
+                    "%s: ignoring a snapshot that cannot be restored: %s", self.stream_id, exc
+                )
+                aggregate = self._fresh()
+        self._catch_up(aggregate)
+        return aggregate
+
+    def _catch_up(self, aggregate: Aggregate) -> None:
+        try:
+            for version, event in self.store.stream_events(self.stream_id, aggregate.version):
+                aggregate.apply(event)
+                aggregate.version = version
+        except Exception as exc:
+            # A stored event this code cannot apply: answer errors rather than crash-loop.
+            self.broken = (
+                f"{self.stream_id}: cannot rebuild: applying the event at version "
+                f"{aggregate.version + 1} raised {type(exc).__name__}: {exc}"
+            )
+            log().error("%s", self.broken, exc_info=exc)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def receive(self, message: Any, sender: Any) -> None:
+        if isinstance(message, Execute):
+            self.queue.append((message, 0))
+            self._pump()
+        elif isinstance(message, AppendResults):
+            if message.tag == self._tag:
+                self._on_results(message.results)
+        elif isinstance(message, Listeners):
+            self.listeners = list(message.listeners)
+            if message.store_actor != self.store_actor and self.in_flight is not None:
+                # The store actor restarted: what it had buffered for us is gone.
+                self._fail_in_flight("the store actor restarted")
+            self.store_actor = message.store_actor
+        elif isinstance(message, Failure):
+            self._fail_in_flight(f"the store actor failed: {message.message}")
+
+    def _pump(self) -> None:
+        while self.queue and self.in_flight is None:
+            execute, attempt = self.queue.popleft()
+            self._run(execute, attempt)
+
+    def _run(self, execute: Execute, attempt: int) -> None:
+        if self.broken:
+            self._reply(
+                execute, {item.request_id: AggregateFailed(self.broken) for item in execute.items}
+            )
+            return
+        answers: dict[str, Any] = {}
+        pending: list[tuple[int, CommandItem]] = []
+        requests: list[AppendRequest] = []
+        aggregate = self.aggregate
+        for item in execute.items:
+            stored = self._already_done(item)
+            if stored is not None:
+                answers[item.request_id] = stored
+                continue
+            name = type(item.command).__name__
+            try:
+                events = events_of(aggregate.execute(item.command))
+            except Exception as exc:
+                answers[item.request_id] = CommandRejected(name, type(exc).__name__, str(exc))
+                continue
+            if not events:
+                answers[item.request_id] = DispatchResult(
+                    self.stream_id, aggregate.version, [], item.command_id, _correlation(item)
+                )
+                continue
+            try:
+                encoded = [encode_event(event) for event in events]
+            except BackstageError as exc:
+                answers[item.request_id] = exc
+                continue
+            expected = aggregate.version
+            try:
+                for event in events:
+                    aggregate.apply(event)
+            except Exception as exc:
+                self._crash_batch(execute, exc, name)
+                raise
+            aggregate.version += len(events)
+            ids = [
+                str(uuid.uuid5(_EVENT_NAMESPACE, f"{item.command_id}/{i}"))
+                for i in range(len(events))
+            ]
+            requests.append(AppendRequest(self.stream_id, encoded, expected, item.metadata, ids))
+            pending.append((len(requests) - 1, item))
+        if not requests:
+            self._reply(execute, answers)
+            return
+        self.in_flight = (execute, attempt, answers, pending)
+        if self.settings.append_via == "actor" and self.store_actor is not None:
+            self._tag += 1
+            self.send(self.store_actor, AppendBatch(requests, self._tag))
+        else:
+            try:
+                results: list[Any] = self.store.append_batches(requests)
+            except BackstageError as exc:
+                results = [exc] * len(requests)
+            self._on_results(results)
+
+    def _already_done(self, item: CommandItem) -> DispatchResult | None:
+        """A command named by its caller and stored before is answered, not run again."""
+        if not item.idempotent:
+            return None
+        first = str(uuid.uuid5(_EVENT_NAMESPACE, f"{item.command_id}/0"))
+        row = self.store.conn.execute(
+            "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",
+            (first, self.stream_id),
+        ).fetchone()
+        if row is None:
+            return None
+        events = []
+        for event in self.store.read_stream(self.stream_id, from_version=row[0]):
+            if event.metadata.get("command_id") != item.command_id:
+                break
+            events.append(event)
+        return DispatchResult(
+            self.stream_id, events[-1].version, events, item.command_id, _correlation(item)
+        )
+
+    def _on_results(self, results: list[Any]) -> None:
+        if self.in_flight is None:
+            return
+        execute, attempt, answers, pending = self.in_flight
+        self.in_flight = None
+        retry: list[CommandItem] = []
+        last_position = 0
+        failed = False
+        for index, item in pending:
+            result = results[index]
+            if isinstance(result, list):
+                recorded: list[RecordedEvent] = result
+                last_position = max(last_position, recorded[-1].position if recorded else 0)
+                version = recorded[-1].version if recorded else self.aggregate.version
+                answers[item.request_id] = DispatchResult(
+                    self.stream_id, version, recorded, item.command_id, _correlation(item)
+                )
+            else:
+                failed = True
+                if isinstance(result, WrongExpectedVersion) and attempt < self.settings.max_retries:
+                    retry.append(item)
+                else:
+                    answers[item.request_id] = result
+        if failed:
+            # What was applied speculatively is not all stored: start over from the store.
+            self.aggregate = self._rebuild()
+        else:
+            self._maybe_snapshot()
+        if last_position and self.settings.append_via == "direct":
+            for listener in self.listeners:
+                self.send(listener, Appended(last_position))
+        if retry:
+            self._reply(execute, answers, partial=True)
+            self.queue.appendleft((Execute(retry, execute.reply_to), attempt + 1))
+        else:
+            self._reply(execute, answers)
+        self._pump()
+
+    def _fail_in_flight(self, reason: str) -> None:
+        if self.in_flight is not None:
+            self._tag += 1  # a late answer to the abandoned append is ignored
+            error = AggregateFailed(f"{self.stream_id}: {reason}; the outcome is unknown")
+            self._on_results([error] * len(self.in_flight[3]))
+
+    def _maybe_snapshot(self) -> None:
+        every = self.cls.snapshot_every
+        aggregate = self.aggregate
+        if not every or aggregate.version == 0:
+            return
+        last = self._snapshot_at
+        if last is None:
+            snapshot = self.store.load_snapshot(self.stream_id)
+            last = self._snapshot_at = snapshot.version if snapshot else 0
+        if aggregate.version - last >= every:
+            try:
+                self.store.save_snapshot(
+                    self.stream_id,
+                    aggregate.version,
+                    aggregate.snapshot_state(),
+                    self.cls.snapshot_version,
+                    self.cls.__name__,
+                )
+                self._snapshot_at = aggregate.version
+            except BackstageError as exc:
+                log().warning("%s: snapshot not saved: %s", self.stream_id, exc)
+
+    def _crash_batch(self, execute: Execute, exc: Exception, name: str) -> None:
+        message = (
+            f"{self.stream_id}: {name}: applying its events raised {type(exc).__name__}: {exc}"
+        )
+        self._reply(execute, {item.request_id: AggregateFailed(message) for item in execute.items})
+        # Commands queued behind the batch go to the next instance, not down with this one.
+        while self.queue:
+            queued, _ = self.queue.popleft()
+            self.hand_back(queued, self.supervisor)
+
+    def _reply(self, execute: Execute, answers: dict[str, Any], partial: bool = False) -> None:
+        results = [
+            (item.request_id, answers[item.request_id])
+            for item in execute.items
+            if item.request_id in answers
+        ]
+        if results or not partial:
+            self.send(execute.reply_to, Executed(results))
+
+
+def _correlation(item: CommandItem) -> str:
+    return str(item.metadata.get("correlation_id", ""))

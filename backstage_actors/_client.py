@@ -1,0 +1,253 @@
+"""``RunningSystem``: the caller's side of a running application.
+
+Commands go to the router as :class:`Execute` messages; each aggregate answers the caller directly
+with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
+next, stale answers of timed-out requests included). On simpleSystemBase the actors run inside
+these calls, so calls from several threads take turns; on multiproc each thread gets its own
+endpoint and commands from many threads are in flight at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from thespian.actors import PoisonMessage
+
+import supervisors
+
+from . import _shared
+from ._protocol import Execute, Executed, Settings
+from .command import CommandItem, DispatchResult, new_item
+from .errors import BackstageError, DispatchTimeout, SystemNotRunning
+from .middleware import Pipeline
+
+__all__ = ["RunningSystem"]
+
+CONSISTENCIES = ("eventual", "strong")
+
+
+class RunningSystem:
+    def __init__(
+        self,
+        app: Any,
+        actor_system: Any,
+        root: Any,
+        base: str,
+        settings: Settings,
+        owns_system: bool = True,
+    ) -> None:
+        self.app = app
+        self.actor_system = actor_system
+        self.root = root
+        self.base = base
+        self.settings = settings
+        self.owns_system = owns_system
+        self._router: Any = None
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._contexts: list[Any] = []
+        self._stopped = False
+
+    # -- context management -----------------------------------------------------------------
+
+    def __enter__(self) -> RunningSystem:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    @contextlib.contextmanager
+    def _endpoint(self) -> Iterator[Any]:
+        """The actor-system handle this thread may use."""
+        if self._stopped:
+            raise SystemNotRunning(f"application {self.app.name!r} is stopped")
+        if self.base == "simple" or threading.current_thread() is threading.main_thread():
+            with self._lock:
+                yield self.actor_system
+            return
+        context = getattr(self._local, "context", None)
+        if context is None:
+            from thespian.actors import ExternalContext
+
+            context = ExternalContext(self.actor_system._systemBase.external_clone())
+            self._local.context = context
+            with self._lock:
+                self._contexts.append(context)
+        yield context
+
+    def router_address(self, refresh: bool = False) -> Any:
+        if self._router is None or refresh:
+            with self._endpoint() as endpoint:
+                self._router = supervisors.whereis(endpoint, self.root, "router", timeout=10.0)
+            if self._router is None:
+                raise SystemNotRunning("the router is not running")
+        return self._router
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        command: Any,
+        consistency: str = "eventual",
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float = 5.0,
+        handlers: Sequence[str] | None = None,
+    ) -> DispatchResult:
+        """Send ``command`` to its aggregate and return what it recorded.
+
+        Raises :class:`CommandRejected` when the aggregate refused it, :class:`DispatchTimeout`
+        when no answer came in ``timeout`` seconds (it may or may not have run), and with
+        ``consistency="strong"`` waits until the (named, or all strongly consistent) handlers
+        have processed its events (:class:`ConsistencyTimeout` otherwise).
+        """
+        if consistency not in CONSISTENCIES:
+            raise ValueError(f"consistency must be 'eventual' or 'strong', not {consistency!r}")
+        pipeline = Pipeline(command, dict(metadata or {}), consistency)
+        for middleware in self.app.middleware:
+            middleware.before_dispatch(pipeline)
+            if pipeline.halted:
+                return self._failed(pipeline)
+        try:
+            item = new_item(command, pipeline.metadata)
+            [answer] = self._send([item], timeout)
+            if isinstance(answer, BaseException):
+                raise answer
+            if consistency == "strong" and answer.position:
+                self.wait_for(answer.position, handlers, deadline_in=timeout)
+        except BaseException as exc:
+            pipeline.error = exc
+            return self._failed(pipeline)
+        pipeline.result = answer
+        for middleware in self.app.middleware:
+            middleware.after_dispatch(pipeline)
+        return answer
+
+    def _failed(self, pipeline: Pipeline) -> Any:
+        for middleware in self.app.middleware:
+            middleware.after_failure(pipeline)
+        assert pipeline.error is not None
+        raise pipeline.error
+
+    def dispatch_many(
+        self,
+        commands: Sequence[Any],
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        batch_size: int = 1000,
+    ) -> list[DispatchResult | BaseException]:
+        """Send many commands in few messages; their appends are group-committed.
+
+        Returns one entry per command, in order: its :class:`DispatchResult`, or the error it met
+        (rejections do not stop the others). Middleware runs for each command.
+        """
+        answers: list[DispatchResult | BaseException | None] = [None] * len(commands)
+        items: list[tuple[int, CommandItem, Pipeline]] = []
+        for index, command in enumerate(commands):
+            pipeline = Pipeline(command, dict(metadata or {}), "eventual")
+            try:
+                for middleware in self.app.middleware:
+                    middleware.before_dispatch(pipeline)
+                    if pipeline.halted:
+                        raise pipeline.error or BackstageError("halted")
+                items.append((index, new_item(command, pipeline.metadata), pipeline))
+            except BaseException as exc:
+                pipeline.error = exc
+                answers[index] = exc
+                for middleware in self.app.middleware:
+                    middleware.after_failure(pipeline)
+        limit = timeout if timeout is not None else max(30.0, len(items) / 200)
+        results = self._send([item for _, item, _ in items], limit, batch_size)
+        for (index, _, pipeline), result in zip(items, results, strict=True):
+            answers[index] = result
+            if isinstance(result, BaseException):
+                pipeline.error = result
+                hooks = "after_failure"
+            else:
+                pipeline.result = result
+                hooks = "after_dispatch"
+            for middleware in self.app.middleware:
+                getattr(middleware, hooks)(pipeline)
+        return [answer for answer in answers if answer is not None]
+
+    def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
+        """Send ``items`` in ``Execute`` messages and gather one answer per item."""
+        if not items:
+            return []
+        waiting = {item.request_id: index for index, item in enumerate(items)}
+        answers: list[Any] = [None] * len(items)
+        deadline = time.monotonic() + timeout
+        router = self.router_address()
+        with self._endpoint() as endpoint:
+            for start in range(0, len(items), batch_size):
+                endpoint.tell(router, Execute(items[start : start + batch_size], None))
+            while waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                reply = endpoint.listen(self._wait_step(remaining))
+                if isinstance(reply, Executed):
+                    for request_id, answer in reply.results:
+                        index = waiting.pop(request_id, None)
+                        if index is not None:
+                            answers[index] = answer
+                elif isinstance(reply, PoisonMessage):
+                    self._router = None  # the router moved; the next call looks it up again
+                    break
+        for request_id, index in waiting.items():
+            name = type(items[index].command).__name__
+            answers[index] = DispatchTimeout(
+                f"{name}: no answer within {timeout}s; it may or may not have been executed"
+            )
+        return answers
+
+    def _wait_step(self, remaining: float) -> float:
+        # simpleSystemBase runs every actor inside tell(): the answers are there already, and a
+        # long listen() would only sleep until the next timer. Poll briefly instead.
+        return min(remaining, 0.01) if self.base == "simple" else remaining
+
+    # -- consistency ------------------------------------------------------------------------
+
+    def wait_for(
+        self, position: int, handlers: Sequence[str] | None = None, deadline_in: float = 5.0
+    ) -> None:
+        """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
+        if not self.app.subscribers:
+            return
+        from .handler import wait_for_position
+
+        with self._endpoint() as endpoint:
+            wait_for_position(endpoint, self.root, position, handlers, deadline_in)
+
+    # -- introspection and shutdown ---------------------------------------------------------
+
+    def tree(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The live supervision tree as nested dicts."""
+        with self._endpoint() as endpoint:
+            try:
+                return supervisors.tree(endpoint, self.root, timeout=timeout)
+            except supervisors.SupervisionError as exc:
+                raise SystemNotRunning(
+                    f"the application's root supervisor does not answer: {exc}"
+                ) from None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Orderly shutdown: the tree stops in reverse start order, then the actor system."""
+        if self._stopped:
+            return
+        try:
+            with self._endpoint() as endpoint:
+                supervisors.stop_supervisor(endpoint, self.root, timeout=timeout)
+        except (supervisors.SupervisionError, BackstageError):
+            pass
+        finally:
+            self._stopped = True
+            for context in self._contexts:
+                with contextlib.suppress(Exception):
+                    context.exit_clone()
+            if self.owns_system:
+                self.actor_system.shutdown()
+            _shared.close_shared(self.settings.database)

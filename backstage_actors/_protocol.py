@@ -1,0 +1,81 @@
+"""Messages between the client, the router, aggregate actors and the store actor (internal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .command import CommandItem
+from .store import AppendRequest
+
+__all__ = [
+    "AppendBatch",
+    "AppendResults",
+    "Appended",
+    "Execute",
+    "Executed",
+    "Flush",
+    "Listeners",
+    "Settings",
+]
+
+
+@attrs.frozen
+class Settings:
+    """What every actor of one application needs to know, passed in its args."""
+
+    database: str
+    synchronous: str = "FULL"
+    append_via: str = "direct"  # "direct": the aggregate commits; "actor": the store actor does
+    max_retries: int = 3
+    lifespan: float | None = None
+    max_live: int = 1000
+    page_size: int = 1000
+
+
+@attrs.frozen
+class Execute:
+    """Commands for one or more aggregates; each answer goes to ``reply_to`` in an :class:`Executed`."""
+
+    items: list[CommandItem]
+    reply_to: Any
+
+
+@attrs.frozen
+class Executed:
+    """Answers: ``(request_id, DispatchResult | BackstageError)`` pairs."""
+
+    results: list[tuple[str, Any]]
+
+
+@attrs.frozen
+class AppendBatch:
+    requests: list[AppendRequest]
+    tag: Any
+
+
+@attrs.frozen
+class AppendResults:
+    tag: Any
+    results: list[Any]
+
+
+@attrs.frozen
+class Flush:
+    pass
+
+
+@attrs.frozen
+class Listeners:
+    """Where aggregates announce new events (the event bus), and the store actor's address."""
+
+    listeners: list[Any]
+    store_actor: Any = None
+
+
+@attrs.frozen
+class Appended:
+    """New events are stored up to ``position``: subscribers have something to read."""
+
+    position: int

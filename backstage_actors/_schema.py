@@ -1,0 +1,90 @@
+"""The SQLite schema: plain tables a user can open in any SQLite tool and understand."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+__all__ = ["SCHEMA", "open_database"]
+
+SCHEMA = """
+-- Every event ever appended, in the order it was committed. `position` is global and never reused
+-- (AUTOINCREMENT), `version` counts within the stream, `data` and `metadata` are JSON.
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL DEFAULT 1,
+    topic TEXT,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+);
+-- One row per stream: its version survives truncation of its events.
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    truncated_before INTEGER NOT NULL DEFAULT 0
+);
+-- The latest snapshot of an aggregate; a snapshot of another schema_version is ignored.
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at TEXT NOT NULL
+);
+-- How far each handler, projection and process manager has processed `events`.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+-- Events a subscriber gave up on, with why; `status` is parked, retried or skipped.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    subscriber TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'parked',
+    parked_at TEXT NOT NULL,
+    UNIQUE (subscriber, position)
+);
+"""
+
+
+def open_database(
+    path: str, synchronous: str = "FULL", busy_timeout: float = 10.0
+) -> sqlite_utils.Database:
+    """A ``sqlite_utils.Database`` on ``path`` in WAL mode, in autocommit mode between transactions.
+
+    Autocommit lets the store open ``BEGIN IMMEDIATE`` itself, taking the write lock before it
+    reads the stream version, so two processes never both pass the same version check.
+    """
+    if synchronous.upper() not in ("FULL", "NORMAL", "OFF", "EXTRA"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal" and path != ":memory:":
+        conn.close()
+        raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    db = sqlite_utils.Database(conn)
+    if not db["events"].exists():
+        conn.executescript(SCHEMA)
+    return db

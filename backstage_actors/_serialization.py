@@ -1,0 +1,225 @@
+"""cattrs conversion between message objects and JSON-compatible data, strict about types.
+
+cattrs converts leniently by default (``int("5")``, ``int(5.7)``); money and identities deserve
+better, so the primitive hooks here accept only values of the right JSON type, and every failure
+becomes a :class:`SerializationError` that names the field path (``$.lines[2].amount``).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import enum
+import json
+import math
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+import typing
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+import cattrs
+from cattrs.errors import IterableValidationError, IterableValidationNote
+
+from .errors import SerializationError
+
+__all__ = ["converter", "dumps", "loads", "structure", "unstructure"]
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+def _expect(value: Any, kinds: tuple[type, ...], name: str) -> None:
+    if isinstance(value, bool) and bool not in kinds:
+        raise TypeError(f"expected {name}, got a boolean")
+    if not isinstance(value, kinds):
+        raise TypeError(f"expected {name}, got {type(value).__name__} {value!r:.40}")
+
+
+# These hooks are found for subclasses too (IntEnum, StrEnum, ``class C(str, Enum)``): build the
+# target class then, as cattrs' own hooks do, so an enum field gets a checked member.
+
+
+def _int(value: Any, cls: Any) -> int:
+    _expect(value, (int,), "an integer")
+    return int(value) if cls is int else cls(value)
+
+
+def _float(value: Any, cls: Any) -> float:
+    _expect(value, (int, float), "a number")
+    return float(value) if cls is float else cls(value)
+
+
+def _str(value: Any, cls: Any) -> str:
+    _expect(value, (str,), "a string")
+    return str(value) if cls is str else cls(value)
+
+
+def _bool(value: Any, _: Any) -> bool:
+    _expect(value, (bool,), "true or false")
+    return bool(value)
+
+
+def _decimal(value: Any, _: Any) -> Decimal:
+    _expect(value, (str, int, float), "a decimal number (string)")
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a decimal number: {value!r:.40}") from None
+    if not result.is_finite():
+        raise ValueError(f"not a finite decimal number: {value!r:.40}")
+    return result
+
+
+def _uuid(value: Any, _: Any) -> UUID:
+    _expect(value, (str,), "a UUID string")
+    return UUID(value)
+
+
+def _datetime(value: Any, _: Any) -> datetime:
+    _expect(value, (str,), "an ISO-8601 date-time string")
+    return datetime.fromisoformat(value)
+
+
+def _date(value: Any, _: Any) -> date:
+    _expect(value, (str,), "an ISO-8601 date string")
+    return date.fromisoformat(value)
+
+
+def _time(value: Any, _: Any) -> time:
+    _expect(value, (str,), "an ISO-8601 time string")
+    return time.fromisoformat(value)
+
+
+for _type, _hook in (
+    (int, _int),
+    (float, _float),
+    (str, _str),
+    (bool, _bool),
+    (Decimal, _decimal),
+    (UUID, _uuid),
+    (datetime, _datetime),
+    (date, _date),
+    (time, _time),
+):
+    converter.register_structure_hook(_type, _hook)
+
+_ARRAYS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+def _is_array_type(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in _ARRAYS:
+        return True
+    args = typing.get_args(tp)
+    return origin is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _array_hook(tp: Any) -> Any:
+    # cattrs iterates any iterable into a list field: "vip" -> ["v", "i", "p"]. Only arrays do.
+    item_type = typing.get_args(tp)[0] if typing.get_args(tp) else Any
+    make = tuple if typing.get_origin(tp) is tuple else list
+
+    def structure_array(value: Any, _: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected an array, got {type(value).__name__} {value!r:.40}")
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, item_type))
+            except Exception as exc:
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    IterableValidationNote(f"Structuring {tp} @ index {index}", index, item_type),
+                ]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
+        return make(items)
+
+    return structure_array
+
+
+converter.register_structure_hook_factory(_is_array_type, _array_hook)
+converter.register_unstructure_hook(Decimal, str)
+converter.register_unstructure_hook(UUID, str)
+converter.register_unstructure_hook(datetime, datetime.isoformat)
+converter.register_unstructure_hook(date, date.isoformat)
+converter.register_unstructure_hook(time, time.isoformat)
+
+
+def _is_float_type(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def structure(data: Any, cls: type[T], what: str | None = None) -> T:
+    """``data`` as an instance of ``cls``; :class:`SerializationError` names the failing field."""
+    try:
+        return converter.structure(data, cls)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        messages = (
+            cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else []
+        )
+        label = what or getattr(cls, "__name__", str(cls))
+        if messages:
+            first = messages[0]
+            message, _, path = first.rpartition(" @ ")
+            raise SerializationError(f"{label}: {message} at {path}", path) from None
+        raise SerializationError(f"{label}: {type(exc).__name__}: {exc}") from None
+
+
+def unstructure(obj: Any) -> Any:
+    """``obj`` as JSON-compatible data (dicts, lists, strings, numbers, booleans, None)."""
+    try:
+        return converter.unstructure(obj)
+    except Exception as exc:
+        raise SerializationError(f"{type(obj).__name__}: cannot unstructure: {exc}") from None
+
+
+def dumps(data: Any, what: str = "value") -> str:
+    """Compact JSON of unstructured ``data``; a value JSON cannot hold is named by its path."""
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        path = _first_bad_path(data, "$") or "$"
+        raise SerializationError(f"{what}: not JSON-serializable at {path}: {exc}", path) from None
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+def _first_bad_path(value: Any, path: str) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}[{key!r}]"
+            found = _first_bad_path(item, f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_bad_path(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if value is None or isinstance(value, (str, int, bool)):
+        return None
+    if isinstance(value, float):
+        return path if _is_float_type(value) else None
+    return path
+
+
+def is_message_class(cls: Any) -> bool:
+    """Whether ``cls`` is a class cattrs can treat as a record (attrs class or dataclass)."""
+    import dataclasses
+
+    return isinstance(cls, type) and (attrs.has(cls) or dataclasses.is_dataclass(cls))
+
+
+def is_enum(value: Any) -> bool:
+    return isinstance(value, enum.Enum)

@@ -1,0 +1,32 @@
+"""One event store connection per process and database, shared by the actors living there.
+
+On simpleSystemBase every actor runs in one thread of one process, so thousands of aggregates
+share a single connection instead of holding one each. After a fork (every actor process on the
+multiproc bases) the inherited connection is never used: the key includes the process id.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._protocol import Settings
+from .store import EventStore
+
+__all__ = ["shared_store"]
+
+_stores: dict[tuple[int, str, str], EventStore] = {}
+
+
+def shared_store(settings: Settings) -> EventStore:
+    key = (os.getpid(), settings.database, settings.synchronous)
+    store = _stores.get(key)
+    if store is None:
+        store = EventStore(settings.database, settings.synchronous, page_size=settings.page_size)
+        _stores[key] = store
+    return store
+
+
+def close_shared(database: str) -> None:
+    """Close this process's connections to ``database`` (when its application stops)."""
+    for key in [k for k in _stores if k[0] == os.getpid() and k[1] == database]:
+        _stores.pop(key).close()

@@ -1,0 +1,76 @@
+"""Everything that touches Thespian's internals lives here, behind small functions.
+
+* Thespian binds every TCP socket of an actor system to all interfaces. Its transport carries
+  pickles, so anyone who can reach a port can run code: :func:`bind_to` makes the sockets of the
+  actor systems this process starts (and the processes they fork) bind to one host, 127.0.0.1 by
+  default. It is a patch of ``IPActorAddress``, the one place Thespian computes bind addresses.
+* The status query (``Thespian_StatusReq``) is marked tentative by Thespian; only this module uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from thespian.actors import ActorSystem
+
+__all__ = ["bind_to", "free_port", "port_in_use", "start_actor_system"]
+
+_bind_host: str | None = None
+_patched = False
+
+
+def bind_to(host: str) -> None:
+    """Bind the TCP sockets of actor systems started from now on to ``host``."""
+    global _bind_host, _patched
+    _bind_host = host
+    # Thespian also advertises this address to peers instead of guessing a public one.
+    os.environ["THESPIAN_BASE_IPADDR"] = host
+    if _patched:
+        return
+    from thespian.system.transport import IPBase
+
+    original = IPBase.IPActorAddress.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if _bind_host and _bind_host != "0.0.0.0" and self.bindname[0] in ("", "0.0.0.0"):
+            self.bindname = (_bind_host, self.bindname[1])
+
+    IPBase.IPActorAddress.__init__ = __init__
+    _patched = True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` (probe before attaching)."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start_actor_system(
+    base: str, port: int | None = None, host: str = "127.0.0.1", log_defs: Any = None
+) -> Any:
+    """A new actor system: ``simple`` in this thread, or ``multiproc`` (TCP admin on host:port)."""
+    if base == "simple":
+        return ActorSystem("simpleSystemBase", logDefs=log_defs, transientUnique=True)
+    if base != "multiproc":
+        raise ValueError(f"base must be 'simple' or 'multiproc', not {base!r}")
+    bind_to(host)
+    capabilities = {"Admin Port": port or free_port(host)}
+    return ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True)
+
+
+def attach(port: int, host: str = "127.0.0.1") -> Any:
+    """Attach to the running multiproc system on ``port`` without ever starting one."""
+    if not port_in_use(port, host):
+        raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
+    bind_to(host)
+    return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)

@@ -1,0 +1,149 @@
+"""The application: what runs (router, handlers, projections, process managers) and where.
+
+``Application`` is a description; ``app.start()`` brings up an actor system and the supervision
+tree and returns a :class:`RunningSystem`, the handle you dispatch commands through::
+
+    with app.start(base="simple") as system:
+        result = system.dispatch(OpenAccount("a-1", "Ada"))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
+
+from . import _thespian
+from ._client import RunningSystem
+from ._protocol import Settings
+from ._store_actor import StoreActor
+from .middleware import Middleware
+from .router import Router, RouterActor
+
+__all__ = ["Application", "RunningSystem"]
+
+#: Live aggregate actors per base: each one is a process on multiproc (4-6 MiB each).
+DEFAULT_MAX_LIVE = {"simple": 10_000, "multiproc": 300}
+
+
+class Application:
+    """An event-sourced application.
+
+    ``database`` is the SQLite file of the event store (and, by default, of the projections).
+    ``synchronous`` is ``"FULL"`` (every commit fsynced) or ``"NORMAL"``. ``lifespan`` is how long
+    an idle aggregate actor lives by default (None: until the cap pushes it out); ``max_live``
+    caps live aggregate actors (default: 10,000 in-process, 300 on multiproc).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        router: Router,
+        handlers: Sequence[type] = (),
+        projections: Sequence[type] = (),
+        process_managers: Sequence[type] = (),
+        database: str = "backstage.db",
+        synchronous: str = "FULL",
+        middleware: Sequence[Middleware] = (),
+        lifespan: float | None = 300.0,
+        max_live: int | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        self.name = name
+        self.router = router
+        self.handlers = list(handlers)
+        self.projections = list(projections)
+        self.process_managers = list(process_managers)
+        self.database = database
+        self.synchronous = synchronous
+        self.middleware = list(middleware)
+        self.lifespan = lifespan
+        self.max_live = max_live
+        self.max_retries = max_retries
+
+    @property
+    def subscribers(self) -> list[type]:
+        return [*self.handlers, *self.projections, *self.process_managers]
+
+    def settings(self, base: str, database: str | None = None) -> Settings:
+        return Settings(
+            database=os.path.abspath(database or self.database),
+            synchronous=self.synchronous,
+            append_via="actor" if base == "simple" else "direct",
+            max_retries=self.max_retries,
+            lifespan=self.lifespan,
+            max_live=self.max_live or DEFAULT_MAX_LIVE[base],
+        )
+
+    def supervisor_spec(self, settings: Settings) -> SupervisorSpec:
+        """The application's supervision tree."""
+        children = [
+            ChildSpec("store", StoreActor, args={"settings": settings}),
+            ChildSpec(
+                "router",
+                RouterActor,
+                args={
+                    # Aggregates crash independently: many restarts must not take the router down.
+                    "spec": SupervisorSpec(max_restarts=10_000, within=1.0, kind="router"),
+                    "router": self.router,
+                    "settings": settings,
+                },
+            ),
+        ]
+        events = self._events_child(settings)
+        if events is not None:
+            children.append(events)
+        return SupervisorSpec(
+            strategy="one_for_one",
+            max_restarts=10,
+            within=10.0,
+            kind="application",
+            children=children,
+        )
+
+    def _events_child(self, settings: Settings) -> ChildSpec | None:
+        if not self.subscribers:
+            return None
+        from .handler import events_supervisor_spec
+
+        return events_supervisor_spec(self, settings)
+
+    def start(
+        self,
+        base: str = "simple",
+        port: int | None = None,
+        database: str | None = None,
+        host: str = "127.0.0.1",
+        log_defs: Any = None,
+        timeout: float = 60.0,
+    ) -> RunningSystem:
+        """Start an actor system and this application's tree; use the result as a context manager.
+
+        ``base="multiproc"`` runs every actor in its own process with the admin on
+        ``host:port`` (127.0.0.1 and a free port by default).
+        """
+        settings = self.settings(base, database)
+        actor_system = _thespian.start_actor_system(base, port, host, log_defs)
+        try:
+            root = start_supervisor(
+                actor_system, self.supervisor_spec(settings), name=self.root_name, timeout=timeout
+            )
+        except BaseException:
+            actor_system.shutdown()
+            raise
+        return RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+
+    @property
+    def root_name(self) -> str:
+        return f"backstage:{self.name}"
+
+    def attach(
+        self, actor_system: Any, base: str = "multiproc", database: str | None = None
+    ) -> RunningSystem:
+        """A handle on this application already running in ``actor_system`` (started elsewhere)."""
+        root = actor_system.createActor(Supervisor, globalName=self.root_name)
+        return RunningSystem(
+            self, actor_system, root, base, self.settings(base, database), owns_system=False
+        )

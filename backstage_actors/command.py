@@ -1,0 +1,80 @@
+"""Commands: what a dispatch carries, what it returns, and how JSON becomes a command.
+
+Commands are plain attrs classes or dataclasses, like events. The runtime wraps each one in a
+:class:`CommandItem` with its metadata (command id, correlation and causation ids, user fields)
+and answers each with a :class:`DispatchResult` or an error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from . import _serialization as ser
+from .errors import InvalidCommand, SerializationError
+from .store import RecordedEvent
+
+__all__ = ["CommandItem", "DispatchResult", "command_from_data", "new_item"]
+
+
+@attrs.frozen
+class DispatchResult:
+    """What a dispatched command produced: the events it recorded and the stream's new version."""
+
+    stream_id: str
+    version: int
+    events: list[RecordedEvent] = attrs.field(factory=list)
+    command_id: str = ""
+    correlation_id: str = ""
+
+    @property
+    def position(self) -> int:
+        """Global position of the last event recorded (0 if none)."""
+        return self.events[-1].position if self.events else 0
+
+
+@attrs.frozen
+class CommandItem:
+    """One command in flight: ``request_id`` pairs it with its answer."""
+
+    request_id: str
+    command: Any
+    metadata: dict[str, Any]
+    idempotent: bool = False  # the caller named the command: a repeat is answered, not re-run
+
+    @property
+    def command_id(self) -> str:
+        return str(self.metadata["command_id"])
+
+
+def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> CommandItem:
+    """Wrap ``command``: generate its id, and correlation/causation ids unless given."""
+    if not ser.is_message_class(type(command)):
+        raise InvalidCommand(
+            f"a command must be an attrs class or dataclass instance, not {type(command).__name__}"
+        )
+    meta = dict(metadata or {})
+    given_id = meta.get("command_id")
+    command_id = str(given_id) if given_id else str(uuid.uuid4())
+    meta["command_id"] = command_id
+    meta.setdefault("correlation_id", command_id)
+    meta.setdefault("causation_id", command_id)
+    meta["command"] = type(command).__name__
+    try:
+        ser.dumps(ser.unstructure(meta), "metadata")
+    except SerializationError as exc:
+        raise SerializationError(f"{type(command).__name__} metadata: {exc}", exc.path) from None
+    return CommandItem(str(uuid.uuid4()), command, meta, bool(given_id))
+
+
+def command_from_data(cls: type, data: Any) -> Any:
+    """Build a ``cls`` command from JSON data; errors name the command and the field path."""
+    if not isinstance(data, dict):
+        raise SerializationError(
+            f"{cls.__name__}: expected a JSON object with the command's fields, "
+            f"got {type(data).__name__}"
+        )
+    return ser.structure(data, cls)

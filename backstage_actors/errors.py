@@ -1,0 +1,111 @@
+"""Everything Backstage raises derives from :class:`BackstageError`.
+
+Each error says what happened in words a user can act on: the command, the stream, the field path.
+None of them leaves the system in a broken state: after any of them it keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AggregateFailed",
+    "BackstageError",
+    "CommandRejected",
+    "ConsistencyTimeout",
+    "DispatchTimeout",
+    "InvalidCommand",
+    "SerializationError",
+    "StorageError",
+    "StoredEventError",
+    "SystemNotRunning",
+    "UnregisteredCommand",
+    "WrongExpectedVersion",
+]
+
+
+class BackstageError(Exception):
+    """Base class of every error Backstage raises on purpose."""
+
+
+class CommandRejected(BackstageError):
+    """The aggregate refused the command: its ``execute`` raised ``error_type: message``."""
+
+    def __init__(self, command: str, error_type: str, message: str) -> None:
+        super().__init__(f"{command} rejected: {error_type}: {message}")
+        self.command = command
+        self.error_type = error_type
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.command, self.error_type, self.message))
+
+
+class UnregisteredCommand(BackstageError, LookupError):
+    """No router entry dispatches this command type."""
+
+
+class InvalidCommand(BackstageError, ValueError):
+    """The command cannot be routed: its identity field is missing or empty, or it is not a command."""
+
+
+class WrongExpectedVersion(BackstageError):
+    """An append expected a stream version that the stream no longer has (another writer won)."""
+
+    def __init__(self, stream_id: str, expected: Any, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: expected version {_describe_expected(expected)}, "
+            f"but it is at version {actual}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.stream_id, self.expected, self.actual))
+
+
+class DispatchTimeout(BackstageError, TimeoutError):
+    """No answer to a command in time; it may or may not have been executed."""
+
+
+class ConsistencyTimeout(BackstageError, TimeoutError):
+    """The events were stored, but the awaited handlers did not process them in time."""
+
+
+class SerializationError(BackstageError, TypeError):
+    """A command, event or snapshot does not fit its class; ``path`` names the field (``$.a.b``)."""
+
+    def __init__(self, message: str, path: str = "$") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.path))
+
+
+class StoredEventError(BackstageError):
+    """An event at rest cannot be read (broken JSON, unknown type); ``position`` says which."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.position))
+
+
+class StorageError(BackstageError):
+    """The database cannot be opened or written (read-only, locked, full disk)."""
+
+
+class AggregateFailed(BackstageError):
+    """The aggregate crashed (its ``apply`` or the runtime raised); it restarts from the store."""
+
+
+class SystemNotRunning(BackstageError):
+    """No actor system answers (not started, stopped, or the port is wrong)."""
+
+
+def _describe_expected(expected: Any) -> str:
+    return str(getattr(expected, "name", expected))

@@ -1,0 +1,601 @@
+"""The event store: an append-only log of events in one SQLite file, through sqlite-utils.
+
+Appends take the write lock first (``BEGIN IMMEDIATE``), check the stream's version, insert, and
+commit; several appends can share one transaction and one fsync (:meth:`EventStore.append_batches`,
+the group commit the store actor uses), each keeping its own outcome. Reads are paged generators:
+a stream of a million events is never in memory at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from . import _serialization as ser
+from ._codec import decode_event, encode_event
+from ._schema import open_database
+from .errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendRequest",
+    "DeadLetter",
+    "EventStore",
+    "ExpectedVersion",
+    "RecordedEvent",
+    "Snapshot",
+]
+
+
+class ExpectedVersion(enum.Enum):
+    ANY = "any"
+    NO_STREAM = "no stream"
+    STREAM_EXISTS = "stream exists"
+
+
+ANY = ExpectedVersion.ANY
+NO_STREAM = ExpectedVersion.NO_STREAM
+STREAM_EXISTS = ExpectedVersion.STREAM_EXISTS
+
+
+@attrs.frozen
+class RecordedEvent:
+    """An event as stored: ``data`` is the event object (upcast and structured)."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: Any
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+
+@attrs.frozen
+class Snapshot:
+    stream_id: str
+    version: int
+    schema_version: int
+    type: str
+    state: Any
+    taken_at: datetime
+
+
+@attrs.frozen
+class DeadLetter:
+    id: int
+    subscriber: str
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    error_type: str
+    error: str
+    traceback: str
+    failures: int
+    status: str
+    parked_at: str
+
+
+@attrs.frozen
+class AppendRequest:
+    """One atomic append: all of ``events`` are stored, or none."""
+
+    stream_id: str
+    events: Sequence[Any]
+    expected_version: ExpectedVersion | int = ANY
+    metadata: Mapping[str, Any] | None = None
+    event_ids: Sequence[str] | None = None
+
+
+_COLUMNS = "position, event_id, stream_id, version, type, schema_version, topic, data, metadata, recorded_at"
+_INSERT = (
+    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data, metadata,"
+    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_STREAM = (
+    "INSERT INTO streams (stream_id, version) VALUES (?, ?)"
+    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+)
+
+
+class EventStore:
+    """The event store on ``path`` (created if missing).
+
+    ``synchronous="FULL"`` (default) fsyncs every commit: an acknowledged event survives a power
+    cut. ``"NORMAL"`` fsyncs only at WAL checkpoints: it survives a crash of the process but may
+    lose the last commits on a power cut, for several times the single-append throughput.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        synchronous: str = "FULL",
+        busy_timeout: float = 10.0,
+        page_size: int = 1000,
+        validate: bool = True,
+    ) -> None:
+        self.path = str(path)
+        self.page_size = page_size
+        self.validate = validate
+        try:
+            self.db = open_database(self.path, synchronous, busy_timeout)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the event store {self.path!r}: {exc}") from None
+        self.conn = self.db.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[EventStore]:
+        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error.
+
+        Nested use joins the outer transaction. The write lock is taken up front, so a busy
+        database is waited for (``busy_timeout``) instead of failing halfway through.
+        """
+        if self.conn.in_transaction:
+            yield self
+            return
+        self._begin()
+        try:
+            yield self
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StorageError(f"cannot commit to {self.path!r}: {exc}") from None
+
+    def _begin(self) -> None:
+        for attempt in range(5):
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
+                    raise StorageError(f"cannot write to {self.path!r}: {exc}") from None
+                time.sleep(0.05 * (attempt + 1))
+
+    # -- appending --------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[Any],
+        expected_version: ExpectedVersion | int = ANY,
+        metadata: Mapping[str, Any] | None = None,
+        event_ids: Sequence[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """Append ``events`` to ``stream_id`` atomically and return them as recorded.
+
+        ``expected_version`` is ``ANY``, ``NO_STREAM``, ``STREAM_EXISTS`` or the version the
+        stream must be at. Appending again with the same ``event_ids`` after an uncertain outcome
+        returns the events stored the first time instead of storing them twice.
+        """
+        request = AppendRequest(stream_id, list(events), expected_version, metadata, event_ids)
+        [result] = self.append_batches([request])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def append_batches(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[list[RecordedEvent] | BackstageError]:
+        """Group commit: every request in one transaction, each with its own outcome.
+
+        A request that fails (wrong version, unserializable event) is rolled back alone through
+        a savepoint and its slot holds the error; the others are committed together.
+        """
+        results: list[list[RecordedEvent] | BackstageError] = []
+        prepared: list[tuple[AppendRequest, list[Any]] | None] = []
+        for request in requests:
+            try:
+                _check_expected(request.expected_version)
+                prepared.append((request, [encode_event(e, self.validate) for e in request.events]))
+                results.append([])
+            except BackstageError as exc:
+                prepared.append(None)
+                results.append(exc)
+        if all(p is None for p in prepared):
+            return results
+        recorded_at = datetime.now(UTC)
+        stamp = recorded_at.isoformat()
+        try:
+            self._write_batches(prepared, results, recorded_at, stamp)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot append to {self.path!r}: {exc}") from None
+        return results
+
+    def _write_batches(
+        self,
+        prepared: list[tuple[AppendRequest, list[Any]] | None],
+        results: list[list[RecordedEvent] | BackstageError],
+        recorded_at: datetime,
+        stamp: str,
+    ) -> None:
+        with self.transaction():
+            for index, item in enumerate(prepared):
+                if item is None:
+                    continue
+                # Each append in a savepoint of its own: a failing one is undone alone.
+                self.conn.execute("SAVEPOINT append")
+                try:
+                    results[index] = self._append_one(item[0], item[1], recorded_at, stamp)
+                except BackstageError as exc:
+                    results[index] = exc
+                    self.conn.execute("ROLLBACK TO append")
+                self.conn.execute("RELEASE append")
+
+    def _append_one(
+        self, request: AppendRequest, encoded: list[Any], recorded_at: datetime, stamp: str
+    ) -> list[RecordedEvent]:
+        stream_id = request.stream_id
+        row = self.conn.execute(
+            "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        current = row[0] if row else 0
+        expected = request.expected_version
+        if not _version_matches(expected, row is not None, current):
+            if request.event_ids:
+                existing = self._already_stored(stream_id, request.event_ids)
+                if existing is not None:
+                    return existing
+            raise WrongExpectedVersion(stream_id, expected, current)
+        if not encoded:
+            return []
+        ids = list(request.event_ids or [])
+        if len(ids) != len(encoded):
+            ids = [str(uuid.uuid4()) for _ in encoded]
+        metadata = dict(request.metadata or {})
+        meta_text = ser.dumps(ser.unstructure(metadata), "metadata") if metadata else "{}"
+        if metadata:  # what readers will get back (UUIDs, datetimes... as their JSON strings)
+            metadata = json.loads(meta_text)
+        rows = [
+            (
+                ids[i],
+                stream_id,
+                current + i + 1,
+                enc.type,
+                enc.schema_version,
+                enc.topic,
+                enc.data,
+                meta_text,
+                stamp,
+            )
+            for i, enc in enumerate(encoded)
+        ]
+        try:
+            if len(rows) == 1:
+                last = int(self.conn.execute(_INSERT, rows[0]).lastrowid or 0)
+            else:
+                self.conn.executemany(_INSERT, rows)
+                last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        except sqlite3.IntegrityError:
+            # Undo this append's rows before looking: they must not pass for an earlier attempt.
+            self.conn.execute("ROLLBACK TO append")
+            existing = self._already_stored(stream_id, ids) if request.event_ids else None
+            if existing is not None:
+                return existing
+            raise BackstageError(
+                f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+            ) from None
+        self.conn.execute(_UPSERT_STREAM, (stream_id, current + len(rows)))
+        first = last - len(rows) + 1
+        return [
+            RecordedEvent(
+                ids[i],
+                stream_id,
+                current + i + 1,
+                first + i,
+                enc.type,
+                event,
+                metadata,
+                recorded_at,
+            )
+            for i, (enc, event) in enumerate(zip(encoded, [e.event for e in encoded], strict=True))
+        ]
+
+    def _already_stored(
+        self, stream_id: str, event_ids: Sequence[str]
+    ) -> list[RecordedEvent] | None:
+        marks = ",".join("?" * len(event_ids))
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks}) ORDER BY position",
+            list(event_ids),
+        ).fetchall()
+        if len(rows) == len(event_ids) and all(r[2] == stream_id for r in rows):
+            return [self._decode(r) for r in rows]
+        return None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's version: 0 for a stream that was never written."""
+        row = self.conn.execute(
+            "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def last_position(self) -> int:
+        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        backward: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        """Events of ``stream_id`` with ``from_version <= version <= to_version``, paged.
+
+        Backward reads go from the highest version in that range down, so
+        ``read_stream(s, backward=True, limit=1)`` is the stream's last event.
+        """
+        if limit is not None and limit <= 0:
+            return
+        low, high = max(1, from_version), to_version if to_version is not None else 2**62
+        remaining = limit
+        order = "DESC" if backward else "ASC"
+        while low <= high:
+            page = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ?"
+                f" ORDER BY version {order} LIMIT ?",
+                (stream_id, low, high, page),
+            ).fetchall()
+            for row in rows:
+                yield self._decode(row)
+            if len(rows) < page:
+                return
+            if remaining is not None:
+                remaining -= len(rows)
+                if remaining <= 0:
+                    return
+            if backward:
+                high = rows[-1][3] - 1
+            else:
+                low = rows[-1][3] + 1
+
+    def read_all(self, from_position: int = 1, limit: int | None = None) -> Iterator[RecordedEvent]:
+        """Every event from ``from_position`` on, in commit order, paged."""
+        for row in self._rows_from(from_position, limit):
+            yield self._decode(row)
+
+    def _rows_from(self, from_position: int, limit: int | None) -> Iterator[tuple[Any, ...]]:
+        if limit is not None and limit <= 0:
+            return
+        position, remaining = from_position, limit
+        while True:
+            page = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
+                (position, page),
+            ).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            position = rows[-1][0] + 1
+            if remaining is not None:
+                remaining -= len(rows)
+                if remaining <= 0:
+                    return
+
+    def stream_events(self, stream_id: str, after_version: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(version, event)`` of a stream after ``after_version``, paged: the rebuild fast path."""
+        low = after_version + 1
+        while True:
+            rows = self.conn.execute(
+                "SELECT version, type, schema_version, topic, data, position FROM events"
+                " WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?",
+                (stream_id, low, self.page_size),
+            ).fetchall()
+            for version, type_name, schema_version, topic, data, position in rows:
+                yield version, decode_event(type_name, schema_version, topic, data, position)
+            if len(rows) < self.page_size:
+                return
+            low = rows[-1][0] + 1
+
+    def _decode(self, row: tuple[Any, ...]) -> RecordedEvent:
+        position, event_id, stream_id, version, type_name, schema_version, topic, data, meta, at = (
+            row
+        )
+        event = decode_event(type_name, schema_version, topic, data, position)
+        try:
+            metadata = json.loads(meta)
+        except ValueError as exc:
+            raise StoredEventError(
+                f"event at position {position}: its JSON metadata is broken: {exc}", position
+            ) from None
+        return RecordedEvent(
+            event_id,
+            stream_id,
+            version,
+            position,
+            type_name,
+            event,
+            metadata,
+            datetime.fromisoformat(at),
+        )
+
+    # -- truncation -------------------------------------------------------------------------
+
+    def truncate_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events below ``before_version``; its version stays. Returns the count."""
+        with self.transaction():
+            deleted = self.conn.execute(
+                "DELETE FROM events WHERE stream_id = ? AND version < ?",
+                (stream_id, before_version),
+            ).rowcount
+            self.conn.execute(
+                "UPDATE streams SET truncated_before = max(truncated_before, ?) WHERE stream_id = ?",
+                (before_version, stream_id),
+            )
+        return int(deleted)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def save_snapshot(
+        self, stream_id: str, version: int, state: Any, schema_version: int = 1, type: str = ""
+    ) -> None:
+        """Store the latest snapshot of ``stream_id`` (replacing an older one)."""
+        text = ser.dumps(state, f"snapshot of {stream_id}")
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO snapshots (stream_id, version, schema_version, type, data, taken_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET"
+                " version = excluded.version, schema_version = excluded.schema_version,"
+                " type = excluded.type, data = excluded.data, taken_at = excluded.taken_at"
+                " WHERE excluded.version >= snapshots.version",
+                (stream_id, version, schema_version, type, text, _now()),
+            )
+
+    def load_snapshot(self, stream_id: str, schema_version: int | None = None) -> Snapshot | None:
+        """The latest snapshot, or None (also when it was taken with another ``schema_version``)."""
+        row = self.conn.execute(
+            "SELECT version, schema_version, type, data, taken_at FROM snapshots WHERE stream_id = ?",
+            (stream_id,),
+        ).fetchone()
+        if row is None or (schema_version is not None and row[1] != schema_version):
+            return None
+        try:
+            state = json.loads(row[3])
+        except ValueError:
+            return None  # a broken snapshot is only a lost shortcut: rebuild from the events
+        return Snapshot(stream_id, row[0], row[1], row[2], state, datetime.fromisoformat(row[4]))
+
+    # -- checkpoints and dead letters -------------------------------------------------------
+
+    def checkpoint(self, name: str) -> int:
+        """The last position ``name`` processed (0 if none)."""
+        row = self.conn.execute(
+            "SELECT position FROM checkpoints WHERE name = ?", (name,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def save_checkpoint(self, name: str, position: int) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+                " updated_at = excluded.updated_at",
+                (name, position, _now()),
+            )
+
+    def delete_checkpoint(self, name: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
+
+    def park(
+        self,
+        subscriber: str,
+        event: RecordedEvent,
+        error_type: str,
+        error: str,
+        traceback: str,
+        failures: int,
+        status: str = "parked",
+    ) -> None:
+        """Record that ``subscriber`` gave up on ``event`` (a dead letter)."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO dead_letters (subscriber, position, event_id, stream_id, version, type,"
+                " error_type, error, traceback, failures, status, parked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (subscriber, position) DO UPDATE SET error_type = excluded.error_type,"
+                " error = excluded.error, traceback = excluded.traceback,"
+                " failures = excluded.failures, status = excluded.status,"
+                " parked_at = excluded.parked_at",
+                (
+                    subscriber,
+                    event.position,
+                    event.event_id,
+                    event.stream_id,
+                    event.version,
+                    event.type,
+                    error_type,
+                    error,
+                    traceback,
+                    failures,
+                    status,
+                    _now(),
+                ),
+            )
+
+    def dead_letters(
+        self, subscriber: str | None = None, status: str | None = "parked"
+    ) -> list[DeadLetter]:
+        query = "SELECT * FROM dead_letters WHERE 1 = 1"
+        params: list[Any] = []
+        if subscriber is not None:
+            query += " AND subscriber = ?"
+            params.append(subscriber)
+        if status is not None:
+            query += " AND status = ?"
+            params.append(status)
+        cursor = self.conn.execute(query + " ORDER BY id", params)
+        names = [d[0] for d in cursor.description]
+        return [DeadLetter(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+    def set_dead_letter_status(self, letter_id: int, status: str) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE dead_letters SET status = ? WHERE id = ?", (status, letter_id)
+            )
+
+    def event_at(self, position: int) -> RecordedEvent | None:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
+        ).fetchone()
+        return self._decode(row) if row else None
+
+
+def _check_expected(expected: Any) -> None:
+    if isinstance(expected, ExpectedVersion):
+        return
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise BackstageError(
+            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version >= 0, "
+            f"not {expected!r}"
+        )
+
+
+def _version_matches(expected: ExpectedVersion | int, exists: bool, current: int) -> bool:
+    if expected is ANY:
+        return True
+    if expected is NO_STREAM:
+        return not exists
+    if expected is STREAM_EXISTS:
+        return exists
+    return expected == current
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
