@@ -51,6 +51,7 @@ class RunningSystem:
         self._local = threading.local()
         self._contexts: list[Any] = []
         self._stopped = False
+        self._store: Any = None
 
     # -- context management -----------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class RunningSystem:
                 elif isinstance(reply, PoisonMessage):
                     self._router = None  # the router moved; the next call looks it up again
                     break
-        for request_id, index in waiting.items():
+        for index in waiting.values():
             name = type(items[index].command).__name__
             answers[index] = DispatchTimeout(
                 f"{name}: no answer within {timeout}s; it may or may not have been executed"
@@ -217,10 +218,39 @@ class RunningSystem:
         """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
         if not self.app.subscribers:
             return
-        from .handler import wait_for_position
+        from ._events import wait_for_position
 
         with self._endpoint() as endpoint:
             wait_for_position(endpoint, self.root, position, handlers, deadline_in)
+
+    @property
+    def store(self) -> Any:
+        """The event store, opened in this process (read it freely; write through commands)."""
+        if self._store is None:
+            from .store import EventStore
+
+            self._store = EventStore(self.settings.database, self.settings.synchronous)
+        return self._store
+
+    def settle(self, timeout: float = 10.0) -> int:
+        """Wait until every subscriber processed every stored event, including the events that
+        process managers dispatch meanwhile; returns the last position."""
+        deadline = time.monotonic() + timeout
+        while True:
+            position = self.store.last_position()
+            self.wait_for(position, deadline_in=max(0.1, deadline - time.monotonic()))
+            if self.store.last_position() == position:
+                return int(position)
+
+    def rebuild(self, projection: str, progress: Any = None, timeout: float = 600.0) -> int:
+        """Drop projection's tables and checkpoint and replay it from the origin.
+
+        ``progress(done, total)`` is called as it goes (positions); returns the events replayed.
+        """
+        from ._events import rebuild_projection
+
+        with self._endpoint() as endpoint:
+            return rebuild_projection(endpoint, self.root, projection, progress, timeout)
 
     # -- introspection and shutdown ---------------------------------------------------------
 
@@ -251,3 +281,5 @@ class RunningSystem:
             if self.owns_system:
                 self.actor_system.shutdown()
             _shared.close_shared(self.settings.database)
+            if self._store is not None:
+                self._store.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 
 import sqlite_utils
 
-__all__ = ["SCHEMA", "open_database"]
+__all__ = ["SCHEMA", "Database", "open_database"]
 
 SCHEMA = """
 -- Every event ever appended, in the order it was committed. `position` is global and never reused
@@ -62,7 +64,42 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     parked_at TEXT NOT NULL,
     UNIQUE (subscriber, position)
 );
+-- The state of each running process manager instance, saved with its checkpoint.
+CREATE TABLE IF NOT EXISTS process_managers (
+    name TEXT NOT NULL,
+    process_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, process_id)
+);
 """
+
+
+class Database(sqlite_utils.Database):
+    """sqlite-utils' Database whose write transactions take the write lock up front.
+
+    sqlite-utils opens a plain (deferred) ``BEGIN``; when a statement reads before it writes and
+    another process commits in between, SQLite refuses the upgrade at once ("database is
+    locked") instead of waiting. ``BEGIN IMMEDIATE`` waits for the lock (``busy_timeout``).
+    """
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite_utils.Database]:
+        if self.conn.in_transaction:
+            with super().atomic() as db:
+                yield db
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
 
 
 def open_database(
@@ -84,7 +121,7 @@ def open_database(
         conn.close()
         raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    db = sqlite_utils.Database(conn)
-    if not db["events"].exists():
+    db = Database(conn)
+    if not db["process_managers"].exists():
         conn.executescript(SCHEMA)
     return db

@@ -11,9 +11,9 @@ import collections.abc
 import enum
 import json
 import math
+import typing
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
-import typing
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -223,3 +223,32 @@ def is_message_class(cls: Any) -> bool:
 
 def is_enum(value: Any) -> bool:
     return isinstance(value, enum.Enum)
+
+
+def attributes_state(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``obj``'s public instance attributes, unstructured (what snapshots store)."""
+    return {
+        name: unstructure(value)
+        for name, value in vars(obj).items()
+        if name not in exclude and not name.startswith("_")
+    }
+
+
+def restore_attributes(obj: Any, state: dict[str, Any]) -> None:
+    """Set ``obj``'s attributes from :func:`attributes_state` output.
+
+    Types come from class annotations when present, else from the value a fresh instance holds
+    (so a ``Decimal`` set in ``__init__`` comes back as a ``Decimal``).
+    """
+    try:
+        hints = typing.get_type_hints(type(obj))
+    except Exception:
+        hints = {}
+    for name, value in state.items():
+        hint = hints.get(name)
+        if hint is None:
+            current = getattr(obj, name, None)
+            plain = current is None or isinstance(current, (dict, list))
+            hint = None if plain else type(current)
+        label = f"{type(obj).__name__}.{name}"
+        setattr(obj, name, structure(value, hint, label) if hint is not None else value)

@@ -8,7 +8,6 @@ inside its own actor, so commands to one aggregate never run concurrently.
 
 from __future__ import annotations
 
-import typing
 from typing import Any, ClassVar
 
 from . import _serialization as ser
@@ -46,37 +45,13 @@ class Aggregate:
     # -- snapshots --------------------------------------------------------------------------
 
     def snapshot_state(self) -> dict[str, Any]:
-        """The state to snapshot: every instance attribute but ``id`` and ``version``, unstructured."""
-        return {
-            name: ser.unstructure(value)
-            for name, value in vars(self).items()
-            if name not in _RUNTIME_FIELDS and not name.startswith("_")
-        }
+        """The state to snapshot: every public attribute but ``id`` and ``version``, unstructured."""
+        return ser.attributes_state(self, _RUNTIME_FIELDS)
 
     def restore_snapshot(self, state: dict[str, Any]) -> None:
-        """Set the attributes from :meth:`snapshot_state`'s output.
-
-        Types come from class annotations when present, else from the value a fresh instance has
-        (so a ``Decimal`` set in ``__init__`` comes back as a ``Decimal``).
-        """
-        try:
-            hints = typing.get_type_hints(type(self))
-        except Exception:
-            hints = {}
-        for name, value in state.items():
-            hint = hints.get(name)
-            if hint is None:
-                current = getattr(self, name, None)
-                hint = (
-                    type(current)
-                    if current is not None and not isinstance(current, (dict, list))
-                    else None
-                )
-            setattr(
-                self,
-                name,
-                ser.structure(value, hint, f"{type(self).__name__}.{name}") if hint else value,
-            )
+        """Set the attributes from :meth:`snapshot_state`'s output (typed by annotations or by
+        the values a fresh instance holds)."""
+        ser.restore_attributes(self, state)
 
 
 def events_of(result: Any) -> list[Any]:

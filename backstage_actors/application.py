@@ -106,7 +106,7 @@ class Application:
     def _events_child(self, settings: Settings) -> ChildSpec | None:
         if not self.subscribers:
             return None
-        from .handler import events_supervisor_spec
+        from ._events import events_supervisor_spec
 
         return events_supervisor_spec(self, settings)
 

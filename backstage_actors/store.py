@@ -330,7 +330,7 @@ class EventStore:
             list(event_ids),
         ).fetchall()
         if len(rows) == len(event_ids) and all(r[2] == stream_id for r in rows):
-            return [self._decode(r) for r in rows]
+            return [self.decode_row(r) for r in rows]
         return None
 
     # -- reading ----------------------------------------------------------------------------
@@ -372,7 +372,7 @@ class EventStore:
                 (stream_id, low, high, page),
             ).fetchall()
             for row in rows:
-                yield self._decode(row)
+                yield self.decode_row(row)
             if len(rows) < page:
                 return
             if remaining is not None:
@@ -387,7 +387,15 @@ class EventStore:
     def read_all(self, from_position: int = 1, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Every event from ``from_position`` on, in commit order, paged."""
         for row in self._rows_from(from_position, limit):
-            yield self._decode(row)
+            yield self.decode_row(row)
+
+    def read_page(self, from_position: int, limit: int) -> list[tuple[Any, ...]]:
+        """Raw rows from ``from_position`` on (decode each with :meth:`decode_row`): subscribers
+        decode row by row so that one unreadable event is dealt with on its own."""
+        return self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
+            (from_position, limit),
+        ).fetchall()
 
     def _rows_from(self, from_position: int, limit: int | None) -> Iterator[tuple[Any, ...]]:
         if limit is not None and limit <= 0:
@@ -423,7 +431,8 @@ class EventStore:
                 return
             low = rows[-1][0] + 1
 
-    def _decode(self, row: tuple[Any, ...]) -> RecordedEvent:
+    def decode_row(self, row: tuple[Any, ...]) -> RecordedEvent:
+        """A raw ``events`` row as a RecordedEvent; :class:`StoredEventError` if it is unreadable."""
         position, event_id, stream_id, version, type_name, schema_version, topic, data, meta, at = (
             row
         )
@@ -570,11 +579,36 @@ class EventStore:
                 "UPDATE dead_letters SET status = ? WHERE id = ?", (status, letter_id)
             )
 
+    # -- process manager instances ----------------------------------------------------------
+
+    def load_process(self, name: str, process_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM process_managers WHERE name = ? AND process_id = ?",
+            (name, process_id),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_process(self, name: str, process_id: str, state: dict[str, Any] | None) -> None:
+        """Save an instance's state (None deletes it: the process stopped)."""
+        with self.transaction():
+            if state is None:
+                self.conn.execute(
+                    "DELETE FROM process_managers WHERE name = ? AND process_id = ?",
+                    (name, process_id),
+                )
+                return
+            self.conn.execute(
+                "INSERT INTO process_managers (name, process_id, state, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name, process_id) DO UPDATE SET state = excluded.state,"
+                " updated_at = excluded.updated_at",
+                (name, process_id, ser.dumps(state, f"{name} state"), _now()),
+            )
+
     def event_at(self, position: int) -> RecordedEvent | None:
         row = self.conn.execute(
             f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
         ).fetchone()
-        return self._decode(row) if row else None
+        return self.decode_row(row) if row else None
 
 
 def _check_expected(expected: Any) -> None:

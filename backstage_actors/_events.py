@@ -1,0 +1,233 @@
+"""The event bus: the supervisor of every subscriber, and the one that tells them there is more.
+
+Writers announce ``Appended(position)``; the bus passes a :class:`Notify` to each subscriber that
+is idle, and remembers the rest for when they report back (:class:`Progress`), so a busy
+subscriber gets one notice however many appends happened meanwhile. It also tracks every
+subscriber's checkpoint, which is what a strongly consistent dispatch waits on (:class:`WaitFor`).
+Merging the bus with the handlers' supervisor saves a hop per notice: the supervisor already
+knows where each subscriber lives, restarts included.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+import supervisors
+from supervisors import Backoff, ChildAddress, ChildSpec, Supervisor, SupervisorSpec, WatchChildren
+from supervisors._supervisor import Child
+
+from ._protocol import Appended, Settings
+from ._subscriber import Notify, Progress, Rebuild, RebuildProgress, RouterAt, SubscriberActor
+from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
+
+__all__ = ["EventsSupervisor", "events_supervisor_spec", "rebuild_projection", "wait_for_position"]
+
+
+@attrs.frozen
+class WaitFor:
+    request_id: str
+    position: int
+    names: tuple[str, ...] | None
+
+
+@attrs.frozen
+class Reached:
+    request_id: str
+    error: str = ""
+
+
+@attrs.frozen
+class RebuildRequest:
+    name: str
+    request_id: str
+
+
+@attrs.frozen
+class _Tracked:
+    position: int = 0
+    idle: bool = False
+    notified: int = 0
+    stopped: bool = False
+    strong: bool = True
+
+
+class EventsSupervisor(Supervisor):
+    kind = "events"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.strong: dict[str, bool] = dict(self.args["strong"])
+        self.tracked: dict[str, _Tracked] = {
+            name: _Tracked(strong=s) for name, s in self.strong.items()
+        }
+        self.latest = 0
+        self.waiters: list[tuple[WaitFor, Any]] = []
+        self.router: Any = None
+        if self.supervisor is not None:
+            self.send(self.supervisor, WatchChildren())
+
+    def describe(self) -> dict[str, Any]:
+        return {"latest": self.latest, "subscribers": len(self.tracked)}
+
+    def handle(self, message: Any, sender: Any) -> None:
+        if isinstance(message, Appended):
+            self._appended(message.position)
+        elif isinstance(message, Progress):
+            self._progress(message)
+        elif isinstance(message, WaitFor):
+            self._wait(message, sender)
+        elif isinstance(message, ChildAddress):
+            if message.name == "router":
+                self.router = message.address
+                for child in self.children.values():
+                    if child.status in ("starting", "running"):
+                        self.send(child.address, RouterAt(message.address))
+        elif isinstance(message, RebuildRequest):
+            self.forward(message.name, Rebuild(message.request_id, sender), sender)
+        else:
+            super().handle(message, sender)
+
+    def child_started(self, child: Child) -> None:
+        if self.router is not None:
+            self.send(child.address, RouterAt(self.router))
+        if self.latest:
+            self.send(child.address, Notify(self.latest))
+
+    def _appended(self, position: int) -> None:
+        if position <= self.latest:
+            return
+        self.latest = position
+        for name, tracked in self.tracked.items():
+            if tracked.idle and tracked.position < position:
+                self._notify(name, tracked)
+
+    def _notify(self, name: str, tracked: _Tracked) -> None:
+        child = self.children.get(name)
+        if child is not None and child.status in ("starting", "running"):
+            self.send(child.address, Notify(self.latest))
+            self.tracked[name] = attrs.evolve(tracked, idle=False, notified=self.latest)
+
+    def _progress(self, progress: Progress) -> None:
+        tracked = attrs.evolve(
+            self.tracked.get(progress.name, _Tracked()),
+            position=progress.position,
+            idle=progress.idle,
+            stopped=progress.stopped,
+        )
+        self.tracked[progress.name] = tracked
+        if progress.idle and not progress.stopped and tracked.position < self.latest:
+            self._notify(progress.name, tracked)
+        self._release_waiters()
+
+    def _wait(self, request: WaitFor, sender: Any) -> None:
+        unknown = [n for n in request.names or () if n not in self.tracked]
+        if unknown:
+            self.send(
+                sender, Reached(request.request_id, f"no subscriber named {', '.join(unknown)}")
+            )
+            return
+        self.waiters.append((request, sender))
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        still = []
+        for request, sender in self.waiters:
+            names = request.names or tuple(n for n, t in self.tracked.items() if t.strong)
+            stopped = [n for n in names if self.tracked[n].stopped]
+            if stopped:
+                self.send(
+                    sender,
+                    Reached(request.request_id, f"subscriber {', '.join(stopped)} is stopped"),
+                )
+            elif all(self.tracked[n].position >= request.position for n in names):
+                self.send(sender, Reached(request.request_id))
+            else:
+                still.append((request, sender))
+        self.waiters = still
+
+
+def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
+    """The ``events`` child of the application: the bus and its subscribers."""
+    children = []
+    strong = {}
+    names: set[str] = set()
+    for cls in app.subscribers:
+        name = cls.subscriber_name()
+        if name in names:
+            raise ValueError(
+                f"two subscribers are named {name!r}; names key checkpoints and must be unique"
+            )
+        names.add(name)
+        strong[name] = cls.consistency == "strong"
+        children.append(
+            ChildSpec(
+                name, SubscriberActor, args={"settings": settings, "subscriber": cls}, kind=cls.kind
+            )
+        )
+    spec = SupervisorSpec(
+        strategy="one_for_one",
+        # A subscriber that keeps crashing backs off; it must not take its siblings down.
+        max_restarts=100,
+        within=10.0,
+        backoff=Backoff(base=0.1, cap=5.0, jitter=0.1),
+        kind="events",
+        children=children,
+    )
+    return ChildSpec(
+        "events", EventsSupervisor, args={"spec": spec, "strong": strong}, kind="events"
+    )
+
+
+def _bus(endpoint: Any, root: Any) -> Any:
+    bus = supervisors.whereis(endpoint, root, "events", timeout=5.0)
+    if bus is None:
+        raise SystemNotRunning("the application has no running event bus")
+    return bus
+
+
+def wait_for_position(
+    endpoint: Any, root: Any, position: int, names: Sequence[str] | None, timeout: float
+) -> None:
+    """Block until the subscribers reached ``position``; :class:`ConsistencyTimeout` otherwise."""
+    request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None)
+    try:
+        reply = supervisors.request(endpoint, _bus(endpoint, root), request, timeout)
+    except supervisors.SupervisionError:
+        raise ConsistencyTimeout(
+            f"the events were stored (up to position {position}), but "
+            f"{'handlers ' + ', '.join(names) if names else 'the strongly consistent handlers'} "
+            f"did not process them within {timeout}s"
+        ) from None
+    if isinstance(reply, Reached) and reply.error:
+        raise ConsistencyTimeout(
+            f"the events were stored (up to position {position}), but {reply.error}"
+        )
+
+
+def rebuild_projection(
+    endpoint: Any, root: Any, name: str, progress: Any = None, timeout: float = 600.0
+) -> int:
+    """Reset projection ``name`` and replay it from the origin; returns the events replayed."""
+    request_id = str(uuid.uuid4())
+    endpoint.tell(_bus(endpoint, root), RebuildRequest(name, request_id))
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BackstageError(f"rebuild of {name!r} did not finish within {timeout}s")
+        reply = endpoint.listen(min(remaining, 0.5))
+        if isinstance(reply, supervisors.Failure):
+            raise BackstageError(f"cannot rebuild {name!r}: {reply.message}")
+        if not isinstance(reply, RebuildProgress) or reply.request_id != request_id:
+            continue
+        if reply.error:
+            raise BackstageError(f"cannot rebuild {name!r}: {reply.error}")
+        if progress is not None:
+            progress(reply.done, reply.total)
+        if reply.finished:
+            return reply.done

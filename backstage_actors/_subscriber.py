@@ -1,0 +1,501 @@
+"""The actor that runs one handler, projection or process manager.
+
+It reads the store from its checkpoint in pages (the bus only says "there is more", and a slow
+poll covers a lost notice), hands each event to the user's code, and moves its checkpoint:
+
+* handler: after each page (at-least-once);
+* projection: in the same transaction as the page's writes, each event in a savepoint so that
+  a failing one is undone alone (exactly-once);
+* process manager: per event, after the commands it produced were answered, together with the
+  instance's state (command ids derive from the event: a redelivery is never executed twice).
+
+A page is followed by a message to itself, so tree requests, stops and rebuilds get through
+between pages however far behind it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from typing import Any
+
+import sqlite_utils
+from thespian.actors import WakeupMessage
+
+from supervisors import SupervisedActor
+
+from . import telemetry
+from ._protocol import Execute, Executed, Settings
+from .aggregate import events_of
+from .command import CommandItem, DispatchResult
+from .handler import PARK, SKIP, STOP, EventHandler, Metadata, Retry, Subscriber
+from .process_manager import ProcessManager
+from .projection import Projection
+from .store import EventStore, RecordedEvent
+
+__all__ = ["Notify", "Progress", "Rebuild", "RebuildProgress", "RouterAt", "SubscriberActor"]
+
+_COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
+POLL_INTERVAL = 1.0
+
+
+def log() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+class Notify:
+    """New events are stored up to ``position``."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+class Progress:
+    """A subscriber's checkpoint (to the bus); ``idle`` when it reached the end of the store."""
+
+    def __init__(self, name: str, position: int, idle: bool, stopped: bool = False) -> None:
+        self.name, self.position, self.idle, self.stopped = name, position, idle, stopped
+
+
+class RouterAt:
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+
+class Rebuild:
+    """Reset a projection (drop its tables and checkpoint) and replay from the origin."""
+
+    def __init__(self, request_id: str, reply_to: Any) -> None:
+        self.request_id, self.reply_to = request_id, reply_to
+
+
+class RebuildProgress:
+    def __init__(
+        self, request_id: str, done: int, total: int, finished: bool = False, error: str = ""
+    ) -> None:
+        self.request_id, self.done, self.total, self.finished, self.error = (
+            request_id,
+            done,
+            total,
+            finished,
+            error,
+        )
+
+
+class _Continue:
+    pass
+
+
+class _Poll:
+    pass
+
+
+class _RetryDue:
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+
+
+class _DispatchDue:
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+
+
+# -- the actor ----------------------------------------------------------------------------------
+
+
+class SubscriberActor(SupervisedActor):
+    kind = "handler"
+
+    def on_start(self) -> None:
+        self.settings: Settings = self.args["settings"]
+        self.cls: type[Subscriber] = self.args["subscriber"]
+        self.kind = self.cls.kind
+        self.subscriber = self.cls()
+        self.store = EventStore(self.settings.database, self.settings.synchronous)
+        self.page_size = self.settings.page_size
+        self.target: sqlite_utils.Database = self.store.db
+        self.target_store = self.store
+        if isinstance(self.subscriber, Projection):
+            self._open_projection_database()
+        elif isinstance(self.subscriber, EventHandler):
+            self.subscriber.db = self.store.db
+        self.position = self.target_store.checkpoint(self.name)
+        if self.position == 0 and self.cls.start_from == "current":
+            self.position = self.store.last_position()
+            self.target_store.save_checkpoint(self.name, self.position)
+        self.state = "running"
+        self.failures = 0
+        self.attempt = 0
+        self.last_error = ""
+        self.router: Any = self.args.get("router")
+        self.rebuild: Rebuild | None = None
+        self.rebuild_total = 0
+        self.handled = 0
+        self.dispatching: dict[str, Any] | None = None
+        self.continue_pending = False
+        self._report(idle=False)
+        self._kick()
+        self.wakeupAfter(POLL_INTERVAL, _Poll())
+
+    def _open_projection_database(self) -> None:
+        assert isinstance(self.subscriber, Projection)
+        if self.cls.database:  # type: ignore[attr-defined]
+            # The tables and their checkpoint live together in the projection's own file.
+            self.target_store = EventStore(self.cls.database, self.settings.synchronous)  # type: ignore[attr-defined]
+            self.target = self.target_store.db
+        self.subscriber.init(self.target)
+
+    def on_stop(self) -> None:
+        self.store.close()
+        if self.target_store is not self.store:
+            self.target_store.close()
+
+    def describe(self) -> dict[str, Any]:
+        last = self.store.last_position()
+        return {
+            "position": self.position,
+            "lag": max(0, last - self.position),
+            "state": self.state,
+            "failures": self.failures,
+            "parked": len(self.store.dead_letters(self.name)),
+            "handled": self.handled,
+            **({"last_error": self.last_error} if self.last_error else {}),
+        }
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def receive(self, message: Any, sender: Any) -> None:
+        if isinstance(message, (Notify, _Continue)):
+            if isinstance(message, _Continue):
+                self.continue_pending = False
+            self._process()
+        elif isinstance(message, WakeupMessage):
+            self._on_wakeup(message.payload)
+        elif isinstance(message, Executed):
+            self._on_dispatched(message)
+        elif isinstance(message, RouterAt):
+            self.router = message.address
+            if self.state == "waiting for router":
+                self.state = "running"
+                self._kick()
+        elif isinstance(message, Rebuild):
+            self._rebuild(message)
+
+    def _on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, _Poll):
+            self.wakeupAfter(POLL_INTERVAL, _Poll())
+            if self.state == "running" and not self.continue_pending and self.dispatching is None:
+                self._process()
+        elif isinstance(payload, _RetryDue) and payload.attempt == self.attempt:
+            if self.state == "retrying":
+                self.state = "running"
+                self._process()
+        elif (
+            isinstance(payload, _DispatchDue)
+            and self.dispatching is not None
+            and self.dispatching["attempt"] == payload.attempt
+        ):
+            self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
+
+    def _kick(self) -> None:
+        if not self.continue_pending:
+            self.continue_pending = True
+            self.send(self.myAddress, _Continue())
+
+    def _report(self, idle: bool) -> None:
+        if self.supervisor is not None:
+            self.send(
+                self.supervisor, Progress(self.name, self.position, idle, self.state == "stopped")
+            )
+        if self.rebuild is not None:
+            done = self.position
+            self.send(
+                self.rebuild.reply_to,
+                RebuildProgress(self.rebuild.request_id, done, self.rebuild_total, finished=idle),
+            )
+            if idle:
+                telemetry.emit(
+                    "rebuild",
+                    {"duration": time.perf_counter() - self.rebuild_started, "events": done},
+                    {"projection": self.name},
+                )
+                self.rebuild = None
+
+    # -- the main loop ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        if self.state != "running" or self.dispatching is not None:
+            return
+        rows = self.store.read_page(self.position + 1, self.page_size)
+        if not rows:
+            self._report(idle=True)
+            return
+        if isinstance(self.subscriber, Projection):
+            done = self._project(rows)
+        elif isinstance(self.subscriber, ProcessManager):
+            done = self._manage(rows)
+        else:
+            done = self._handle(rows)
+        if self.state == "running" and self.dispatching is None:
+            if done and len(rows) == self.page_size:
+                self._report(idle=False)
+                self._kick()  # the next page after whatever else is in the mailbox
+            else:
+                self._report(idle=True)
+        elif self.state in ("retrying", "stopped"):
+            self._report(idle=self.state == "stopped")
+
+    def _decode(
+        self, row: tuple[Any, ...]
+    ) -> tuple[RecordedEvent | None, Metadata, Exception | None]:
+        try:
+            recorded = self.store.decode_row(row)
+        except Exception as exc:
+            meta = Metadata(
+                position=row[0], event_id=row[1], stream_id=row[2], stream_version=row[3]
+            )
+            return None, meta, exc
+        return recorded, Metadata.of(recorded), None
+
+    def _handle(self, rows: list[tuple[Any, ...]]) -> bool:
+        handler = self.subscriber
+        assert isinstance(handler, EventHandler)
+        position = self.position
+        for row in rows:
+            recorded, meta, error = self._decode(row)
+            if error is None:
+                try:
+                    with telemetry.span("handle", subscriber=self.name):
+                        handler.handle(recorded.data if recorded else None, meta)
+                except Exception as exc:
+                    error = exc
+            if error is not None and not self._policy(error, recorded, meta, row):
+                break
+            position = row[0]
+            self.handled += 1
+        if position != self.position:
+            self.position = position
+            self.store.save_checkpoint(self.name, position)
+        return self.state == "running"
+
+    def _project(self, rows: list[tuple[Any, ...]]) -> bool:
+        projection = self.subscriber
+        assert isinstance(projection, Projection)
+        conn = self.target.conn
+        position = self.position
+        with self.target_store.transaction():
+            for row in rows:
+                recorded, meta, error = self._decode(row)
+                if error is None:
+                    conn.execute("SAVEPOINT event")
+                    try:
+                        projection.project(recorded.data if recorded else None, meta, self.target)
+                        conn.execute("RELEASE event")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO event")
+                        conn.execute("RELEASE event")
+                        error = exc
+                if error is not None and not self._policy(error, recorded, meta, row):
+                    break
+                position = row[0]
+                self.handled += 1
+            if position != self.position:
+                self.target_store.save_checkpoint(self.name, position)
+        self.position = position
+        return self.state == "running"
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _policy(
+        self,
+        error: BaseException,
+        recorded: RecordedEvent | None,
+        meta: Metadata,
+        row: tuple[Any, ...],
+    ) -> bool:
+        """Apply the subscriber's error policy; True to go on past this event."""
+        self.failures += 1
+        self.last_error = f"position {row[0]}: {type(error).__name__}: {error}"
+        try:
+            decision = self.subscriber.error(
+                error, recorded.data if recorded else None, meta, self.failures
+            )
+        except Exception as exc:
+            log().exception("%s: its error policy raised; parking the event", self.name)
+            decision, error = PARK, exc
+        if isinstance(decision, Retry):
+            log().warning("%s: %s; retry in %.2fs", self.name, self.last_error, decision.delay)
+            self.state = "retrying"
+            self.attempt += 1
+            self.wakeupAfter(max(0.0, decision.delay), _RetryDue(self.attempt))
+            return False
+        if decision == STOP:
+            log().error("%s: stopped on %s", self.name, self.last_error)
+            self.state = "stopped"
+            return False
+        status = "skipped" if decision == SKIP else "parked"
+        log().error("%s: %s the event at %s", self.name, status, self.last_error)
+        self.store.park(
+            self.name,
+            recorded or _placeholder(row),
+            type(error).__name__,
+            str(error),
+            "".join(traceback.format_exception(error)),
+            self.failures,
+            status,
+        )
+        self.failures = 0
+        return True
+
+    # -- process managers -------------------------------------------------------------------
+
+    def _manage(self, rows: list[tuple[Any, ...]]) -> bool:
+        for row in rows:
+            recorded, meta, error = self._decode(row)
+            if error is None and recorded is not None:
+                try:
+                    if self._pm_step(recorded):
+                        return False  # waiting for the router or for the commands' answers
+                except Exception as exc:
+                    error = exc
+            if error is not None:
+                if not self._policy(error, recorded, meta, row):
+                    return False
+                self._advance_pm(row[0], None)
+        return True
+
+    def _pm_step(self, recorded: RecordedEvent) -> bool:
+        """Handle one event; True when it has to wait (commands in flight, no router yet)."""
+        manager = self.cls()
+        assert isinstance(manager, ProcessManager)
+        interest = manager.interested(recorded.data)
+        if interest is None:
+            self._advance_pm(recorded.position, None)
+            return False
+        action, process_id = interest
+        state = self.store.load_process(self.name, process_id)
+        if state is not None:
+            manager.restore(state)
+        manager.process_id = process_id
+        commands = events_of(manager.handle(recorded.data))
+        pending: dict[str, Any] = {"recorded": recorded, "manager": manager, "action": action}
+        if not commands:
+            self._finish_pm(pending)
+            return False
+        if self.router is None:
+            self.state = "waiting for router"
+            return True
+        correlation = recorded.metadata.get("correlation_id") or recorded.event_id
+        items = []
+        for index, command in enumerate(commands):
+            command_id = str(
+                uuid.uuid5(_COMMAND_NAMESPACE, f"{self.name}/{recorded.event_id}/{index}")
+            )
+            metadata = {
+                "command_id": command_id,
+                "correlation_id": correlation,
+                "causation_id": recorded.event_id,
+                "command": type(command).__name__,
+                "process_manager": self.name,
+                "process_id": process_id,
+            }
+            items.append(CommandItem(str(uuid.uuid4()), command, metadata, idempotent=True))
+        self.attempt += 1
+        pending.update(waiting={item.request_id for item in items}, errors=[], attempt=self.attempt)
+        self.dispatching = pending
+        self.send(self.router, Execute(items, self.myAddress))
+        self.wakeupAfter(manager.dispatch_timeout, _DispatchDue(self.attempt))
+        return True
+
+    def _on_dispatched(self, reply: Executed) -> None:
+        pending = self.dispatching
+        if pending is None:
+            return
+        for request_id, answer in reply.results:
+            if request_id in pending["waiting"]:
+                pending["waiting"].discard(request_id)
+                if not isinstance(answer, DispatchResult):
+                    pending["errors"].append(answer)
+        if pending["waiting"]:
+            return
+        self.dispatching = None
+        if pending["errors"]:
+            self._dispatch_failed(pending["errors"][0], pending)
+            return
+        self._finish_pm(pending)
+        self._process()
+
+    def _dispatch_failed(self, error: BaseException, pending: dict[str, Any] | None = None) -> None:
+        pending = pending or self.dispatching
+        self.dispatching = None
+        if pending is None:
+            return
+        recorded: RecordedEvent = pending["recorded"]
+        row = (recorded.position, recorded.event_id, recorded.stream_id, recorded.version)
+        if self._policy(error, recorded, Metadata.of(recorded), row):
+            self._advance_pm(recorded.position, None)
+            self._process()
+        elif self.state in ("retrying", "stopped"):
+            self._report(idle=self.state == "stopped")
+
+    def _finish_pm(self, pending: dict[str, Any]) -> None:
+        manager: ProcessManager = pending["manager"]
+        recorded: RecordedEvent = pending["recorded"]
+        manager.apply(recorded.data)
+        state = None if pending["action"] == "stop" else manager.state()
+        self._advance_pm(recorded.position, (manager.process_id, state))
+        self.failures = 0
+
+    def _advance_pm(
+        self, position: int, instance: tuple[str, dict[str, Any] | None] | None
+    ) -> None:
+        with self.store.transaction():
+            if instance is not None:
+                self.store.save_process(self.name, instance[0], instance[1])
+            self.store.save_checkpoint(self.name, position)
+        self.position = position
+        self.handled += 1
+
+    # -- projection rebuild -----------------------------------------------------------------
+
+    def _rebuild(self, request: Rebuild) -> None:
+        projection = self.subscriber
+        if not isinstance(projection, Projection):
+            self.send(
+                request.reply_to,
+                RebuildProgress(request.request_id, 0, 0, True, f"{self.name} is not a projection"),
+            )
+            return
+        with self.target_store.transaction():
+            for table in projection.tables:
+                self.target[table].drop(ignore=True)
+            self.target_store.delete_checkpoint(self.name)
+        projection.init(self.target)
+        self.position = 0
+        self.state = "running"
+        self.failures = 0
+        self.rebuild = request
+        self.rebuild_total = self.store.last_position()
+        self.rebuild_started = time.perf_counter()
+        self._kick()
+
+
+def _placeholder(row: tuple[Any, ...]) -> RecordedEvent:
+    """Enough of an unreadable event to park it."""
+    from datetime import UTC, datetime
+
+    return RecordedEvent(
+        str(row[1]),
+        str(row[2]),
+        int(row[3]),
+        int(row[0]),
+        str(row[4]) if len(row) > 4 else "?",
+        None,
+        {},
+        datetime.now(UTC),
+    )

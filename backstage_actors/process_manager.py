@@ -1,0 +1,43 @@
+"""Process managers (sagas): long-running processes that turn events into commands.
+
+For each event, :meth:`ProcessManager.interested` says whether it starts, continues or stops a
+process instance, and which one. The instance (its state rebuilt from the last time) ``handle``s the
+event, returning commands to dispatch, then ``apply``s it. The runtime dispatches the commands
+with the event's id as their causation id and its correlation id, then saves the instance's state
+together with the checkpoint. Command ids are derived from the event, so redelivering an event
+after a crash never executes its commands twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from . import _serialization as ser
+from .handler import Subscriber
+
+__all__ = ["ProcessManager"]
+
+
+class ProcessManager(Subscriber):
+    kind: ClassVar[str] = "process_manager"
+    dispatch_timeout: ClassVar[float] = 10.0
+
+    process_id: str
+
+    def interested(self, event: Any) -> tuple[str, str] | None:
+        """``("start" | "continue" | "stop", process_id)`` for events of interest, else None."""
+        return None
+
+    def handle(self, event: Any) -> Any:
+        """Commands to dispatch for ``event``: None, one command, or a list."""
+        return None
+
+    def apply(self, event: Any) -> None:
+        """Mutate the instance's state for ``event``."""
+
+    def state(self) -> dict[str, Any]:
+        """The instance state to persist: its public attributes, unstructured."""
+        return ser.attributes_state(self, ("process_id",))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        ser.restore_attributes(self, state)
