@@ -252,6 +252,13 @@ class RunningSystem:
         with self._endpoint() as endpoint:
             return rebuild_projection(endpoint, self.root, projection, progress, timeout)
 
+    def retry_dead_letters(self, ids: Sequence[int] | None = None) -> dict[int, str]:
+        """Give parked events (all, or those ``ids``) to their subscribers again."""
+        from ._events import retry_dead_letters
+
+        with self._endpoint() as endpoint:
+            return retry_dead_letters(endpoint, self.root, self.store, list(ids) if ids else None)
+
     # -- introspection and shutdown ---------------------------------------------------------
 
     def tree(self, timeout: float = 5.0) -> dict[str, Any]:

@@ -22,10 +22,25 @@ from supervisors import Backoff, ChildAddress, ChildSpec, Supervisor, Supervisor
 from supervisors._supervisor import Child
 
 from ._protocol import Appended, Settings
-from ._subscriber import Notify, Progress, Rebuild, RebuildProgress, RouterAt, SubscriberActor
+from ._subscriber import (
+    LettersRetried,
+    Notify,
+    Progress,
+    Rebuild,
+    RebuildProgress,
+    RetryLetters,
+    RouterAt,
+    SubscriberActor,
+)
 from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
 
-__all__ = ["EventsSupervisor", "events_supervisor_spec", "rebuild_projection", "wait_for_position"]
+__all__ = [
+    "EventsSupervisor",
+    "events_supervisor_spec",
+    "rebuild_projection",
+    "retry_dead_letters",
+    "wait_for_position",
+]
 
 
 @attrs.frozen
@@ -231,3 +246,32 @@ def rebuild_projection(
             progress(reply.done, reply.total)
         if reply.finished:
             return reply.done
+
+
+def retry_dead_letters(
+    endpoint: Any, root: Any, store: Any, ids: list[int] | None, timeout: float = 60.0
+) -> dict[int, str]:
+    """Hand parked events (all, or ``ids``) back to their subscribers; ``{id: outcome}``."""
+    letters = [d for d in store.dead_letters() if ids is None or d.id in ids]
+    outcome: dict[int, str] = {i: "failed: no such parked dead letter" for i in ids or []}
+    by_subscriber: dict[str, list[int]] = {}
+    for letter in letters:
+        by_subscriber.setdefault(letter.subscriber, []).append(letter.id)
+    bus = _bus(endpoint, root)
+    for name, letter_ids in by_subscriber.items():
+        request = RetryLetters(str(uuid.uuid4()), letter_ids)
+        endpoint.tell(bus, supervisors.Forward(name, request))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome.update({i: "failed: no answer in time" for i in letter_ids})
+                break
+            reply = endpoint.listen(min(remaining, 0.5))
+            if isinstance(reply, LettersRetried) and reply.request_id == request.request_id:
+                outcome.update(reply.outcome)
+                break
+            if isinstance(reply, supervisors.Failure):
+                outcome.update({i: f"failed: {reply.message}" for i in letter_ids})
+                break
+    return outcome

@@ -35,7 +35,16 @@ from .process_manager import ProcessManager
 from .projection import Projection
 from .store import EventStore, RecordedEvent
 
-__all__ = ["Notify", "Progress", "Rebuild", "RebuildProgress", "RouterAt", "SubscriberActor"]
+__all__ = [
+    "LettersRetried",
+    "Notify",
+    "Progress",
+    "Rebuild",
+    "RebuildProgress",
+    "RetryLetters",
+    "RouterAt",
+    "SubscriberActor",
+]
 
 _COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
 POLL_INTERVAL = 1.0
@@ -85,6 +94,18 @@ class RebuildProgress:
             finished,
             error,
         )
+
+
+class RetryLetters:
+    """Handle these parked events again (dead-letter ids of this subscriber)."""
+
+    def __init__(self, request_id: str, ids: list[int]) -> None:
+        self.request_id, self.ids = request_id, ids
+
+
+class LettersRetried:
+    def __init__(self, request_id: str, outcome: dict[int, str]) -> None:
+        self.request_id, self.outcome = request_id, outcome
 
 
 class _Continue:
@@ -185,6 +206,9 @@ class SubscriberActor(SupervisedActor):
                 self._kick()
         elif isinstance(message, Rebuild):
             self._rebuild(message)
+        elif isinstance(message, RetryLetters):
+            outcome = {letter_id: self._retry_letter(letter_id) for letter_id in message.ids}
+            self.send(sender, LettersRetried(message.request_id, outcome))
 
     def _on_wakeup(self, payload: Any) -> None:
         if isinstance(payload, _Poll):
@@ -278,6 +302,7 @@ class SubscriberActor(SupervisedActor):
                 break
             position = row[0]
             self.handled += 1
+            self.failures = 0  # "failures" counts in a row, on one event
         if position != self.position:
             self.position = position
             self.store.save_checkpoint(self.name, position)
@@ -304,6 +329,7 @@ class SubscriberActor(SupervisedActor):
                     break
                 position = row[0]
                 self.handled += 1
+                self.failures = 0
             if position != self.position:
                 self.target_store.save_checkpoint(self.name, position)
         self.position = position
@@ -460,6 +486,42 @@ class SubscriberActor(SupervisedActor):
             self.store.save_checkpoint(self.name, position)
         self.position = position
         self.handled += 1
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def _retry_letter(self, letter_id: int) -> str:
+        letter = next(
+            (d for d in self.store.dead_letters(self.name, None) if d.id == letter_id), None
+        )
+        if letter is None:
+            return f"failed: no dead letter {letter_id} for {self.name}"
+        if isinstance(self.subscriber, ProcessManager):
+            return "failed: process managers cannot retry a parked event out of order"
+        try:
+            recorded = self.store.event_at(letter.position)
+            if recorded is None:
+                return f"failed: the event at position {letter.position} is gone"
+            meta = Metadata.of(recorded)
+            if isinstance(self.subscriber, Projection):
+                with self.target_store.transaction():
+                    self.subscriber.project(recorded.data, meta, self.target)
+            elif isinstance(self.subscriber, EventHandler):
+                self.subscriber.handle(recorded.data, meta)
+        except Exception as exc:
+            self.store.park(
+                self.name,
+                recorded
+                or _placeholder(
+                    (letter.position, letter.event_id, letter.stream_id, letter.version)
+                ),
+                type(exc).__name__,
+                str(exc),
+                "".join(traceback.format_exception(exc)),
+                letter.failures + 1,
+            )
+            return f"failed: {type(exc).__name__}: {exc}"
+        self.store.set_dead_letter_status(letter_id, "retried")
+        return "retried"
 
     # -- projection rebuild -----------------------------------------------------------------
 

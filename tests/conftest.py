@@ -70,6 +70,27 @@ def multiproc_system(tmp_path: Any) -> Iterator[Any]:
         system.shutdown()
 
 
+@pytest.fixture
+def start_app(base: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """``start_app(app, **options)``: run ``app`` on ``base`` with a database of the test's own
+    (``tmp_path/app.db`` unless ``database=`` is given); every system is stopped at teardown."""
+    systems: list[Any] = []
+
+    def start(app: Any, **options: Any) -> Any:
+        options.setdefault("database", str(tmp_path / "app.db"))
+        if base == "multiproc":
+            options.setdefault("log_defs", thespian_log_defs(str(tmp_path / "actors.log")))
+        system = app.start(base=base, **options)
+        systems.append(system)
+        return system
+
+    try:
+        yield start
+    finally:
+        for system in reversed(systems):
+            system.stop()
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> Any:

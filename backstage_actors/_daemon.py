@@ -1,0 +1,256 @@
+"""Starting, finding and stopping a Backstage daemon: an application on multiprocTCPBase.
+
+``backstage start`` creates the actor system itself: Thespian's admin double-forks and outlives
+the command, and so does every actor process. They all share the session the admin opens, so
+whatever a crash leaves behind (even after a SIGKILL of the admin) is found by that session id
+and ended by pid. A small state file per port records the app, the database, the admin's pid
+and the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _thespian
+from .errors import BackstageError, SystemNotRunning
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DaemonState",
+    "daemon_processes",
+    "home",
+    "kill_leftovers",
+    "load_app",
+    "read_state",
+]
+
+DEFAULT_PORT = 1900
+
+
+def home() -> Path:
+    """Where state, pid and log files live: ``$BACKSTAGE_HOME`` or ``~/.backstage``."""
+    path = Path(os.environ.get("BACKSTAGE_HOME") or Path.home() / ".backstage")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def default_port() -> int:
+    return int(os.environ.get("BACKSTAGE_PORT", DEFAULT_PORT))
+
+
+class DaemonState(dict[str, Any]):
+    """The state file's content: app, database, port, host, admin_pid, log_file, pid_file."""
+
+
+def state_path(port: int) -> Path:
+    return home() / f"daemon-{port}.json"
+
+
+def read_state(port: int) -> DaemonState | None:
+    try:
+        return DaemonState(json.loads(state_path(port).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(port: int, state: dict[str, Any]) -> None:
+    path = state_path(port)
+    path.write_text(json.dumps(state, indent=2))
+    path.chmod(0o600)
+
+
+def remove_state(port: int) -> None:
+    state = read_state(port)
+    with contextlib.suppress(OSError):
+        state_path(port).unlink()
+    if state and state.get("pid_file"):
+        with contextlib.suppress(OSError):
+            Path(state["pid_file"]).unlink()
+
+
+def load_app(spec: str) -> Any:
+    """The Application named by ``module:attribute`` (the current directory is importable)."""
+    from .application import Application
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise BackstageError(f"APP must look like module:attribute, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackstageError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Application):
+        raise BackstageError(f"{spec} is not a backstage Application (got {type(app).__name__})")
+    return app
+
+
+def daemon_processes(port: int) -> list[int]:
+    """Pids of the live processes of the daemon on ``port``.
+
+    Thespian's admin starts a new session (``setsid``) and every actor process is forked inside
+    it, so the session id recorded at start finds them all, orphans of a killed admin included.
+    """
+    state = read_state(port)
+    sid = state.get("sid") if state else None
+    if not sid:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def kill_leftovers(port: int, timeout: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every process of this daemon; returns the pids it found."""
+    pids = daemon_processes(port)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout / 2
+        while time.monotonic() < deadline and daemon_processes(port):
+            time.sleep(0.05)
+        if not daemon_processes(port):
+            break
+    return pids
+
+
+@contextlib.contextmanager
+def redirected_output(log_file: str) -> Any:
+    """Point fds 1 and 2 at ``log_file`` while the actor system forks: its processes outlive this
+    command and must not write to a terminal that is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(fd)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def log_defs(log_file: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": log_file, "formatter": "line"}
+        },
+        "root": {"handlers": ["file"], "level": "INFO"},
+    }
+
+
+def start_daemon(
+    app_spec: str,
+    port: int,
+    database: str | None,
+    host: str = "127.0.0.1",
+    log_file: str | None = None,
+    pid_file: str | None = None,
+    timeout: float = 60.0,
+) -> DaemonState:
+    """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up."""
+    app = load_app(app_spec)
+    database = os.path.abspath(database or app.database)
+    log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
+    pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
+    _check_database(database)
+    os.umask(0o027)  # no file of ours is world-readable or group-writable
+    with redirected_output(log_file):
+        system = app.start(
+            base="multiproc",
+            port=port,
+            database=database,
+            host=host,
+            log_defs=log_defs(log_file),
+            timeout=timeout,
+        )
+    root_pid = int(system.tree()["pid"])
+    state = DaemonState(
+        app=app_spec,
+        name=app.name,
+        database=database,
+        port=port,
+        host=host,
+        admin_pid=_ppid(root_pid),
+        sid=os.getsid(root_pid),
+        log_file=log_file,
+        pid_file=pid_file,
+        started_at=time.time(),
+    )
+    write_state(port, state)
+    Path(pid_file).write_text(f"{state['admin_pid']}\n")
+    Path(pid_file).chmod(0o600)
+    return state
+
+
+def _check_database(database: str) -> None:
+    from .store import EventStore
+
+    try:
+        EventStore(database).close()
+    except BackstageError as exc:
+        raise BackstageError(f"cannot open the database {database}: {exc}") from None
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else -1
+
+
+def admin_alive(state: DaemonState | None) -> bool:
+    """Whether the daemon's admin process is alive (its port may outlive it in an orphan)."""
+    pid = state.get("admin_pid") if state else None
+    fields = _stat(int(pid)) if pid else None
+    return fields is not None and fields[0] != "Z"
+
+
+def attach(port: int) -> tuple[Any, Any]:
+    """``(app, running_system)`` for the daemon on ``port``; SystemNotRunning if there is none."""
+    state = read_state(port)
+    if state is None or not _thespian.port_in_use(port, state.get("host", "127.0.0.1")):
+        raise SystemNotRunning(
+            f"no backstage daemon runs on port {port} (start one with `backstage start APP`)"
+        )
+    if not admin_alive(state):
+        raise SystemNotRunning(
+            f"the daemon on port {port} crashed (its admin, pid {state['admin_pid']}, is gone); "
+            "`backstage start` cleans up and starts it again"
+        )
+    app = load_app(state["app"])
+    try:
+        actor_system = _thespian.attach(port, state.get("host", "127.0.0.1"))
+    except Exception as exc:
+        raise SystemNotRunning(f"cannot attach to the daemon on port {port}: {exc}") from None
+    return app, app.attach(actor_system, database=state["database"])

@@ -1,0 +1,117 @@
+"""``backstage shell``: the CLI's verbs at a prompt, with history and tab completion."""
+
+from __future__ import annotations
+
+import cmd
+import contextlib
+import json
+import shlex
+from typing import Any
+
+import click
+
+from . import _daemon
+
+__all__ = ["Shell"]
+
+
+class Shell(cmd.Cmd):
+    intro = "backstage shell: the same verbs as the command line (help, tree, send ..., exit)."
+    prompt = "backstage> "
+
+    def __init__(self, group: click.Group, session: Any, port: int) -> None:
+        super().__init__()
+        self.group = group
+        self.session = session
+        self.port = port
+        self.history = _daemon.home() / "shell_history"
+        self.readline: Any = None
+        with contextlib.suppress(ImportError):
+            import readline
+
+            self.readline = readline
+            with contextlib.suppress(OSError):
+                readline.read_history_file(self.history)
+
+    # -- running verbs ----------------------------------------------------------------------
+
+    def default(self, line: str) -> bool:  # type: ignore[override]  # True ends cmdloop
+        from .cli import run
+
+        try:
+            args = self.split(line)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return False
+        if args and args[0] in ("exit", "quit"):
+            return True
+        if args and args[0] in ("start", "shell"):
+            click.echo(f"error: {args[0]} is not available inside the shell", err=True)
+            return False
+        if "--port" not in args and args and args[0] in self.group.commands:
+            args += ["--port", str(self.port)]
+        run(args, self.session)
+        return args[:1] == ["stop"]
+
+    @staticmethod
+    def split(line: str) -> list[str]:
+        """Shell words; in ``send NAME {...}`` the JSON object may be typed without quotes."""
+        head = line.split(maxsplit=2)
+        if len(head) == 3 and head[0] == "send" and head[2].lstrip().startswith("{"):
+            rest = head[2].lstrip()
+            try:
+                _, end = json.JSONDecoder().raw_decode(rest)
+            except ValueError:
+                end = len(rest)  # let `send` report the JSON error with its position
+            return ["send", head[1], rest[:end], *shlex.split(rest[end:])]
+        return shlex.split(line)
+
+    def do_help(self, arg: str) -> None:
+        from .cli import run
+
+        run([arg, "--help"] if arg else ["--help"], self.session)
+
+    def do_EOF(self, arg: str) -> bool:  # cmd's name for end of input
+        click.echo()
+        return True
+
+    def emptyline(self) -> bool:
+        return False
+
+    def postloop(self) -> None:
+        if self.readline is not None:
+            with contextlib.suppress(OSError):
+                self.readline.set_history_length(1000)
+                self.readline.write_history_file(self.history)
+
+    # -- completion -------------------------------------------------------------------------
+
+    def completenames(self, text: str, *ignored: Any) -> list[str]:
+        verbs = [*self.group.commands, "exit", "help"]
+        return sorted(v for v in verbs if v.startswith(text))
+
+    def completedefault(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        words = line.split()
+        if (
+            words
+            and words[0] == "send"
+            and (len(words) == 1 or (len(words) == 2 and not line.endswith(" ")))
+        ):
+            return sorted(n for n in self.command_names() if n.startswith(text))
+        if words and words[0] == "rebuild":
+            return sorted(n for n in self.projection_names() if n.startswith(text))
+        return []
+
+    def command_names(self) -> list[str]:
+        try:
+            app, _ = self.session.system(self.port)
+        except click.ClickException:
+            return []
+        return [cls.__name__ for cls in app.router.routes]
+
+    def projection_names(self) -> list[str]:
+        try:
+            app, _ = self.session.system(self.port)
+        except click.ClickException:
+            return []
+        return [p.subscriber_name() for p in app.projections]

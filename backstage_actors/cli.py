@@ -1,0 +1,686 @@
+"""The ``backstage`` command: start an application, send it commands, look inside it.
+
+Exit codes: 0 success; 1 the command was refused or failed (rejection, aggregate failure);
+2 bad input (usage, JSON, unknown command, fields); 3 no system running (or already running);
+4 timeout; 5 storage (the database cannot be opened).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import click
+
+from . import _daemon, _serialization
+from .command import command_from_data
+from .errors import (
+    AggregateFailed,
+    BackstageError,
+    CommandRejected,
+    ConsistencyTimeout,
+    DispatchTimeout,
+    SerializationError,
+    StorageError,
+    SystemNotRunning,
+)
+
+__all__ = ["cli", "main", "run"]
+
+EXIT_FAILED, EXIT_INPUT, EXIT_NOT_RUNNING, EXIT_TIMEOUT, EXIT_STORAGE = 1, 2, 3, 4, 5
+
+
+class CliError(click.ClickException):
+    """One line on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    raise CliError(message, code)
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, (DispatchTimeout, ConsistencyTimeout, TimeoutError)):
+        return EXIT_TIMEOUT
+    if isinstance(error, SystemNotRunning):
+        return EXIT_NOT_RUNNING
+    if isinstance(error, StorageError):
+        return EXIT_STORAGE
+    if isinstance(error, SerializationError):
+        return EXIT_INPUT
+    return EXIT_FAILED
+
+
+class Session:
+    """What one invocation (or one shell) keeps: the attached daemons."""
+
+    def __init__(self) -> None:
+        self.attached: dict[int, tuple[Any, Any]] = {}
+
+    def system(self, port: int) -> tuple[Any, Any]:
+        if port not in self.attached:
+            try:
+                self.attached[port] = _daemon.attach(port)
+            except BackstageError as exc:
+                fail(str(exc), exit_code_for(exc))
+        return self.attached[port]
+
+    def forget(self, port: int) -> None:
+        self.attached.pop(port, None)
+
+
+port_option = click.option(
+    "--port",
+    type=int,
+    default=_daemon.default_port,
+    show_default="$BACKSTAGE_PORT or 1900",
+    help="Admin port.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Backstage: start an event-sourced application, send it commands, inspect its tree."""
+    if ctx.obj is None:
+        ctx.obj = Session()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the app's modules are found from here
+
+
+# -- start / stop -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("app")
+@click.option("--db", "database", help="SQLite file of the event store (default: the app's).")
+@port_option
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface the admin binds to."
+)
+@click.option("--allow-remote", is_flag=True, help="Required to bind anything but 127.0.0.1.")
+@click.option("--log-file", help="Daemon log (default: $BACKSTAGE_HOME/daemon-PORT.log).")
+@click.option("--pid-file", help="Admin pid file (default: $BACKSTAGE_HOME/daemon-PORT.pid).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def start(
+    app: str,
+    database: str | None,
+    port: int,
+    host: str,
+    allow_remote: bool,
+    log_file: str | None,
+    pid_file: str | None,
+    timeout: float,
+) -> None:
+    """Start APP (module:attribute naming an Application) as a daemon; return once it is ready."""
+    if host not in ("127.0.0.1", "localhost") and not allow_remote:
+        fail(
+            f"binding to {host} exposes the actor system: add --allow-remote if you mean it",
+            EXIT_INPUT,
+        )
+    if host not in ("127.0.0.1", "localhost"):
+        click.echo(
+            "warning: Thespian's transport trusts every peer (it carries pickles): anyone who "
+            f"reaches {host}:{port} can run code as this user",
+            err=True,
+        )
+    state = _daemon.read_state(port)
+    if state is not None and _daemon.admin_alive(state):
+        fail(
+            f"{state['app']} already runs on port {port} (admin pid {state['admin_pid']})",
+            EXIT_NOT_RUNNING,
+        )
+    leftovers = _daemon.kill_leftovers(port)  # a crashed daemon's orphans, found by session
+    if leftovers:
+        click.echo(
+            f"cleaned up {len(leftovers)} leftover processes of a crashed daemon: {leftovers}",
+            err=True,
+        )
+    if _daemon._thespian.port_in_use(port):
+        fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
+    try:
+        state = _daemon.start_daemon(app, port, database, host, log_file, pid_file, timeout)
+    except BackstageError as exc:
+        _daemon.kill_leftovers(port)
+        fail(str(exc), exit_code_for(exc) if not isinstance(exc, StorageError) else EXIT_STORAGE)
+    except Exception as exc:
+        _daemon.kill_leftovers(port)
+        fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
+    click.echo(
+        f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
+        f"  database {state['database']}\n  log      {state['log_file']}"
+    )
+
+
+@cli.command()
+@port_option
+@click.option("--force", is_flag=True, help="Kill every process of the daemon instead of draining.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_obj
+def stop(session: Session, port: int, force: bool, timeout: float) -> None:
+    """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
+    if not force:
+        _, system = session.system(port)
+        system.owns_system = True  # this stop is meant to end the actor system
+        system.stop(timeout=timeout)
+        session.forget(port)
+        deadline = time.monotonic() + timeout
+        while _daemon.daemon_processes(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    killed = _daemon.kill_leftovers(port)
+    if force and not killed and not _daemon.read_state(port):
+        fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
+    _daemon.remove_state(port)
+    click.echo(f"stopped{' (killed ' + str(len(killed)) + ' processes)' if killed else ''}")
+
+
+# -- send -----------------------------------------------------------------------------------
+
+
+def resolve_command(app: Any, name: str) -> type:
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            module = __import__(module_name, fromlist=[class_name])
+            cls = getattr(module, class_name)
+        except (ImportError, AttributeError) as exc:
+            fail(f"unknown command {name}: {exc}", EXIT_INPUT)
+        if app.router.command_class(f"{cls.__module__}:{cls.__qualname__}") is None:
+            fail(f"command {name} is not routed by {app.name}", EXIT_INPUT)
+        return cls
+    cls = app.router.command_class(name)
+    if cls is None:
+        known = ", ".join(sorted(c.__name__ for c in app.router.routes))
+        fail(f"unknown command {name!r}; {app.name} knows: {known}", EXIT_INPUT)
+    return cls
+
+
+def parse_json(text: str, where: str = "JSON") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(
+            f"bad {where}: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
+            EXIT_INPUT,
+        )
+
+
+def event_line(recorded: Any) -> str:
+    data = json.dumps(_serialization.unstructure(recorded.data), ensure_ascii=False)
+    return f"  v{recorded.version} @{recorded.position} {recorded.type} {data}"
+
+
+@cli.command()
+@click.argument("command", required=False)
+@click.argument("data", required=False)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False),
+    help='JSON lines: {"command": ..., "data": {...}}.',
+)
+@click.option("--strong", is_flag=True, help="Return once the handlers processed the events.")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--batch", type=int, default=1000, show_default=True, help="Commands per batch with --file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@port_option
+@click.pass_obj
+def send(
+    session: Session,
+    command: str | None,
+    data: str | None,
+    path: str | None,
+    strong: bool,
+    timeout: float,
+    batch: int,
+    as_json: bool,
+    port: int,
+) -> None:
+    """Send COMMAND (a routed name or module:Class) with DATA (a JSON object)."""
+    if path:
+        send_file(session, path, port, batch, timeout, as_json)
+        return
+    if not command:
+        fail("send needs COMMAND and DATA, or --file", EXIT_INPUT)
+    app, system = session.system(port)
+    cls = resolve_command(app, command)
+    try:
+        message = command_from_data(cls, parse_json(data or "{}"))
+        result = system.dispatch(
+            message, consistency="strong" if strong else "eventual", timeout=timeout
+        )
+    except (CommandRejected, AggregateFailed) as exc:
+        fail(str(exc), EXIT_FAILED)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "stream_id": result.stream_id,
+                    "version": result.version,
+                    "events": [
+                        {
+                            "type": e.type,
+                            "version": e.version,
+                            "position": e.position,
+                            "data": _serialization.unstructure(e.data),
+                        }
+                        for e in result.events
+                    ],
+                }
+            )
+        )
+        return
+    click.echo(f"{result.stream_id} is at version {result.version}")
+    for recorded in result.events:
+        click.echo(event_line(recorded))
+
+
+def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, command or None, error or None)`` for each non-empty line."""
+    with open(path, encoding="utf-8", errors="strict") as lines:
+        number = 0
+        while True:
+            try:
+                line = lines.readline()
+            except UnicodeDecodeError as exc:
+                yield number + 1, None, f"invalid UTF-8: {exc.reason}"
+                return
+            if not line:
+                return
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict) or "command" not in entry:
+                    raise ValueError('expected {"command": NAME, "data": {...}}')
+                cls = app.router.command_class(str(entry["command"]))
+                if cls is None:
+                    raise ValueError(f"unknown command {entry['command']!r}")
+                yield number, command_from_data(cls, entry.get("data", {})), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"bad JSON: {exc.msg} at column {exc.colno}"
+            except (ValueError, BackstageError) as exc:
+                yield number, None, str(exc)
+
+
+def send_file(
+    session: Session, path: str, port: int, batch: int, timeout: float, as_json: bool
+) -> None:
+    app, system = session.system(port)
+    if not os.path.exists(path):
+        fail(f"no such file: {path}", EXIT_INPUT)
+    with open(path, "rb") as counting:
+        total = sum(1 for line in counting if line.strip())
+    accepted = 0
+    rejected: list[tuple[int, str]] = []
+    started = time.perf_counter()
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        nonlocal accepted
+        if not pending:
+            return
+        results = system.dispatch_many(
+            [c for _, c in pending], batch_size=batch, timeout=max(timeout, len(pending) / 100)
+        )
+        for (number, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                rejected.append((number, str(result)))
+            else:
+                accepted += 1
+        bar.update(len(pending))
+        pending.clear()
+
+    with click.progressbar(length=total, label="sending", file=sys.stderr) as bar:
+        for number, command, error in _read_lines(app, path):
+            if error is not None:
+                rejected.append((number, error))
+                bar.update(1)
+                continue
+            pending.append((number, command))
+            if len(pending) >= batch * 4:
+                flush()
+        flush()
+    elapsed = time.perf_counter() - started
+    rate = (accepted + len(rejected)) / elapsed if elapsed > 0 else 0.0
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "accepted": accepted,
+                    "rejected": [{"line": n, "reason": r} for n, r in rejected],
+                    "seconds": round(elapsed, 3),
+                    "commands_per_second": round(rate, 1),
+                }
+            )
+        )
+    else:
+        click.echo(
+            f"accepted {accepted}, rejected {len(rejected)} in {elapsed:.2f}s ({rate:,.0f} commands/s)"
+        )
+        for number, reason in rejected[:50]:
+            click.echo(f"  line {number}: {reason}")
+        if len(rejected) > 50:
+            click.echo(f"  ... and {len(rejected) - 50} more (use --json for all)")
+    if rejected:
+        sys.exit(EXIT_FAILED)
+
+
+# -- looking inside -------------------------------------------------------------------------
+
+STATUS_COLOURS = {
+    "running": "green",
+    "stopped": "red",
+    "restarting": "yellow",
+    "unresponsive": "red",
+}
+
+
+def render_tree(node: dict[str, Any], depth: int = 0) -> Iterator[str]:
+    status = node.get("status", "?")
+    state = node.get("state")
+    if state and state != "running":
+        status = f"{status}/{state}"
+    details = []
+    for key in ("live", "max_live", "passivated", "position", "lag", "failures", "parked"):
+        if key in node and (key not in ("failures", "parked") or node[key]):
+            details.append(f"{key}={node[key]}")
+    if node.get("restarts"):
+        details.append(click.style(f"restarts={node['restarts']}", fg="yellow"))
+    colour = STATUS_COLOURS.get(str(node.get("status")), "white")
+    yield (
+        f"{'  ' * depth}{click.style(node['name'], bold=True)} "
+        f"[{node.get('kind', '?')}] {click.style(status, fg=colour)}"
+        f"{' ' + ' '.join(details) if details else ''}"
+    )
+    for child in node.get("children", []):
+        yield from render_tree(child, depth + 1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@port_option
+@click.pass_obj
+def tree(session: Session, as_json: bool, port: int) -> None:
+    """The live supervision tree."""
+    _, system = session.system(port)
+    try:
+        node = system.tree()
+    except BackstageError as exc:
+        session.forget(port)
+        fail(str(exc), exit_code_for(exc))
+    if as_json:
+        click.echo(json.dumps(node, indent=2))
+    else:
+        for line in render_tree(node):
+            click.echo(line)
+
+
+def collect_status(system: Any) -> dict[str, Any]:
+    node = system.tree()
+    nodes = list(_walk(node))
+    router = next((n for n in nodes if n.get("kind") == "router"), {})
+    subscribers = [
+        n for n in nodes if n.get("kind") in ("handler", "projection", "process_manager")
+    ]
+    return {
+        "application": node["name"],
+        "status": node["status"],
+        "last_position": system.store.last_position(),
+        "aggregates": {k: router.get(k) for k in ("live", "max_live", "passivated")},
+        "restarts": sum(int(n.get("restarts", 0)) for n in nodes),
+        "subscribers": [
+            {
+                k: n.get(k)
+                for k in (
+                    "name",
+                    "kind",
+                    "status",
+                    "state",
+                    "position",
+                    "lag",
+                    "failures",
+                    "parked",
+                    "restarts",
+                )
+            }
+            for n in subscribers
+        ],
+        "dead_letters": len(system.store.dead_letters()),
+    }
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("children", []):
+        yield from _walk(child)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@port_option
+@click.pass_obj
+def status(session: Session, as_json: bool, port: int) -> None:
+    """Live aggregates, handler positions and lag, restarts."""
+    _, system = session.system(port)
+    try:
+        report = collect_status(system)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    aggregates = report["aggregates"]
+    click.echo(
+        f"{report['application']}: {report['status']}, {report['last_position']} events stored"
+    )
+    click.echo(
+        f"aggregates: {aggregates['live']} live (cap {aggregates['max_live']}), "
+        f"{aggregates['passivated']} passivated; restarts in the tree: {report['restarts']}"
+    )
+    for sub in report["subscribers"]:
+        state = sub["state"] or sub["status"]
+        click.echo(
+            f"  {sub['name']:<20} {sub['kind']:<16} {state:<10} position {sub['position']} "
+            f"lag {sub['lag']} failures {sub['failures']} parked {sub['parked']}"
+        )
+    if report["dead_letters"]:
+        click.echo(f"dead letters: {report['dead_letters']} (backstage dead-letters)")
+
+
+def open_store(port: int, database: str | None) -> Any:
+    from .store import EventStore
+
+    if database is None:
+        state = _daemon.read_state(port)
+        if state is None:
+            fail(
+                f"no backstage daemon runs on port {port}; name the database with --db",
+                EXIT_NOT_RUNNING,
+            )
+        database = state["database"]
+    if not os.path.exists(database):
+        fail(f"no such database: {database}", EXIT_STORAGE)
+    try:
+        return EventStore(database)
+    except StorageError as exc:
+        fail(str(exc), EXIT_STORAGE)
+
+
+@cli.command()
+@click.argument("stream", required=False)
+@click.option(
+    "--from",
+    "start",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Version (with STREAM) or position.",
+)
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--db", "database", help="Read this database instead of the daemon's.")
+@click.option("--json", "as_json", is_flag=True)
+@port_option
+def events(
+    stream: str | None, start: int, limit: int, database: str | None, as_json: bool, port: int
+) -> None:
+    """Stored events: all of them by position, or one STREAM by version."""
+    store = open_store(port, database)
+    try:
+        found = list(
+            store.read_stream(stream, start, limit=limit)
+            if stream
+            else store.read_all(start, limit=limit)
+        )
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "position": e.position,
+                        "stream_id": e.stream_id,
+                        "version": e.version,
+                        "type": e.type,
+                        "data": _serialization.unstructure(e.data),
+                        "metadata": e.metadata,
+                        "recorded_at": e.recorded_at.isoformat(),
+                    }
+                    for e in found
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not found:
+        click.echo("no events")
+    for e in found:
+        data = json.dumps(_serialization.unstructure(e.data), ensure_ascii=False)
+        click.echo(f"{e.position:>6} {e.stream_id}@{e.version} {e.type} {data}")
+
+
+@cli.command("dead-letters")
+@click.argument("action", type=click.Choice(["list", "retry"]), default="list")
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--json", "as_json", is_flag=True)
+@port_option
+@click.pass_obj
+def dead_letters(
+    session: Session, action: str, ids: tuple[int, ...], as_json: bool, port: int
+) -> None:
+    """Parked events: list them, or retry some (IDS) or all of them."""
+    if action == "list":
+        store = open_store(port, None)
+        letters = store.dead_letters()
+        store.close()
+        if as_json:
+            click.echo(json.dumps([_letter(d) for d in letters], indent=2))
+        elif not letters:
+            click.echo("no dead letters")
+        for d in [] if as_json else letters:
+            click.echo(
+                f"{d.id:>4} {d.subscriber:<16} @{d.position} {d.type} {d.error_type}: {d.error} (x{d.failures})"
+            )
+        return
+    _, system = session.system(port)
+    try:
+        outcome = system.retry_dead_letters(list(ids) or None)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+    for letter_id, result in outcome.items():
+        click.echo(f"{letter_id}: {result}")
+    if any(result != "retried" for result in outcome.values()):
+        sys.exit(EXIT_FAILED)
+
+
+def _letter(d: Any) -> dict[str, Any]:
+    return {
+        k: getattr(d, k)
+        for k in (
+            "id",
+            "subscriber",
+            "position",
+            "stream_id",
+            "type",
+            "error_type",
+            "error",
+            "failures",
+            "status",
+            "parked_at",
+        )
+    }
+
+
+@cli.command()
+@click.argument("projection")
+@port_option
+@click.pass_obj
+def rebuild(session: Session, projection: str, port: int) -> None:
+    """Drop PROJECTION's tables and replay every event into them."""
+    _, system = session.system(port)
+    with click.progressbar(length=1, label=f"rebuilding {projection}", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        try:
+            count = system.rebuild(projection, progress=progress)
+        except BackstageError as exc:
+            fail(str(exc), exit_code_for(exc))
+    click.echo(f"{projection} rebuilt from {count} events")
+
+
+@cli.command()
+@port_option
+@click.pass_obj
+def shell(session: Session, port: int) -> None:
+    """An interactive prompt with the same verbs, history and tab completion."""
+    from ._shell import Shell
+
+    Shell(cli, session, port).cmdloop()
+
+
+def run(args: list[str] | None = None, session: Session | None = None) -> int:
+    """Run one command line and return its exit code; errors are one line on stderr."""
+    try:
+        cli.main(args=args, prog_name="backstage", standalone_mode=False, obj=session)
+    except click.UsageError as exc:
+        hint = f" (see backstage {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return EXIT_INPUT
+    except CliError as exc:
+        exc.show()
+        return exc.code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILED
+    return 0
+
+
+def main(args: list[str] | None = None) -> None:
+    """The console script."""
+    sys.exit(run(args))
