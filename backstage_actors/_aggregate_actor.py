@@ -21,6 +21,7 @@ from typing import Any
 
 from supervisors import Failure, SupervisedActor
 
+from . import telemetry
 from ._codec import encode_event
 from ._protocol import (
     AppendBatch,
@@ -61,13 +62,19 @@ class AggregateActor(SupervisedActor):
         self.in_flight: (
             tuple[Execute, int, dict[str, Any], list[tuple[int, CommandItem]]] | None
         ) = None
+        self._requests: list[AppendRequest] = []  # the in-flight appends
+        self._ending = False
         self.broken: str | None = None
         self._snapshot_at: int | None = None
         self._tag = 0
         self.aggregate = self._rebuild()
 
     def describe(self) -> dict[str, Any]:
-        node: dict[str, Any] = {"stream_id": self.stream_id, "version": self.aggregate.version}
+        node: dict[str, Any] = {
+            "stream_id": self.stream_id,
+            "version": self.aggregate.version,
+            "telemetry": telemetry.stats.summary(),
+        }
         if self.broken:
             node["broken"] = self.broken
         return node
@@ -126,8 +133,25 @@ class AggregateActor(SupervisedActor):
         elif isinstance(message, Failure):
             self._fail_in_flight(f"the store actor failed: {message.message}")
 
+    def on_stop(self) -> None:
+        """Stopped (passivated, or the application stops) while the store actor has our append:
+        make it here, so that its callers get their answers rather than a timeout. The store
+        actor's copy then finds the events stored (same event ids) and stores nothing twice.
+        Commands still queued go back to the router, for the next instance."""
+        self._ending = True
+        if self.in_flight is not None:
+            self._tag += 1  # the store actor's answer, if any, is not waited for
+            try:
+                results: list[Any] = self.store.append_batches(self._requests)
+            except BackstageError as exc:
+                results = [exc] * len(self._requests)
+            self._on_results(results)
+        while self.queue:
+            queued, _ = self.queue.popleft()
+            self.hand_back(queued, self.supervisor)
+
     def _pump(self) -> None:
-        while self.queue and self.in_flight is None:
+        while self.queue and self.in_flight is None and not self._ending:
             execute, attempt = self.queue.popleft()
             self._run(execute, attempt)
 
@@ -148,7 +172,8 @@ class AggregateActor(SupervisedActor):
                 continue
             name = type(item.command).__name__
             try:
-                events = events_of(aggregate.execute(item.command))
+                with telemetry.span("execute", stream_id=self.stream_id, command=name):
+                    events = events_of(aggregate.execute(item.command))
             except Exception as exc:
                 answers[item.request_id] = CommandRejected(name, type(exc).__name__, str(exc))
                 continue
@@ -180,12 +205,14 @@ class AggregateActor(SupervisedActor):
             self._reply(execute, answers)
             return
         self.in_flight = (execute, attempt, answers, pending)
+        self._requests = requests
         if self.settings.append_via == "actor" and self.store_actor is not None:
             self._tag += 1
             self.send(self.store_actor, AppendBatch(requests, self._tag))
         else:
             try:
-                results: list[Any] = self.store.append_batches(requests)
+                with telemetry.span("append", stream_id=self.stream_id, appends=len(requests)):
+                    results: list[Any] = self.store.append_batches(requests)
             except BackstageError as exc:
                 results = [exc] * len(requests)
             self._on_results(results)

@@ -198,6 +198,9 @@ class RunningSystem:
                 elif isinstance(reply, PoisonMessage):
                     self._router = None  # the router moved; the next call looks it up again
                     break
+        if waiting:
+            # No answer: the router may have been restarted elsewhere; look it up next time.
+            self._router = None
         for index in waiting.values():
             name = type(items[index].command).__name__
             answers[index] = DispatchTimeout(

@@ -24,6 +24,7 @@ from .event import event_topic, event_type, event_version, registry
 __all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
 
 _PLAIN = (int, str, float, bool, type(None))
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -51,6 +52,11 @@ def encode_event(event: Any, validate: bool = True) -> EncodedEvent:
     name, version, topic = known
     data = ser.unstructure(event)
     text = ser.dumps(data, name)
+    if len(text) > MAX_EVENT_BYTES:
+        raise SerializationError(
+            f"{name} is {len(text):,} bytes of JSON; an event may hold at most {MAX_EVENT_BYTES:,} "
+            "(keep large blobs outside the event store and record a reference)"
+        )
     if validate:
         ser.structure(json.loads(text), cls, name)
     return EncodedEvent(name, version, topic, text, event)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _thespian
-from .errors import BackstageError, SystemNotRunning
+from .errors import BackstageError, StorageError, SystemNotRunning
 
 __all__ = [
     "DEFAULT_PORT",
@@ -185,8 +185,8 @@ def start_daemon(
     database = os.path.abspath(database or app.database)
     log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
     pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
-    _check_database(database)
     os.umask(0o027)  # no file of ours is world-readable or group-writable
+    _check_database(database)  # (after the umask: this may create the database)
     with redirected_output(log_file):
         system = app.start(
             base="multiproc",
@@ -221,7 +221,7 @@ def _check_database(database: str) -> None:
     try:
         EventStore(database).close()
     except BackstageError as exc:
-        raise BackstageError(f"cannot open the database {database}: {exc}") from None
+        raise StorageError(f"cannot open the database {database}: {exc}") from None
 
 
 def _ppid(pid: int) -> int:
@@ -239,14 +239,15 @@ def admin_alive(state: DaemonState | None) -> bool:
 def attach(port: int) -> tuple[Any, Any]:
     """``(app, running_system)`` for the daemon on ``port``; SystemNotRunning if there is none."""
     state = read_state(port)
-    if state is None or not _thespian.port_in_use(port, state.get("host", "127.0.0.1")):
-        raise SystemNotRunning(
-            f"no backstage daemon runs on port {port} (start one with `backstage start APP`)"
-        )
-    if not admin_alive(state):
+    # A state file whose admin is gone is a crash, whether or not an orphan still holds the port.
+    if state is not None and not admin_alive(state):
         raise SystemNotRunning(
             f"the daemon on port {port} crashed (its admin, pid {state['admin_pid']}, is gone); "
             "`backstage start` cleans up and starts it again"
+        )
+    if state is None or not _thespian.port_in_use(port, state.get("host", "127.0.0.1")):
+        raise SystemNotRunning(
+            f"no backstage daemon runs on port {port} (start one with `backstage start APP`)"
         )
     app = load_app(state["app"])
     try:

@@ -183,6 +183,8 @@ def dumps(data: Any, what: str = "value") -> str:
     """Compact JSON of unstructured ``data``; a value JSON cannot hold is named by its path."""
     try:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise SerializationError(f"{what}: nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as exc:
         path = _first_bad_path(data, "$") or "$"
         raise SerializationError(f"{what}: not JSON-serializable at {path}: {exc}", path) from None

@@ -208,6 +208,8 @@ def resolve_command(app: Any, name: str) -> type:
 def parse_json(text: str, where: str = "JSON") -> Any:
     try:
         return json.loads(text)
+    except RecursionError:
+        fail(f"bad {where}: nested too deeply", EXIT_INPUT)
     except json.JSONDecodeError as exc:
         fail(
             f"bad {where}: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
@@ -291,17 +293,15 @@ def send(
 
 def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
     """``(line number, command or None, error or None)`` for each non-empty line."""
-    with open(path, encoding="utf-8", errors="strict") as lines:
-        number = 0
-        while True:
+    # Bytes, decoded line by line: a text stream decodes ahead in blocks, so one bad byte would
+    # lose the good lines before it and be reported on the wrong line.
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
             try:
-                line = lines.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield number + 1, None, f"invalid UTF-8: {exc.reason}"
-                return
-            if not line:
-                return
-            number += 1
+                yield number, None, f"invalid UTF-8: {exc.reason} at byte {exc.start + 1}"
+                continue
             if not line.strip():
                 continue
             try:
@@ -314,6 +314,8 @@ def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, command_from_data(cls, entry.get("data", {})), None
             except json.JSONDecodeError as exc:
                 yield number, None, f"bad JSON: {exc.msg} at column {exc.colno}"
+            except RecursionError:
+                yield number, None, "bad JSON: nested too deeply"
             except (ValueError, BackstageError) as exc:
                 yield number, None, str(exc)
 
@@ -358,6 +360,7 @@ def send_file(
         flush()
     elapsed = time.perf_counter() - started
     rate = (accepted + len(rejected)) / elapsed if elapsed > 0 else 0.0
+    rejected.sort()  # refusals come back after the parse errors of later lines
     if as_json:
         click.echo(
             json.dumps(

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-from thespian.actors import WakeupMessage
+from thespian.actors import DeadEnvelope, WakeupMessage
 
-from supervisors import ChildAddress, ChildSpec, Supervisor, WatchChildren
+from supervisors import ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 from supervisors._supervisor import Child
 
 from ._aggregate_actor import AggregateActor
@@ -112,6 +112,7 @@ class RouterActor(Supervisor):
 
     kind = "router"
     tree_window = 50
+    describe_aggregates = False  # the router knows enough; asking hundreds of actors is slow
 
     def on_start(self) -> None:
         super().on_start()
@@ -124,6 +125,9 @@ class RouterActor(Supervisor):
         self.sweep_due = False
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
+        # A command forwarded to an aggregate whose process just died (before the router heard
+        # of it) comes back as a dead letter: route it again instead of losing it.
+        self.handleDeadLetters(startHandling=True)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -133,7 +137,7 @@ class RouterActor(Supervisor):
         }
 
     def describe_child(self, child: Child) -> bool:
-        return False  # the router knows enough about its aggregates; don't ask hundreds of actors
+        return self.describe_aggregates
 
     def tree_children(self) -> list[Child]:
         names = list(self.recent)[-self.tree_window :]
@@ -150,8 +154,18 @@ class RouterActor(Supervisor):
             self._sibling_moved(message)
         elif isinstance(message, WakeupMessage):
             self._sweep()
+        elif isinstance(message, DeadEnvelope):
+            self._dead_letter(message.deadMessage)
         else:
             super().handle(message, sender)
+
+    def _dead_letter(self, message: Any) -> None:
+        if isinstance(message, Envelope):
+            message = message.message
+        if isinstance(message, Execute) and all(
+            type(item.command) in self.router.routes for item in message.items
+        ):
+            self._execute(message)
 
     def _execute(self, execute: Execute) -> None:
         groups: dict[str, list[CommandItem]] = {}

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-__all__ = ["die_with_parent", "kill_process"]
+__all__ = ["die_with_parent", "is_child_process", "kill_process", "process_gone"]
 
 
 def log() -> logging.Logger:
@@ -50,3 +50,27 @@ def kill_process(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def is_child_process(pid: int | None) -> bool:
+    """Whether ``pid`` is a child process of this one (Linux; False elsewhere)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def process_gone(pid: int | None) -> bool:
+    """Whether ``pid`` (another process) no longer exists: it exited and was reaped."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

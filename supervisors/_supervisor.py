@@ -44,7 +44,7 @@ from ._messages import (
     _StopDue,
     _Undelivered,
 )
-from ._process import kill_process
+from ._process import is_child_process, kill_process, process_gone
 from ._spec import ChildSpec, SupervisorSpec
 
 __all__ = ["Child", "Supervisor"]
@@ -67,6 +67,7 @@ class Child:
     dynamic: bool = False
     address: Any = None
     pid: int | None = None
+    forked: bool = False  # its process is a child of ours (not a remote or the same process)
     status: str = "new"  # new starting running exiting stopping restarting stopped
     restarts: int = 0
     generation: int = 0
@@ -97,6 +98,10 @@ class Child:
         if isinstance(self.spec.args, SupervisorSpec) and self.is_supervisor:
             return str(getattr(self.spec.actor, "kind", None) or self.spec.args.kind)
         return str(getattr(self.spec.actor, "kind", "worker"))
+
+
+class _LivenessDue:
+    """Time to look for children whose death Thespian did not report."""
 
 
 @attrs.define
@@ -137,6 +142,7 @@ class Supervisor(SupervisedActor):
         self._stop_reply: list[tuple[Any, Any]] = []
         self._shutdown_reason: Failure | None = None
         self._start_queue: list[str] = []
+        self._liveness_due = False
         for spec in self.spec.children:
             self.children[spec.name] = Child(spec)
         self._start_in_order(list(self.children))
@@ -305,6 +311,7 @@ class Supervisor(SupervisedActor):
             return
         child.status = "running"
         child.pid = started.pid
+        child.forked = is_child_process(started.pid)
         child.address = sender
         self._by_address[str(sender)] = child
         for watcher in self._watchers:
@@ -342,6 +349,12 @@ class Supervisor(SupervisedActor):
         self.send(sender, ActorExitRequest())
 
     def _on_exited(self, address: Any) -> None:
+        if not self._liveness_due:
+            # Thespian reports only one of two children that die at nearly the same time: handling
+            # the first exit, it reaps any other dead child without a word (multiprocCommon's
+            # _childExited). Look for such siblings once that is done.
+            self._liveness_due = True
+            self.wakeupAfter(0.05, _LivenessDue())
         child = self._child_at(address)
         if child is None:
             return
@@ -535,6 +548,12 @@ class Supervisor(SupervisedActor):
                     child.status = "stopped"
                     self._stopping_names.discard(child.name)
                     self._stopped(child)
+        elif isinstance(payload, _LivenessDue):
+            self._liveness_due = False
+            for child in list(self.children.values()):
+                if child.address is not None and child.forked and process_gone(child.pid):
+                    log().warning("%s: child %s died unreported", self.name, child.name)
+                    self._on_exited(child.address)
         elif isinstance(payload, _GatherDue):
             gather = self._gathers.get(payload.request_id)
             if gather is not None:

@@ -34,8 +34,10 @@ def probe(actor_system: Any) -> Any:
 
 
 def events(actor_system: Any, probe: Any, kind: str | None = None) -> list[tuple[Any, ...]]:
+    """The workers' reports in the order they happened (by their monotonic clock, which every
+    process of the machine shares): messages from different processes may arrive out of order."""
     record = actor_system.ask(probe, "dump", 5)
-    return [e for e in record if kind is None or e[0] == kind]
+    return sorted((e for e in record if kind is None or e[0] == kind), key=lambda e: e[-1])
 
 
 def names(record: list[tuple[Any, ...]]) -> list[str]:
