@@ -275,7 +275,20 @@ class RunningSystem:
                 ) from None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Orderly shutdown: the tree stops in reverse start order, then the actor system."""
+        """Orderly shutdown: the tree stops in reverse start order, then the actor system.
+
+        A handle from :meth:`Application.attach` only lets go of the running application (it
+        does not own it); ``shutdown()`` there stops the application for everyone.
+        """
+        if self._stopped:
+            return
+        if not self.owns_system:
+            self._release()
+            return
+        self.shutdown(timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the application's tree in order, and the actor system if this handle started it."""
         if self._stopped:
             return
         try:
@@ -284,12 +297,15 @@ class RunningSystem:
         except (supervisors.SupervisionError, BackstageError):
             pass
         finally:
-            self._stopped = True
-            for context in self._contexts:
-                with contextlib.suppress(Exception):
-                    context.exit_clone()
             if self.owns_system:
                 self.actor_system.shutdown()
-            _shared.close_shared(self.settings.database)
-            if self._store is not None:
-                self._store.close()
+            self._release()
+
+    def _release(self) -> None:
+        self._stopped = True
+        for context in self._contexts:
+            with contextlib.suppress(Exception):
+                context.exit_clone()
+        _shared.close_shared(self.settings.database)
+        if self._store is not None:
+            self._store.close()

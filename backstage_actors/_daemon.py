@@ -124,40 +124,70 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def kill_leftovers(port: int, timeout: float = 5.0) -> list[int]:
-    """SIGTERM, then SIGKILL, every process of this daemon; returns the pids it found."""
-    pids = daemon_processes(port)
+    """SIGTERM, then SIGKILL, every process of this daemon; returns the pids it found.
+
+    The processes are listed again while they die: a supervisor that outlives its child for a
+    moment forks a replacement, which must not survive as an orphan.
+    """
+    found: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        signalled: set[int] = set()
         deadline = time.monotonic() + timeout / 2
-        while time.monotonic() < deadline and daemon_processes(port):
+        while (pids := daemon_processes(port)) and time.monotonic() < deadline:
+            for pid in pids:
+                if pid not in signalled:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                    signalled.add(pid)
+                if pid not in found:
+                    found.append(pid)
             time.sleep(0.05)
         if not daemon_processes(port):
             break
-    return pids
+    return sorted(found)
+
+
+# This command's own stdout and stderr, kept aside while the actor system forks. A fork keeps
+# every fd open (close-on-exec does not apply): the daemon would hold them for its whole life,
+# and whoever reads this command's output (a pipe, `$(backstage start ...)`) would wait forever.
+_saved_output: tuple[int, ...] = ()
+
+
+def _close_saved_output() -> None:
+    global _saved_output
+    for fd in _saved_output:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _saved_output = ()
+
+
+os.register_at_fork(after_in_child=_close_saved_output)
 
 
 @contextlib.contextmanager
 def redirected_output(log_file: str) -> Any:
-    """Point fds 1 and 2 at ``log_file`` while the actor system forks: its processes outlive this
-    command and must not write to a terminal that is gone."""
+    """Point fds 1 and 2 at ``log_file`` and fd 0 at /dev/null while the actor system forks: its
+    processes outlive this command and must not hold on to its terminal or pipes."""
+    global _saved_output
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved = _saved_output = os.dup(0), os.dup(1), os.dup(2)
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
     try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
         yield
     finally:
+        _saved_output = ()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(fd)
-        os.close(saved[0])
-        os.close(saved[1])
+        for target, fd in enumerate(saved):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.close(log)
+        os.close(null)
 
 
 def log_defs(log_file: str) -> dict[str, Any]:
@@ -185,17 +215,20 @@ def start_daemon(
     database = os.path.abspath(database or app.database)
     log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
     pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
-    os.umask(0o027)  # no file of ours is world-readable or group-writable
-    _check_database(database)  # (after the umask: this may create the database)
-    with redirected_output(log_file):
-        system = app.start(
-            base="multiproc",
-            port=port,
-            database=database,
-            host=host,
-            log_defs=log_defs(log_file),
-            timeout=timeout,
-        )
+    previous = os.umask(0o027)  # no file of the daemon is world-readable or group-writable
+    try:
+        _check_database(database)  # (after the umask: this may create the database)
+        with redirected_output(log_file):
+            system = app.start(
+                base="multiproc",
+                port=port,
+                database=database,
+                host=host,
+                log_defs=log_defs(log_file),
+                timeout=timeout,
+            )
+    finally:
+        os.umask(previous)
     root_pid = int(system.tree()["pid"])
     state = DaemonState(
         app=app_spec,

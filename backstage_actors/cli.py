@@ -134,6 +134,10 @@ def start(
             f"reaches {host}:{port} can run code as this user",
             err=True,
         )
+    try:
+        _daemon.load_app(app)
+    except BackstageError as exc:
+        fail(str(exc), EXIT_INPUT)
     state = _daemon.read_state(port)
     if state is not None and _daemon.admin_alive(state):
         fail(
@@ -172,7 +176,7 @@ def stop(session: Session, port: int, force: bool, timeout: float) -> None:
     if not force:
         _, system = session.system(port)
         system.owns_system = True  # this stop is meant to end the actor system
-        system.stop(timeout=timeout)
+        system.shutdown(timeout=timeout)
         session.forget(port)
         deadline = time.monotonic() + timeout
         while _daemon.daemon_processes(port) and time.monotonic() < deadline:
@@ -298,7 +302,7 @@ def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\r\n")  # a JSON error's column is on this line
             except UnicodeDecodeError as exc:
                 yield number, None, f"invalid UTF-8: {exc.reason} at byte {exc.start + 1}"
                 continue
@@ -609,7 +613,7 @@ def dead_letters(
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
     for letter_id, result in outcome.items():
-        click.echo(f"{letter_id}: {result}")
+        click.echo(f"{letter_id}: {result}", err=result != "retried")
     if any(result != "retried" for result in outcome.values()):
         sys.exit(EXIT_FAILED)
 
@@ -638,7 +642,13 @@ def _letter(d: Any) -> dict[str, Any]:
 @click.pass_obj
 def rebuild(session: Session, projection: str, port: int) -> None:
     """Drop PROJECTION's tables and replay every event into them."""
-    _, system = session.system(port)
+    app, system = session.system(port)
+    known = [p.subscriber_name() for p in app.projections]
+    if projection not in known:
+        fail(
+            f"unknown projection {projection!r}; {app.name} has: {', '.join(known) or 'none'}",
+            EXIT_INPUT,
+        )
     with click.progressbar(length=1, label=f"rebuilding {projection}", file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
