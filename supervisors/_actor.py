@@ -31,7 +31,7 @@ from ._messages import (
     _Started,
     _Undelivered,
 )
-from ._process import die_with_parent
+from ._process import die_with_parent, in_own_process
 
 __all__ = ["SupervisedActor"]
 
@@ -54,6 +54,10 @@ class SupervisedActor(Actor):
 
     def __init__(self) -> None:
         super().__init__()
+        if in_own_process():
+            # Die with the parent's process from the first instant: a supervisor killed between
+            # creating a child and initialising it must not leave the child behind as an orphan.
+            die_with_parent()
         self.name: str = ""
         self.args: Any = {}
         self.supervisor: Any = None
@@ -120,10 +124,6 @@ class SupervisedActor(Actor):
         self.supervisor = init.supervisor
         if init.kind:
             self.kind = init.kind
-        if os.getpid() != init.creator_pid:
-            # Our own process on a multiproc base: die with the supervisor's process, so that a
-            # killed supervisor never leaves orphans beside the fresh children of its successor.
-            die_with_parent()
         try:
             self.on_start()
         except Exception as exc:
