@@ -66,6 +66,7 @@ class AggregateActor(SupervisedActor):
         self._ending = False
         self.broken: str | None = None
         self._snapshot_at: int | None = None
+        self.stats = telemetry.Stats()
         self._tag = 0
         self.aggregate = self._rebuild()
 
@@ -73,7 +74,7 @@ class AggregateActor(SupervisedActor):
         node: dict[str, Any] = {
             "stream_id": self.stream_id,
             "version": self.aggregate.version,
-            "telemetry": telemetry.stats.summary(),
+            "telemetry": self.stats.summary(),
         }
         if self.broken:
             node["broken"] = self.broken
@@ -172,7 +173,7 @@ class AggregateActor(SupervisedActor):
                 continue
             name = type(item.command).__name__
             try:
-                with telemetry.span("execute", stream_id=self.stream_id, command=name):
+                with telemetry.span("execute", self.stats, stream_id=self.stream_id, command=name):
                     events = events_of(aggregate.execute(item.command))
             except Exception as exc:
                 answers[item.request_id] = CommandRejected(name, type(exc).__name__, str(exc))
@@ -211,7 +212,9 @@ class AggregateActor(SupervisedActor):
             self.send(self.store_actor, AppendBatch(requests, self._tag))
         else:
             try:
-                with telemetry.span("append", stream_id=self.stream_id, appends=len(requests)):
+                with telemetry.span(
+                    "append", self.stats, stream_id=self.stream_id, appends=len(requests)
+                ):
                     results: list[Any] = self.store.append_batches(requests)
             except BackstageError as exc:
                 results = [exc] * len(requests)

@@ -19,7 +19,7 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _shared
+from . import _shared, telemetry
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
 from .errors import BackstageError, DispatchTimeout, SystemNotRunning
@@ -113,12 +113,15 @@ class RunningSystem:
             if pipeline.halted:
                 return self._failed(pipeline)
         try:
-            item = new_item(command, pipeline.metadata)
-            [answer] = self._send([item], timeout)
-            if isinstance(answer, BaseException):
-                raise answer
-            if consistency == "strong" and answer.position:
-                self.wait_for(answer.position, handlers, deadline_in=timeout)
+            with telemetry.span(
+                "dispatch", command=type(command).__name__, consistency=consistency
+            ):
+                item = new_item(command, pipeline.metadata)
+                [answer] = self._send([item], timeout)
+                if isinstance(answer, BaseException):
+                    raise answer
+                if consistency == "strong" and answer.position:
+                    self.wait_for(answer.position, handlers, deadline_in=timeout)
         except BaseException as exc:
             pipeline.error = exc
             return self._failed(pipeline)

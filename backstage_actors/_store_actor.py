@@ -13,6 +13,7 @@ from typing import Any
 
 from supervisors import ChildAddress, SupervisedActor, WatchChildren
 
+from . import telemetry
 from ._protocol import AppendBatch, Appended, AppendResults, Flush, Settings
 from ._shared import shared_store
 from .errors import BackstageError
@@ -36,6 +37,7 @@ class StoreActor(SupervisedActor):
         self.listeners: list[Any] = []
         self.commits = 0
         self.appends = 0
+        self.stats = telemetry.Stats()
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
 
@@ -46,6 +48,7 @@ class StoreActor(SupervisedActor):
             "last_position": self.store.last_position(),
             "commits": self.commits,
             "appends": self.appends,
+            "telemetry": self.stats.summary(),
         }
 
     def receive(self, message: Any, sender: Any) -> None:
@@ -64,7 +67,8 @@ class StoreActor(SupervisedActor):
         buffer, self.buffer = self.buffer, []
         requests = [request for _, _, batch in buffer for request in batch]
         try:
-            results: list[Any] = self.store.append_batches(requests)
+            with telemetry.span("append", self.stats, appends=len(requests)):
+                results: list[Any] = self.store.append_batches(requests)
         except BackstageError as exc:
             log().error("group commit of %d appends failed: %s", len(requests), exc)
             results = [exc] * len(requests)

@@ -157,6 +157,7 @@ class SubscriberActor(SupervisedActor):
         self.rebuild: Rebuild | None = None
         self.rebuild_total = 0
         self.handled = 0
+        self.stats = telemetry.Stats()
         self.dispatching: dict[str, Any] | None = None
         self.continue_pending = False
         self._report(idle=False)
@@ -185,6 +186,7 @@ class SubscriberActor(SupervisedActor):
             "failures": self.failures,
             "parked": len(self.store.dead_letters(self.name)),
             "handled": self.handled,
+            "telemetry": self.stats.summary(),
             **({"last_error": self.last_error} if self.last_error else {}),
         }
 
@@ -294,7 +296,7 @@ class SubscriberActor(SupervisedActor):
             recorded, meta, error = self._decode(row)
             if error is None:
                 try:
-                    with telemetry.span("handle", subscriber=self.name):
+                    with telemetry.span("handle", self.stats, subscriber=self.name):
                         handler.handle(recorded.data if recorded else None, meta)
                 except Exception as exc:
                     error = exc
@@ -319,7 +321,10 @@ class SubscriberActor(SupervisedActor):
                 if error is None:
                     conn.execute("SAVEPOINT event")
                     try:
-                        projection.project(recorded.data if recorded else None, meta, self.target)
+                        with telemetry.span("handle", self.stats, subscriber=self.name):
+                            projection.project(
+                                recorded.data if recorded else None, meta, self.target
+                            )
                         conn.execute("RELEASE event")
                     except Exception as exc:
                         conn.execute("ROLLBACK TO event")

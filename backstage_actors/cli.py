@@ -438,6 +438,19 @@ def tree(session: Session, as_json: bool, port: int) -> None:
             click.echo(line)
 
 
+SUBSCRIBER_FIELDS = (
+    "name",
+    "kind",
+    "status",
+    "state",
+    "position",
+    "lag",
+    "failures",
+    "parked",
+    "restarts",
+)
+
+
 def collect_status(system: Any) -> dict[str, Any]:
     node = system.tree()
     nodes = list(_walk(node))
@@ -453,18 +466,8 @@ def collect_status(system: Any) -> dict[str, Any]:
         "restarts": sum(int(n.get("restarts", 0)) for n in nodes),
         "subscribers": [
             {
-                k: n.get(k)
-                for k in (
-                    "name",
-                    "kind",
-                    "status",
-                    "state",
-                    "position",
-                    "lag",
-                    "failures",
-                    "parked",
-                    "restarts",
-                )
+                **{key: n.get(key) for key in SUBSCRIBER_FIELDS},
+                "handle": n.get("telemetry", {}).get("handle"),  # count, mean_ms, max_ms
             }
             for n in subscribers
         ],
@@ -502,9 +505,10 @@ def status(session: Session, as_json: bool, port: int) -> None:
     )
     for sub in report["subscribers"]:
         state = sub["state"] or sub["status"]
+        timing = f" handle {sub['handle']['mean_ms']} ms" if sub.get("handle") else ""
         click.echo(
             f"  {sub['name']:<20} {sub['kind']:<16} {state:<10} position {sub['position']} "
-            f"lag {sub['lag']} failures {sub['failures']} parked {sub['parked']}"
+            f"lag {sub['lag']} failures {sub['failures']} parked {sub['parked']}{timing}"
         )
     if report["dead_letters"]:
         click.echo(f"dead letters: {report['dead_letters']} (backstage dead-letters)")

@@ -73,10 +73,14 @@ def emit(
 
 
 @contextmanager
-def span(event: str, **metadata: Any) -> Iterator[dict[str, Any]]:
-    """Time the block and emit ``event`` with its ``duration`` (seconds) when it ends."""
+def span(event: str, own: Stats | None = None, **metadata: Any) -> Iterator[dict[str, Any]]:
+    """Time the block and emit ``event`` with its ``duration`` (seconds) when it ends; ``own``
+    also records it in an actor's own statistics (in-process, many actors share the global)."""
     started = time.perf_counter()
     try:
         yield metadata
     finally:
-        emit(event, {"duration": time.perf_counter() - started}, metadata)
+        duration = time.perf_counter() - started
+        if own is not None:
+            own.record(event, duration)
+        emit(event, {"duration": duration}, metadata)
