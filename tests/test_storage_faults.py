@@ -154,8 +154,8 @@ def test_a_broken_row_at_rest_is_named_never_skipped(start_app: Any, tmp_path: A
     # The subscribers do not skip it silently: after their retries it is parked, by position.
     def parked() -> Any:
         system.tree()  # on simpleSystemBase the retry timers only run inside calls to the system
-        return [d for d in system.store.dead_letters() if d.position == broken] or None
+        letters = [d for d in system.store.dead_letters() if d.position == broken]
+        return letters if {d.subscriber for d in letters} >= {"balances", "notifier"} else None
 
-    letters = wait_until(parked)
-    assert {d.subscriber for d in letters} >= {"balances", "notifier"}
+    letters = wait_until(parked, timeout=20, what="both subscribers to park the broken event")
     assert all(str(broken) in d.error for d in letters)
