@@ -207,7 +207,7 @@ class AggregateActor(SupervisedActor):
             return
         self.in_flight = (execute, attempt, answers, pending)
         self._requests = requests
-        if self.settings.append_via == "actor" and self.store_actor is not None:
+        if execute.grouped and self.settings.append_via == "actor" and self.store_actor is not None:
             self._tag += 1
             self.send(self.store_actor, AppendBatch(requests, self._tag))
         else:
@@ -273,7 +273,7 @@ class AggregateActor(SupervisedActor):
                 self.send(listener, Appended(last_position))
         if retry:
             self._reply(execute, answers, partial=True)
-            self.queue.appendleft((Execute(retry, execute.reply_to), attempt + 1))
+            self.queue.appendleft((Execute(retry, execute.reply_to, execute.grouped), attempt + 1))
         else:
             self._reply(execute, answers)
         self._pump()

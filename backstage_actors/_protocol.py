@@ -40,6 +40,9 @@ class Execute:
 
     items: list[CommandItem]
     reply_to: Any
+    # Part of a larger batch: other aggregates are appending at the same moment, so the appends
+    # go through the store actor's group commit (in-process; see _aggregate_actor).
+    grouped: bool = False
 
 
 @attrs.frozen

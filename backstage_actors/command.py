@@ -57,16 +57,17 @@ def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> Command
             f"a command must be an attrs class or dataclass instance, not {type(command).__name__}"
         )
     meta = dict(metadata or {})
+    if meta:
+        try:  # what the caller gave must be storable with the events
+            ser.dumps(ser.unstructure(meta), "metadata")
+        except SerializationError as exc:
+            raise SerializationError(f"{type(command).__name__} metadata: {exc}", exc.path) from None
     given_id = meta.get("command_id")
     command_id = str(given_id) if given_id else str(uuid.uuid4())
     meta["command_id"] = command_id
     meta.setdefault("correlation_id", command_id)
     meta.setdefault("causation_id", command_id)
     meta["command"] = type(command).__name__
-    try:
-        ser.dumps(ser.unstructure(meta), "metadata")
-    except SerializationError as exc:
-        raise SerializationError(f"{type(command).__name__} metadata: {exc}", exc.path) from None
     return CommandItem(str(uuid.uuid4()), command, meta, bool(given_id))
 
 

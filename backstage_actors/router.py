@@ -148,7 +148,7 @@ class RouterActor(Supervisor):
     def handle(self, message: Any, sender: Any) -> None:
         if isinstance(message, Execute):
             self._execute(
-                message if message.reply_to is not None else Execute(message.items, sender)
+                message if message.reply_to is not None else Execute(message.items, sender, message.grouped)
             )
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
@@ -187,7 +187,13 @@ class RouterActor(Supervisor):
             self._ensure(stream_id, route, identity)
             self.recent[stream_id] = now
             self.recent.move_to_end(stream_id)
-            self.forward(stream_id, Execute(items, execute.reply_to), self.myAddress)
+            grouped = execute.grouped or len(execute.items) > 1
+            message = Execute(items, execute.reply_to, grouped)
+            child = self.children[stream_id]
+            if child.status == "running":
+                self.send(child.address, message)  # the hot path: no envelope, nothing held
+            else:
+                self.forward(stream_id, message, self.myAddress)
 
     def _ensure(self, stream_id: str, route: Route, identity: str) -> None:
         child = self.children.get(stream_id)

@@ -498,7 +498,11 @@ class Supervisor(SupervisedActor):
         self._stopping_names.add(child.name)
         child.generation += 1
         self.send(child.address, Stop() if child.is_supervisor else ActorExitRequest())
-        self.wakeupAfter(child.spec.shutdown, _StopDue(child.name, child.generation))
+        if child.is_supervisor or child.pid != os.getpid():
+            # A worker in this very process (simpleSystemBase) stops before anything else runs,
+            # and could not be killed anyway: no deadline, so thousands of passivations do not
+            # pile up thousands of timers.
+            self.wakeupAfter(child.spec.shutdown, _StopDue(child.name, child.generation))
 
     def _stopped(self, child: Child) -> None:
         """``child`` is down for good unless a plan starts it again."""
