@@ -19,7 +19,7 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _shared, telemetry
+from . import _shared, _thespian, telemetry
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
 from .errors import BackstageError, DispatchTimeout, SystemNotRunning
@@ -52,6 +52,7 @@ class RunningSystem:
         self._contexts: list[Any] = []
         self._stopped = False
         self._store: Any = None
+        self._sent = 0
 
     # -- context management -----------------------------------------------------------------
 
@@ -201,6 +202,11 @@ class RunningSystem:
                 elif isinstance(reply, PoisonMessage):
                     self._router = None  # the router moved; the next call looks it up again
                     break
+            if self.base == "simple":
+                self._sent += len(items)
+                if self._sent >= 10_000:  # (under the lock: no actor runs meanwhile)
+                    self._sent = 0
+                    _thespian.compact_registry(self.actor_system)
         if waiting:
             # No answer: the router may have been restarted elsewhere; look it up next time.
             self._router = None

@@ -25,7 +25,7 @@ from .router import Router, RouterActor
 __all__ = ["Application", "RunningSystem"]
 
 #: Live aggregate actors per base: each one is a process on multiproc (4-6 MiB each).
-DEFAULT_MAX_LIVE = {"simple": 10_000, "multiproc": 300}
+DEFAULT_MAX_LIVE = {"simple": 2_000, "multiproc": 300}
 
 
 class Application:
@@ -34,7 +34,7 @@ class Application:
     ``database`` is the SQLite file of the event store (and, by default, of the projections).
     ``synchronous`` is ``"FULL"`` (every commit fsynced) or ``"NORMAL"``. ``lifespan`` is how long
     an idle aggregate actor lives by default (None: until the cap pushes it out); ``max_live``
-    caps live aggregate actors (default: 10,000 in-process, 300 on multiproc).
+    caps live aggregate actors (default: 2,000 in-process, 300 on multiproc).
     """
 
     def __init__(

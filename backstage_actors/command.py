@@ -61,7 +61,9 @@ def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> Command
         try:  # what the caller gave must be storable with the events
             ser.dumps(ser.unstructure(meta), "metadata")
         except SerializationError as exc:
-            raise SerializationError(f"{type(command).__name__} metadata: {exc}", exc.path) from None
+            raise SerializationError(
+                f"{type(command).__name__} metadata: {exc}", exc.path
+            ) from None
     given_id = meta.get("command_id")
     command_id = str(given_id) if given_id else str(uuid.uuid4())
     meta["command_id"] = command_id

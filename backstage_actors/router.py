@@ -148,7 +148,9 @@ class RouterActor(Supervisor):
     def handle(self, message: Any, sender: Any) -> None:
         if isinstance(message, Execute):
             self._execute(
-                message if message.reply_to is not None else Execute(message.items, sender, message.grouped)
+                message
+                if message.reply_to is not None
+                else Execute(message.items, sender, message.grouped)
             )
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
