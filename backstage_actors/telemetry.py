@@ -1,7 +1,9 @@
 """Telemetry: timed events from every long-lived actor, in the spirit of Commanded's.
 
 Each process keeps counters and durations per event name (``dispatch``, ``execute``, ``append``,
-``rebuild``, ``handle``); actors report theirs in the supervision tree, which is what
+``rebuild``, ``handle``; a projection that catches up a page at once emits one ``handle`` for
+the page, with ``events`` among the measurements and the mean as ``duration``); actors report
+theirs in the supervision tree, which is what
 ``backstage status`` shows. Code running in the same process can also :func:`attach` a handler
 that is called with ``(event, measurements, metadata)`` for every event emitted there.
 """
@@ -33,6 +35,12 @@ class Stats:
         self.counts[event] = self.counts.get(event, 0) + 1
         self.totals[event] = self.totals.get(event, 0.0) + duration
         self.maxima[event] = max(self.maxima.get(event, 0.0), duration)
+
+    def record_many(self, event: str, count: int, total: float) -> None:
+        """``count`` events that took ``total`` seconds together (their mean is the maximum)."""
+        self.counts[event] = self.counts.get(event, 0) + count
+        self.totals[event] = self.totals.get(event, 0.0) + total
+        self.maxima[event] = max(self.maxima.get(event, 0.0), total / count)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {
