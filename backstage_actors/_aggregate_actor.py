@@ -15,6 +15,7 @@ cannot be applied answers every command with :class:`AggregateFailed` instead of
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -31,6 +32,7 @@ from ._protocol import (
     Executed,
     Listeners,
     Settings,
+    Touched,
 )
 from ._shared import shared_store
 from .aggregate import Aggregate, events_of
@@ -66,6 +68,7 @@ class AggregateActor(SupervisedActor):
         self._ending = False
         self.broken: str | None = None
         self._snapshot_at: int | None = None
+        self._touched = 0.0
         self.stats = telemetry.Stats()
         self._tag = 0
         self.aggregate = self._rebuild()
@@ -120,6 +123,9 @@ class AggregateActor(SupervisedActor):
 
     def receive(self, message: Any, sender: Any) -> None:
         if isinstance(message, Execute):
+            if message.stream_id is not None:
+                self._direct(message, sender)
+                return
             self.queue.append((message, 0))
             self._pump()
         elif isinstance(message, AppendResults):
@@ -133,6 +139,21 @@ class AggregateActor(SupervisedActor):
             self.store_actor = message.store_actor
         elif isinstance(message, Failure):
             self._fail_in_flight(f"the store actor failed: {message.message}")
+
+    def _direct(self, execute: Execute, sender: Any) -> None:
+        """A client sent straight here (it learnt the address from an earlier answer)."""
+        plain = Execute(execute.items, execute.reply_to or sender, execute.grouped)
+        if execute.stream_id != self.stream_id:
+            # The address now belongs to another aggregate: the router knows the way.
+            self.send(self.supervisor, plain)
+            return
+        now = time.monotonic()
+        if now - self._touched >= 1.0:
+            # The router passivates by idle time and recency; tell it this one is in use.
+            self._touched = now
+            self.send(self.supervisor, Touched(self.stream_id))
+        self.queue.append((plain, 0))
+        self._pump()
 
     def on_stop(self) -> None:
         """Stopped (passivated, or the application stops) while the store actor has our append:
@@ -323,7 +344,7 @@ class AggregateActor(SupervisedActor):
             if item.request_id in answers
         ]
         if results or not partial:
-            self.send(execute.reply_to, Executed(results))
+            self.send(execute.reply_to, Executed(results, (self.stream_id, self.myAddress)))
 
 
 def _correlation(item: CommandItem) -> str:

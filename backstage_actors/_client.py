@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from .middleware import Pipeline
 __all__ = ["RunningSystem"]
 
 CONSISTENCIES = ("eventual", "strong")
+MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
 
 
 class RunningSystem:
@@ -53,6 +55,7 @@ class RunningSystem:
         self._stopped = False
         self._store: Any = None
         self._sent = 0
+        self._aggregates: OrderedDict[str, Any] = OrderedDict()  # stream id -> actor address
 
     # -- context management -----------------------------------------------------------------
 
@@ -179,7 +182,12 @@ class RunningSystem:
         return [answer for answer in answers if answer is not None]
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
-        """Send ``items`` in ``Execute`` messages and gather one answer per item."""
+        """Send ``items`` in ``Execute`` messages and gather one answer per item.
+
+        A single command to an aggregate this system has heard from goes straight to it (two
+        messages instead of three: on multiproc every hop is a TCP round trip); anything else,
+        and anything whose aggregate moved, goes through the router.
+        """
         if not items:
             return []
         waiting = {item.request_id: index for index, item in enumerate(items)}
@@ -187,14 +195,22 @@ class RunningSystem:
         deadline = time.monotonic() + timeout
         router = self.router_address()
         with self._endpoint() as endpoint:
-            for start in range(0, len(items), batch_size):
-                endpoint.tell(router, Execute(items[start : start + batch_size], None))
+            me = _thespian.own_address(endpoint)
+            direct = self._direct_address(items) if me is not None else None
+            if direct is not None:
+                address, stream_id = direct
+                endpoint.tell(address, Execute(items, me, False, stream_id))
+            else:
+                for start in range(0, len(items), batch_size):
+                    endpoint.tell(router, Execute(items[start : start + batch_size], me))
             while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 reply = endpoint.listen(self._wait_step(remaining))
                 if isinstance(reply, Executed):
+                    if reply.source is not None:
+                        self._remember(*reply.source)
                     for request_id, answer in reply.results:
                         index = waiting.pop(request_id, None)
                         if index is not None:
@@ -208,14 +224,33 @@ class RunningSystem:
                     self._sent = 0
                     _thespian.compact_registry(self.actor_system)
         if waiting:
-            # No answer: the router may have been restarted elsewhere; look it up next time.
+            # No answer: the router or the aggregate may live elsewhere now; look them up again.
             self._router = None
+            if direct is not None:
+                self._aggregates.pop(direct[1], None)
         for index in waiting.values():
             name = type(items[index].command).__name__
             answers[index] = DispatchTimeout(
                 f"{name}: no answer within {timeout}s; it may or may not have been executed"
             )
         return answers
+
+    def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str] | None:
+        if len(items) != 1 or not self._aggregates:
+            return None
+        try:
+            _, stream_id, _ = self.app.router.stream_of(items[0].command)
+        except BackstageError:
+            return None  # the router will say what is wrong
+        address = self._aggregates.get(stream_id)
+        return (address, stream_id) if address is not None else None
+
+    def _remember(self, stream_id: str, address: Any) -> None:
+        with self._lock:
+            self._aggregates[stream_id] = address
+            self._aggregates.move_to_end(stream_id)
+            while len(self._aggregates) > MAX_REMEMBERED:
+                self._aggregates.popitem(last=False)
 
     def _wait_step(self, remaining: float) -> float:
         # simpleSystemBase runs every actor inside tell(): the answers are there already, and a

@@ -43,6 +43,9 @@ class Execute:
     # Part of a larger batch: other aggregates are appending at the same moment, so the appends
     # go through the store actor's group commit (in-process; see _aggregate_actor).
     grouped: bool = False
+    # Set when a client sends straight to the aggregate it believes owns this stream: the
+    # aggregate checks it, and hands a misdelivered message to the router.
+    stream_id: str | None = None
 
 
 @attrs.frozen
@@ -50,6 +53,15 @@ class Executed:
     """Answers: ``(request_id, DispatchResult | BackstageError)`` pairs."""
 
     results: list[tuple[str, Any]]
+    # ``(stream_id, address)`` of the aggregate that answered: where to send its next commands.
+    source: tuple[str, Any] | None = None
+
+
+@attrs.frozen
+class Touched:
+    """An aggregate was used directly by a client: the router keeps its idle clock right."""
+
+    stream_id: str
 
 
 @attrs.frozen

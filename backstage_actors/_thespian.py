@@ -15,7 +15,15 @@ from typing import Any
 
 from thespian.actors import ActorSystem
 
-__all__ = ["bind_to", "compact_registry", "free_port", "port_in_use", "start_actor_system"]
+__all__ = [
+    "attach",
+    "bind_to",
+    "compact_registry",
+    "free_port",
+    "own_address",
+    "port_in_use",
+    "start_actor_system",
+]
 
 _bind_host: str | None = None
 _patched = False
@@ -66,6 +74,12 @@ def start_actor_system(
     bind_to(host)
     capabilities = {"Admin Port": port or free_port(host)}
     return ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True)
+
+
+def own_address(endpoint: Any) -> Any:
+    """The address actors see as this external endpoint's (None on simpleSystemBase)."""
+    transport = getattr(getattr(endpoint, "_systemBase", None), "transport", None)
+    return getattr(transport, "myAddress", None)
 
 
 def attach(port: int, host: str = "127.0.0.1") -> Any:

@@ -22,7 +22,7 @@ from supervisors import ChildAddress, ChildSpec, Envelope, Supervisor, WatchChil
 from supervisors._supervisor import Child
 
 from ._aggregate_actor import AggregateActor
-from ._protocol import Execute, Executed, Listeners, Settings
+from ._protocol import Execute, Executed, Listeners, Settings, Touched
 from .aggregate import Aggregate
 from .command import CommandItem
 from .errors import InvalidCommand, UnregisteredCommand
@@ -152,6 +152,10 @@ class RouterActor(Supervisor):
                 if message.reply_to is not None
                 else Execute(message.items, sender, message.grouped)
             )
+        elif isinstance(message, Touched):
+            if message.stream_id in self.recent:
+                self.recent[message.stream_id] = time.monotonic()
+                self.recent.move_to_end(message.stream_id)
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
         elif isinstance(message, WakeupMessage):
@@ -160,6 +164,13 @@ class RouterActor(Supervisor):
             self._dead_letter(message.deadMessage)
         else:
             super().handle(message, sender)
+
+    def lost(self, message: Any, sender: Any) -> None:
+        """Handed back by an aggregate that is gone (passivated meanwhile): route it again."""
+        if isinstance(message, Execute):
+            self._dead_letter(Execute(message.items, message.reply_to or sender, message.grouped))
+        else:
+            super().lost(message, sender)
 
     def _dead_letter(self, message: Any) -> None:
         if isinstance(message, Envelope):

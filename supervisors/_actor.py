@@ -182,7 +182,7 @@ class SupervisedActor(Actor):
         if _is_system(message) or isinstance(message, (_Describe, _Init)):
             return
         if self.supervisor is not None:
-            self.send(self.supervisor, _Undelivered(message, sender))
+            self.send(self.supervisor, _Undelivered(message, sender, self.name))
 
     def _stopping(self) -> None:
         if self._phase == "running":

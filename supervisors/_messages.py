@@ -171,6 +171,7 @@ class _Undelivered:
 
     message: Any
     sender: Any
+    name: str = ""
 
 
 @attrs.frozen

@@ -187,9 +187,13 @@ class Supervisor(SupervisedActor):
         elif isinstance(message, _Exiting):
             self._on_exiting(message, sender)
         elif isinstance(message, _Undelivered):
-            child = self._child_at(sender)
+            # By the time it arrives, the instance that handed it back may be gone: its name
+            # still finds the child, and its next instance.
+            child = self._child_at(sender) or self.children.get(message.name)
             if child is not None:
                 self.undelivered(child, message.message, message.sender)
+            else:
+                self.lost(message.message, message.sender)
         elif isinstance(message, TreeNode):
             self._on_description(message)
         elif isinstance(message, WakeupMessage):
@@ -249,6 +253,11 @@ class Supervisor(SupervisedActor):
         child.bounced.append((message, sender))
         if child.status == "stopped":
             self.child_ended(child)
+
+    def lost(self, message: Any, sender: Any) -> None:
+        """A message handed back by a child that no longer exists: its sender hears of it."""
+        if sender is not None:
+            self.send(sender, Failure(self.name, "ChildStopped", "the child is gone", "", message))
 
     # -- public operations, also usable by subclasses ---------------------------------------
 
