@@ -4,12 +4,15 @@
   pickles, so anyone who can reach a port can run code: :func:`bind_to` makes the sockets of the
   actor systems this process starts (and the processes they fork) bind to one host, 127.0.0.1 by
   default. It is a patch of ``IPActorAddress``, the one place Thespian computes bind addresses.
-* The status query (``Thespian_StatusReq``) is marked tentative by Thespian; only this module uses it.
+* Its TCP transport registers every open socket in a fresh epoll selector each time it waits:
+  :func:`use_poll_selector` has it use poll(2) instead, one system call for all of them.
+* A simpleSystemBase remembers every actor that ever ended: :func:`compact_registry` forgets.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 from typing import Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "own_address",
     "port_in_use",
     "start_actor_system",
+    "use_poll_selector",
 ]
 
 _bind_host: str | None = None
@@ -50,6 +54,27 @@ def bind_to(host: str) -> None:
     _patched = True
 
 
+def use_poll_selector() -> None:
+    """Make Thespian's TCP transport wait with poll(2) instead of a fresh epoll per loop.
+
+    The transport builds a new selector and registers every open socket each time it waits, so
+    with epoll every wait costs a system call per socket; poll(2) takes them all in one. With a
+    hundred aggregate processes this was 25-30 % more commands per second (bench/). The change
+    is confined to the transport module's own reference to ``selectors``.
+    """
+    import types
+
+    from thespian.system.transport import TCPTransport
+
+    if getattr(TCPTransport.selectors, "DefaultSelector", None) is selectors.PollSelector:
+        return
+    TCPTransport.selectors = types.SimpleNamespace(
+        DefaultSelector=selectors.PollSelector,
+        EVENT_READ=selectors.EVENT_READ,
+        EVENT_WRITE=selectors.EVENT_WRITE,
+    )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -72,6 +97,7 @@ def start_actor_system(
     if base != "multiproc":
         raise ValueError(f"base must be 'simple' or 'multiproc', not {base!r}")
     bind_to(host)
+    use_poll_selector()
     capabilities = {"Admin Port": port or free_port(host)}
     return ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True)
 
@@ -87,6 +113,7 @@ def attach(port: int, host: str = "127.0.0.1") -> Any:
     if not port_in_use(port, host):
         raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
     bind_to(host)
+    use_poll_selector()
     return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
 
 
