@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 from thespian.actors import PoisonMessage
 
 import supervisors
@@ -23,13 +24,14 @@ import supervisors
 from . import _shared, _thespian, telemetry
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
-from .errors import BackstageError, DispatchTimeout, SystemNotRunning
+from .errors import BackstageError, CommandRejected, DispatchTimeout, SystemNotRunning
 from .middleware import Pipeline
 
 __all__ = ["RunningSystem"]
 
 CONSISTENCIES = ("eventual", "strong")
 MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
+DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
 
 
 class RunningSystem:
@@ -198,8 +200,11 @@ class RunningSystem:
             me = _thespian.own_address(endpoint)
             direct = self._direct_address(items) if me is not None else None
             if direct is not None:
+                # Named, so that the detour below can never run it twice.
+                items = [attrs.evolve(item, idempotent=True) for item in items]
                 address, stream_id = direct
                 endpoint.tell(address, Execute(items, me, False, stream_id))
+                detour_at = time.monotonic() + min(DIRECT_PATIENCE, timeout / 2)
             else:
                 for start in range(0, len(items), batch_size):
                     endpoint.tell(router, Execute(items[start : start + batch_size], me))
@@ -207,10 +212,21 @@ class RunningSystem:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                reply = endpoint.listen(self._wait_step(remaining))
+                if direct is not None and time.monotonic() >= detour_at:
+                    # The aggregate may have been stopping as the command reached it: ask the
+                    # router, which starts it again if need be.
+                    self._aggregates.pop(direct[1], None)
+                    endpoint.tell(router, Execute([items[i] for i in waiting.values()], me))
+                    direct = None
+                    continue
+                step = remaining if direct is None else max(0.0, detour_at - time.monotonic())
+                reply = endpoint.listen(self._wait_step(step))
                 if isinstance(reply, Executed):
-                    if reply.source is not None:
-                        self._remember(*reply.source)
+                    if reply.source is not None and all(
+                        isinstance(answer, (DispatchResult, CommandRejected))
+                        for _, answer in reply.results
+                    ):
+                        self._remember(*reply.source)  # it answered and is alive
                     for request_id, answer in reply.results:
                         index = waiting.pop(request_id, None)
                         if index is not None:
@@ -224,10 +240,8 @@ class RunningSystem:
                     self._sent = 0
                     _thespian.compact_registry(self.actor_system)
         if waiting:
-            # No answer: the router or the aggregate may live elsewhere now; look them up again.
+            # No answer: the router may live elsewhere now; look it up again next time.
             self._router = None
-            if direct is not None:
-                self._aggregates.pop(direct[1], None)
         for index in waiting.values():
             name = type(items[index].command).__name__
             answers[index] = DispatchTimeout(
