@@ -200,8 +200,10 @@ class RunningSystem:
             me = _thespian.own_address(endpoint)
             direct = self._direct_address(items) if me is not None else None
             if direct is not None:
-                # Named, so that the detour below can never run it twice.
-                items = [attrs.evolve(item, idempotent=True) for item in items]
+                if self.base != "simple":
+                    # Named, so that the detour below can never run it twice. (In-process the
+                    # answer is there when tell() returns: no detour, no need.)
+                    items = [attrs.evolve(item, idempotent=True) for item in items]
                 address, stream_id = direct
                 endpoint.tell(address, Execute(items, me, False, stream_id))
                 detour_at = time.monotonic() + min(DIRECT_PATIENCE, timeout / 2)

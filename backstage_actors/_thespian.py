@@ -103,9 +103,13 @@ def start_actor_system(
 
 
 def own_address(endpoint: Any) -> Any:
-    """The address actors see as this external endpoint's (None on simpleSystemBase)."""
-    transport = getattr(getattr(endpoint, "_systemBase", None), "transport", None)
-    return getattr(transport, "myAddress", None)
+    """The address actors see as this external endpoint's (None if it cannot be told)."""
+    base = getattr(endpoint, "_systemBase", None)
+    transport = getattr(base, "transport", None)
+    if transport is not None:
+        return getattr(transport, "myAddress", None)
+    requester = getattr(base, "actorRegistry", {}).get("System:ExternalRequester")
+    return getattr(requester, "address", None)
 
 
 def attach(port: int, host: str = "127.0.0.1") -> Any:
