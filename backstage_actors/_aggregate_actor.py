@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -24,6 +23,7 @@ from supervisors import Failure, SupervisedActor
 
 from . import telemetry
 from ._codec import encode_event
+from ._ids import event_id
 from ._protocol import (
     AppendBatch,
     Appended,
@@ -41,8 +41,6 @@ from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpec
 from .store import AppendRequest, EventStore, RecordedEvent
 
 __all__ = ["AggregateActor"]
-
-_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-4a8e-9b67-3f0d8f0b7a11")
 
 
 def log() -> logging.Logger:
@@ -217,10 +215,7 @@ class AggregateActor(SupervisedActor):
                 self._crash_batch(execute, exc, name)
                 raise
             aggregate.version += len(events)
-            ids = [
-                str(uuid.uuid5(_EVENT_NAMESPACE, f"{item.command_id}/{i}"))
-                for i in range(len(events))
-            ]
+            ids = [event_id(item.command_id, i) for i in range(len(events))]
             requests.append(AppendRequest(self.stream_id, encoded, expected, item.metadata, ids))
             pending.append((len(requests) - 1, item))
         if not requests:
@@ -245,7 +240,7 @@ class AggregateActor(SupervisedActor):
         """A command named by its caller and stored before is answered, not run again."""
         if not item.idempotent:
             return None
-        first = str(uuid.uuid5(_EVENT_NAMESPACE, f"{item.command_id}/0"))
+        first = event_id(item.command_id, 0)
         row = self.store.conn.execute(
             "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",
             (first, self.stream_id),

@@ -18,8 +18,15 @@ from typing import Any
 import attrs
 
 import supervisors
-from supervisors import Backoff, ChildAddress, ChildSpec, Supervisor, SupervisorSpec, WatchChildren
-from supervisors._supervisor import Child
+from supervisors import (
+    Backoff,
+    Child,
+    ChildAddress,
+    ChildSpec,
+    Supervisor,
+    SupervisorSpec,
+    WatchChildren,
+)
 
 from ._protocol import Appended, Settings
 from ._subscriber import (

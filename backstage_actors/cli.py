@@ -11,73 +11,48 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any, NoReturn
 
 import click
 
 from . import _daemon, _serialization
+from ._cli_support import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_NOT_RUNNING,
+    EXIT_STORAGE,
+    EXIT_TIMEOUT,
+    CliError,
+    Session,
+    collect_status,
+    event_line,
+    exit_code_for,
+    fail,
+    letter_fields,
+    open_store,
+    parse_json,
+    render_tree,
+    resolve_command,
+    send_file,
+)
 from .command import command_from_data
 from .errors import (
     AggregateFailed,
     BackstageError,
     CommandRejected,
-    ConsistencyTimeout,
-    DispatchTimeout,
-    SerializationError,
     StorageError,
-    SystemNotRunning,
 )
 
-__all__ = ["cli", "main", "run"]
-
-EXIT_FAILED, EXIT_INPUT, EXIT_NOT_RUNNING, EXIT_TIMEOUT, EXIT_STORAGE = 1, 2, 3, 4, 5
-
-
-class CliError(click.ClickException):
-    """One line on stderr and an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    raise CliError(message, code)
-
-
-def exit_code_for(error: BaseException) -> int:
-    if isinstance(error, (DispatchTimeout, ConsistencyTimeout, TimeoutError)):
-        return EXIT_TIMEOUT
-    if isinstance(error, SystemNotRunning):
-        return EXIT_NOT_RUNNING
-    if isinstance(error, StorageError):
-        return EXIT_STORAGE
-    if isinstance(error, SerializationError):
-        return EXIT_INPUT
-    return EXIT_FAILED
-
-
-class Session:
-    """What one invocation (or one shell) keeps: the attached daemons."""
-
-    def __init__(self) -> None:
-        self.attached: dict[int, tuple[Any, Any]] = {}
-
-    def system(self, port: int) -> tuple[Any, Any]:
-        if port not in self.attached:
-            try:
-                self.attached[port] = _daemon.attach(port)
-            except BackstageError as exc:
-                fail(str(exc), exit_code_for(exc))
-        return self.attached[port]
-
-    def forget(self, port: int) -> None:
-        self.attached.pop(port, None)
-
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INPUT",
+    "EXIT_NOT_RUNNING",
+    "EXIT_STORAGE",
+    "EXIT_TIMEOUT",
+    "Session",
+    "cli",
+    "main",
+    "run",
+]
 
 port_option = click.option(
     "--port",
@@ -191,41 +166,6 @@ def stop(session: Session, port: int, force: bool, timeout: float) -> None:
 # -- send -----------------------------------------------------------------------------------
 
 
-def resolve_command(app: Any, name: str) -> type:
-    if ":" in name:
-        module_name, _, class_name = name.partition(":")
-        try:
-            module = __import__(module_name, fromlist=[class_name])
-            cls = getattr(module, class_name)
-        except (ImportError, AttributeError) as exc:
-            fail(f"unknown command {name}: {exc}", EXIT_INPUT)
-        if app.router.command_class(f"{cls.__module__}:{cls.__qualname__}") is None:
-            fail(f"command {name} is not routed by {app.name}", EXIT_INPUT)
-        return cls
-    cls = app.router.command_class(name)
-    if cls is None:
-        known = ", ".join(sorted(c.__name__ for c in app.router.routes))
-        fail(f"unknown command {name!r}; {app.name} knows: {known}", EXIT_INPUT)
-    return cls
-
-
-def parse_json(text: str, where: str = "JSON") -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        fail(f"bad {where}: nested too deeply", EXIT_INPUT)
-    except json.JSONDecodeError as exc:
-        fail(
-            f"bad {where}: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
-            EXIT_INPUT,
-        )
-
-
-def event_line(recorded: Any) -> str:
-    data = json.dumps(_serialization.unstructure(recorded.data), ensure_ascii=False)
-    return f"  v{recorded.version} @{recorded.position} {recorded.type} {data}"
-
-
 @cli.command()
 @click.argument("command", required=False)
 @click.argument("data", required=False)
@@ -295,130 +235,6 @@ def send(
         click.echo(event_line(recorded))
 
 
-def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
-    """``(line number, command or None, error or None)`` for each non-empty line."""
-    # Bytes, decoded line by line: a text stream decodes ahead in blocks, so one bad byte would
-    # lose the good lines before it and be reported on the wrong line.
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")  # a JSON error's column is on this line
-            except UnicodeDecodeError as exc:
-                yield number, None, f"invalid UTF-8: {exc.reason} at byte {exc.start + 1}"
-                continue
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                if not isinstance(entry, dict) or "command" not in entry:
-                    raise ValueError('expected {"command": NAME, "data": {...}}')
-                cls = app.router.command_class(str(entry["command"]))
-                if cls is None:
-                    raise ValueError(f"unknown command {entry['command']!r}")
-                yield number, command_from_data(cls, entry.get("data", {})), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"bad JSON: {exc.msg} at column {exc.colno}"
-            except RecursionError:
-                yield number, None, "bad JSON: nested too deeply"
-            except (ValueError, BackstageError) as exc:
-                yield number, None, str(exc)
-
-
-def send_file(
-    session: Session, path: str, port: int, batch: int, timeout: float, as_json: bool
-) -> None:
-    app, system = session.system(port)
-    if not os.path.exists(path):
-        fail(f"no such file: {path}", EXIT_INPUT)
-    with open(path, "rb") as counting:
-        total = sum(1 for line in counting if line.strip())
-    accepted = 0
-    rejected: list[tuple[int, str]] = []
-    started = time.perf_counter()
-    pending: list[tuple[int, Any]] = []
-
-    def flush() -> None:
-        nonlocal accepted
-        if not pending:
-            return
-        results = system.dispatch_many(
-            [c for _, c in pending], batch_size=batch, timeout=max(timeout, len(pending) / 100)
-        )
-        for (number, _), result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                rejected.append((number, str(result)))
-            else:
-                accepted += 1
-        bar.update(len(pending))
-        pending.clear()
-
-    with click.progressbar(length=total, label="sending", file=sys.stderr) as bar:
-        for number, command, error in _read_lines(app, path):
-            if error is not None:
-                rejected.append((number, error))
-                bar.update(1)
-                continue
-            pending.append((number, command))
-            if len(pending) >= batch * 4:
-                flush()
-        flush()
-    elapsed = time.perf_counter() - started
-    rate = (accepted + len(rejected)) / elapsed if elapsed > 0 else 0.0
-    rejected.sort()  # refusals come back after the parse errors of later lines
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "accepted": accepted,
-                    "rejected": [{"line": n, "reason": r} for n, r in rejected],
-                    "seconds": round(elapsed, 3),
-                    "commands_per_second": round(rate, 1),
-                }
-            )
-        )
-    else:
-        click.echo(
-            f"accepted {accepted}, rejected {len(rejected)} in {elapsed:.2f}s ({rate:,.0f} commands/s)"
-        )
-        for number, reason in rejected[:50]:
-            click.echo(f"  line {number}: {reason}")
-        if len(rejected) > 50:
-            click.echo(f"  ... and {len(rejected) - 50} more (use --json for all)")
-    if rejected:
-        sys.exit(EXIT_FAILED)
-
-
-# -- looking inside -------------------------------------------------------------------------
-
-STATUS_COLOURS = {
-    "running": "green",
-    "stopped": "red",
-    "restarting": "yellow",
-    "unresponsive": "red",
-}
-
-
-def render_tree(node: dict[str, Any], depth: int = 0) -> Iterator[str]:
-    status = node.get("status", "?")
-    state = node.get("state")
-    if state and state != "running":
-        status = f"{status}/{state}"
-    details = []
-    for key in ("live", "max_live", "passivated", "position", "lag", "failures", "parked"):
-        if key in node and (key not in ("failures", "parked") or node[key]):
-            details.append(f"{key}={node[key]}")
-    if node.get("restarts"):
-        details.append(click.style(f"restarts={node['restarts']}", fg="yellow"))
-    colour = STATUS_COLOURS.get(str(node.get("status")), "white")
-    yield (
-        f"{'  ' * depth}{click.style(node['name'], bold=True)} "
-        f"[{node.get('kind', '?')}] {click.style(status, fg=colour)}"
-        f"{' ' + ' '.join(details) if details else ''}"
-    )
-    for child in node.get("children", []):
-        yield from render_tree(child, depth + 1)
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @port_option
@@ -436,49 +252,6 @@ def tree(session: Session, as_json: bool, port: int) -> None:
     else:
         for line in render_tree(node):
             click.echo(line)
-
-
-SUBSCRIBER_FIELDS = (
-    "name",
-    "kind",
-    "status",
-    "state",
-    "position",
-    "lag",
-    "failures",
-    "parked",
-    "restarts",
-)
-
-
-def collect_status(system: Any) -> dict[str, Any]:
-    node = system.tree()
-    nodes = list(_walk(node))
-    router = next((n for n in nodes if n.get("kind") == "router"), {})
-    subscribers = [
-        n for n in nodes if n.get("kind") in ("handler", "projection", "process_manager")
-    ]
-    return {
-        "application": node["name"],
-        "status": node["status"],
-        "last_position": system.store.last_position(),
-        "aggregates": {k: router.get(k) for k in ("live", "max_live", "passivated")},
-        "restarts": sum(int(n.get("restarts", 0)) for n in nodes),
-        "subscribers": [
-            {
-                **{key: n.get(key) for key in SUBSCRIBER_FIELDS},
-                "handle": n.get("telemetry", {}).get("handle"),  # count, mean_ms, max_ms
-            }
-            for n in subscribers
-        ],
-        "dead_letters": len(system.store.dead_letters()),
-    }
-
-
-def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("children", []):
-        yield from _walk(child)
 
 
 @cli.command()
@@ -512,25 +285,6 @@ def status(session: Session, as_json: bool, port: int) -> None:
         )
     if report["dead_letters"]:
         click.echo(f"dead letters: {report['dead_letters']} (backstage dead-letters)")
-
-
-def open_store(port: int, database: str | None) -> Any:
-    from .store import EventStore
-
-    if database is None:
-        state = _daemon.read_state(port)
-        if state is None:
-            fail(
-                f"no backstage daemon runs on port {port}; name the database with --db",
-                EXIT_NOT_RUNNING,
-            )
-        database = state["database"]
-    if not os.path.exists(database):
-        fail(f"no such database: {database}", EXIT_STORAGE)
-    try:
-        return EventStore(database)
-    except StorageError as exc:
-        fail(str(exc), EXIT_STORAGE)
 
 
 @cli.command()
@@ -603,7 +357,7 @@ def dead_letters(
         letters = store.dead_letters()
         store.close()
         if as_json:
-            click.echo(json.dumps([_letter(d) for d in letters], indent=2))
+            click.echo(json.dumps([letter_fields(d) for d in letters], indent=2))
         elif not letters:
             click.echo("no dead letters")
         for d in [] if as_json else letters:
@@ -620,24 +374,6 @@ def dead_letters(
         click.echo(f"{letter_id}: {result}", err=result != "retried")
     if any(result != "retried" for result in outcome.values()):
         sys.exit(EXIT_FAILED)
-
-
-def _letter(d: Any) -> dict[str, Any]:
-    return {
-        k: getattr(d, k)
-        for k in (
-            "id",
-            "subscriber",
-            "position",
-            "stream_id",
-            "type",
-            "error_type",
-            "error",
-            "failures",
-            "status",
-            "parked_at",
-        )
-    }
 
 
 @cli.command()

@@ -7,13 +7,13 @@ and answers each with a :class:`DispatchResult` or an error.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from . import _serialization as ser
+from ._ids import new_id
 from .errors import InvalidCommand, SerializationError
 from .store import RecordedEvent
 
@@ -65,12 +65,12 @@ def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> Command
                 f"{type(command).__name__} metadata: {exc}", exc.path
             ) from None
     given_id = meta.get("command_id")
-    command_id = str(given_id) if given_id else str(uuid.uuid4())
+    command_id = str(given_id) if given_id else new_id()
     meta["command_id"] = command_id
     meta.setdefault("correlation_id", command_id)
     meta.setdefault("causation_id", command_id)
     meta["command"] = type(command).__name__
-    return CommandItem(str(uuid.uuid4()), command, meta, bool(given_id))
+    return CommandItem(new_id(), command, meta, bool(given_id))
 
 
 def command_from_data(cls: type, data: Any) -> Any:

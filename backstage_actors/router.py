@@ -18,8 +18,7 @@ from typing import Any
 import attrs
 from thespian.actors import DeadEnvelope, WakeupMessage
 
-from supervisors import ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
-from supervisors._supervisor import Child
+from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from ._aggregate_actor import AggregateActor
 from ._protocol import Execute, Executed, Listeners, Settings, Touched

@@ -20,6 +20,8 @@ import attrs
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
 from ._actor import SupervisedActor
+from ._child import LIVE, Child
+from ._introspection import TreeGathering
 from ._messages import (
     ChildAddress,
     ChildStarted,
@@ -56,63 +58,11 @@ def log() -> logging.Logger:
     return logging.getLogger(__name__)
 
 
-_LIVE = ("starting", "running")
-
-
-@attrs.define(eq=False)
-class Child:
-    """What a supervisor knows of one child."""
-
-    spec: ChildSpec
-    dynamic: bool = False
-    address: Any = None
-    pid: int | None = None
-    forked: bool = False  # its process is a child of ours (not a remote or the same process)
-    status: str = "new"  # new starting running exiting stopping restarting stopped
-    restarts: int = 0
-    generation: int = 0
-    failure: Failure | None = None
-    last_failure: Failure | None = None
-    pending: list[tuple[Any, Any]] = attrs.Factory(list)
-    bounced: list[tuple[Any, Any]] = attrs.Factory(list)
-    recent: deque[float] = attrs.Factory(deque)
-    waiters: list[tuple[Any, Any, str]] = attrs.Factory(list)  # (who, request_id, what)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def is_supervisor(self) -> bool:
-        actor = self.spec.actor
-        return isinstance(actor, SupervisorSpec) or (
-            isinstance(actor, type) and issubclass(actor, Supervisor)
-        )
-
-    @property
-    def kind(self) -> str:
-        if self.spec.kind:
-            return self.spec.kind
-        if isinstance(self.spec.actor, SupervisorSpec):
-            return self.spec.actor.kind
-        if isinstance(self.spec.args, SupervisorSpec) and self.is_supervisor:
-            return str(getattr(self.spec.actor, "kind", None) or self.spec.args.kind)
-        return str(getattr(self.spec.actor, "kind", "worker"))
-
-
 class _LivenessDue:
     """Time to look for children whose death Thespian did not report."""
 
 
-@attrs.define
-class _Gather:
-    reply_to: Any
-    request_id: Any
-    waiting: set[str]
-    extras: dict[str, dict[str, Any]] = attrs.Factory(dict)
-
-
-class Supervisor(SupervisedActor):
+class Supervisor(TreeGathering, SupervisedActor):
     """A supervisor; ``self.args`` is its :class:`SupervisorSpec`.
 
     Subclasses (a router hosting dynamic children, say) extend :meth:`handle` for their own
@@ -120,6 +70,7 @@ class Supervisor(SupervisedActor):
     """
 
     kind = "supervisor"
+    supervises = True  # (read by Child.is_supervisor)
 
     def on_start(self) -> None:
         # A plain supervisor gets its spec as args; a subclass may get {"spec": ..., ...}.
@@ -130,7 +81,7 @@ class Supervisor(SupervisedActor):
         self._by_address: dict[str, Child] = {}
         self._restart_times: deque[float] = deque()
         self._watchers: list[Any] = []
-        self._gathers: dict[int, _Gather] = {}
+        self._gathers: dict[int, Any] = {}
         self._ids = itertools.count(1)
         self._mode = "starting"  # starting running escalating shutdown
         self._stop_queue: list[str] = []
@@ -169,14 +120,6 @@ class Supervisor(SupervisedActor):
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.spec.strategy}
 
-    def describe_child(self, child: Child) -> bool:
-        """Whether ``tree`` asks this child for its own description (default: every live child)."""
-        return True
-
-    def tree_children(self) -> list[Child]:
-        """The children that appear in ``tree`` (default: all; a router may show a window)."""
-        return list(self.children.values())
-
     # -- message dispatch -------------------------------------------------------------------
 
     def receive(self, message: Any, sender: Any) -> None:
@@ -205,7 +148,7 @@ class Supervisor(SupervisedActor):
         elif isinstance(message, WatchChildren):
             self._watchers.append(sender)
             for child in self.children.values():
-                if child.status in _LIVE:
+                if child.status in LIVE:
                     self.send(sender, ChildAddress(child.name, child.address))
         elif isinstance(message, StartChild):
             self._on_start_child(message, sender)
@@ -247,7 +190,7 @@ class Supervisor(SupervisedActor):
         Such messages were sent to the old instance before anything the supervisor held back
         while it was exiting, so the next instance gets them first.
         """
-        if child.status in _LIVE:
+        if child.status in LIVE:
             self.send(child.address, Envelope(message, sender))
             return
         child.bounced.append((message, sender))
@@ -267,7 +210,7 @@ class Supervisor(SupervisedActor):
             self.send(
                 sender, Failure(self.name, "NoSuchChild", f"no child named {name!r}", "", message)
             )
-        elif child.status in _LIVE:
+        elif child.status in LIVE:
             self.send(child.address, Envelope(message, sender))
         elif child.status == "stopped":
             self.send(sender, Failure(name, "ChildStopped", "the child is stopped", "", message))
@@ -352,7 +295,7 @@ class Supervisor(SupervisedActor):
         child = self._child_at(sender)
         if child is None:
             return
-        if child.status in _LIVE:
+        if child.status in LIVE:
             child.status = "exiting"
         child.failure = exiting.crash
         self.send(sender, ActorExitRequest())
@@ -447,7 +390,7 @@ class Supervisor(SupervisedActor):
     def _plan(self, affected: list[Child], delay: float) -> None:
         # Stop the live ones in reverse start order, then start all of them in start order.
         for child in reversed(affected):
-            if child.status in (*_LIVE, "exiting") and child.name not in self._stop_queue:
+            if child.status in (*LIVE, "exiting") and child.name not in self._stop_queue:
                 self._stop_queue.append(child.name)
             elif child.status not in ("stopping",):
                 child.status = "restarting"
@@ -463,7 +406,7 @@ class Supervisor(SupervisedActor):
             return
         while self._stop_queue:
             child = self.children.get(self._stop_queue.pop(0))
-            if child is not None and child.status in (*_LIVE, "exiting"):
+            if child is not None and child.status in (*LIVE, "exiting"):
                 self._stop_child(child)
                 return
         if self._mode in ("shutdown", "escalating"):
@@ -624,8 +567,8 @@ class Supervisor(SupervisedActor):
     def _on_whereis(self, request: WhereIs, sender: Any) -> None:
         # A child between instances is answered once its next instance is up.
         child = self.children.get(request.name)
-        if child is None or child.status in _LIVE or child.status == "stopped":
-            address = child.address if child is not None and child.status in _LIVE else None
+        if child is None or child.status in LIVE or child.status == "stopped":
+            address = child.address if child is not None and child.status in LIVE else None
             self.send(sender, ChildAddress(request.name, address, request.request_id))
         else:
             child.waiters.append((sender, request.request_id, "whereis"))
@@ -639,61 +582,3 @@ class Supervisor(SupervisedActor):
         # A terminated child is not restarted, whatever its restart type.
         child.spec = attrs.evolve(child.spec, restart="temporary")
         self._stop_child(child)
-
-    # -- introspection ----------------------------------------------------------------------
-
-    def _gather(self, reply_to: Any, request_id: Any, timeout: float) -> None:
-        rid = next(self._ids)
-        gather = _Gather(reply_to, request_id, set())
-        self._gathers[rid] = gather
-        for child in self.tree_children():
-            if child.status in _LIVE and self.describe_child(child):
-                gather.waiting.add(child.name)
-                self.send(child.address, _Describe((rid, child.name), timeout * 0.8))
-        if not gather.waiting:
-            self._finish_gather(rid, gather)
-        else:
-            self.wakeupAfter(timeout, _GatherDue(rid))
-
-    def _on_description(self, reply: TreeNode) -> None:
-        if not isinstance(reply.request_id, tuple):
-            return
-        rid, name = reply.request_id
-        gather = self._gathers.get(rid)
-        if gather is None or name not in gather.waiting:
-            return
-        gather.waiting.discard(name)
-        gather.extras[name] = reply.node
-        if not gather.waiting:
-            self._finish_gather(rid, gather)
-
-    def _finish_gather(self, rid: int, gather: _Gather) -> None:
-        del self._gathers[rid]
-        children = []
-        for child in self.tree_children():
-            extra = dict(gather.extras.get(child.name, {}))
-            node = {
-                "name": child.name,
-                "kind": child.kind,
-                "address": str(child.address) if child.address is not None else None,
-                "status": "unresponsive" if child.name in gather.waiting else child.status,
-                "restarts": child.restarts,
-                "children": extra.pop("children", []),
-            }
-            if child.pid:
-                node["pid"] = child.pid
-            if child.last_failure is not None:
-                node["last_failure"] = str(child.last_failure)
-            node.update({k: v for k, v in extra.items() if k not in node})
-            children.append(node)
-        me = {
-            "name": self.name,
-            "kind": self.kind,
-            "address": str(self.myAddress),
-            "status": "running" if self._mode in ("running", "starting") else self._mode,
-            "restarts": 0,
-            "pid": os.getpid(),
-            **self.describe(),
-            "children": children,
-        }
-        self.send(gather.reply_to, TreeNode(me, gather.request_id))

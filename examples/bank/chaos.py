@@ -143,7 +143,8 @@ class Killer(threading.Thread):
         deadline = killed_at + 15
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
-                for node in _walk(self.system.tree(timeout=5)):
+                # A short timeout: a busy subscriber shows as unresponsive, it is asked again.
+                for node in _walk(self.system.tree(timeout=0.3)):
                     if (
                         node["name"] == victim["name"]
                         and node.get("pid") not in (None, victim["pid"])
