@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import argparse
+import logging
+from collections.abc import Callable, Iterable
 
 import attrs
 
-__all__ = ["Row", "render"]
+__all__ = ["Row", "main", "render"]
 
 
 @attrs.frozen
@@ -63,3 +65,12 @@ def render(rows: Iterable[Row], markdown: bool = True) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
     )
+
+
+def main(rows: Callable[[bool], list[Row]], description: str | None) -> None:
+    """What each benchmark module does when run by itself: ``--quick``, then print the table."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(render(rows(options.quick)))

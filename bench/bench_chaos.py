@@ -7,7 +7,6 @@ the same drill without the killer: what the load achieves when nothing is killed
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backstage_actors import _thespian
-from bench._report import Row, render
+from bench._report import Row, main
 from examples.bank import chaos, make_app
 
 log = logging.getLogger("bench.chaos")
@@ -129,8 +128,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)

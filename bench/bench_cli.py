@@ -6,7 +6,6 @@ Run as ``python -m bench.bench_cli [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from backstage_actors.command import command_from_data
 from examples import bank
 
 from ._common import tempdir, walk
-from ._report import Row, render
+from ._report import Row, main
 
 __all__ = ["rows"]
 
@@ -199,8 +198,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer commands")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)

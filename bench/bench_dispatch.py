@@ -10,7 +10,6 @@ another, which is what P6 is about and what takes most of the full run's time.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
@@ -25,7 +24,7 @@ from backstage_actors._daemon import log_defs
 
 from . import _children, _domain
 from ._common import RAW_INSERT, event_rows, in_fresh_process, rates, raw_connection, tempdir
-from ._report import Row, render
+from ._report import Row, main
 
 __all__ = ["rows"]
 
@@ -313,8 +312,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)

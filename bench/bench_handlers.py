@@ -6,7 +6,6 @@ Run as ``python -m bench.bench_handlers [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sqlite3
@@ -27,7 +26,7 @@ from examples.bank.read_models import Balances
 
 from . import _domain
 from ._common import tempdir, walk
-from ._report import Row, render
+from ._report import Row, main
 
 __all__ = ["rows"]
 
@@ -212,8 +211,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)

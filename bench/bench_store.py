@@ -7,7 +7,6 @@ Run as ``python -m bench.bench_store [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import queue
@@ -28,7 +27,7 @@ from backstage_actors.store import AppendRequest
 from . import _domain
 from ._common import RAW_INSERT, event_rows, rates, raw_connection, tempdir
 from ._domain import Credited
-from ._report import Row, render
+from ._report import Row, main
 
 __all__ = ["rows"]
 
@@ -373,8 +372,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)

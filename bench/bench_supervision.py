@@ -3,7 +3,6 @@ Thespian on the same actor system. Run as ``python -m bench.bench_supervision [-
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
 import supervisors as sv
 
-from ._report import Row, render
+from ._report import Row, main
 
 __all__ = ["Pinger", "PlainActor", "rows"]
 
@@ -151,8 +150,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    options = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(render(rows(options.quick)))
+    main(rows, __doc__)
