@@ -206,7 +206,10 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
 
 
 def _bus(endpoint: Any, root: Any) -> Any:
-    bus = supervisors.whereis(endpoint, root, "events", timeout=5.0)
+    try:
+        bus = supervisors.whereis(endpoint, root, "events", timeout=5.0)
+    except supervisors.SupervisionError as exc:
+        raise SystemNotRunning(f"the application does not answer: {exc}") from None
     if bus is None:
         raise SystemNotRunning("the application has no running event bus")
     return bus

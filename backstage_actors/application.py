@@ -35,6 +35,9 @@ class Application:
     ``synchronous`` is ``"FULL"`` (every commit fsynced) or ``"NORMAL"``. ``lifespan`` is how long
     an idle aggregate actor lives by default (None: until the cap pushes it out); ``max_live``
     caps live aggregate actors (default: 2,000 in-process, 300 on multiproc).
+    ``restart_intensity`` is the root supervisor's ``(max_restarts, within)``: more crashes of the
+    store, the router or the events supervisor than that within ``within`` seconds stop the
+    application (aggregates and subscribers crash under their own, more tolerant supervisors).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Application:
         lifespan: float | None = 300.0,
         max_live: int | None = None,
         max_retries: int = 3,
+        restart_intensity: tuple[int, float] = (10, 10.0),
     ) -> None:
         self.name = name
         self.router = router
@@ -62,6 +66,7 @@ class Application:
         self.lifespan = lifespan
         self.max_live = max_live
         self.max_retries = max_retries
+        self.restart_intensity = restart_intensity
 
     @property
     def subscribers(self) -> list[type]:
@@ -95,10 +100,11 @@ class Application:
         events = self._events_child(settings)
         if events is not None:
             children.append(events)
+        max_restarts, within = self.restart_intensity
         return SupervisorSpec(
             strategy="one_for_one",
-            max_restarts=10,
-            within=10.0,
+            max_restarts=max_restarts,
+            within=within,
             kind="application",
             children=children,
         )

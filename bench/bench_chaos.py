@@ -29,7 +29,7 @@ def drill(
     """One run of the drill; ``kill_interval=None`` runs it without the killer."""
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
         database = str(Path(tmp) / "bank.db")
-        app = make_app(database, max_live=50)
+        app = make_app(database, max_live=50, restart_intensity=(1000, 10.0))
         system = app.start(base="multiproc", port=_thespian.free_port())
         killer = chaos.Killer(system, kill_interval, seed=11) if kill_interval else None
         try:

@@ -20,11 +20,14 @@ ACCOUNTS = 12
 
 def test_killing_actors_under_load_loses_and_duplicates_nothing(tmp_path: Any) -> None:
     database = str(tmp_path / "bank.db")
-    app = make_app(database, max_live=8)  # a small cap: passivation churns under the load too
+    # A small cap: passivation churns under the load too. A kill every 0.4 s is far more than the
+    # default 10 restarts in 10 s that make the root supervisor give up.
+    app = make_app(database, max_live=8, restart_intensity=(1000, 10.0))
     system = app.start(
         base="multiproc", port=free_port(), log_defs=thespian_log_defs(str(tmp_path / "actors.log"))
     )
     killer = chaos.Killer(system, interval=0.4, seed=7)
+    clients: list[Any] = []
     try:
         chaos.open_accounts(system, ACCOUNTS)
         port = system.actor_system.capabilities["Admin Port"]
@@ -50,6 +53,10 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(tmp_path: Any) -
         tree = system.tree()
     finally:
         killer.stop()
+        for client in clients:  # a client still retrying must not outlive the test
+            if client.is_alive():
+                client.kill()
+                client.join(timeout=10)
         system.stop()
 
     assert report["problems"] == [], report

@@ -26,6 +26,7 @@ from backstage_actors import (
     InvalidCommand,
     RecordedEvent,
     SerializationError,
+    SystemNotRunning,
     UnregisteredCommand,
     WrongExpectedVersion,
 )
@@ -340,6 +341,38 @@ def test_sigkill_of_an_aggregate_process_loses_no_acknowledged_event(start_app: 
     ids = [e.event_id for e in stored(system, "Counter-k")]
     assert ids[:5] == [r.events[0].event_id for r in acknowledged]
     assert len(ids) == 6
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+@pytest.mark.parametrize("max_restarts", [1, 3])
+def test_restart_intensity_decides_when_the_application_gives_up(
+    start_app: Any, max_restarts: int
+) -> None:
+    system = start_app(make_app(restart_intensity=(max_restarts, 60.0)))
+    system.dispatch(Add("ri", 1))
+
+    for _ in range(2):
+        pid = router_node(system)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        # Either the router is back under a new pid, or the root supervisor gave up.
+        wait_until(
+            lambda pid=pid: _router_replaced_or_gone(system, pid), what="the router's restart"
+        )
+
+    if max_restarts == 1:  # two crashes within 60 s are one too many
+        with pytest.raises(SystemNotRunning):
+            system.tree(timeout=2)
+    else:
+        assert router_node(system)["restarts"] == 2
+        assert system.dispatch(Add("ri", 1)).version == 2
+
+
+def _router_replaced_or_gone(system: Any, old_pid: int) -> bool:
+    try:
+        return router_node(system).get("pid") not in (None, old_pid)
+    except SystemNotRunning:
+        return True
 
 
 # -- optimistic concurrency -----------------------------------------------------------------

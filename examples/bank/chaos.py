@@ -153,7 +153,7 @@ class Killer(threading.Thread):
                         return round((time.monotonic() - killed_at) * 1000, 1)
             except Exception:
                 pass
-            time.sleep(0.02)
+            time.sleep(0.05)  # between polls: the tree is gathered by messages, not free
         return None
 
 
