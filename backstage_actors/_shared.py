@@ -21,7 +21,13 @@ def shared_store(settings: Settings) -> EventStore:
     key = (os.getpid(), settings.database, settings.synchronous)
     store = _stores.get(key)
     if store is None:
-        store = EventStore(settings.database, settings.synchronous, page_size=settings.page_size)
+        # Many processes append at once on multiproc: they share their flushes to disk.
+        store = EventStore(
+            settings.database,
+            settings.synchronous,
+            page_size=settings.page_size,
+            shared_flush=settings.append_via == "direct",
+        )
         _stores[key] = store
     return store
 

@@ -9,9 +9,7 @@ a stream of a million events is never in memory at once.
 from __future__ import annotations
 
 import enum
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +22,7 @@ import attrs
 from . import _serialization as ser
 from ._bookkeeping import Bookkeeping, DeadLetter, Snapshot
 from ._codec import decode_event, encode_event
+from ._durability import Turns, WalSync
 from ._ids import event_id, new_id
 from ._schema import open_database
 from .errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
@@ -94,6 +93,9 @@ class EventStore(Bookkeeping):
     ``synchronous="FULL"`` (default) fsyncs every commit: an acknowledged event survives a power
     cut. ``"NORMAL"`` fsyncs only at WAL checkpoints: it survives a crash of the process but may
     lose the last commits on a power cut, for several times the single-append throughput.
+    ``shared_flush=True`` (for many appending processes, as on multiproc) keeps ``FULL``'s
+    promise with flushes made outside the write lock and shared between processes
+    (``_durability``).
     """
 
     def __init__(
@@ -103,22 +105,26 @@ class EventStore(Bookkeeping):
         busy_timeout: float = 10.0,
         page_size: int = 1000,
         validate: bool = True,
+        shared_flush: bool = False,
     ) -> None:
         self.path = str(path)
         self.page_size = page_size
         self.validate = validate
+        own_flush = shared_flush and synchronous.upper() == "FULL" and self.path != ":memory:"
         try:
-            self.db = open_database(self.path, synchronous, busy_timeout)
+            self.db = open_database(self.path, "NORMAL" if own_flush else synchronous, busy_timeout)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the event store {self.path!r}: {exc}") from None
         self.conn = self.db.conn
-        self._lock_fd: int | None = None
+        self._turns = Turns(self.path)
+        self._wal = WalSync(self.path) if own_flush else None
+        self._unflushed = False
 
     def close(self) -> None:
         self.conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._turns.close()
+        if self._wal is not None:
+            self._wal.close()
 
     def __enter__(self) -> EventStore:
         return self
@@ -129,11 +135,13 @@ class EventStore(Bookkeeping):
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[EventStore]:
+    def transaction(self, flush: bool = True) -> Iterator[EventStore]:
         """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error.
 
         Nested use joins the outer transaction. The write lock is taken up front, so a busy
         database is waited for (``busy_timeout``) instead of failing halfway through.
+        ``flush=False`` leaves the commit's flush to disk to a later :meth:`flush`, made once
+        the caller let go of its own locks (with ``shared_flush``; SQLite flushes otherwise).
         """
         if self.conn.in_transaction:
             yield self
@@ -151,30 +159,32 @@ class EventStore(Bookkeeping):
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise StorageError(f"cannot commit to {self.path!r}: {exc}") from None
+        self._unflushed = self._wal is not None
+        if flush:
+            self.flush()
+
+    def flush(self, commit: int = 0) -> None:
+        """Make the commits so far durable; ``commit`` is the number :class:`Turns` gave the
+        last one, if any (an earlier flush of another process may have covered it)."""
+        if not self._unflushed or self._wal is None:
+            return
+        self._unflushed = False
+        try:
+            if commit:
+                self._turns.flush(commit, self._wal)
+            else:
+                self._wal()
+        except OSError as exc:
+            raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
 
     @contextmanager
     def _appenders_in_turn(self) -> Iterator[None]:
-        """Appending processes queue on a lock file before they ask SQLite for its write lock.
-
-        SQLite makes a writer that finds the database busy sleep and try again (1 ms, 2 ms,
-        5 ms, ...); with a hundred aggregate processes appending at once those sleeps, not the
-        work, set the pace. A waiter on flock(2) is woken the moment the lock is free.
-        """
-        if self._lock_fd is None:
-            if self.path == ":memory:":
-                yield
-                return
-            try:
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o640)
-            except OSError as exc:
-                raise StorageError(
-                    f"cannot open the lock file beside {self.path!r}: {exc}"
-                ) from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
+            self._turns.open()
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file beside {self.path!r}: {exc}") from None
+        with self._turns.appending():
             yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _begin(self) -> None:
         for attempt in range(5):
@@ -243,7 +253,23 @@ class EventStore(Bookkeeping):
         recorded_at: datetime,
         stamp: str,
     ) -> None:
-        with self._appenders_in_turn(), self.transaction():
+        commit = 0
+        with self._appenders_in_turn():
+            committing = not self.conn.in_transaction
+            self._write_each(prepared, results, recorded_at, stamp)
+            if committing and self._unflushed:
+                commit = self._turns.committed()
+        # Flushed once the turn is over: other processes commit while this one waits on the disk.
+        self.flush(commit)
+
+    def _write_each(
+        self,
+        prepared: list[tuple[AppendRequest, list[Any]] | None],
+        results: list[list[RecordedEvent] | BackstageError],
+        recorded_at: datetime,
+        stamp: str,
+    ) -> None:
+        with self.transaction(flush=False):
             for index, item in enumerate(prepared):
                 if item is None:
                     continue

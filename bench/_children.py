@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _domain
 
-__all__ = ["ClientReport", "dispatch_client", "rss_after_aggregates"]
+__all__ = ["ClientReport", "dispatch_client", "rss_after_aggregates", "shared_flush_appender"]
 
 ECHO_NAME = "bench-echo"
 
@@ -70,3 +70,18 @@ def rss_after_aggregates(database: str, aggregates: int, batch: int = 1_000) -> 
                 raise RuntimeError(f"{len(failed)} commands failed, the first: {failed[0]!r}")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return peak, time.perf_counter() - start
+
+
+def shared_flush_appender(
+    path: str, shared: bool, writer: int, count: int, barrier: Any, results: Any
+) -> None:
+    """Append ``count`` single-event commits to ``path`` once every appender is ready; report
+    ``(start, end)`` in epoch seconds."""
+    from backstage_actors import EventStore
+
+    with EventStore(path, shared_flush=shared) as store:
+        barrier.wait(120)
+        start = time.time()
+        for i in range(count):
+            store.append(f"flush-{writer}-{i % 50}", [_domain.Credited("w", 1, i)])
+        results.put((start, time.time()))

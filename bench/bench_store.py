@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import queue
 import random
 import sqlite3
@@ -24,7 +25,7 @@ from typing import Any
 from backstage_actors import EventStore
 from backstage_actors.store import AppendRequest
 
-from . import _domain
+from . import _children, _domain
 from ._common import RAW_INSERT, event_rows, rates, raw_connection, tempdir
 from ._domain import Credited
 from ._report import Row, main
@@ -174,6 +175,27 @@ def _group_commit_run(path: Path, group: bool, threads: int, per_thread: int) ->
 
 
 # -- reads --------------------------------------------------------------------------------------
+
+
+def _processes_appending(path: Path, shared: bool, processes: int, per_process: int) -> float:
+    """Commits/s of ``processes`` processes appending one event per commit at once."""
+    EventStore(str(path)).close()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=_children.shared_flush_appender,
+            args=(str(path), shared, n, per_process, barrier, results),
+        )
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    spans = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+    return processes * per_process / (max(e for _, e in spans) - min(s for s, _ in spans))
 
 
 def _fill(store: EventStore, events: int, streams: int = 100, batch: int = 1000) -> None:
@@ -340,6 +362,18 @@ def rows(quick: bool = False) -> list[Row]:
                 "events/s",
                 "the same appends, 1 transaction each",
                 single,
+            )
+        )
+        processes, per_process = 8, (200 if quick else 1000)
+        shared = _processes_appending(directory / "shared.db", True, processes, per_process)
+        sqlite_full = _processes_appending(directory / "full.db", False, processes, per_process)
+        result.append(
+            Row(
+                f"{processes} processes appending at once (1 event/commit, shared flushes)",
+                shared,
+                "appends/s",
+                "the same with SQLite's own FULL flush in each commit",
+                sqlite_full,
             )
         )
         events = 10_000 if quick else 100_000

@@ -1,0 +1,122 @@
+"""How commits reach the disk when many processes append: turns on a lock file, shared flushes.
+
+Every appending process takes its turn on an flock(2) of the lock file beside the database
+before it asks SQLite for the write lock (:meth:`Turns.appending`): SQLite makes a writer that
+finds the database busy sleep and retry (1 ms, 2 ms, 5 ms, ...), while a waiter on flock is woken
+the moment the lock is free.
+
+With ``shared_flush`` the store runs SQLite at ``synchronous=NORMAL`` (a commit writes its WAL
+frames but does not flush them) and flushes the WAL itself once it has let go of its turn
+(:class:`WalSync`): other processes commit meanwhile. Two counters in the lock file make this a
+group commit: ``committed`` counts commits whose frames are written, ``flushed`` how many of them
+an fdatasync(2) has made durable. A process whose commit is already covered skips its own
+flush; otherwise it takes the flush lock (a POSIX record lock on the counters' bytes), and one
+fdatasync covers every commit written before it. No process acknowledges a commit before a
+flush that started after it has ended, as under ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["Turns", "WalSync"]
+
+_COUNTERS = struct.Struct("<QQ")  # committed, flushed
+_COUNTER = struct.Struct("<Q")
+_FLUSHED_AT = _COUNTER.size  # where ``flushed`` lives
+_FLUSH_LOCK = (_COUNTERS.size, 8)  # the bytes fcntl.lockf locks for a flush (start, length)
+
+
+class WalSync:
+    """fdatasync(2) of a database's write-ahead log, opened once (again if it was replaced)."""
+
+    def __init__(self, database: str) -> None:
+        self.path = database + "-wal"
+        self.fd: int | None = None
+
+    def __call__(self) -> None:
+        if self.fd is None or os.fstat(self.fd).st_nlink == 0:
+            self._open()
+        assert self.fd is not None
+        os.fdatasync(self.fd)
+
+    def _open(self) -> None:
+        self.close()
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        # The log's directory entry must survive a power cut too.
+        directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Turns:
+    """The lock file beside a database (``<database>.lock``): append turns and flush counters."""
+
+    def __init__(self, database: str) -> None:
+        self.path = None if database == ":memory:" else database + ".lock"
+        self.fd: int | None = None
+        self.counters: mmap.mmap | None = None
+
+    def open(self) -> int | None:
+        """Open (and if need be create) the lock file; None for an in-memory database."""
+        if self.fd is None and self.path is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            if os.fstat(fd).st_size < _COUNTERS.size:
+                os.ftruncate(fd, _COUNTERS.size)  # zeros; a larger file is left as it is
+            self.counters = mmap.mmap(fd, _COUNTERS.size)
+            self.fd = fd
+        return self.fd
+
+    @contextmanager
+    def appending(self) -> Iterator[None]:
+        """This process's turn to append (an exclusive flock of the lock file)."""
+        fd = self.open()
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def committed(self) -> int:
+        """Count a commit whose frames are written; call it during the turn. Its number."""
+        assert self.counters is not None
+        committed = int(_COUNTER.unpack_from(self.counters, 0)[0]) + 1
+        _COUNTER.pack_into(self.counters, 0, committed)
+        return committed
+
+    def flush(self, commit: int, sync: Callable[[], None]) -> bool:
+        """Return once commit number ``commit`` is on disk; True if this call flushed."""
+        assert self.fd is not None and self.counters is not None
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, _FLUSH_LOCK[1], _FLUSH_LOCK[0])
+        try:
+            written, flushed = _COUNTERS.unpack_from(self.counters)
+            if flushed >= commit:
+                return False  # a flush that started after our commit has ended
+            sync()
+            _COUNTER.pack_into(self.counters, _FLUSHED_AT, written)
+            return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, _FLUSH_LOCK[1], _FLUSH_LOCK[0])
+
+    def close(self) -> None:
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
