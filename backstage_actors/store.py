@@ -256,31 +256,22 @@ class EventStore(Bookkeeping):
         commit = 0
         with self._appenders_in_turn():
             committing = not self.conn.in_transaction
-            self._write_each(prepared, results, recorded_at, stamp)
+            with self.transaction(flush=False):
+                for index, item in enumerate(prepared):
+                    if item is None:
+                        continue
+                    # Each append in a savepoint of its own: a failing one is undone alone.
+                    self.conn.execute("SAVEPOINT append")
+                    try:
+                        results[index] = self._append_one(item[0], item[1], recorded_at, stamp)
+                    except BackstageError as exc:
+                        results[index] = exc
+                        self.conn.execute("ROLLBACK TO append")
+                    self.conn.execute("RELEASE append")
             if committing and self._unflushed:
                 commit = self._turns.committed()
         # Flushed once the turn is over: other processes commit while this one waits on the disk.
         self.flush(commit)
-
-    def _write_each(
-        self,
-        prepared: list[tuple[AppendRequest, list[Any]] | None],
-        results: list[list[RecordedEvent] | BackstageError],
-        recorded_at: datetime,
-        stamp: str,
-    ) -> None:
-        with self.transaction(flush=False):
-            for index, item in enumerate(prepared):
-                if item is None:
-                    continue
-                # Each append in a savepoint of its own: a failing one is undone alone.
-                self.conn.execute("SAVEPOINT append")
-                try:
-                    results[index] = self._append_one(item[0], item[1], recorded_at, stamp)
-                except BackstageError as exc:
-                    results[index] = exc
-                    self.conn.execute("ROLLBACK TO append")
-                self.conn.execute("RELEASE append")
 
     def _append_one(
         self, request: AppendRequest, encoded: list[Any], recorded_at: datetime, stamp: str

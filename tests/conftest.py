@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
 import time
@@ -115,3 +116,22 @@ def process_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def run_at_once(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target(*args, barrier, results)`` in a spawned process per ``args``, all released
+    together by ``barrier``; return what each put on ``results`` once all exited cleanly."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(len(argsets))
+    results = context.Queue()
+    workers = [
+        context.Process(target=target, args=(*args, barrier, results), daemon=True)
+        for args in argsets
+    ]
+    for worker in workers:
+        worker.start()
+    reports = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    return reports

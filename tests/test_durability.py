@@ -6,7 +6,6 @@ the counters in the lock file say which commits a flush has covered.
 
 from __future__ import annotations
 
-import multiprocessing
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from backstage_actors._durability import Turns
 from backstage_actors.store import EventStore
 
+from .conftest import run_at_once
 from .store_conformance import EventStoreConformance
 
 
@@ -95,23 +95,7 @@ def test_processes_appending_at_once_share_flushes_and_lose_nothing(tmp_path: Pa
     database = tmp_path / "events.db"
     EventStore(str(database)).close()
     per_writer = 150
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(3)
-    results = context.Queue()
-    workers = [
-        context.Process(
-            target=shared_writer,
-            args=(str(database), name, per_writer, barrier, results),
-            daemon=True,
-        )
-        for name in ("a", "b", "c")
-    ]
-    for worker in workers:
-        worker.start()
-    reports = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
-        assert worker.exitcode == 0
+    reports = run_at_once(shared_writer, [(str(database), n, per_writer) for n in ("a", "b", "c")])
 
     assert [error for _, error in reports] == [None, None, None]
     # Every commit counted, and a flush that began after it covered it.

@@ -7,7 +7,6 @@ OS processes appending to one stream at the same time.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import sqlite3
 import uuid
@@ -28,6 +27,7 @@ from backstage_actors.errors import (
 from backstage_actors.event import event_topic, register_event, upcaster
 from backstage_actors.store import NO_STREAM, AppendRequest, EventStore, RecordedEvent
 
+from .conftest import run_at_once
 from .store_conformance import EventStoreConformance
 
 
@@ -408,21 +408,7 @@ def test_two_processes_append_to_one_stream(tmp_path: Path) -> None:
     path = str(tmp_path / "events.db")
     EventStore(path).close()  # create the schema once, before the race
     per_writer = 500
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(2)
-    results = context.Queue()
-    workers = [
-        context.Process(
-            target=concurrent_writer, args=(path, name, per_writer, barrier, results), daemon=True
-        )
-        for name in ("w1", "w2")
-    ]
-    for worker in workers:
-        worker.start()
-    reports = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
-        assert worker.exitcode == 0
+    reports = run_at_once(concurrent_writer, [(path, name, per_writer) for name in ("w1", "w2")])
 
     assert [error for _, _, error in reports] == [None, None]
     assert sum(conflicts for _, conflicts, _ in reports) >= 1
