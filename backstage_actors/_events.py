@@ -55,6 +55,8 @@ class WaitFor:
     request_id: str
     position: int
     names: tuple[str, ...] | None
+    #: Seconds the asker waits; after that nobody listens for the answer.
+    patience: float = 3600.0
 
 
 @attrs.frozen
@@ -88,13 +90,17 @@ class EventsSupervisor(Supervisor):
             name: _Tracked(strong=s) for name, s in self.strong.items()
         }
         self.latest = 0
-        self.waiters: list[tuple[WaitFor, Any]] = []
+        self.waiters: list[tuple[WaitFor, Any, float]] = []  # (request, asker, given up at)
         self.router: Any = None
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
 
     def describe(self) -> dict[str, Any]:
-        return {"latest": self.latest, "subscribers": len(self.tracked)}
+        return {
+            "latest": self.latest,
+            "subscribers": len(self.tracked),
+            "waiting": len(self.waiters),
+        }
 
     def handle(self, message: Any, sender: Any) -> None:
         if isinstance(message, Appended):
@@ -153,12 +159,15 @@ class EventsSupervisor(Supervisor):
                 sender, Reached(request.request_id, f"no subscriber named {', '.join(unknown)}")
             )
             return
-        self.waiters.append((request, sender))
+        self.waiters.append((request, sender, time.monotonic() + request.patience))
         self._release_waiters()
 
     def _release_waiters(self) -> None:
         still = []
-        for request, sender in self.waiters:
+        now = time.monotonic()
+        for request, sender, given_up_at in self.waiters:
+            if now >= given_up_at:
+                continue  # the asker timed out (ConsistencyTimeout): nobody to answer
             names = request.names or tuple(n for n, t in self.tracked.items() if t.strong)
             stopped = [n for n in names if self.tracked[n].stopped]
             if stopped:
@@ -169,7 +178,7 @@ class EventsSupervisor(Supervisor):
             elif all(self.tracked[n].position >= request.position for n in names):
                 self.send(sender, Reached(request.request_id))
             else:
-                still.append((request, sender))
+                still.append((request, sender, given_up_at))
         self.waiters = still
 
 
@@ -219,7 +228,7 @@ def wait_for_position(
     endpoint: Any, root: Any, position: int, names: Sequence[str] | None, timeout: float
 ) -> None:
     """Block until the subscribers reached ``position``; :class:`ConsistencyTimeout` otherwise."""
-    request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None)
+    request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None, timeout)
     try:
         reply = supervisors.request(endpoint, _bus(endpoint, root), request, timeout)
     except supervisors.SupervisionError:

@@ -408,6 +408,19 @@ def test_strong_dispatch_waits_for_the_named_handlers_or_times_out(start_app: St
 
 
 @pytest.mark.parametrize("base", ["simple"])  # handlers run in the test's process only there
+def test_the_bus_forgets_a_waiter_that_timed_out(start_app: Start) -> None:
+    system = start_app(make_app(handlers=[HdRecorder]))
+    system.dispatch(HdIncrement("c1"), consistency="strong")
+
+    with pytest.raises(ConsistencyTimeout):
+        system.wait_for(10**9, deadline_in=0.5)  # a position no event will reach
+    # The next progress of a subscriber finds the first waiter given up, and drops it.
+    system.dispatch(HdIncrement("c1"), consistency="strong")
+
+    events = next(c for c in system.tree()["children"] if c["name"] == "events")
+    assert events["waiting"] == 0
+
+
 def test_telemetry_reports_each_handled_event(start_app: Start) -> None:
     received: list[tuple[str, dict[str, float], dict[str, Any]]] = []
 
