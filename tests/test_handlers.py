@@ -404,10 +404,6 @@ def test_strong_dispatch_waits_for_the_named_handlers_or_times_out(start_app: St
     assert node["lag"] == system.store.last_position() - (stuck - 1)
 
 
-# -- telemetry ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("base", ["simple"])  # handlers run in the test's process only there
 def test_the_bus_forgets_a_waiter_that_timed_out(start_app: Start) -> None:
     system = start_app(make_app(handlers=[HdRecorder]))
     system.dispatch(HdIncrement("c1"), consistency="strong")
@@ -421,6 +417,10 @@ def test_the_bus_forgets_a_waiter_that_timed_out(start_app: Start) -> None:
     assert events["waiting"] == 0
 
 
+# -- telemetry ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", ["simple"])  # handlers run in the test's process only there
 def test_telemetry_reports_each_handled_event(start_app: Start) -> None:
     received: list[tuple[str, dict[str, float], dict[str, Any]]] = []
 
