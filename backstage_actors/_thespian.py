@@ -5,7 +5,8 @@
   actor systems this process starts (and the processes they fork) bind to one host, 127.0.0.1 by
   default. It is a patch of ``IPActorAddress``, the one place Thespian computes bind addresses.
 * Its TCP transport registers every open socket in a fresh epoll selector each time it waits:
-  :func:`use_poll_selector` has it use poll(2) instead, one system call for all of them.
+  :func:`use_poll_selector` has it use one poll(2) object instead, one system call for all of
+  them and little Python per socket.
 * Its transport formats every message it sends or receives for a debug log line, whether or
   not anything is logged (``str(message)``: a whole batch of results): :func:`terse_messages`
   has those lines name the message's type instead.
@@ -14,7 +15,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import selectors
 import socket
 from typing import Any
@@ -58,8 +61,56 @@ def bind_to(host: str) -> None:
     _patched = True
 
 
+class LeanPollSelector:
+    """The part of a ``selectors`` selector that Thespian's TCP transport uses (``register``,
+    ``select``, ``close``) on one poll(2) object, with the standard ``PollSelector``'s answers
+    and errors (``ValueError`` for a negative descriptor, which the transport handles as a bad
+    one; ``KeyError`` for a second registration).
+
+    The transport builds a selector and registers every open socket at each wait: the standard
+    one spends ~2 µs of Python per registration, this one a dict insert and a C call.
+    """
+
+    __slots__ = ("_events", "_poll")
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._events: dict[int, int] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> None:
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
+        if fd in self._events:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
+            select.POLLOUT if events & selectors.EVENT_WRITE else 0
+        )
+        self._poll.register(fd, mask)
+        self._events[fd] = events
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None:
+            timeout = 0 if timeout <= 0 else math.ceil(timeout * 1e3)
+        ready = []
+        for fd, event in self._poll.poll(timeout):
+            events = 0
+            if event & ~select.POLLIN:
+                events |= selectors.EVENT_WRITE
+            if event & ~select.POLLOUT:
+                events |= selectors.EVENT_READ
+            wanted = self._events.get(fd)
+            if wanted is not None:
+                ready.append((selectors.SelectorKey(fd, fd, wanted, None), events & wanted))
+        return ready
+
+    def close(self) -> None:
+        self._events.clear()
+
+
 def use_poll_selector() -> None:
-    """Make Thespian's TCP transport wait with poll(2) instead of a fresh epoll per loop.
+    """Make Thespian's TCP transport wait with one poll(2) per wait (:class:`LeanPollSelector`)
+    instead of a fresh epoll set filled a system call per socket.
 
     The transport builds a new selector and registers every open socket each time it waits, so
     with epoll every wait costs a system call per socket; poll(2) takes them all in one. With a
@@ -70,10 +121,10 @@ def use_poll_selector() -> None:
 
     from thespian.system.transport import TCPTransport
 
-    if getattr(TCPTransport.selectors, "DefaultSelector", None) is selectors.PollSelector:
+    if getattr(TCPTransport.selectors, "DefaultSelector", None) is LeanPollSelector:
         return
     TCPTransport.selectors = types.SimpleNamespace(
-        DefaultSelector=selectors.PollSelector,
+        DefaultSelector=LeanPollSelector,
         EVENT_READ=selectors.EVENT_READ,
         EVENT_WRITE=selectors.EVENT_WRITE,
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import selectors
+import socket
+
+import pytest
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
 from backstage_actors import _thespian
@@ -28,3 +32,28 @@ def test_transport_log_lines_name_the_message_type_without_formatting_it() -> No
     assert message.formatted == 0
     assert "Loud" in received and "sender" in received
     assert "Loud" in sent and "target" in sent
+
+
+def test_lean_poll_selector_answers_like_the_standard_one() -> None:
+    left, right = socket.socketpair()
+    try:
+        lean = _thespian.LeanPollSelector()
+        lean.register(left.fileno(), selectors.EVENT_READ)
+        lean.register(right.fileno(), selectors.EVENT_WRITE)
+        with pytest.raises(KeyError):
+            lean.register(left.fileno(), selectors.EVENT_READ)
+        with pytest.raises(ValueError):  # the transport treats this as a bad descriptor
+            lean.register(-1, selectors.EVENT_READ)
+
+        # Nothing to read yet; the other end can be written to at once.
+        assert [(k.fd, e) for k, e in lean.select(0)] == [(right.fileno(), selectors.EVENT_WRITE)]
+        right.send(b"x")
+        ready = {k.fd: e for k, e in lean.select(1.0)}
+        assert ready == {
+            left.fileno(): selectors.EVENT_READ,
+            right.fileno(): selectors.EVENT_WRITE,
+        }
+        lean.close()
+    finally:
+        left.close()
+        right.close()
