@@ -27,6 +27,7 @@ class Settings:
 
     database: str
     synchronous: str = "FULL"
+    base: str = "multiproc"  # the Thespian base: "simple" or "multiproc"
     append_via: str = "direct"  # "direct": the aggregate commits; "actor": the store actor does
     max_retries: int = 3
     lifespan: float | None = None

@@ -9,8 +9,9 @@ poll covers a lost notice), hands each event to the user's code, and moves its c
 * process manager: per event, after the commands it produced were answered, together with the
   instance's state (command ids derive from the event: a redelivery is never executed twice).
 
-A page is followed by a message to itself, so tree requests, stops and rebuilds get through
-between pages however far behind it is.
+A page (of a handler: at most ``PAGE_TIME`` of its work) is followed by a message to itself (on
+multiproc a wakeup 1 ms away, which the transport delivers only after reading its sockets), so
+tree requests, stops and rebuilds get through between pages however far behind it is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from datetime import timedelta
 from typing import Any
 
 import sqlite_utils
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 POLL_INTERVAL = 1.0
+#: A handler's page ends after this many seconds even if events are left in it (they come next).
+PAGE_TIME = 0.2
 
 
 def log() -> logging.Logger:
@@ -205,7 +209,10 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self.send(sender, LettersRetried(message.request_id, outcome))
 
     def _on_wakeup(self, payload: Any) -> None:
-        if isinstance(payload, _Poll):
+        if isinstance(payload, _Continue):
+            self.continue_pending = False
+            self._process()
+        elif isinstance(payload, _Poll):
             self.wakeupAfter(POLL_INTERVAL, _Poll())
             if self.state == "running" and not self.continue_pending and self.dispatching is None:
                 self._process()
@@ -221,9 +228,17 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
 
     def _kick(self) -> None:
-        if not self.continue_pending:
-            self.continue_pending = True
-            self.send(self.myAddress, _Continue())
+        if self.continue_pending:
+            return
+        self.continue_pending = True
+        if self.settings.base == "simple":
+            self.send(self.myAddress, _Continue())  # behind whatever the mailbox holds
+        else:
+            # On multiproc a message to itself, or a wakeup already due, is handled before the
+            # transport reads its sockets again: page after page would starve tree requests and
+            # stops. A wakeup 1 ms away lets the transport wait on its sockets first (and return
+            # at once if something arrived).
+            self.wakeupAfter(timedelta(milliseconds=1), _Continue())
 
     def _report(self, idle: bool) -> None:
         if self.supervisor is not None:
@@ -253,14 +268,16 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         if not rows:
             self._report(idle=True)
             return
+        more = len(rows) == self.page_size
         if isinstance(self.subscriber, Projection):
             done = self._project(rows)
         elif isinstance(self.subscriber, ProcessManager):
             done = self._manage(rows)
         else:
-            done = self._handle(rows)
+            done, cut_short = self._handle(rows)
+            more = more or cut_short
         if self.state == "running" and self.dispatching is None:
-            if done and len(rows) == self.page_size:
+            if done and more:
                 self._report(idle=False)
                 self._kick()  # the next page after whatever else is in the mailbox
             else:
@@ -280,11 +297,16 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             return None, meta, exc
         return recorded, Metadata.of(recorded), None
 
-    def _handle(self, rows: list[tuple[Any, ...]]) -> bool:
+    def _handle(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
+        """Handle a page, or as much of it as fits in :data:`PAGE_TIME`; (still running, cut short).
+
+        A slow handler thus gets back to its mailbox (tree requests, stops) every so often."""
         handler = self.subscriber
         assert isinstance(handler, EventHandler)
         position = self.position
-        for row in rows:
+        cut_at = time.monotonic() + PAGE_TIME
+        cut_short = False
+        for index, row in enumerate(rows):
             recorded, meta, error = self._decode(row)
             if error is None:
                 try:
@@ -297,10 +319,13 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             position = row[0]
             self.handled += 1
             self.failures = 0  # "failures" counts in a row, on one event
+            if index + 1 < len(rows) and time.monotonic() >= cut_at:
+                cut_short = True
+                break
         if position != self.position:
             self.position = position
             self.store.save_checkpoint(self.name, position)
-        return self.state == "running"
+        return self.state == "running", cut_short
 
     def _project(self, rows: list[tuple[Any, ...]]) -> bool:
         """One page, its writes and the checkpoint in one transaction. First the quick way; if

@@ -76,6 +76,7 @@ class Application:
         return Settings(
             database=os.path.abspath(database or self.database),
             synchronous=self.synchronous,
+            base=base,
             append_via="actor" if base == "simple" else "direct",
             max_retries=self.max_retries,
             lifespan=self.lifespan,

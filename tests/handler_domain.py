@@ -322,6 +322,13 @@ class HdSlowRecorder(HdRecorder):
     delay = 0.0005
 
 
+class HdSluggish(HdRecorder):
+    """Takes 50 ms an event: a page of a backlog would keep it away from its mailbox for long."""
+
+    name = "hd-sluggish"
+    delay = 0.05
+
+
 class HdLateRecorder(HdRecorder):
     name = "hd-late"
 

@@ -27,6 +27,7 @@ from .handler_domain import (
     HdSkipper,
     HdSlowRecorder,
     HdSlowTally,
+    HdSluggish,
     HdStopper,
     HdStreamWatcher,
     HdStuck,
@@ -402,6 +403,21 @@ def test_strong_dispatch_waits_for_the_named_handlers_or_times_out(start_app: St
         0,
     )
     assert node["lag"] == system.store.last_position() - (stuck - 1)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])  # in-process, a page runs inside dispatch()
+def test_a_slow_handler_with_a_backlog_still_answers_the_tree(start_app: Start) -> None:
+    system = start_app(make_app(handlers=[HdSluggish]))
+    results = system.dispatch_many([HdIncrement("c1") for _ in range(60)])  # 3 s of handling
+    last = results[-1].position
+
+    node = subscriber_nodes(system)["hd-sluggish"]  # asked while the backlog is worked through
+
+    assert node["status"] == "running"  # answered between two short pages, not "unresponsive"
+    assert node["position"] < last
+    system.wait_for(last, handlers=["hd-sluggish"], deadline_in=30)
+    assert seen(system, "hd-sluggish") == [r.position for r in results]
 
 
 def test_the_bus_forgets_a_waiter_that_timed_out(start_app: Start) -> None:
