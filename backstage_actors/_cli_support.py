@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 import click
 
+import supervisors
+
 from . import _daemon, _serialization
 from .command import command_from_data
 from .errors import (
@@ -245,7 +247,7 @@ SUBSCRIBER_FIELDS = (
 
 def collect_status(system: Any) -> dict[str, Any]:
     node = system.tree()
-    nodes = list(_walk(node))
+    nodes = list(supervisors.walk(node))
     router = next((n for n in nodes if n.get("kind") == "router"), {})
     subscribers = [
         n for n in nodes if n.get("kind") in ("handler", "projection", "process_manager")
@@ -265,12 +267,6 @@ def collect_status(system: Any) -> dict[str, Any]:
         ],
         "dead_letters": len(system.store.dead_letters()),
     }
-
-
-def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("children", []):
-        yield from _walk(child)
 
 
 def open_store(port: int, database: str | None) -> Any:

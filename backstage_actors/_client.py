@@ -89,12 +89,9 @@ class RunningSystem:
     def router_address(self, refresh: bool = False) -> Any:
         if self._router is None or refresh:
             with self._endpoint() as endpoint:
-                try:
-                    self._router = supervisors.whereis(endpoint, self.root, "router", timeout=10.0)
-                except supervisors.SupervisionError as exc:
-                    raise SystemNotRunning(f"the application does not answer: {exc}") from None
-            if self._router is None:
-                raise SystemNotRunning("the router is not running")
+                self._router = _shared.locate(
+                    endpoint, self.root, "router", 10.0, "the router is not running"
+                )
         return self._router
 
     # -- dispatch ---------------------------------------------------------------------------

@@ -87,8 +87,10 @@ def load_app(spec: str) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BackstageError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # not found, a syntax error, an exception while importing
+        raise BackstageError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     app = getattr(module, attribute, None)
     if not isinstance(app, Application):
         raise BackstageError(f"{spec} is not a backstage Application (got {type(app).__name__})")

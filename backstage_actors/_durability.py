@@ -29,7 +29,7 @@ __all__ = ["Turns", "WalSync"]
 _COUNTERS = struct.Struct("<QQ")  # committed, flushed
 _COUNTER = struct.Struct("<Q")
 _FLUSHED_AT = _COUNTER.size  # where ``flushed`` lives
-_FLUSH_LOCK = (_COUNTERS.size, 8)  # the bytes fcntl.lockf locks for a flush (start, length)
+_FLUSH_LOCK_AT, _FLUSH_LOCK_LENGTH = _COUNTERS.size, 8  # the bytes locked (lockf) for a flush
 
 
 class WalSync:
@@ -102,7 +102,7 @@ class Turns:
     def flush(self, commit: int, sync: Callable[[], None]) -> bool:
         """Return once commit number ``commit`` is on disk; True if this call flushed."""
         assert self.fd is not None and self.counters is not None
-        fcntl.lockf(self.fd, fcntl.LOCK_EX, _FLUSH_LOCK[1], _FLUSH_LOCK[0])
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, _FLUSH_LOCK_LENGTH, _FLUSH_LOCK_AT)
         try:
             written, flushed = _COUNTERS.unpack_from(self.counters)
             if flushed >= commit:
@@ -111,7 +111,7 @@ class Turns:
             _COUNTER.pack_into(self.counters, _FLUSHED_AT, written)
             return True
         finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN, _FLUSH_LOCK[1], _FLUSH_LOCK[0])
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, _FLUSH_LOCK_LENGTH, _FLUSH_LOCK_AT)
 
     def close(self) -> None:
         if self.counters is not None:

@@ -29,6 +29,7 @@ from supervisors import (
 )
 
 from ._protocol import Appended, Settings
+from ._shared import locate
 from ._subscriber import (
     LettersRetried,
     Notify,
@@ -39,7 +40,7 @@ from ._subscriber import (
     RouterAt,
     SubscriberActor,
 )
-from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
+from .errors import BackstageError, ConsistencyTimeout
 
 __all__ = [
     "EventsSupervisor",
@@ -215,13 +216,7 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
 
 
 def _bus(endpoint: Any, root: Any) -> Any:
-    try:
-        bus = supervisors.whereis(endpoint, root, "events", timeout=5.0)
-    except supervisors.SupervisionError as exc:
-        raise SystemNotRunning(f"the application does not answer: {exc}") from None
-    if bus is None:
-        raise SystemNotRunning("the application has no running event bus")
-    return bus
+    return locate(endpoint, root, "events", 5.0, "the application has no running event bus")
 
 
 def wait_for_position(

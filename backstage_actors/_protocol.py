@@ -28,11 +28,16 @@ class Settings:
     database: str
     synchronous: str = "FULL"
     base: str = "multiproc"  # the Thespian base: "simple" or "multiproc"
-    append_via: str = "direct"  # "direct": the aggregate commits; "actor": the store actor does
     max_retries: int = 3
     lifespan: float | None = None
     max_live: int = 1000
     page_size: int = 1000
+
+    @property
+    def append_via(self) -> str:
+        """Who commits a batch's appends: ``"actor"`` (in-process: the store actor, in one group
+        commit) or ``"direct"`` (multiproc: each aggregate process, a hop saved)."""
+        return "actor" if self.base == "simple" else "direct"
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""One event store connection per process and database, shared by the actors living there.
+"""What the actors and clients of one process share: one event store connection per database,
+and the lookup of the application's named actors (:func:`locate`).
 
 On simpleSystemBase every actor runs in one thread of one process, so thousands of aggregates
 share a single connection instead of holding one each. After a fork (every actor process on the
@@ -8,11 +9,15 @@ multiproc bases) the inherited connection is never used: the key includes the pr
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import supervisors
 
 from ._protocol import Settings
+from .errors import SystemNotRunning
 from .store import EventStore
 
-__all__ = ["shared_store"]
+__all__ = ["locate", "shared_store"]
 
 _stores: dict[tuple[int, str, str], EventStore] = {}
 
@@ -36,3 +41,15 @@ def close_shared(database: str) -> None:
     """Close this process's connections to ``database`` (when its application stops)."""
     for key in [k for k in _stores if k[0] == os.getpid() and k[1] == database]:
         _stores.pop(key).close()
+
+
+def locate(endpoint: Any, root: Any, name: str, timeout: float, missing: str) -> Any:
+    """The address of the application's child ``name``; :class:`SystemNotRunning` (with
+    ``missing`` when it is not running) if the application cannot give it."""
+    try:
+        address = supervisors.whereis(endpoint, root, name, timeout=timeout)
+    except supervisors.SupervisionError as exc:
+        raise SystemNotRunning(f"the application does not answer: {exc}") from None
+    if address is None:
+        raise SystemNotRunning(missing)
+    return address

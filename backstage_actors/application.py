@@ -77,7 +77,6 @@ class Application:
             database=os.path.abspath(database or self.database),
             synchronous=self.synchronous,
             base=base,
-            append_via="actor" if base == "simple" else "direct",
             max_retries=self.max_retries,
             lifespan=self.lifespan,
             max_live=self.max_live or DEFAULT_MAX_LIVE[base],

@@ -178,7 +178,11 @@ def stop(session: Session, port: int, force: bool, timeout: float) -> None:
 @click.option("--strong", is_flag=True, help="Return once the handlers processed the events.")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.option(
-    "--batch", type=int, default=1000, show_default=True, help="Commands per batch with --file."
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Commands per batch with --file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @port_option

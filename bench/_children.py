@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from . import _domain
+from ._common import check
 
 __all__ = ["ClientReport", "dispatch_client", "rss_after_aggregates", "shared_flush_appender"]
 
@@ -61,13 +62,7 @@ def rss_after_aggregates(database: str, aggregates: int, batch: int = 1_000) -> 
             commands = [
                 _domain.OpenWallet(f"m{i}") for i in range(first, min(aggregates, first + batch))
             ]
-            failed = [
-                r
-                for r in system.dispatch_many(commands, timeout=600)
-                if isinstance(r, BaseException)
-            ]
-            if failed:
-                raise RuntimeError(f"{len(failed)} commands failed, the first: {failed[0]!r}")
+            check(system.dispatch_many(commands, timeout=600))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return peak, time.perf_counter() - start
 

@@ -27,6 +27,7 @@ from ._report import Row
 
 __all__ = [
     "RAW_INSERT",
+    "check",
     "event_rows",
     "in_fresh_process",
     "machine",
@@ -35,7 +36,6 @@ __all__ = [
     "raw_connection",
     "run_for",
     "tempdir",
-    "walk",
 ]
 
 T = TypeVar("T")
@@ -46,6 +46,14 @@ RAW_INSERT = (
     " metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 CREDITED_TOPIC = event_topic(Credited)
+
+
+def check(results: list[Any]) -> int:
+    """How many ``dispatch_many`` results there are; RuntimeError if any is an error."""
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} commands failed: {failed[0]!r}")
+    return len(results)
 
 
 @contextmanager
@@ -115,13 +123,6 @@ def rates(
             items[name] += done
             elapsed[name] += took
     return {name: items[name] / elapsed[name] for name in steps}
-
-
-def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every node of a supervision tree (``system.tree()``), depth first."""
-    yield node
-    for child in node.get("children", []):
-        yield from walk(child)
 
 
 def in_fresh_process(function: Callable[..., T], *args: Any) -> T:

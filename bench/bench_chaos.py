@@ -11,12 +11,12 @@ import json
 import logging
 import multiprocessing
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from backstage_actors import _thespian
+from bench._common import tempdir
 from bench._report import Row, main
 from examples.bank import chaos, make_app
 
@@ -27,8 +27,8 @@ def drill(
     clients: int, commands: int, accounts: int, kill_interval: float | None
 ) -> dict[str, Any]:
     """One run of the drill; ``kill_interval=None`` runs it without the killer."""
-    with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
-        database = str(Path(tmp) / "bank.db")
+    with tempdir() as tmp:
+        database = str(tmp / "bank.db")
         app = make_app(database, max_live=50, restart_intensity=(1000, 10.0))
         system = app.start(base="multiproc", port=_thespian.free_port())
         killer = chaos.Killer(system, kill_interval, seed=11) if kill_interval else None
@@ -36,7 +36,7 @@ def drill(
             chaos.open_accounts(system, accounts)
             port = system.actor_system.capabilities["Admin Port"]
             context = multiprocessing.get_context("spawn")
-            paths = [str(Path(tmp) / f"client-{n}.json") for n in range(clients)]
+            paths = [str(tmp / f"client-{n}.json") for n in range(clients)]
             processes = [
                 context.Process(
                     target=chaos.run_client,

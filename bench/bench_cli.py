@@ -21,8 +21,9 @@ from typing import Any
 from backstage_actors import _daemon, _thespian
 from backstage_actors.command import command_from_data
 from examples import bank
+from supervisors import walk
 
-from ._common import tempdir, walk
+from ._common import check, tempdir
 from ._report import Row, main
 
 __all__ = ["rows"]
@@ -116,10 +117,7 @@ def _dispatch_many(app: Any, commands: list[Any]) -> float:
         start = time.perf_counter()
         for first in range(0, len(commands), SEND_BATCH * 4):  # the chunks `send --file` sends
             chunk = commands[first : first + SEND_BATCH * 4]
-            results = system.dispatch_many(chunk, batch_size=SEND_BATCH, timeout=600)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                raise RuntimeError(f"{len(failed)} commands failed in-process: {failed[0]!r}")
+            check(system.dispatch_many(chunk, batch_size=SEND_BATCH, timeout=600))
         return len(commands) / (time.perf_counter() - start)
 
 

@@ -23,19 +23,12 @@ from backstage_actors import EventStore, _thespian
 from backstage_actors._daemon import log_defs
 
 from . import _children, _domain
-from ._common import RAW_INSERT, event_rows, in_fresh_process, rates, raw_connection, tempdir
+from ._common import RAW_INSERT, check, event_rows, in_fresh_process, rates, raw_connection, tempdir
 from ._report import Row, main
 
 __all__ = ["rows"]
 
 log = logging.getLogger(__name__)
-
-
-def _check(results: list[Any]) -> int:
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(results)} commands failed: {failed[0]!r}")
-    return len(results)
 
 
 # -- P1 / P1b: in-process, one aggregate actor per wallet ----------------------------------------
@@ -49,7 +42,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
     app = _domain.make_app(str(directory / "p1.db"))
     system = app.start(base="simple")
     try:
-        _check(system.dispatch_many([_domain.OpenWallet(w) for w in wallets]))
+        check(system.dispatch_many([_domain.OpenWallet(w) for w in wallets]))
         es_ids = []
         for _ in wallets:
             wallet = _domain.EsWallet()
@@ -66,7 +59,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             return 1
 
         def dispatch_many() -> int:
-            return _check(system.dispatch_many([_domain.Credit(w, 1) for w in wallets]))
+            return check(system.dispatch_many([_domain.Credit(w, 1) for w in wallets]))
 
         def eventsourcing() -> int:
             i = turn["es"] = turn["es"] + 1
@@ -146,7 +139,7 @@ def _multiproc(directory: Path, clients: int, aggregates: int, per_client: int) 
     processes: list[Any] = []
     try:
         start = time.perf_counter()
-        _check(system.dispatch_many([_domain.OpenWallet(f"p{i}") for i in range(aggregates)]))
+        check(system.dispatch_many([_domain.OpenWallet(f"p{i}") for i in range(aggregates)]))
         log.info("P2: %d aggregate processes up in %.1fs", aggregates, time.perf_counter() - start)
         system.actor_system.createActor(_domain.Echo, globalName=_children.ECHO_NAME)
         barrier = context.Barrier(clients)

@@ -23,9 +23,10 @@ from backstage_actors._daemon import log_defs
 from examples.bank import router as bank_router
 from examples.bank.domain import AccountOpened, MoneyDeposited
 from examples.bank.read_models import Balances
+from supervisors import walk
 
 from . import _domain
-from ._common import tempdir, walk
+from ._common import tempdir
 from ._report import Row, main
 
 __all__ = ["rows"]

@@ -14,6 +14,7 @@ from ._api import (
     stop_supervisor,
     terminate_child,
     tree,
+    walk,
     whereis,
 )
 from ._messages import (
@@ -63,5 +64,6 @@ __all__ = [
     "stop_supervisor",
     "terminate_child",
     "tree",
+    "walk",
     "whereis",
 ]

@@ -10,6 +10,7 @@ import itertools
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from ._messages import (
@@ -86,7 +87,7 @@ def start_supervisor(
     the same actor system finds it again with ``actor_system.createActor(Supervisor, globalName=name)``.
     """
     address = actor_system.createActor(Supervisor, globalName=name)
-    init = _Init(name, spec, None, os.getpid(), spec.kind, _request_id())
+    init = _Init(name, spec, None, spec.kind, _request_id())
     reply = request(actor_system, address, init, timeout)
     if isinstance(reply, Failure):
         raise SupervisionError(f"supervisor {name!r} failed to start: {reply}")
@@ -101,6 +102,13 @@ def tree(actor_system: Any, root: Any, timeout: float = 5.0) -> dict[str, Any]:
     if not isinstance(reply, TreeNode):
         raise SupervisionError(f"tree request failed: {reply}")
     return reply.node
+
+
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a tree from :func:`tree`, ``node`` first, depth first."""
+    yield node
+    for child in node.get("children", []):
+        yield from walk(child)
 
 
 def whereis(actor_system: Any, supervisor: Any, name: str, timeout: float = 5.0) -> Any:

@@ -145,7 +145,6 @@ class _Init:
     name: str
     args: Any
     supervisor: Any
-    creator_pid: int
     kind: str | None = None
     request_id: Any = None
 

@@ -251,7 +251,7 @@ class Supervisor(TreeGathering, SupervisedActor):
         self._by_address[str(address)] = child
         self.send(
             address,
-            _Init(child.name, args, self.myAddress, os.getpid(), child.kind, child.generation),
+            _Init(child.name, args, self.myAddress, child.kind, child.generation),
         )
         pending, child.pending, child.bounced = child.bounced + child.pending, [], []
         for message, sender in pending:
@@ -301,15 +301,15 @@ class Supervisor(TreeGathering, SupervisedActor):
         self.send(sender, ActorExitRequest())
 
     def _on_exited(self, address: Any) -> None:
-        if not self._liveness_due:
-            # Thespian reports only one of two children that die at nearly the same time: handling
-            # the first exit, it reaps any other dead child without a word (multiprocCommon's
-            # _childExited). Look for such siblings once that is done.
-            self._liveness_due = True
-            self.wakeupAfter(0.05, _LivenessDue())
         child = self._child_at(address)
         if child is None:
             return
+        if child.forked and not self._liveness_due:
+            # Thespian reports only one of two child processes that die at nearly the same time:
+            # handling the first exit, it reaps any other dead child without a word
+            # (multiprocCommon's _childExited). Look for such siblings once that is done.
+            self._liveness_due = True
+            self.wakeupAfter(0.05, _LivenessDue())
         self._by_address.pop(str(child.address), None)
         self._by_address.pop(str(address), None)
         was = child.status

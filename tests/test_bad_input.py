@@ -29,9 +29,6 @@ json_values = st.recursive(
 
 def command_data(cls: type) -> Any:
     """Mostly the right field names with values of any JSON type, sometimes anything at all."""
-    fields = {
-        name: json_values for name in cls.__attrs_attrs__.__dict__ if not name.startswith("_")
-    }  # type: ignore[attr-defined]
     names = [a.name for a in cls.__attrs_attrs__]  # type: ignore[attr-defined]
     fields = {name: json_values | st.text(max_size=8) for name in names}
     return st.one_of(st.fixed_dictionaries({}, optional=fields), json_values)
@@ -88,7 +85,8 @@ def test_fuzzed_commands_through_the_api_only_raise_backstage_errors(bank: Any, 
         with contextlib.suppress(BackstageError):
             bank.dispatch(command_from_data(cls, payload), timeout=10)
     # Still serving, with the state intact.
-    assert bank.dispatch(Deposit("a-1", 5)).version >= 2
+    before = bank.store.stream_version("Account-a-1")
+    assert bank.dispatch(Deposit("a-1", 5)).version == before + 1
     with pytest.raises(CommandRejected, match="insufficient funds"):
         bank.dispatch(Withdraw("a-1", 10**9))
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from examples.bank import chaos, make_app
+from supervisors import walk
 
 from .conftest import free_port, thespian_log_defs
 
@@ -63,7 +64,7 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(tmp_path: Any) -
     assert report["lost"] == 0 and report["duplicated"] == 0
     assert report["acknowledged"] > CLIENTS * COMMANDS // 2
     assert len(killer.kills) >= 5, killer.kills
-    assert sum(n.get("restarts", 0) for n in chaos._walk(tree)) > 0  # the tree shows the restarts
+    assert sum(n.get("restarts", 0) for n in walk(tree)) > 0  # the tree shows the restarts
 
 
 def _load(path: str) -> list[dict[str, Any]]:

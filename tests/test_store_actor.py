@@ -3,7 +3,6 @@ each appender still gets its own answer."""
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -25,9 +24,7 @@ class GcNoted:
 
 def start_store_actor(actor_system: Any, database: str) -> Any:
     store = actor_system.createActor(StoreActor)
-    init = _Init(
-        "store", {"settings": Settings(database=database)}, None, os.getpid(), None, "init"
-    )
+    init = _Init("store", {"settings": Settings(database=database)}, None, None, "init")
     actor_system.ask(store, init, 10)
     return store
 

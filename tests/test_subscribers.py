@@ -15,6 +15,7 @@ from examples.bank import make_app as make_bank
 from examples.bank.domain import CloseAccount, Deposit, OpenAccount
 from examples.bank.transfers import TransferMoney
 
+from .dispatch_domain import stored
 from .handler_domain import (
     HdOrderSaga,
     HdPayOrder,
@@ -26,10 +27,6 @@ from .handler_domain import (
 )
 
 Start = Any  # the start_app fixture: start_app(app, **options) -> RunningSystem
-
-
-def stream(system: Any, stream_id: str) -> list[Any]:
-    return list(system.store.read_stream(stream_id))
 
 
 def processes(system: Any, name: str) -> dict[str, dict[str, Any]]:
@@ -51,8 +48,8 @@ def test_process_manager_runs_each_process_by_its_id(start_app: Start) -> None:
         "o-1": {"amount": 5, "reserved": True, "paid": False},
         "o-2": {"amount": 7, "reserved": True, "paid": False},
     }
-    [placed] = stream(system, "HdOrder-o-1")
-    [reserved] = stream(system, "HdShipment-o-1")
+    [placed] = stored(system, "HdOrder-o-1")
+    [reserved] = stored(system, "HdShipment-o-1")
     assert type(reserved.data).__name__ == "HdStockReserved" and reserved.data.amount == 5
     # The command it dispatched was caused by the event and keeps the original correlation.
     assert reserved.metadata["causation_id"] == placed.event_id
@@ -64,11 +61,11 @@ def test_process_manager_runs_each_process_by_its_id(start_app: Start) -> None:
 
     # Stopped: o-1's state is gone, o-2 waits on.
     assert processes(system, "hd-orders") == {"o-2": {"amount": 7, "reserved": True, "paid": False}}
-    shipped = stream(system, "HdShipment-o-1")[-1]
+    shipped = stored(system, "HdShipment-o-1")[-1]
     assert type(shipped.data).__name__ == "HdShipped"
     assert shipped.metadata["causation_id"] == paid.events[0].event_id
     assert shipped.metadata["correlation_id"] == paid.correlation_id
-    assert stream(system, "HdShipment-o-2")[-1].data.amount == 7
+    assert stored(system, "HdShipment-o-2")[-1].data.amount == 7
     node = subscriber_nodes(system)["hd-orders"]
     assert (node["position"], node["lag"], node["failures"]) == (system.store.last_position(), 0, 0)
 
@@ -88,9 +85,9 @@ def test_bank_saga_refunds_and_a_redelivery_dispatches_nothing_twice(start_app: 
     assert balances == [("ada", 70, "open"), ("bob", 30, "open"), ("cyd", 0, "closed")]
     assert processes(system, "transfers") == {}  # both sagas ran to their end
     # The refusal caused two commands at once: the refund and the transfer's failure.
-    refused = next(e for e in stream(system, "Account-cyd") if e.type == "TransferDepositRefused")
-    refund = next(e for e in stream(system, "Account-ada") if e.type == "TransferRefunded")
-    failed = next(e for e in stream(system, "Transfer-t-2") if e.type == "TransferFailed")
+    refused = next(e for e in stored(system, "Account-cyd") if e.type == "TransferDepositRefused")
+    refund = next(e for e in stored(system, "Account-ada") if e.type == "TransferRefunded")
+    failed = next(e for e in stored(system, "Transfer-t-2") if e.type == "TransferFailed")
     for caused in (refund, failed):
         assert caused.metadata["causation_id"] == refused.event_id
         assert caused.metadata["correlation_id"] == "t-2"

@@ -28,6 +28,7 @@ from backstage_actors import (
     SystemNotRunning,
 )
 from backstage_actors.store import EventStore
+from supervisors import walk
 
 from . import make_app
 from .domain import Deposit, OpenAccount, Withdraw
@@ -118,7 +119,7 @@ class Killer(threading.Thread):
             try:
                 victims = [
                     n
-                    for n in _walk(self.system.tree(timeout=5))
+                    for n in walk(self.system.tree(timeout=5))
                     if n.get("kind") in KILLABLE and n.get("pid")
                 ]
             except Exception:
@@ -144,7 +145,7 @@ class Killer(threading.Thread):
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
                 # A short timeout: a busy subscriber shows as unresponsive, it is asked again.
-                for node in _walk(self.system.tree(timeout=0.3)):
+                for node in walk(self.system.tree(timeout=0.3)):
                     if (
                         node["name"] == victim["name"]
                         and node.get("pid") not in (None, victim["pid"])
@@ -155,12 +156,6 @@ class Killer(threading.Thread):
                 pass
             time.sleep(0.05)  # between polls: the tree is gathered by messages, not free
         return None
-
-
-def _walk(node: dict[str, Any]) -> Any:
-    yield node
-    for child in node.get("children", []):
-        yield from _walk(child)
 
 
 def verify(

@@ -23,12 +23,12 @@ from .domain import HoldSeats, Purchase, SchedulePerformance
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--db", default=os.path.join(tempfile.mkdtemp(prefix="theatre-"), "theatre.db")
-    )
+    parser.add_argument("--db", help="the SQLite file (default: one in a new temporary directory)")
     parser.add_argument("--base", choices=["simple", "multiproc"], default="simple")
     parser.add_argument("--buyers", type=int, default=8)
     options = parser.parse_args()
+    if options.db is None:
+        options.db = os.path.join(tempfile.mkdtemp(prefix="theatre-"), "theatre.db")
     seats = [f"A{n}" for n in range(1, 5)]
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
