@@ -40,7 +40,9 @@ from .command import CommandItem, DispatchResult
 from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpectedVersion
 from .store import AppendRequest, EventStore, RecordedEvent
 
-__all__ = ["AggregateActor"]
+__all__ = ["TOUCH_EVERY", "AggregateActor"]
+
+TOUCH_EVERY = 5.0  # seconds, at most, between two Touched messages of a busy aggregate
 
 
 def log() -> logging.Logger:
@@ -67,6 +69,10 @@ class AggregateActor(SupervisedActor):
         self.broken: str | None = None
         self._snapshot_at: int | None = None
         self._touched = 0.0
+        # How often a busy aggregate tells the router it is in use (the router passivates by
+        # idle time and recency): often enough for its lifespan, not with every command.
+        lifespan = self.args.get("lifespan")
+        self._touch_every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
         self.stats = telemetry.Stats()
         self._tag = 0
         self.aggregate = self._rebuild()
@@ -146,8 +152,7 @@ class AggregateActor(SupervisedActor):
             self.send(self.supervisor, plain)
             return
         now = time.monotonic()
-        if now - self._touched >= 1.0:
-            # The router passivates by idle time and recency; tell it this one is in use.
+        if now - self._touched >= self._touch_every:
             self._touched = now
             self.send(self.supervisor, Touched(self.stream_id))
         self.queue.append((plain, 0))

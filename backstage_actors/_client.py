@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -32,6 +32,23 @@ __all__ = ["RunningSystem"]
 CONSISTENCIES = ("eventual", "strong")
 MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
 DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
+
+
+class _Locked:
+    """``endpoint`` while holding ``lock`` (a class: it runs for every command)."""
+
+    __slots__ = ("endpoint", "lock")
+
+    def __init__(self, lock: Any, endpoint: Any) -> None:
+        self.lock = lock
+        self.endpoint = endpoint
+
+    def __enter__(self) -> Any:
+        self.lock.acquire()
+        return self.endpoint
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()
 
 
 class RunningSystem:
@@ -67,15 +84,12 @@ class RunningSystem:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
-    @contextlib.contextmanager
-    def _endpoint(self) -> Iterator[Any]:
+    def _endpoint(self) -> contextlib.AbstractContextManager[Any]:
         """The actor-system handle this thread may use."""
         if self._stopped:
             raise SystemNotRunning(f"application {self.app.name!r} is stopped")
         if self.base == "simple" or threading.current_thread() is threading.main_thread():
-            with self._lock:
-                yield self.actor_system
-            return
+            return _Locked(self._lock, self.actor_system)
         context = getattr(self._local, "context", None)
         if context is None:
             from thespian.actors import ExternalContext
@@ -84,7 +98,7 @@ class RunningSystem:
             self._local.context = context
             with self._lock:
                 self._contexts.append(context)
-        yield context
+        return contextlib.nullcontext(context)
 
     def router_address(self, refresh: bool = False) -> Any:
         if self._router is None or refresh:

@@ -58,8 +58,49 @@ def encode_event(event: Any, validate: bool = True) -> EncodedEvent:
             "(keep large blobs outside the event store and record a reference)"
         )
     if validate:
-        ser.structure(json.loads(text), cls, name)
+        check = _checks.get(cls, _UNKNOWN)
+        if check is _UNKNOWN:
+            check = _checks[cls] = plain_check(cls)
+        if check is None or not check(data):
+            ser.structure(json.loads(text), cls, name)  # the full check, naming what is wrong
     return EncodedEvent(name, version, topic, text, event)
+
+
+_UNKNOWN: Any = object()
+_checks: dict[type, Callable[[Any], bool] | None] = {}
+_EXACT: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    type(None): (type(None),),
+}
+
+
+def plain_check(cls: type) -> Callable[[Any], bool] | None:
+    """For a class whose fields are all JSON scalars, a quick test that its unstructured data
+    would structure back (each value of exactly an accepted type); None for other classes.
+    False from the test only means "ask cattrs", which names the problem."""
+    fields = _plain_fields(cls)
+    if fields is None:
+        return None
+    kinds = [(name, _accepted(hint)) for name, hint in fields]
+
+    def check(data: Any) -> bool:
+        if type(data) is not dict or len(data) != len(kinds):
+            return False
+        for name, accepted in kinds:
+            if name not in data or type(data[name]) not in accepted:
+                return False
+        return True
+
+    return check
+
+
+def _accepted(hint: Any) -> tuple[type, ...]:
+    if hint in _EXACT:
+        return _EXACT[hint]
+    return tuple(kind for arg in typing.get_args(hint) for kind in _accepted(arg))
 
 
 def _is_plain(tp: Any) -> bool:
@@ -71,8 +112,9 @@ def _is_plain(tp: Any) -> bool:
     return False
 
 
-def fast_structure(cls: type) -> Callable[[dict[str, Any]], Any]:
-    """A builder for ``cls`` from trusted data: ``cls(**data)`` when every field is a JSON scalar."""
+def _plain_fields(cls: type) -> list[tuple[str, Any]] | None:
+    """``cls``'s fields and their types when every one is a JSON scalar set by ``__init__``
+    under its own name; None otherwise."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception:
@@ -88,6 +130,13 @@ def fast_structure(cls: type) -> Callable[[dict[str, Any]], Any]:
         and all(init and name in hints and _is_plain(hints[name]) for name, _, init in fields)
         and all(name == alias for name, alias, _ in fields)
     ):
+        return [(name, hints[name]) for name, _, _ in fields]
+    return None
+
+
+def fast_structure(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """A builder for ``cls`` from trusted data: ``cls(**data)`` when every field is a JSON scalar."""
+    if _plain_fields(cls) is not None:
         return lambda data: cls(**data)
     return lambda data: ser.converter.structure(data, cls)
 

@@ -82,15 +82,22 @@ class Turns:
     @contextmanager
     def appending(self) -> Iterator[None]:
         """This process's turn to append (an exclusive flock of the lock file)."""
-        fd = self.open()
-        if fd is None:
-            yield
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.begin_turn()
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            self.end_turn()
+
+    def begin_turn(self) -> None:
+        """Wait for this process's turn (:meth:`appending` without the context manager, for the
+        hot path); :meth:`end_turn` gives it up."""
+        fd = self.open()
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def end_turn(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def committed(self) -> int:
         """Count a commit whose frames are written; call it during the turn. Its number."""

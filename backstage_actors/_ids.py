@@ -8,28 +8,50 @@ named again after an uncertain outcome produces the same event ids, and the stor
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import time
 import uuid
 
-__all__ = ["event_id", "new_id"]
+__all__ = ["event_id", "new_id", "request_id"]
 
 _NAMESPACE = uuid.UUID("6f1d3c1e-8a52-4a8e-9b67-3f0d8f0b7a11")
+_VERSION_7 = 0x7 << 76
+_VARIANT = 0x2 << 62
+_KEEP = ~(0xF << 76) & ~(0x3 << 62) & ((1 << 128) - 1)
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def _text(value: int) -> str:
+    """``str(uuid.UUID(int=value))`` without building the UUID."""
+    hex = f"{value:032x}"
+    return f"{hex[:8]}-{hex[8:12]}-{hex[12:16]}-{hex[16:20]}-{hex[20:]}"
 
 
 def new_id() -> str:
     millis = time.time_ns() // 1_000_000
     value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    return _text(value & _KEEP | _VERSION_7 | _VARIANT)
 
 
 def event_id(command_id: str, index: int) -> str:
     """The id of a command's ``index``-th event: next to the command's id when that is a UUID
     (only the last 16 bits differ), a name-based UUID otherwise."""
-    try:
-        base = uuid.UUID(command_id)
-    except ValueError:
-        return str(uuid.uuid5(_NAMESPACE, f"{command_id}/{index}"))
-    return str(uuid.UUID(int=(base.int & ~0xFFFF) | ((base.int + index + 1) & 0xFFFF)))
+    if _CANONICAL.match(command_id):  # what new_id() makes: no need for uuid.UUID's parser
+        number = int(command_id.replace("-", ""), 16)
+    else:
+        try:
+            number = uuid.UUID(command_id).int
+        except ValueError:
+            return str(uuid.uuid5(_NAMESPACE, f"{command_id}/{index}"))
+    return _text((number & ~0xFFFF) | ((number + index + 1) & 0xFFFF))
+
+
+_PROCESS = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
+_counter = itertools.count(1)
+
+
+def request_id() -> str:
+    """An id that pairs an answer with its request: unique in this process (and beyond it)."""
+    return f"{_PROCESS}{next(_counter)}"

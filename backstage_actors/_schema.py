@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at TEXT NOT NULL,
     UNIQUE (stream_id, version)
 );
--- One row per stream: its version survives truncation of its events.
+-- A stream's version is that of its last event; a row here keeps it when truncate_stream deleted
+-- the events (a stream's version never goes back).
 CREATE TABLE IF NOT EXISTS streams (
     stream_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,

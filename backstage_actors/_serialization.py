@@ -179,10 +179,13 @@ def unstructure(obj: Any) -> Any:
         raise SerializationError(f"{type(obj).__name__}: cannot unstructure: {exc}") from None
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(data: Any, what: str = "value") -> str:
     """Compact JSON of unstructured ``data``; a value JSON cannot hold is named by its path."""
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODE(data)
     except RecursionError:
         raise SerializationError(f"{what}: nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as exc:

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from . import _serialization as ser
-from ._ids import new_id
+from ._ids import new_id, request_id
 from .errors import InvalidCommand, SerializationError
 from .store import RecordedEvent
 
@@ -70,7 +70,7 @@ def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> Command
     meta.setdefault("correlation_id", command_id)
     meta.setdefault("causation_id", command_id)
     meta["command"] = type(command).__name__
-    return CommandItem(new_id(), command, meta, bool(given_id))
+    return CommandItem(request_id(), command, meta, bool(given_id))
 
 
 def command_from_data(cls: type, data: Any) -> Any:

@@ -212,6 +212,7 @@ class RouterActor(Supervisor):
         if child is not None and child.status != "stopped":
             return
         self._make_room()
+        lifespan = route.lifespan if route.lifespan is not None else self.settings.lifespan
         spec = ChildSpec(
             stream_id,
             AggregateActor,
@@ -223,10 +224,10 @@ class RouterActor(Supervisor):
                 "identity": identity,
                 "store_actor": self.listeners.store_actor,
                 "listeners": self.listeners.listeners,
+                "lifespan": lifespan,
             },
         )
         self.start_child(spec)
-        lifespan = route.lifespan if route.lifespan is not None else self.settings.lifespan
         if lifespan:
             self.lifespans[stream_id] = lifespan
             self._schedule_sweep(lifespan)

@@ -76,14 +76,17 @@ class AppendRequest:
     event_ids: Sequence[str] | None = None
 
 
+_SCALARS = (str, int, bool, type(None))
 _COLUMNS = "position, event_id, stream_id, version, type, schema_version, topic, data, metadata, recorded_at"
 _INSERT = (
     "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data, metadata,"
     " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_UPSERT_STREAM = (
-    "INSERT INTO streams (stream_id, version) VALUES (?, ?)"
-    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+# A stream's version is its last event's, found in the (stream_id, version) index; the streams
+# table keeps it only for a stream whose events were truncated (``truncate_stream``).
+_VERSION = (
+    "SELECT (SELECT max(version) FROM events WHERE stream_id = ?1),"
+    " (SELECT version FROM streams WHERE stream_id = ?1)"
 )
 
 
@@ -150,18 +153,23 @@ class EventStore(Bookkeeping):
         try:
             yield self
         except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
+        self._commit()
+        if flush:
+            self.flush()
+
+    def _commit(self) -> None:
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self._rollback()
             raise StorageError(f"cannot commit to {self.path!r}: {exc}") from None
         self._unflushed = self._wal is not None
-        if flush:
-            self.flush()
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def flush(self, commit: int = 0) -> None:
         """Make the commits so far durable; ``commit`` is the number :class:`Turns` gave the
@@ -177,14 +185,11 @@ class EventStore(Bookkeeping):
         except OSError as exc:
             raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
 
-    @contextmanager
-    def _appenders_in_turn(self) -> Iterator[None]:
+    def _begin_turn(self) -> None:
         try:
-            self._turns.open()
+            self._turns.begin_turn()
         except OSError as exc:
             raise StorageError(f"cannot open the lock file beside {self.path!r}: {exc}") from None
-        with self._turns.appending():
-            yield
 
     def _begin(self) -> None:
         for attempt in range(5):
@@ -253,36 +258,67 @@ class EventStore(Bookkeeping):
         recorded_at: datetime,
         stamp: str,
     ) -> None:
+        # Written in full rather than with the context managers: this runs for every command.
         commit = 0
-        with self._appenders_in_turn():
+        self._begin_turn()
+        try:
             committing = not self.conn.in_transaction
-            with self.transaction(flush=False):
-                for index, item in enumerate(prepared):
-                    if item is None:
-                        continue
-                    # Each append in a savepoint of its own: a failing one is undone alone.
-                    self.conn.execute("SAVEPOINT append")
-                    try:
-                        results[index] = self._append_one(item[0], item[1], recorded_at, stamp)
-                    except BackstageError as exc:
-                        results[index] = exc
-                        self.conn.execute("ROLLBACK TO append")
-                    self.conn.execute("RELEASE append")
-            if committing and self._unflushed:
-                commit = self._turns.committed()
+            if committing:
+                self._begin()
+            try:
+                self._write_each(prepared, results, recorded_at, stamp, committing)
+            except BaseException:
+                if committing:
+                    self._rollback()
+                raise
+            if committing:
+                self._commit()
+                if self._unflushed:
+                    commit = self._turns.committed()
+        finally:
+            self._turns.end_turn()
         # Flushed once the turn is over: other processes commit while this one waits on the disk.
         self.flush(commit)
 
+    def _write_each(
+        self,
+        prepared: list[tuple[AppendRequest, list[Any]] | None],
+        results: list[list[RecordedEvent] | BackstageError],
+        recorded_at: datetime,
+        stamp: str,
+        alone: bool,
+    ) -> None:
+        live = [(index, item) for index, item in enumerate(prepared) if item is not None]
+        if alone and len(live) == 1 and len(live[0][1][1]) == 1:
+            # One event alone in its transaction: its INSERT is the only write, a statement that
+            # fails is undone by SQLite, and an error rolls the transaction back.
+            index, (request, encoded) = live[0]
+            results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
+            return
+        for index, (request, encoded) in live:
+            # Each append in a savepoint of its own: a failing one is undone alone.
+            self.conn.execute("SAVEPOINT append")
+            try:
+                results[index] = self._append_one(request, encoded, recorded_at, stamp)
+            except BackstageError as exc:
+                results[index] = exc
+                self.conn.execute("ROLLBACK TO append")
+            self.conn.execute("RELEASE append")
+
     def _append_one(
-        self, request: AppendRequest, encoded: list[Any], recorded_at: datetime, stamp: str
+        self,
+        request: AppendRequest,
+        encoded: list[Any],
+        recorded_at: datetime,
+        stamp: str,
+        savepoint: bool = True,
     ) -> list[RecordedEvent]:
         stream_id = request.stream_id
-        row = self.conn.execute(
-            "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
-        ).fetchone()
-        current = row[0] if row else 0
+        last_event, kept = self.conn.execute(_VERSION, (stream_id,)).fetchone()
+        exists = last_event is not None or kept is not None
+        current = max(last_event or 0, kept or 0)
         expected = request.expected_version
-        if not _version_matches(expected, row is not None, current):
+        if not _version_matches(expected, exists, current):
             if request.event_ids:
                 existing = self._already_stored(stream_id, request.event_ids)
                 if existing is not None:
@@ -295,8 +331,12 @@ class EventStore(Bookkeeping):
             base = new_id()
             ids = [event_id(base, i) for i in range(len(encoded))]
         metadata = dict(request.metadata or {})
-        meta_text = ser.dumps(ser.unstructure(metadata), "metadata") if metadata else "{}"
-        if metadata:  # what readers will get back (UUIDs, datetimes... as their JSON strings)
+        if not metadata:
+            meta_text = "{}"
+        elif all(type(k) is str and type(v) in _SCALARS for k, v in metadata.items()):
+            meta_text = ser.dumps(metadata, "metadata")  # JSON gives back the same values
+        else:  # what readers will get back (UUIDs, datetimes... as their JSON strings)
+            meta_text = ser.dumps(ser.unstructure(metadata), "metadata")
             metadata = json.loads(meta_text)
         rows = [
             (
@@ -320,14 +360,14 @@ class EventStore(Bookkeeping):
                 last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         except sqlite3.IntegrityError:
             # Undo this append's rows before looking: they must not pass for an earlier attempt.
-            self.conn.execute("ROLLBACK TO append")
+            if savepoint:
+                self.conn.execute("ROLLBACK TO append")
             existing = self._already_stored(stream_id, ids) if request.event_ids else None
             if existing is not None:
                 return existing
             raise BackstageError(
                 f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
             ) from None
-        self.conn.execute(_UPSERT_STREAM, (stream_id, current + len(rows)))
         first = last - len(rows) + 1
         return [
             RecordedEvent(
@@ -359,10 +399,8 @@ class EventStore(Bookkeeping):
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's version: 0 for a stream that was never written."""
-        row = self.conn.execute(
-            "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
-        ).fetchone()
-        return int(row[0]) if row else 0
+        last_event, kept = self.conn.execute(_VERSION, (stream_id,)).fetchone()
+        return max(last_event or 0, kept or 0)
 
     def last_position(self) -> int:
         row = self.conn.execute("SELECT max(position) FROM events").fetchone()
@@ -481,14 +519,18 @@ class EventStore(Bookkeeping):
     def truncate_stream(self, stream_id: str, before_version: int) -> int:
         """Delete the stream's events below ``before_version``; its version stays. Returns the count."""
         with self.transaction():
+            version = self.stream_version(stream_id)
             deleted = self.conn.execute(
                 "DELETE FROM events WHERE stream_id = ? AND version < ?",
                 (stream_id, before_version),
             ).rowcount
-            self.conn.execute(
-                "UPDATE streams SET truncated_before = max(truncated_before, ?) WHERE stream_id = ?",
-                (before_version, stream_id),
-            )
+            if version:  # the version must outlive the events
+                self.conn.execute(
+                    "INSERT INTO streams (stream_id, version, truncated_before) VALUES (?, ?, ?)"
+                    " ON CONFLICT (stream_id) DO UPDATE SET version = max(version, excluded.version),"
+                    " truncated_before = max(truncated_before, excluded.truncated_before)",
+                    (stream_id, version, before_version),
+                )
         return int(deleted)
 
     def event_at(self, position: int) -> RecordedEvent | None:

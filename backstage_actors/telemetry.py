@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Stats", "attach", "detach", "emit", "span", "stats"]
+__all__ = ["Span", "Stats", "attach", "detach", "emit", "span", "stats"]
 
 Handler = Callable[[str, dict[str, float], dict[str, Any]], None]
 
@@ -27,29 +26,33 @@ class Stats:
     """Count, total and maximum duration per event name."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.totals: dict[str, float] = {}
-        self.maxima: dict[str, float] = {}
+        self._events: dict[str, list[float]] = {}  # name -> [count, total, maximum]
 
     def record(self, event: str, duration: float) -> None:
-        self.counts[event] = self.counts.get(event, 0) + 1
-        self.totals[event] = self.totals.get(event, 0.0) + duration
-        self.maxima[event] = max(self.maxima.get(event, 0.0), duration)
+        entry = self._events.get(event)
+        if entry is None:
+            self._events[event] = [1, duration, duration]
+            return
+        entry[0] += 1
+        entry[1] += duration
+        if duration > entry[2]:
+            entry[2] = duration
 
     def record_many(self, event: str, count: int, total: float) -> None:
         """``count`` events that took ``total`` seconds together (their mean is the maximum)."""
-        self.counts[event] = self.counts.get(event, 0) + count
-        self.totals[event] = self.totals.get(event, 0.0) + total
-        self.maxima[event] = max(self.maxima.get(event, 0.0), total / count)
+        entry = self._events.setdefault(event, [0, 0.0, 0.0])
+        entry[0] += count
+        entry[1] += total
+        entry[2] = max(entry[2], total / count)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {
             name: {
-                "count": count,
-                "mean_ms": round(self.totals[name] / count * 1000, 3),
-                "max_ms": round(self.maxima[name] * 1000, 3),
+                "count": int(count),
+                "mean_ms": round(total / count * 1000, 3),
+                "max_ms": round(maximum * 1000, 3),
             }
-            for name, count in self.counts.items()
+            for name, (count, total, maximum) in self._events.items()
         }
 
 
@@ -71,6 +74,8 @@ def emit(
 ) -> None:
     if "duration" in measurements:
         stats.record(event, measurements["duration"])
+    if not _handlers:
+        return
     for handler in list(_handlers):
         try:
             handler(event, measurements, metadata or {})
@@ -80,15 +85,30 @@ def emit(
             )
 
 
-@contextmanager
-def span(event: str, own: Stats | None = None, **metadata: Any) -> Iterator[dict[str, Any]]:
+def span(event: str, own: Stats | None = None, **metadata: Any) -> Span:
     """Time the block and emit ``event`` with its ``duration`` (seconds) when it ends; ``own``
     also records it in an actor's own statistics (in-process, many actors share the global)."""
-    started = time.perf_counter()
-    try:
-        yield metadata
-    finally:
-        duration = time.perf_counter() - started
-        if own is not None:
-            own.record(event, duration)
-        emit(event, {"duration": duration}, metadata)
+    return Span(event, own, metadata)
+
+
+class Span:
+    """What :func:`span` returns: a context manager that yields its metadata (a class, not a
+    generator: it runs several times per command)."""
+
+    __slots__ = ("event", "metadata", "own", "started")
+
+    def __init__(self, event: str, own: Stats | None, metadata: dict[str, Any]) -> None:
+        self.event = event
+        self.own = own
+        self.metadata = metadata
+        self.started = 0.0
+
+    def __enter__(self) -> dict[str, Any]:
+        self.started = time.perf_counter()
+        return self.metadata
+
+    def __exit__(self, *exc_info: object) -> None:
+        duration = time.perf_counter() - self.started
+        if self.own is not None:
+            self.own.record(self.event, duration)
+        emit(self.event, {"duration": duration}, self.metadata)

@@ -6,6 +6,7 @@ starts a fresh one that rebuilds the state from the store, from the latest usabl
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -68,6 +69,21 @@ def test_a_route_can_set_its_own_lifespan(start_app: Any) -> None:
     assert [c["name"] for c in router["children"]] == ["Counter-stays"]
     assert router["live"] == 1
     assert system.dispatch(Count("goes", 2)).events[0].data == Counted("goes", 2, 3)
+
+
+def test_an_aggregate_in_use_is_not_passivated(start_app: Any) -> None:
+    """Commands sent straight to the aggregate bypass the router: the aggregate tells it that it
+    is in use often enough for its lifespan (here 0.3 s), so it is not stopped while busy."""
+    system = start_app(make_app(lifespan=0.3))
+    system.dispatch(Add("busy", 1))
+    deadline = time.monotonic() + 1.5
+
+    while time.monotonic() < deadline:  # a command every 50 ms: never idle for 0.3 s
+        system.dispatch(Add("busy", 1))
+        time.sleep(0.05)
+
+    assert router_node(system)["passivated"] == 0
+    wait_until(lambda: router_node(system)["passivated"] == 1, what="passivation once idle")
 
 
 def test_the_cap_passivates_the_least_recently_used(start_app: Any) -> None:

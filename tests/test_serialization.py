@@ -240,6 +240,31 @@ def test_int_field_accepts_nothing_but_integers(value: Any) -> None:
     assert caught.value.path == "$.amount"
 
 
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"count": True}, "$.count"),
+        ({"count": 1.0}, "$.count"),
+        ({"label": 5}, "$.label"),
+        ({"share": "0.5"}, "$.share"),
+        ({"on": 1}, "$.on"),
+        ({"maybe": "3"}, "$.maybe"),
+    ],
+)
+def test_writing_an_event_of_json_scalars_checks_every_field(
+    fields: dict[str, Any], path: str
+) -> None:
+    """Such events take a quick check instead of a cattrs round trip; it refuses the same."""
+    good = {"count": 1, "label": "a", "share": 0.5, "on": True, "maybe": None}
+    encode_event(SerPlain(**good))
+    encode_event(SerPlain(**{**good, "share": 1, "maybe": 2}))  # an int is a number
+
+    with pytest.raises(SerializationError) as caught:
+        encode_event(SerPlain(**{**good, **fields}))
+
+    assert caught.value.path == path
+
+
 # -- refusals name the path ------------------------------------------------------------------
 
 LINE = {"sku": "a", "qty": 1, "price": "1.50"}

@@ -324,6 +324,34 @@ def test_events_survive_reopening(tmp_path: Path) -> None:
         wal.close()
 
 
+def test_an_append_writes_the_events_alone_and_truncation_keeps_the_version(
+    store: EventStore,
+) -> None:
+    """A stream's version comes from its events' index, so an append writes no second row (a
+    commit of one event is one page fewer to flush); only truncation records the version."""
+    store.append("s", [StoreNoted("one"), StoreNoted("two")])
+    store.append("s", [StoreNoted("three")], expected_version=2)
+    assert store.conn.execute("SELECT count(*) FROM streams").fetchone()[0] == 0
+    assert store.stream_version("s") == 3
+
+    store.truncate_stream("s", before_version=4)
+
+    assert store.conn.execute("SELECT stream_id, version FROM streams").fetchall() == [("s", 3)]
+    assert store.stream_version("s") == 3
+    assert store.append("s", [StoreNoted("four")], expected_version=3)[0].version == 4
+    with pytest.raises(WrongExpectedVersion):
+        store.append("s", [StoreNoted("stale")], expected_version=2)
+
+
+def test_a_streams_row_written_by_an_earlier_version_still_counts(store: EventStore) -> None:
+    """Databases written before this layout have a streams row for every stream."""
+    store.append("s", [StoreNoted("one")])
+    store.conn.execute("INSERT INTO streams (stream_id, version) VALUES ('s', 1)")
+
+    assert store.append("s", [StoreNoted("two")], expected_version=1)[0].version == 2
+    assert store.stream_version("s") == 2
+
+
 # -- group commit ----------------------------------------------------------------------------
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
+from datetime import timedelta
 
 import pytest
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
@@ -57,3 +59,39 @@ def test_lean_poll_selector_answers_like_the_standard_one() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_lean_simple_base_fires_due_timers_in_order_and_keeps_the_others() -> None:
+    from thespian.system.simpleSystemBase import WakeupManager
+    from thespian.system.timing import currentTime
+
+    _thespian.lean_simple_base()
+    timers = WakeupManager()
+    assert timers._pop_expired_wakeups(currentTime()) == []
+    for name, seconds in [("first", 0), ("later", 60), ("second", 0), ("third", 0)]:
+        timers._add_wakeup(name, timedelta(seconds=seconds), name)
+
+    due = timers._pop_expired_wakeups(currentTime())
+
+    assert [payload for _, _, payload in due] == ["first", "second", "third"]
+    assert [payload for _, _, payload in timers._wakeUps] == ["later"]
+
+
+def test_lean_simple_base_still_logs_deliveries_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    from thespian.system import simpleSystemBase
+
+    _thespian.lean_simple_base()
+    received: list[tuple[object, object]] = []
+
+    class Actor:
+        def receiveMessage(self, message: object, sender: object) -> None:
+            received.append((message, sender))
+
+    simpleSystemBase.actor_base_receive(Actor(), "hello", "someone")
+    assert caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="Thespian"):
+        simpleSystemBase.actor_base_receive(Actor(), "again", "someone")
+
+    assert received == [("hello", "someone"), ("again", "someone")]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "Thespian"]
+    assert line.endswith('got message "again" from "someone"')
