@@ -75,6 +75,7 @@ class AggregateActor(SupervisedActor):
         self._touch_every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
         self.stats = telemetry.Stats()
         self._tag = 0
+        self._via_actor = self.settings.append_via == "actor"
         self.aggregate = self._rebuild()
 
     def describe(self) -> dict[str, Any]:
@@ -191,7 +192,7 @@ class AggregateActor(SupervisedActor):
         requests: list[AppendRequest] = []
         aggregate = self.aggregate
         for item in execute.items:
-            stored = self._already_done(item)
+            stored = self._already_done(item) if item.idempotent else None
             if stored is not None:
                 answers[item.request_id] = stored
                 continue
@@ -228,7 +229,7 @@ class AggregateActor(SupervisedActor):
             return
         self.in_flight = (execute, attempt, answers, pending)
         self._requests = requests
-        if execute.grouped and self.settings.append_via == "actor" and self.store_actor is not None:
+        if execute.grouped and self._via_actor and self.store_actor is not None:
             self._tag += 1
             self.send(self.store_actor, AppendBatch(requests, self._tag))
         else:
@@ -287,9 +288,9 @@ class AggregateActor(SupervisedActor):
         if failed:
             # What was applied speculatively is not all stored: start over from the store.
             self.aggregate = self._rebuild()
-        else:
+        elif self.cls.snapshot_every:
             self._maybe_snapshot()
-        if last_position and self.settings.append_via == "direct":
+        if last_position and not self._via_actor:
             for listener in self.listeners:
                 self.send(listener, Appended(last_position))
         if retry:

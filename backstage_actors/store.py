@@ -266,7 +266,7 @@ class EventStore(Bookkeeping):
             if committing:
                 self._begin()
             try:
-                self._write_each(prepared, results, recorded_at, stamp, committing)
+                self._write_each(prepared, results, recorded_at, stamp)
             except BaseException:
                 if committing:
                     self._rollback()
@@ -286,17 +286,20 @@ class EventStore(Bookkeeping):
         results: list[list[RecordedEvent] | BackstageError],
         recorded_at: datetime,
         stamp: str,
-        alone: bool,
     ) -> None:
-        live = [(index, item) for index, item in enumerate(prepared) if item is not None]
-        if alone and len(live) == 1 and len(live[0][1][1]) == 1:
-            # One event alone in its transaction: its INSERT is the only write, a statement that
-            # fails is undone by SQLite, and an error rolls the transaction back.
-            index, (request, encoded) = live[0]
-            results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
-            return
-        for index, (request, encoded) in live:
-            # Each append in a savepoint of its own: a failing one is undone alone.
+        for index, item in enumerate(prepared):
+            if item is None:
+                continue
+            request, encoded = item
+            if len(encoded) == 1:
+                # One event: its INSERT is the append's only write, and SQLite undoes a
+                # statement that fails; the version check comes before it. No savepoint needed.
+                try:
+                    results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
+                except BackstageError as exc:
+                    results[index] = exc
+                continue
+            # Several events: a savepoint of their own, so that a failing append is undone alone.
             self.conn.execute("SAVEPOINT append")
             try:
                 results[index] = self._append_one(request, encoded, recorded_at, stamp)
@@ -376,11 +379,11 @@ class EventStore(Bookkeeping):
                 current + i + 1,
                 first + i,
                 enc.type,
-                event,
+                enc.event,
                 metadata,
                 recorded_at,
             )
-            for i, (enc, event) in enumerate(zip(encoded, [e.event for e in encoded], strict=True))
+            for i, enc in enumerate(encoded)
         ]
 
     def _already_stored(

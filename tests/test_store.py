@@ -19,6 +19,7 @@ import attrs
 import pytest
 
 from backstage_actors.errors import (
+    BackstageError,
     SerializationError,
     StorageError,
     StoredEventError,
@@ -388,6 +389,7 @@ def test_append_batches_rolls_back_only_the_failing_request(store: EventStore) -
             "s", [StoreNoted("bad-id-1"), StoreNoted("bad-id-2")], event_ids=["n", "taken"]
         ),
         AppendRequest("s", [StoreNoted("bad-type")], 1, metadata={"x": object()}),
+        AppendRequest("s", [StoreNoted("lone-bad-id")], 1, event_ids=["taken"]),  # no savepoint
         AppendRequest("s", [StoreNoted("two")], 1),  # sees the first request's write
     ]
 
@@ -395,8 +397,10 @@ def test_append_batches_rolls_back_only_the_failing_request(store: EventStore) -
 
     assert isinstance(results[1], Exception)
     assert isinstance(results[2], SerializationError)
+    assert isinstance(results[3], BackstageError) and "already stored" in str(results[3])
     assert [e.data.text for r in results if isinstance(r, list) for e in r] == ["one", "two"]
     assert [(e.version, e.data.text) for e in store.read_stream("s")] == [(1, "one"), (2, "two")]
+    assert [e.position for e in store.read_all()] == [1, 2, 3]  # the failures took none
 
 
 # -- two processes, one stream ---------------------------------------------------------------
