@@ -235,8 +235,10 @@ class RunningSystem:
                     endpoint.tell(router, Execute([items[i] for i in waiting.values()], me))
                     direct = None
                     continue
-                step = remaining if direct is None else max(0.0, detour_at - time.monotonic())
-                reply = endpoint.listen(self._wait_step(step))
+                reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
+                if reply is None:
+                    step = remaining if direct is None else max(0.0, detour_at - time.monotonic())
+                    reply = endpoint.listen(self._wait_step(step))
                 if isinstance(reply, Executed):
                     if reply.source is not None and all(
                         isinstance(answer, (DispatchResult, CommandRejected))

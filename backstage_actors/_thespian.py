@@ -25,6 +25,7 @@ import socket
 from typing import Any
 
 from thespian.actors import ActorSystem
+from thespian.system import isInternalActorSystemMessage
 
 __all__ = [
     "attach",
@@ -34,6 +35,7 @@ __all__ = [
     "lean_simple_base",
     "own_address",
     "port_in_use",
+    "ready_response",
     "start_actor_system",
     "terse_messages",
     "use_poll_selector",
@@ -187,6 +189,24 @@ def lean_simple_base() -> None:
 
     simple.WakeupManager._pop_expired_wakeups = pop_expired_wakeups
     simple.actor_base_receive = actor_base_receive
+
+
+def ready_response(endpoint: Any) -> Any:
+    """The next answer already delivered to a simpleSystemBase caller, or None.
+
+    That base runs every actor inside ``tell()``: when it returns, the answers are in the
+    caller's inbox, and ``listen()`` would only walk the timers and the send queue again first.
+    """
+    base = getattr(endpoint, "_systemBase", None)
+    registry = getattr(base, "actorRegistry", None)
+    if registry is None:
+        return None
+    responses = getattr(registry["System:ExternalRequester"].instance, "responses", None)
+    while responses:
+        response = responses.pop(0)
+        if not isInternalActorSystemMessage(response):
+            return response
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

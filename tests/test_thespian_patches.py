@@ -95,3 +95,23 @@ def test_lean_simple_base_still_logs_deliveries_at_debug(caplog: pytest.LogCaptu
     assert received == [("hello", "someone"), ("again", "someone")]
     [line] = [r.getMessage() for r in caplog.records if r.name == "Thespian"]
     assert line.endswith('got message "again" from "someone"')
+
+
+def test_ready_response_takes_what_simple_base_actors_already_answered() -> None:
+    from thespian.actors import Actor, ActorSystem
+
+    class Echo(Actor):  # type: ignore[misc]
+        def receiveMessage(self, message: object, sender: object) -> None:
+            if isinstance(message, str):
+                self.send(sender, message.upper())
+
+    system = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        echo = system.createActor(Echo)
+        assert _thespian.ready_response(system) is None
+        system.tell(echo, "one")
+        system.tell(echo, "two")
+
+        assert [_thespian.ready_response(system) for _ in range(3)] == ["ONE", "TWO", None]
+    finally:
+        system.shutdown()
