@@ -40,7 +40,7 @@ from .command import CommandItem, DispatchResult
 from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpectedVersion
 from .store import AppendRequest, EventStore, RecordedEvent
 
-__all__ = ["TOUCH_EVERY", "AggregateActor"]
+__all__ = ["AggregateActor"]
 
 TOUCH_EVERY = 5.0  # seconds, at most, between two Touched messages of a busy aggregate
 
