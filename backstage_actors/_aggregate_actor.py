@@ -70,7 +70,9 @@ class AggregateActor(SupervisedActor):
         self._snapshot_at: int | None = None
         self._touched = 0.0
         # How often a busy aggregate tells the router it is in use (the router passivates by
-        # idle time and recency): often enough for its lifespan, not with every command.
+        # idle time and recency): often enough for its lifespan, not with every command. The
+        # price: under the cap, recency is known to within TOUCH_EVERY, so a busy aggregate can
+        # be stopped before one used once a little later (it is rebuilt at its next command).
         lifespan = self.args.get("lifespan")
         self._touch_every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
         self.stats = telemetry.Stats()

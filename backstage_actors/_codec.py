@@ -68,23 +68,31 @@ def encode_event(event: Any, validate: bool = True) -> EncodedEvent:
 
 _UNKNOWN: Any = object()
 _checks: dict[type, Callable[[Any], bool] | None] = {}
-_EXACT: dict[Any, tuple[type, ...]] = {
-    int: (int,),
-    float: (int, float),
-    str: (str,),
-    bool: (bool,),
-    type(None): (type(None),),
-}
+_NONE = type(None)
+# What a quick check takes for each field type: exactly the types the strict hooks in
+# ``_serialization`` take without converting (an int for a float field goes to cattrs: it may be
+# too large for a float).
+_EXACT: dict[Any, type] = {int: int, float: float, str: str, bool: bool}
 
 
 def plain_check(cls: type) -> Callable[[Any], bool] | None:
-    """For a class whose fields are all JSON scalars, a quick test that its unstructured data
-    would structure back (each value of exactly an accepted type); None for other classes.
-    False from the test only means "ask cattrs", which names the problem."""
+    """A quick test that an event's unstructured data would structure back, for the common
+    class: JSON scalar fields (each one type, or that type or None), built by the generated
+    ``__init__`` with no validators, converters or post-init, and structured by the hook cattrs
+    generates. None for any other class (cattrs builds it back: that runs its validators).
+
+    False from the test only means "ask cattrs", which names the problem. Hooks registered for a
+    class after its first event was written are not noticed.
+    """
     fields = _plain_fields(cls)
-    if fields is None:
+    if fields is None or not _generated(cls):
         return None
-    kinds = [(name, _accepted(hint)) for name, hint in fields]
+    kinds: list[tuple[str, tuple[type, ...]]] = []
+    for name, hint in fields:
+        accepted = _accepted(hint)
+        if accepted is None:
+            return None
+        kinds.append((name, accepted))
 
     def check(data: Any) -> bool:
         if type(data) is not dict or len(data) != len(kinds):
@@ -97,10 +105,35 @@ def plain_check(cls: type) -> Callable[[Any], bool] | None:
     return check
 
 
-def _accepted(hint: Any) -> tuple[type, ...]:
+def _accepted(hint: Any) -> tuple[type, ...] | None:
+    """The value types a quick check takes for a field of type ``hint``; None: ask cattrs."""
     if hint in _EXACT:
-        return _EXACT[hint]
-    return tuple(kind for arg in typing.get_args(hint) for kind in _accepted(arg))
+        return (_EXACT[hint],)
+    args = typing.get_args(hint)
+    others = [arg for arg in args if arg is not _NONE]
+    if len(args) == 2 and len(others) == 1 and others[0] in _EXACT:  # X | None
+        return (_EXACT[others[0]], _NONE)
+    return None
+
+
+def _generated(cls: type) -> bool:
+    """Whether ``cls`` is built by attrs' or dataclasses' own ``__init__`` with nothing run on
+    the values, and structured by the hook cattrs generates for it."""
+    init = getattr(cls.__init__, "__code__", None)
+    source = init.co_filename if init is not None else ""
+    if attrs.has(cls):
+        if not source.startswith("<attrs generated") or hasattr(cls, "__attrs_post_init__"):
+            return False
+        if any(f.validator is not None or f.converter is not None for f in attrs.fields(cls)):
+            return False
+    elif source != "<string>" or hasattr(cls, "__post_init__"):  # dataclasses' generated code
+        return False
+    try:
+        hook = ser.converter.get_structure_hook(cls)
+    except Exception:
+        return False
+    code = getattr(hook, "__code__", None)
+    return code is not None and code.co_filename.startswith("<cattrs generated")
 
 
 def _is_plain(tp: Any) -> bool:

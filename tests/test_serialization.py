@@ -265,6 +265,52 @@ def test_writing_an_event_of_json_scalars_checks_every_field(
     assert caught.value.path == path
 
 
+@attrs.frozen
+class SerEither:
+    value: int | str  # cattrs has no hook for a union of two scalar types
+
+
+@attrs.frozen
+class SerPositive:
+    amount: int = attrs.field(validator=attrs.validators.gt(0))
+
+
+@dataclasses.dataclass
+class SerChecked:
+    amount: int
+
+    def __post_init__(self) -> None:
+        if self.amount <= 0:
+            raise ValueError("amount must be positive")
+
+
+@dataclasses.dataclass
+class SerRatio:
+    ratio: float
+
+
+def _mutated(event: Any, **values: Any) -> Any:
+    for name, value in values.items():
+        object.__setattr__(event, name, value)
+    return event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        SerEither("a"),
+        _mutated(SerPositive(1), amount=-3),  # the validator runs when it is built back
+        _mutated(SerChecked(1), amount=-3),  # and so does __post_init__
+        SerRatio(10**400),  # an int too large for a float field
+    ],
+    ids=["union", "validator", "post-init", "huge-int"],
+)
+def test_writing_refuses_what_reading_could_not_build(event: Any) -> None:
+    """The quick check of scalar events must never let through what cattrs would refuse."""
+    with pytest.raises(SerializationError):
+        encode_event(event)
+
+
 # -- refusals name the path ------------------------------------------------------------------
 
 LINE = {"sku": "a", "qty": 1, "price": "1.50"}
