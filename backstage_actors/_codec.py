@@ -119,7 +119,7 @@ def _accepted(hint: Any) -> tuple[type, ...] | None:
 def _generated(cls: type) -> bool:
     """Whether ``cls`` is built by attrs' or dataclasses' own ``__init__`` with nothing run on
     the values, and structured by the hook cattrs generates for it."""
-    init = getattr(cls.__init__, "__code__", None)
+    init = getattr(vars(cls).get("__init__"), "__code__", None)
     source = init.co_filename if init is not None else ""
     if attrs.has(cls):
         if not source.startswith("<attrs generated") or hasattr(cls, "__attrs_post_init__"):
