@@ -77,6 +77,13 @@ class AppendRequest:
 
 
 _SCALARS = (str, int, bool, type(None))
+# The same for many streams at once (a JSON array of stream ids).
+_VERSIONS = (
+    "SELECT ids.value,"
+    " (SELECT max(version) FROM events WHERE stream_id = ids.value),"
+    " (SELECT version FROM streams WHERE stream_id = ids.value)"
+    " FROM json_each(?) AS ids"
+)
 _COLUMNS = "position, event_id, stream_id, version, type, schema_version, topic, data, metadata, recorded_at"
 _INSERT = (
     "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data, metadata,"
@@ -287,10 +294,10 @@ class EventStore(Bookkeeping):
         recorded_at: datetime,
         stamp: str,
     ) -> None:
-        for index, item in enumerate(prepared):
-            if item is None:
-                continue
-            request, encoded = item
+        live = [(index, item) for index, item in enumerate(prepared) if item is not None]
+        if len(live) > 1 and self._write_together(live, results, recorded_at, stamp):
+            return
+        for index, (request, encoded) in live:
             if len(encoded) == 1:
                 # One event: its INSERT is the append's only write, and SQLite undoes a
                 # statement that fails; the version check comes before it. No savepoint needed.
@@ -307,6 +314,62 @@ class EventStore(Bookkeeping):
                 results[index] = exc
                 self.conn.execute("ROLLBACK TO append")
             self.conn.execute("RELEASE append")
+
+    def _write_together(
+        self,
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: list[list[RecordedEvent] | BackstageError],
+        recorded_at: datetime,
+        stamp: str,
+    ) -> bool:
+        """A group commit's appends in three statements: every stream's version in one query,
+        every row in one ``executemany``. Returns False, having written nothing, when an append
+        needs the careful way (one at a time): a version that does not match for an append that
+        names its event ids (it may be a repeat), or an event id that is already stored."""
+        versions = self._versions([request.stream_id for _, (request, _) in live])
+        rows: list[tuple[Any, ...]] = []
+        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        for index, (request, encoded) in live:
+            stream_id = request.stream_id
+            exists, current = versions.get(stream_id, (False, 0))
+            if not _version_matches(request.expected_version, exists, current):
+                if request.event_ids:
+                    return False
+                results[index] = WrongExpectedVersion(stream_id, request.expected_version, current)
+                continue
+            if not encoded:
+                results[index] = []
+                continue
+            ids = _event_ids(request, len(encoded))
+            metadata, meta_text = _metadata(request)
+            rows.extend(_rows(ids, stream_id, current, encoded, meta_text, stamp))
+            planned.append((index, stream_id, encoded, ids, current, metadata))
+            versions[stream_id] = (True, current + len(encoded))
+        if rows:
+            self.conn.execute("SAVEPOINT together")
+            try:
+                self.conn.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError:
+                self.conn.execute("ROLLBACK TO together")
+                return False
+            finally:
+                self.conn.execute("RELEASE together")
+            position = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows)
+            for index, stream_id, encoded, ids, current, metadata in planned:
+                results[index] = _recorded(
+                    ids, stream_id, current, position + 1, encoded, metadata, recorded_at
+                )
+                position += len(encoded)
+        return True
+
+    def _versions(self, stream_ids: list[str]) -> dict[str, tuple[bool, int]]:
+        """``(exists, version)`` of each of ``stream_ids`` that exists, in one query."""
+        found: dict[str, tuple[bool, int]] = {}
+        rows = self.conn.execute(_VERSIONS, (json.dumps(list(dict.fromkeys(stream_ids))),))
+        for stream_id, last_event, kept in rows:
+            if last_event is not None or kept is not None:
+                found[stream_id] = (True, max(last_event or 0, kept or 0))
+        return found
 
     def _append_one(
         self,
@@ -329,32 +392,9 @@ class EventStore(Bookkeeping):
             raise WrongExpectedVersion(stream_id, expected, current)
         if not encoded:
             return []
-        ids = list(request.event_ids or [])
-        if len(ids) != len(encoded):
-            base = new_id()
-            ids = [event_id(base, i) for i in range(len(encoded))]
-        metadata = dict(request.metadata or {})
-        if not metadata:
-            meta_text = "{}"
-        elif all(type(k) is str and type(v) in _SCALARS for k, v in metadata.items()):
-            meta_text = ser.dumps(metadata, "metadata")  # JSON gives back the same values
-        else:  # what readers will get back (UUIDs, datetimes... as their JSON strings)
-            meta_text = ser.dumps(ser.unstructure(metadata), "metadata")
-            metadata = json.loads(meta_text)
-        rows = [
-            (
-                ids[i],
-                stream_id,
-                current + i + 1,
-                enc.type,
-                enc.schema_version,
-                enc.topic,
-                enc.data,
-                meta_text,
-                stamp,
-            )
-            for i, enc in enumerate(encoded)
-        ]
+        ids = _event_ids(request, len(encoded))
+        metadata, meta_text = _metadata(request)
+        rows = _rows(ids, stream_id, current, encoded, meta_text, stamp)
         try:
             if len(rows) == 1:
                 last = int(self.conn.execute(_INSERT, rows[0]).lastrowid or 0)
@@ -371,20 +411,9 @@ class EventStore(Bookkeeping):
             raise BackstageError(
                 f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
             ) from None
-        first = last - len(rows) + 1
-        return [
-            RecordedEvent(
-                ids[i],
-                stream_id,
-                current + i + 1,
-                first + i,
-                enc.type,
-                enc.event,
-                metadata,
-                recorded_at,
-            )
-            for i, enc in enumerate(encoded)
-        ]
+        return _recorded(
+            ids, stream_id, current, last - len(rows) + 1, encoded, metadata, recorded_at
+        )
 
     def _already_stored(
         self, stream_id: str, event_ids: Sequence[str]
@@ -541,6 +570,69 @@ class EventStore(Bookkeeping):
             f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
         ).fetchone()
         return self.decode_row(row) if row else None
+
+
+def _event_ids(request: AppendRequest, count: int) -> list[str]:
+    """The ids the caller gave, or new ones (derived from one time-ordered id)."""
+    ids = list(request.event_ids or [])
+    if len(ids) != count:
+        base = new_id()
+        ids = [event_id(base, i) for i in range(count)]
+    return ids
+
+
+def _metadata(request: AppendRequest) -> tuple[dict[str, Any], str]:
+    """The metadata readers will get back, and its JSON."""
+    metadata = dict(request.metadata or {})
+    if not metadata:
+        return metadata, "{}"
+    if all(type(k) is str and type(v) in _SCALARS for k, v in metadata.items()):
+        return metadata, ser.dumps(metadata, "metadata")  # JSON gives back the same values
+    text = ser.dumps(ser.unstructure(metadata), "metadata")  # UUIDs, datetimes... as strings
+    return json.loads(text), text
+
+
+def _rows(
+    ids: list[str], stream_id: str, current: int, encoded: list[Any], meta_text: str, stamp: str
+) -> list[tuple[Any, ...]]:
+    return [
+        (
+            ids[i],
+            stream_id,
+            current + i + 1,
+            enc.type,
+            enc.schema_version,
+            enc.topic,
+            enc.data,
+            meta_text,
+            stamp,
+        )
+        for i, enc in enumerate(encoded)
+    ]
+
+
+def _recorded(
+    ids: list[str],
+    stream_id: str,
+    current: int,
+    first_position: int,
+    encoded: list[Any],
+    metadata: dict[str, Any],
+    recorded_at: datetime,
+) -> list[RecordedEvent]:
+    return [
+        RecordedEvent(
+            ids[i],
+            stream_id,
+            current + i + 1,
+            first_position + i,
+            enc.type,
+            enc.event,
+            metadata,
+            recorded_at,
+        )
+        for i, enc in enumerate(encoded)
+    ]
 
 
 def _check_expected(expected: Any) -> None:

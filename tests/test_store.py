@@ -381,6 +381,52 @@ def test_append_batches_keeps_each_outcome(store: EventStore) -> None:
     assert store.stream_version("b") == 1
 
 
+def test_a_group_commit_checks_versions_in_order_and_numbers_positions(
+    store: EventStore,
+) -> None:
+    """Many appends at once (one query for the versions, one insert for the rows)."""
+    store.append("a", [StoreNoted("a1")])
+    requests = [
+        AppendRequest("a", [StoreNoted("a2")], 1),
+        AppendRequest("b", [StoreNoted("b1"), StoreNoted("b2")], NO_STREAM),
+        AppendRequest("a", [StoreNoted("a3")], 2),  # after the first request of this batch
+        AppendRequest("a", [StoreNoted("stale")], 1),
+        AppendRequest("c", [], NO_STREAM),
+        AppendRequest("b", [StoreNoted("b3")], 2, metadata={"user": "ada"}),
+    ]
+
+    results = store.append_batches(requests)
+
+    assert isinstance(results[3], WrongExpectedVersion) and results[3].actual == 3
+    assert results[4] == []
+    recorded = [e for r in results if isinstance(r, list) for e in r]
+    assert [(e.stream_id, e.version, e.position, e.data.text) for e in recorded] == [
+        ("a", 2, 2, "a2"),
+        ("b", 1, 3, "b1"),
+        ("b", 2, 4, "b2"),
+        ("a", 3, 5, "a3"),
+        ("b", 3, 6, "b3"),
+    ]
+    assert recorded[-1].metadata == {"user": "ada"}
+    assert [(e.position, e.event_id) for e in store.read_all()][1:] == [
+        (e.position, e.event_id) for e in recorded
+    ]
+
+
+def test_a_group_commit_answers_a_repeat_with_what_was_stored(store: EventStore) -> None:
+    first = store.append("s", [StoreNoted("one")], expected_version=0, event_ids=["e-1"])
+    requests = [
+        AppendRequest("t", [StoreNoted("other")], NO_STREAM),
+        AppendRequest("s", [StoreNoted("one")], 0, event_ids=["e-1"]),  # sent again
+    ]
+
+    other, again = store.append_batches(requests)
+
+    assert isinstance(other, list) and other[0].version == 1
+    assert again == first
+    assert store.stream_version("s") == 1
+
+
 def test_append_batches_rolls_back_only_the_failing_request(store: EventStore) -> None:
     store.append("other", [StoreNoted("x")], event_ids=["taken"])
     requests = [
