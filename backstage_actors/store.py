@@ -97,6 +97,12 @@ _VERSION = (
 )
 
 
+# What append_batches works with: each request with its encoded events (None: refused before
+# writing), and each request's outcome.
+_Prepared = list[tuple[AppendRequest, list[Any]] | None]
+_Results = list[list[RecordedEvent] | BackstageError]
+
+
 class EventStore(Bookkeeping):
     """The event store on ``path`` (created if missing).
 
@@ -238,8 +244,8 @@ class EventStore(Bookkeeping):
         A request that fails (wrong version, unserializable event) is rolled back alone through
         a savepoint and its slot holds the error; the others are committed together.
         """
-        results: list[list[RecordedEvent] | BackstageError] = []
-        prepared: list[tuple[AppendRequest, list[Any]] | None] = []
+        results: _Results = []
+        prepared: _Prepared = []
         for request in requests:
             try:
                 _check_expected(request.expected_version)
@@ -260,8 +266,8 @@ class EventStore(Bookkeeping):
 
     def _write_batches(
         self,
-        prepared: list[tuple[AppendRequest, list[Any]] | None],
-        results: list[list[RecordedEvent] | BackstageError],
+        prepared: _Prepared,
+        results: _Results,
         recorded_at: datetime,
         stamp: str,
     ) -> None:
@@ -289,8 +295,8 @@ class EventStore(Bookkeeping):
 
     def _write_each(
         self,
-        prepared: list[tuple[AppendRequest, list[Any]] | None],
-        results: list[list[RecordedEvent] | BackstageError],
+        prepared: _Prepared,
+        results: _Results,
         recorded_at: datetime,
         stamp: str,
     ) -> None:
@@ -318,7 +324,7 @@ class EventStore(Bookkeeping):
     def _write_together(
         self,
         live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
-        results: list[list[RecordedEvent] | BackstageError],
+        results: _Results,
         recorded_at: datetime,
         stamp: str,
     ) -> bool:
