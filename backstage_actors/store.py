@@ -241,8 +241,8 @@ class EventStore(Bookkeeping):
     ) -> list[list[RecordedEvent] | BackstageError]:
         """Group commit: every request in one transaction, each with its own outcome.
 
-        A request that fails (wrong version, unserializable event) is rolled back alone through
-        a savepoint and its slot holds the error; the others are committed together.
+        A request that fails (wrong version, unserializable event, an event id stored elsewhere)
+        writes nothing and its slot holds the error; the others are committed together.
         """
         results: _Results = []
         prepared: _Prepared = []
