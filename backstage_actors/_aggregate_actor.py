@@ -245,9 +245,8 @@ class AggregateActor(SupervisedActor):
             self._on_results(results)
 
     def _already_done(self, item: CommandItem) -> DispatchResult | None:
-        """A command named by its caller and stored before is answered, not run again."""
-        if not item.idempotent:
-            return None
+        """A command named by its caller (``idempotent``) and stored before is answered, not run
+        again."""
         first = event_id(item.command_id, 0)
         row = self.store.conn.execute(
             "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",

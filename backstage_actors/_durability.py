@@ -1,7 +1,7 @@
 """How commits reach the disk when many processes append: turns on a lock file, shared flushes.
 
 Every appending process takes its turn on an flock(2) of the lock file beside the database
-before it asks SQLite for the write lock (:meth:`Turns.appending`): SQLite makes a writer that
+before it asks SQLite for the write lock (:meth:`Turns.begin_turn`): SQLite makes a writer that
 finds the database busy sleep and retry (1 ms, 2 ms, 5 ms, ...), while a waiter on flock is woken
 the moment the lock is free.
 
@@ -21,8 +21,7 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 __all__ = ["Turns", "WalSync"]
 
@@ -79,18 +78,9 @@ class Turns:
             self.fd = fd
         return self.fd
 
-    @contextmanager
-    def appending(self) -> Iterator[None]:
-        """This process's turn to append (an exclusive flock of the lock file)."""
-        self.begin_turn()
-        try:
-            yield
-        finally:
-            self.end_turn()
-
     def begin_turn(self) -> None:
-        """Wait for this process's turn (:meth:`appending` without the context manager, for the
-        hot path); :meth:`end_turn` gives it up."""
+        """Wait for this process's turn to append (an exclusive flock of the lock file);
+        :meth:`end_turn` gives it up."""
         fd = self.open()
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)

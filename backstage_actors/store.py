@@ -369,13 +369,9 @@ class EventStore(Bookkeeping):
         return True
 
     def _versions(self, stream_ids: list[str]) -> dict[str, tuple[bool, int]]:
-        """``(exists, version)`` of each of ``stream_ids`` that exists, in one query."""
-        found: dict[str, tuple[bool, int]] = {}
+        """``(exists, version)`` of each of ``stream_ids``, in one query."""
         rows = self.conn.execute(_VERSIONS, (json.dumps(list(dict.fromkeys(stream_ids))),))
-        for stream_id, last_event, kept in rows:
-            if last_event is not None or kept is not None:
-                found[stream_id] = (True, max(last_event or 0, kept or 0))
-        return found
+        return {stream_id: _stream_state(last_event, kept) for stream_id, last_event, kept in rows}
 
     def _append_one(
         self,
@@ -386,9 +382,7 @@ class EventStore(Bookkeeping):
         savepoint: bool = True,
     ) -> list[RecordedEvent]:
         stream_id = request.stream_id
-        last_event, kept = self.conn.execute(_VERSION, (stream_id,)).fetchone()
-        exists = last_event is not None or kept is not None
-        current = max(last_event or 0, kept or 0)
+        exists, current = _stream_state(*self.conn.execute(_VERSION, (stream_id,)).fetchone())
         expected = request.expected_version
         if not _version_matches(expected, exists, current):
             if request.event_ids:
@@ -437,8 +431,7 @@ class EventStore(Bookkeeping):
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's version: 0 for a stream that was never written."""
-        last_event, kept = self.conn.execute(_VERSION, (stream_id,)).fetchone()
-        return max(last_event or 0, kept or 0)
+        return _stream_state(*self.conn.execute(_VERSION, (stream_id,)).fetchone())[1]
 
     def last_position(self) -> int:
         row = self.conn.execute("SELECT max(position) FROM events").fetchone()
@@ -576,6 +569,11 @@ class EventStore(Bookkeeping):
             f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
         ).fetchone()
         return self.decode_row(row) if row else None
+
+
+def _stream_state(last_event: int | None, kept: int | None) -> tuple[bool, int]:
+    """``(exists, version)`` of a stream from its last event's version and its streams row."""
+    return (last_event is not None or kept is not None), max(last_event or 0, kept or 0)
 
 
 def _event_ids(request: AppendRequest, count: int) -> list[str]:

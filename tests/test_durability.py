@@ -41,6 +41,15 @@ def counters(database: Path) -> tuple[int, int]:
     return committed, flushed
 
 
+def in_turn(turns: Turns) -> int:
+    """Count a commit during a turn, as the store does; its number."""
+    turns.begin_turn()
+    try:
+        return turns.committed()
+    finally:
+        turns.end_turn()
+
+
 def test_a_flush_covers_every_commit_written_before_it(tmp_path: Path) -> None:
     turns = Turns(str(tmp_path / "db"))
     turns.open()
@@ -49,15 +58,11 @@ def test_a_flush_covers_every_commit_written_before_it(tmp_path: Path) -> None:
     def sync() -> None:
         syncs.append(counters(tmp_path / "db")[0])  # what was committed when the flush began
 
-    with turns.appending():
-        first = turns.committed()
-    with turns.appending():
-        second = turns.committed()
+    first, second = in_turn(turns), in_turn(turns)
     # The first committer flushes both; the second finds its commit covered.
     assert turns.flush(first, sync) is True
     assert turns.flush(second, sync) is False
-    with turns.appending():
-        third = turns.committed()
+    third = in_turn(turns)
     assert turns.flush(third, sync) is True  # committed after that flush began: flushed again
     assert syncs == [2, 3]
     assert counters(tmp_path / "db") == (3, 3)
