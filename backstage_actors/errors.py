@@ -52,17 +52,18 @@ class InvalidCommand(BackstageError, ValueError):
 class WrongExpectedVersion(BackstageError):
     """An append expected a stream version that the stream no longer has (another writer won)."""
 
-    def __init__(self, stream_id: str, expected: Any, actual: int) -> None:
+    def __init__(self, stream_id: str, expected: Any, actual: int, why: str = "") -> None:
         super().__init__(
             f"stream {stream_id!r}: expected version {_describe_expected(expected)}, "
-            f"but it is at version {actual}"
+            + (why or f"but it is at version {actual}")
         )
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual
+        self.why = why
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.stream_id, self.expected, self.actual))
+        return (type(self), (self.stream_id, self.expected, self.actual, self.why))
 
 
 class DispatchTimeout(BackstageError, TimeoutError):

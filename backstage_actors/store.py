@@ -101,6 +101,7 @@ _VERSION = (
 # writing), and each request's outcome.
 _Prepared = list[tuple[AppendRequest, list[Any]] | None]
 _Results = list[list[RecordedEvent] | BackstageError]
+_Failed = dict[str, int]  # stream id -> the version a failed append of the batch was to reach
 
 
 class EventStore(Bookkeeping):
@@ -242,11 +243,18 @@ class EventStore(Bookkeeping):
         """Group commit: every request in one transaction, each with its own outcome.
 
         A request that fails (wrong version, unserializable event, an event id stored elsewhere)
-        writes nothing and its slot holds the error; the others are committed together.
+        writes nothing and its slot holds the error; so does a later request to the same stream
+        that names an exact version, since it counted on the failed one. The others are
+        committed together.
         """
         results: _Results = []
         prepared: _Prepared = []
+        failed: _Failed = {}
         for request in requests:
+            if _counted_on(failed, request):
+                prepared.append(None)
+                results.append(_after_failure(failed, request))
+                continue
             try:
                 _check_expected(request.expected_version)
                 prepared.append((request, [encode_event(e, self.validate) for e in request.events]))
@@ -254,6 +262,7 @@ class EventStore(Bookkeeping):
             except BackstageError as exc:
                 prepared.append(None)
                 results.append(exc)
+                _note_failure(failed, request)
         if all(p is None for p in prepared):
             return results
         recorded_at = datetime.now(UTC)
@@ -303,7 +312,11 @@ class EventStore(Bookkeeping):
         live = [(index, item) for index, item in enumerate(prepared) if item is not None]
         if len(live) > 1 and self._write_together(live, results, recorded_at, stamp):
             return
+        failed: _Failed = {}
         for index, (request, encoded) in live:
+            if _counted_on(failed, request):
+                results[index] = _after_failure(failed, request)
+                continue
             if len(encoded) == 1:
                 # One event: its INSERT is the append's only write, and SQLite undoes a
                 # statement that fails; the version check comes before it. No savepoint needed.
@@ -311,6 +324,7 @@ class EventStore(Bookkeeping):
                     results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
                 except BackstageError as exc:
                     results[index] = exc
+                    _note_failure(failed, request)
                 continue
             # Several events: a savepoint of their own, so that a failing append is undone alone.
             self.conn.execute("SAVEPOINT append")
@@ -318,6 +332,7 @@ class EventStore(Bookkeeping):
                 results[index] = self._append_one(request, encoded, recorded_at, stamp)
             except BackstageError as exc:
                 results[index] = exc
+                _note_failure(failed, request)
                 self.conn.execute("ROLLBACK TO append")
             self.conn.execute("RELEASE append")
 
@@ -335,19 +350,29 @@ class EventStore(Bookkeeping):
         versions = self._versions([request.stream_id for _, (request, _) in live])
         rows: list[tuple[Any, ...]] = []
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        failed: _Failed = {}
         for index, (request, encoded) in live:
             stream_id = request.stream_id
+            if _counted_on(failed, request):
+                results[index] = _after_failure(failed, request)
+                continue
             exists, current = versions.get(stream_id, (False, 0))
             if not _version_matches(request.expected_version, exists, current):
                 if request.event_ids:
                     return False
                 results[index] = WrongExpectedVersion(stream_id, request.expected_version, current)
+                _note_failure(failed, request)
                 continue
             if not encoded:
                 results[index] = []
                 continue
             ids = _event_ids(request, len(encoded))
-            metadata, meta_text = _metadata(request)
+            try:
+                metadata, meta_text = _metadata(request)
+            except BackstageError as exc:
+                results[index] = exc
+                _note_failure(failed, request)
+                continue
             rows.extend(_rows(ids, stream_id, current, encoded, meta_text, stamp))
             planned.append((index, stream_id, encoded, ids, current, metadata))
             versions[stream_id] = (True, current + len(encoded))
@@ -647,6 +672,30 @@ def _check_expected(expected: Any) -> None:
             f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version >= 0, "
             f"not {expected!r}"
         )
+
+
+def _note_failure(failed: _Failed, request: AppendRequest) -> None:
+    """Remember the version a failed append would have left its stream at."""
+    if isinstance(request.expected_version, int):
+        failed[request.stream_id] = request.expected_version + len(request.events)
+
+
+def _counted_on(failed: _Failed, request: AppendRequest) -> bool:
+    """Whether ``request`` expects the version an earlier failed append of the same batch would
+    have left: its writer decided on a state that is not stored, so it must fail too (even if
+    another writer's events happen to bring the stream to that version)."""
+    expected = request.expected_version
+    return isinstance(expected, int) and failed.get(request.stream_id) == expected
+
+
+def _after_failure(failed: _Failed, request: AppendRequest) -> WrongExpectedVersion:
+    _note_failure(failed, request)
+    return WrongExpectedVersion(
+        request.stream_id,
+        request.expected_version,
+        -1,
+        "counting on an earlier append of the same batch, which failed",
+    )
 
 
 def _version_matches(expected: ExpectedVersion | int, exists: bool, current: int) -> bool:

@@ -449,6 +449,51 @@ def test_append_batches_rolls_back_only_the_failing_request(store: EventStore) -
     assert [e.position for e in store.read_all()] == [1, 2, 3]  # the failures took none
 
 
+def test_an_append_counting_on_a_failed_one_fails_too(store: EventStore, tmp_path: Any) -> None:
+    """A writer that batches two decisions (the second made on the state after the first)
+    must not see the second stored when the first fails, even where another writer's event
+    brought the stream to the version the second expects."""
+    store.append("s", [StoreNoted("one")])
+    with EventStore(store.path) as other:
+        other.append("s", [StoreNoted("theirs")], expected_version=1)
+    requests = [
+        AppendRequest("s", [StoreNoted("mine")], 1, event_ids=["m-1"]),  # lost the race
+        AppendRequest("s", [StoreNoted("after mine")], 2, event_ids=["m-2"]),
+        AppendRequest("s", [StoreNoted("after that")], 3),
+        AppendRequest("t", [StoreNoted("elsewhere")], 0),
+        AppendRequest("s", [StoreNoted("on what is stored")], 2),
+    ]
+
+    results = store.append_batches(requests)
+
+    assert isinstance(results[0], WrongExpectedVersion) and results[0].actual == 2
+    for chained in results[1:3]:
+        assert isinstance(chained, WrongExpectedVersion)
+        assert "earlier append of the same batch, which failed" in str(chained)
+    assert [e.data.text for r in results[3:] if isinstance(r, list) for e in r] == [
+        "elsewhere",
+        "on what is stored",
+    ]
+    assert [e.data.text for e in store.read_stream("s")] == ["one", "theirs", "on what is stored"]
+
+
+def test_unserializable_metadata_in_a_group_commit_fails_only_its_append(
+    store: EventStore,
+) -> None:
+    requests = [
+        AppendRequest("s", [StoreNoted("bad")], 0, metadata={"x": object()}),
+        AppendRequest("s", [StoreNoted("after it")], 1),
+        AppendRequest("t", [StoreNoted("elsewhere")], 0),
+    ]
+
+    bad, after, elsewhere = store.append_batches(requests)
+
+    assert isinstance(bad, SerializationError) and "$.x" in str(bad)
+    assert isinstance(after, WrongExpectedVersion)
+    assert isinstance(elsewhere, list) and elsewhere[0].version == 1
+    assert store.stream_version("s") == 0
+
+
 # -- two processes, one stream ---------------------------------------------------------------
 
 CONCURRENT_STREAM = "contended"
