@@ -6,6 +6,13 @@ then all the batch's appends are committed together, either by this actor (``dir
 the store actor's group commit (``actor``). If another writer got there first, the actor catches
 up from the store and runs the commands again, up to ``max_retries`` times.
 
+Part of a larger batch (``grouped``) in-process, an aggregate without snapshots pipelines: it
+sends its appends to the store actor and goes on with its next commands without waiting, on the
+state it applied. The store actor answers the callers and tells the aggregate only of failures
+(:class:`AppendFailed`); the aggregate then rebuilds from the store, starts a new epoch, and
+retries or answers those commands. Appends of the old epoch that counted on a failed one are not
+stored (see ``_store_actor``), so no command is ever stored on a state that is not.
+
 An exception from ``execute`` is a rejection (the command's sender gets :class:`CommandRejected`);
 one from ``apply`` is a crash: every command of the batch gets :class:`AggregateFailed`, nothing of
 the batch is stored, and a fresh instance rebuilds from the store. An aggregate whose stored events
@@ -27,6 +34,7 @@ from ._ids import event_id
 from ._protocol import (
     AppendBatch,
     Appended,
+    AppendFailed,
     AppendResults,
     Execute,
     Executed,
@@ -78,6 +86,11 @@ class AggregateActor(SupervisedActor):
         self.stats = telemetry.Stats()
         self._tag = 0
         self._via_actor = self.settings.append_via == "actor"
+        # Pipelined appends (see the module's docstring) carry the epoch of the state they were
+        # decided on; a rebuild after a failure starts a newer one. Time-based, so that a later
+        # instance of this aggregate is newer too.
+        self._pipelines = self._via_actor and not self.cls.snapshot_every
+        self._epoch = time.monotonic_ns()
         self.aggregate = self._rebuild()
 
     def describe(self) -> dict[str, Any]:
@@ -138,11 +151,17 @@ class AggregateActor(SupervisedActor):
         elif isinstance(message, AppendResults):
             if message.tag == self._tag:
                 self._on_results(message.results)
+        elif isinstance(message, AppendFailed):
+            self._on_failed(message)
         elif isinstance(message, Listeners):
             self.listeners = list(message.listeners)
-            if message.store_actor != self.store_actor and self.in_flight is not None:
-                # The store actor restarted: what it had buffered for us is gone.
-                self._fail_in_flight("the store actor restarted")
+            if message.store_actor != self.store_actor and self.store_actor is not None:
+                # The store actor restarted: what it had buffered for us is gone (the callers of
+                # pipelined appends get DispatchTimeout: the outcome is unknown to us too).
+                if self.in_flight is not None:
+                    self._fail_in_flight("the store actor restarted")
+                elif self._pipelines:
+                    self._start_epoch()
             self.store_actor = message.store_actor
         elif isinstance(message, Failure):
             self._fail_in_flight(f"the store actor failed: {message.message}")
@@ -229,6 +248,11 @@ class AggregateActor(SupervisedActor):
         if not requests:
             self._reply(execute, answers)
             return
+        if execute.grouped and self._pipelines and self.store_actor is not None:
+            self._reply(execute, answers, partial=True)
+            items = [(item, attempt) for _, item in pending]
+            self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
+            return
         self.in_flight = (execute, attempt, answers, pending)
         self._requests = requests
         if execute.grouped and self._via_actor and self.store_actor is not None:
@@ -300,6 +324,27 @@ class AggregateActor(SupervisedActor):
         else:
             self._reply(execute, answers)
         self._pump()
+
+    def _on_failed(self, failed: AppendFailed) -> None:
+        """Pipelined appends failed: what this state was built on is not all stored."""
+        if failed.epoch >= self._epoch:
+            self._start_epoch()
+        retry: dict[int, list[CommandItem]] = {}
+        answers: list[tuple[str, Any]] = []
+        for item, attempt, error in failed.failures:
+            if isinstance(error, WrongExpectedVersion) and attempt < self.settings.max_retries:
+                retry.setdefault(attempt + 1, []).append(item)
+            else:
+                answers.append((item.request_id, error))
+        if answers:
+            self.send(failed.reply_to, Executed(answers, (self.stream_id, self.myAddress)))
+        for attempt, items in sorted(retry.items(), reverse=True):
+            self.queue.appendleft((Execute(items, failed.reply_to, True), attempt))
+        self._pump()
+
+    def _start_epoch(self) -> None:
+        self.aggregate = self._rebuild()
+        self._epoch = max(self._epoch + 1, time.monotonic_ns())
 
     def _fail_in_flight(self, reason: str) -> None:
         if self.in_flight is not None:

@@ -11,6 +11,7 @@ from .store import AppendRequest
 
 __all__ = [
     "AppendBatch",
+    "AppendFailed",
     "AppendResults",
     "Appended",
     "Execute",
@@ -72,8 +73,27 @@ class Touched:
 
 @attrs.frozen
 class AppendBatch:
+    """Appends for the store actor's next group commit.
+
+    Without ``reply_to`` the sender waits for an :class:`AppendResults` with its ``tag``. With
+    it the sender did not wait (pipelined): the store actor answers ``reply_to`` for each
+    request's command (``items``: the command and its attempt, one per request) and tells the
+    sender only of failures (:class:`AppendFailed`); ``tag`` is then the sender's epoch.
+    """
+
     requests: list[AppendRequest]
     tag: Any
+    reply_to: Any = None
+    items: list[tuple[CommandItem, int]] | None = None
+
+
+@attrs.frozen
+class AppendFailed:
+    """Pipelined appends of one epoch that failed, each with its command, attempt and error."""
+
+    epoch: int
+    failures: list[tuple[CommandItem, int, Any]]
+    reply_to: Any
 
 
 @attrs.frozen

@@ -4,6 +4,13 @@ Appends that reach it while it is busy pile up in its mailbox; it takes each one
 sends itself a :class:`Flush`, which the mailbox delivers only after every append that arrived
 before it. The flush commits the whole buffer in one transaction (one fsync) and answers each
 appender with its own outcome: one batch's ``WrongExpectedVersion`` fails only that batch.
+
+An aggregate that pipelines (sends its appends without waiting, see ``AppendBatch``) has its
+callers answered from here, in one message per caller and flush, and hears only of failures.
+It decided its later commands on the state the failed append was to make, so once an append of
+its epoch failed, its appends of that epoch to that stream are not tried (they fail as
+superseded) until it rebuilt its state and sends from a newer epoch. Within one flush the store
+does the same (``append_batches``: an append counting on a failed one fails too).
 """
 
 from __future__ import annotations
@@ -14,9 +21,18 @@ from typing import Any
 from supervisors import ChildAddress, SupervisedActor, WatchChildren
 
 from . import telemetry
-from ._protocol import AppendBatch, Appended, AppendResults, Flush, Settings
+from ._protocol import (
+    AppendBatch,
+    Appended,
+    AppendFailed,
+    AppendResults,
+    Executed,
+    Flush,
+    Settings,
+)
 from ._shared import shared_store
-from .errors import BackstageError
+from .command import DispatchResult
+from .errors import BackstageError, WrongExpectedVersion
 from .store import AppendRequest, EventStore
 
 __all__ = ["StoreActor"]
@@ -32,7 +48,10 @@ class StoreActor(SupervisedActor):
     def on_start(self) -> None:
         self.settings: Settings = self.args["settings"]
         self.store: EventStore = shared_store(self.settings)
-        self.buffer: list[tuple[Any, Any, list[AppendRequest]]] = []
+        self.buffer: list[tuple[Any, AppendBatch]] = []
+        # stream id -> the epoch of a pipelined append that failed: what else that epoch sends
+        # for the stream counted on it
+        self.superseded: dict[str, int] = {}
         self.flush_pending = False
         self.listeners: list[Any] = []
         self.commits = 0
@@ -53,7 +72,7 @@ class StoreActor(SupervisedActor):
 
     def receive(self, message: Any, sender: Any) -> None:
         if isinstance(message, AppendBatch):
-            self.buffer.append((sender, message.tag, message.requests))
+            self.buffer.append((sender, message))
             if not self.flush_pending:
                 self.flush_pending = True
                 self.send(self.myAddress, Flush())
@@ -65,7 +84,15 @@ class StoreActor(SupervisedActor):
 
     def _flush(self) -> None:
         buffer, self.buffer = self.buffer, []
-        requests = [request for _, _, batch in buffer for request in batch]
+        requests: list[AppendRequest] = []
+        skipped: list[list[bool]] = []  # per pipelined batch: which appends are not tried
+        for _, batch in buffer:
+            if batch.reply_to is None:
+                requests.extend(batch.requests)
+                continue
+            skip = [self._is_superseded(request, batch.tag) for request in batch.requests]
+            requests.extend(r for r, s in zip(batch.requests, skip, strict=True) if not s)
+            skipped.append(skip)
         try:
             with telemetry.span("append", self.stats, appends=len(requests)):
                 results: list[Any] = self.store.append_batches(requests)
@@ -74,15 +101,88 @@ class StoreActor(SupervisedActor):
             results = [exc] * len(requests)
         self.commits += 1
         self.appends += len(requests)
-        start = 0
+        outcomes = iter(results)
+        skips = iter(skipped)
+        answers: list[tuple[Any, list[tuple[str, Any]]]] = []  # per caller (addresses: no hash)
         last_position = 0
-        for sender, tag, batch in buffer:
-            answers = results[start : start + len(batch)]
-            start += len(batch)
-            self.send(sender, AppendResults(tag, answers))
-            for answer in answers:
-                if isinstance(answer, list) and answer:
-                    last_position = max(last_position, answer[-1].position)
+        for sender, batch in buffer:
+            if batch.reply_to is None:
+                outcome = [next(outcomes) for _ in batch.requests]
+                self.send(sender, AppendResults(batch.tag, outcome))
+            else:
+                outcome = self._pipelined(sender, batch, next(skips), outcomes, answers)
+            for recorded in outcome:
+                if isinstance(recorded, list) and recorded:
+                    last_position = max(last_position, recorded[-1].position)
+        for caller, results_of_caller in answers:
+            if results_of_caller:
+                self.send(caller, Executed(results_of_caller))
         if last_position:
             for listener in self.listeners:
                 self.send(listener, Appended(last_position))
+
+    def _is_superseded(self, request: AppendRequest, epoch: int) -> bool:
+        failed_in = self.superseded.get(request.stream_id)
+        if failed_in is None:
+            return False
+        if failed_in < epoch:  # the aggregate rebuilt since
+            del self.superseded[request.stream_id]
+            return False
+        return True
+
+    def _pipelined(
+        self,
+        sender: Any,
+        batch: AppendBatch,
+        skip: list[bool],
+        outcomes: Any,
+        answers: list[tuple[Any, list[tuple[str, Any]]]],
+    ) -> list[Any]:
+        """Answer the callers of a pipelined batch; tell the aggregate what failed."""
+        assert batch.items is not None
+        answered = _answers_of(answers, batch.reply_to)
+        outcome: list[Any] = []
+        failures = []
+        for request, (item, attempt), superseded in zip(
+            batch.requests, batch.items, skip, strict=True
+        ):
+            stream_id = request.stream_id
+            if superseded:
+                result: Any = WrongExpectedVersion(
+                    stream_id,
+                    request.expected_version,
+                    -1,
+                    "counting on an earlier append, which failed",
+                )
+            else:
+                result = next(outcomes)
+            outcome.append(result)
+            if isinstance(result, list):  # the aggregate sends appends with events only
+                answered.append(
+                    (
+                        item.request_id,
+                        DispatchResult(
+                            stream_id,
+                            result[-1].version,
+                            result,
+                            item.command_id,
+                            str(item.metadata.get("correlation_id", "")),
+                        ),
+                    )
+                )
+            else:
+                failures.append((item, attempt, result))
+                self.superseded[stream_id] = max(batch.tag, self.superseded.get(stream_id, -1))
+        if failures:
+            self.send(sender, AppendFailed(batch.tag, failures, batch.reply_to))
+        return outcome
+
+
+def _answers_of(answers: list[tuple[Any, list[Any]]], caller: Any) -> list[Any]:
+    """The list of ``caller``'s answers in ``answers`` (added if new; addresses do not hash)."""
+    for known, answered in answers:
+        if known == caller:
+            return answered
+    answered = []
+    answers.append((caller, answered))
+    return answered

@@ -21,7 +21,7 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from ._aggregate_actor import AggregateActor
-from ._protocol import Execute, Executed, Listeners, Settings, Touched
+from ._protocol import AppendFailed, Execute, Executed, Listeners, Settings, Touched
 from .aggregate import Aggregate
 from .command import CommandItem
 from .errors import InvalidCommand, UnregisteredCommand
@@ -168,6 +168,10 @@ class RouterActor(Supervisor):
         """Handed back by an aggregate that is gone (passivated meanwhile): route it again."""
         if isinstance(message, Execute):
             self._dead_letter(Execute(message.items, message.reply_to or sender, message.grouped))
+        elif isinstance(message, AppendFailed):
+            # Pipelined appends that failed as their aggregate stopped: run them again.
+            items = [item for item, _, _ in message.failures]
+            self._dead_letter(Execute(items, message.reply_to, True))
         else:
             super().lost(message, sender)
 

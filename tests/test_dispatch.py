@@ -410,6 +410,43 @@ def test_without_retries_a_foreign_write_is_a_wrong_expected_version(start_app: 
     assert (after.version, after.events[0].data) == (3, Added("occ", 100, 111))
 
 
+def test_a_batch_that_meets_a_foreign_write_stores_nothing_decided_on_a_stale_state(
+    start_app: Any,
+) -> None:
+    """Three commands to one aggregate in one dispatch_many: each decided on the state the one
+    before it makes. The first meets another writer's event; the two after it must not be
+    stored on the state it was to make (the second expects the version the foreign event has)."""
+    system = start_app(make_app())
+    system.dispatch(Add("occ", 1))
+    system.store.append("Counter-occ", [Added("occ", 10, 11)], expected_version=1)
+
+    results = system.dispatch_many([Add("occ", 100), Add("occ", 1000), Add("occ", 5)])
+
+    assert [r.events[0].data for r in results] == [
+        Added("occ", 100, 111),
+        Added("occ", 1000, 1111),
+        Added("occ", 5, 1116),
+    ]
+    totals = [(e.data.amount, e.data.total) for e in stored(system, "Counter-occ")]
+    assert totals == [(1, 1), (10, 11), (100, 111), (1000, 1111), (5, 1116)]
+
+
+def test_without_retries_a_batch_that_meets_a_foreign_write_fails_whole(
+    start_app: Any,
+) -> None:
+    system = start_app(make_app(max_retries=0))
+    system.dispatch(Add("occ", 1))
+    system.store.append("Counter-occ", [Added("occ", 10, 11)], expected_version=1)
+
+    results = system.dispatch_many([Add("occ", 100), Add("occ", 1000)])
+
+    assert all(isinstance(r, WrongExpectedVersion) for r in results), results
+    assert "which failed" in str(results[1])
+    assert [e.data.amount for e in stored(system, "Counter-occ")] == [1, 10]
+    after = system.dispatch_many([Add("occ", 100), Add("occ", 1000)])
+    assert [r.events[0].data.total for r in after] == [111, 1111]
+
+
 # -- middleware -----------------------------------------------------------------------------
 
 

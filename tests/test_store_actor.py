@@ -10,8 +10,9 @@ import attrs
 from thespian.actors import Actor
 
 from backstage_actors import WrongExpectedVersion
-from backstage_actors._protocol import AppendBatch, AppendResults, Settings
+from backstage_actors._protocol import AppendBatch, AppendFailed, AppendResults, Executed, Settings
 from backstage_actors._store_actor import StoreActor
+from backstage_actors.command import CommandItem
 from backstage_actors.store import NO_STREAM, AppendRequest, EventStore
 from supervisors import TreeNode
 from supervisors._messages import _Describe, _Init
@@ -49,6 +50,55 @@ class Appenders(Actor):
             self.answers[message.tag] = message.results
             if len(self.answers) == self.expected:
                 self.send(self.requester, self.answers)
+
+
+class Pipeliner(Actor):
+    """Stands for a pipelining aggregate: sends one batch with itself as the caller, and hands
+    back the first answer, whether to the caller (``Executed``) or to the aggregate."""
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
+        if isinstance(message, tuple) and message[0] == "pipeline":
+            _, store, request, epoch = message
+            self.requester = sender
+            item = CommandItem(f"r-{epoch}", None, {"command_id": f"c-{epoch}"})
+            self.send(store, AppendBatch([request], epoch, self.myAddress, [(item, 0)]))
+        elif isinstance(message, (AppendFailed, Executed)):
+            self.send(self.requester, message)
+
+
+def test_a_failed_pipelined_append_supersedes_what_its_epoch_sends_after_it(
+    actor_system: Any, tmp_path: Any
+) -> None:
+    """A pipelining aggregate decided its later commands on the state its failed append was to
+    make: until it sends from a newer epoch (it rebuilt), they are not stored, even when
+    another writer brought the stream to the version they expect."""
+    database = str(tmp_path / "gc.db")
+    store = start_store_actor(actor_system, database)
+    EventStore(database).append("p", [GcNoted(1), GcNoted(2)])  # another writer's events
+    aggregate = actor_system.createActor(Pipeliner)
+
+    def pipeline(expected: int, epoch: int) -> Any:
+        request = AppendRequest("p", [GcNoted(epoch)], expected, event_ids=[f"e-{epoch}"])
+        return actor_system.ask(aggregate, ("pipeline", store, request, epoch), 10)
+
+    lost = pipeline(1, epoch=5)  # it believed the stream at 1
+    assert isinstance(lost, AppendFailed) and lost.epoch == 5
+    [(item, attempt, error)] = lost.failures
+    assert (item.request_id, attempt, type(error)) == ("r-5", 0, WrongExpectedVersion)
+
+    after = pipeline(2, epoch=5)  # decided on the state of the lost one: the version matches
+    assert isinstance(after, AppendFailed)
+    assert "counting on an earlier append, which failed" in str(after.failures[0][2])
+
+    rebuilt = pipeline(2, epoch=6)
+    assert isinstance(rebuilt, Executed)
+    [(request_id, result)] = rebuilt.results
+    assert (request_id, result.version, result.command_id) == ("r-6", 3, "c-6")
+    assert [e.data for e in EventStore(database).read_stream("p")] == [
+        GcNoted(1),
+        GcNoted(2),
+        GcNoted(6),
+    ]
 
 
 def test_appends_that_arrive_together_share_one_commit(
