@@ -218,12 +218,14 @@ class AggregateActor(SupervisedActor):
                 answers[item.request_id] = stored
                 continue
             name = type(item.command).__name__
+            started = time.perf_counter()
             try:
-                with telemetry.span("execute", self.stats, stream_id=self.stream_id, command=name):
-                    events = events_of(aggregate.execute(item.command))
+                events = events_of(aggregate.execute(item.command))
             except Exception as exc:
+                self._executed(name, started)
                 answers[item.request_id] = CommandRejected(name, type(exc).__name__, str(exc))
                 continue
+            self._executed(name, started)
             if not events:
                 answers[item.request_id] = DispatchResult(
                     self.stream_id, aggregate.version, [], item.command_id, _correlation(item)
@@ -267,6 +269,10 @@ class AggregateActor(SupervisedActor):
             except BackstageError as exc:
                 results = [exc] * len(requests)
             self._on_results(results)
+
+    def _executed(self, command: str, started: float) -> None:
+        metadata = {"stream_id": self.stream_id, "command": command}
+        telemetry.finish("execute", self.stats, started, metadata)
 
     def _already_done(self, item: CommandItem) -> DispatchResult | None:
         """A command named by its caller (``idempotent``) and stored before is answered, not run

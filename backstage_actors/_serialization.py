@@ -12,6 +12,7 @@ import enum
 import json
 import math
 import typing
+from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -179,7 +180,21 @@ def unstructure(obj: Any) -> Any:
         raise SerializationError(f"{type(obj).__name__}: cannot unstructure: {exc}") from None
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+def _compact_encoder() -> Callable[[Any], str]:
+    """Compact JSON (no NaN, non-ASCII kept). The standard encoder builds its C encoder anew
+    at each call; this one is built once. Without the circular-reference check: a value nested
+    in itself raises RecursionError, like one nested too deeply."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return encoder.encode
+    encode = make(
+        None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda data: "".join(encode(data, 0))
+
+
+_ENCODE = _compact_encoder()
 
 
 def dumps(data: Any, what: str = "value") -> str:

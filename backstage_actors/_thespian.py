@@ -158,7 +158,8 @@ def lean_simple_base() -> None:
     """Make simpleSystemBase's per-message bookkeeping cheap; it runs ~3 times per command.
 
     * ``_pop_expired_wakeups`` partitions the pending timers with ``functools.reduce`` and two
-      lambdas for every message; here it is one loop (nothing at all without timers).
+      lambdas for every message; here it compares each timer's deadline with the time, and
+      builds new lists only when one is due.
     * ``actor_base_receive`` calls ``logging.getLogger`` and ``debug`` before every delivery;
       here the debug line is formatted only when Thespian's logger would emit it.
     """
@@ -170,7 +171,12 @@ def lean_simple_base() -> None:
         return
 
     def pop_expired_wakeups(self: Any, ct: Any) -> list[Any]:
-        if not self._wakeUps:
+        # (target, ExpirationTimer, payload); a timer without a deadline never expires
+        for _, timer, _ in self._wakeUps:
+            deadline = timer._time_to_quit
+            if deadline is not None and ct >= deadline:
+                break
+        else:
             return []
         expired: list[Any] = []
         pending: list[Any] = []

@@ -453,6 +453,11 @@ def test_telemetry_reports_each_handled_event(start_app: Start) -> None:
 
     handled = [(m, md) for e, m, md in received if e == "handle"]
     assert len(handled) == 3
+    executed = [md for e, _, md in received if e == "execute"]
+    assert [(md["command"], md["stream_id"]) for md in executed] == [
+        ("HdIncrement", executed[0]["stream_id"])
+    ] * 3
+    assert executed[0]["stream_id"].endswith("c1")
     for measurements, metadata in handled:
         assert metadata["subscriber"] == "hd-recorder"
         assert 0 <= measurements["duration"] < 5

@@ -75,6 +75,10 @@ def test_lean_simple_base_fires_due_timers_in_order_and_keeps_the_others() -> No
 
     assert [payload for _, _, payload in due] == ["first", "second", "third"]
     assert [payload for _, _, payload in timers._wakeUps] == ["later"]
+    timers._add_wakeup("never", None, "never")  # no deadline
+    assert timers._pop_expired_wakeups(currentTime()) == []
+    assert [payload for _, _, payload in timers._wakeUps] == ["later", "never"]
+    assert [p for _, _, p in timers._pop_expired_wakeups(currentTime() + 61)] == ["later"]
 
 
 def test_lean_simple_base_still_logs_deliveries_at_debug(caplog: pytest.LogCaptureFixture) -> None:
