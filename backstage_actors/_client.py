@@ -169,11 +169,18 @@ class RunningSystem:
         (rejections do not stop the others). Middleware runs for each command.
         """
         answers: list[DispatchResult | BaseException | None] = [None] * len(commands)
-        items: list[tuple[int, CommandItem, Pipeline]] = []
+        items: list[tuple[int, CommandItem, Pipeline | None]] = []
+        chain = self.app.middleware
         for index, command in enumerate(commands):
+            if not chain:  # nothing to tell: no pipeline either
+                try:
+                    items.append((index, new_item(command, metadata), None))
+                except BaseException as exc:
+                    answers[index] = exc
+                continue
             pipeline = Pipeline(command, dict(metadata or {}), "eventual")
             try:
-                for middleware in self.app.middleware:
+                for middleware in chain:
                     middleware.before_dispatch(pipeline)
                     if pipeline.halted:
                         raise pipeline.error or BackstageError("halted")
@@ -181,20 +188,22 @@ class RunningSystem:
             except BaseException as exc:
                 pipeline.error = exc
                 answers[index] = exc
-                for middleware in self.app.middleware:
+                for middleware in chain:
                     middleware.after_failure(pipeline)
         limit = timeout if timeout is not None else max(30.0, len(items) / 200)
         results = self._send([item for _, item, _ in items], limit, batch_size)
-        for (index, _, pipeline), result in zip(items, results, strict=True):
+        for (index, _, sent), result in zip(items, results, strict=True):
             answers[index] = result
+            if sent is None:
+                continue
             if isinstance(result, BaseException):
-                pipeline.error = result
+                sent.error = result
                 hooks = "after_failure"
             else:
-                pipeline.result = result
+                sent.result = result
                 hooks = "after_dispatch"
-            for middleware in self.app.middleware:
-                getattr(middleware, hooks)(pipeline)
+            for middleware in chain:
+                getattr(middleware, hooks)(sent)
         return [answer for answer in answers if answer is not None]
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:

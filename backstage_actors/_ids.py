@@ -38,13 +38,12 @@ def new_id() -> str:
 def event_id(command_id: str, index: int) -> str:
     """The id of a command's ``index``-th event: next to the command's id when that is a UUID
     (only the last 16 bits differ), a name-based UUID otherwise."""
-    if _CANONICAL.match(command_id):  # what new_id() makes: no need for uuid.UUID's parser
-        number = int(command_id.replace("-", ""), 16)
-    else:
-        try:
-            number = uuid.UUID(command_id).int
-        except ValueError:
-            return str(uuid.uuid5(_NAMESPACE, f"{command_id}/{index}"))
+    if _CANONICAL.match(command_id):  # what new_id() makes: its last 4 digits are those 16 bits
+        return f"{command_id[:32]}{(int(command_id[32:], 16) + index + 1) & 0xFFFF:04x}"
+    try:
+        number = uuid.UUID(command_id).int
+    except ValueError:
+        return str(uuid.uuid5(_NAMESPACE, f"{command_id}/{index}"))
     return _text((number & ~0xFFFF) | ((number + index + 1) & 0xFFFF))
 
 

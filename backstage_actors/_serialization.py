@@ -8,10 +8,12 @@ becomes a :class:`SerializationError` that names the field path (``$.lines[2].am
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import enum
 import json
 import math
 import typing
+import weakref
 from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -236,9 +238,15 @@ def _first_bad_path(value: Any, path: str) -> str | None:
 
 def is_message_class(cls: Any) -> bool:
     """Whether ``cls`` is a class cattrs can treat as a record (attrs class or dataclass)."""
-    import dataclasses
+    if not isinstance(cls, type):
+        return False
+    known = _message_classes.get(cls)
+    if known is None:
+        known = _message_classes[cls] = attrs.has(cls) or dataclasses.is_dataclass(cls)
+    return known
 
-    return isinstance(cls, type) and (attrs.has(cls) or dataclasses.is_dataclass(cls))
+
+_message_classes: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def is_enum(value: Any) -> bool:

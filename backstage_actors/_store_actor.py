@@ -181,7 +181,7 @@ class StoreActor(SupervisedActor):
 def _answers_of(answers: list[tuple[Any, list[Any]]], caller: Any) -> list[Any]:
     """The list of ``caller``'s answers in ``answers`` (added if new; addresses do not hash)."""
     for known, answered in answers:
-        if known == caller:
+        if known is caller or known == caller:
             return answered
     answered = []
     answers.append((caller, answered))
