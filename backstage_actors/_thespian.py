@@ -162,9 +162,14 @@ def lean_simple_base() -> None:
       builds new lists only when one is due.
     * ``actor_base_receive`` calls ``logging.getLogger`` and ``debug`` before every delivery;
       here the debug line is formatted only when Thespian's logger would emit it.
+    * ``_runSingleSend`` checks every message against the system's own kinds (exit requests,
+      status requests, source loading, dead letters, retries of a failed delivery); a first
+      delivery of a user message to a live actor goes straight to the actor here. Everything
+      else takes Thespian's way.
     """
     import logging
 
+    from thespian.actors import ActorSystemMessage
     from thespian.system import simpleSystemBase as simple
 
     if getattr(simple.WakeupManager._pop_expired_wakeups, "lean", False):
@@ -193,8 +198,19 @@ def lean_simple_base() -> None:
             thespian_log.debug('Actor "%s" got message "%s" from "%s"', actor, msg, sender)
         actor.receiveMessage(msg, sender)
 
+    thespian_send = simple.ActorSystemBase._runSingleSend
+
+    def run_single_send(self: Any, pending: Any) -> None:
+        if pending.attempts == 0 and not isinstance(pending.msg, ActorSystemMessage):
+            target = self.actorRegistry.get(pending.toActor.actorAddressString)
+            if target is not None and target.instance:
+                self._callActorWithMessage(target, pending, pending.msg, pending.sender)
+                return
+        thespian_send(self, pending)
+
     simple.WakeupManager._pop_expired_wakeups = pop_expired_wakeups
     simple.actor_base_receive = actor_base_receive
+    simple.ActorSystemBase._runSingleSend = run_single_send
 
 
 def ready_response(endpoint: Any) -> Any:

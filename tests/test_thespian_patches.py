@@ -119,3 +119,46 @@ def test_ready_response_takes_what_simple_base_actors_already_answered() -> None
         assert [_thespian.ready_response(system) for _ in range(3)] == ["ONE", "TWO", None]
     finally:
         system.shutdown()
+
+
+def test_lean_simple_base_delivers_like_thespian() -> None:
+    """User messages go straight to live actors; a failed delivery is still retried, messages
+    to a stopped actor still reach the dead-letter handler, exit requests still stop."""
+    from thespian.actors import Actor, ActorExitRequest, ActorSystem, DeadEnvelope
+
+    _thespian.lean_simple_base()
+
+    class Flaky(Actor):  # type: ignore[misc]
+        failures = 0
+
+        def receiveMessage(self, message: object, sender: object) -> None:
+            if message == "fail once" and Flaky.failures == 0:
+                Flaky.failures += 1
+                raise RuntimeError("first delivery fails")
+            if isinstance(message, str):
+                self.send(sender, f"got {message}")
+
+    class Letters(Actor):  # type: ignore[misc]
+        def receiveMessage(self, message: object, sender: object) -> None:
+            if message == "watch":
+                self.handleDeadLetters()
+                self.send(sender, "watching")
+            elif isinstance(message, DeadEnvelope):
+                self.send(self.watcher, f"dead: {message.deadMessage}")
+            elif message == "report here":
+                self.watcher = sender
+                self.send(sender, "ok")
+
+    system = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        flaky = system.createActor(Flaky)
+        assert system.ask(flaky, "hello", 1) == "got hello"
+        assert system.ask(flaky, "fail once", 1) == "got fail once"  # Thespian's retry
+        letters = system.createActor(Letters)
+        assert system.ask(letters, "watch", 1) == "watching"
+        assert system.ask(letters, "report here", 1) == "ok"
+        system.tell(flaky, ActorExitRequest())
+        system.tell(flaky, "anyone?")
+        assert system.listen(1) == "dead: anyone?"
+    finally:
+        system.shutdown()
