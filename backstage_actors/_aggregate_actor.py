@@ -251,7 +251,8 @@ class AggregateActor(SupervisedActor):
             self._reply(execute, answers)
             return
         if execute.grouped and self._pipelines and self.store_actor is not None:
-            self._reply(execute, answers, partial=True)
+            if answers:  # rejections, repeats, commands without events: answered from here
+                self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
             self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
             return
