@@ -47,8 +47,21 @@ def event_id(command_id: str, index: int) -> str:
     return _text((number & ~0xFFFF) | ((number + index + 1) & 0xFFFF))
 
 
-_PROCESS = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
+def _prefix() -> str:
+    return f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
+
+
+_PROCESS = _prefix()
 _counter = itertools.count(1)
+
+
+def _forked() -> None:
+    """A forked child (every actor process on multiproc) takes its own prefix."""
+    global _PROCESS
+    _PROCESS = _prefix()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def request_id() -> str:

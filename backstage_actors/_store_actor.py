@@ -85,10 +85,14 @@ class StoreActor(SupervisedActor):
     def _flush(self) -> None:
         buffer, self.buffer = self.buffer, []
         requests: list[AppendRequest] = []
-        skipped: list[list[bool]] = []  # per pipelined batch: which appends are not tried
+        skipped: list[list[bool] | None] = []  # per pipelined batch: which appends are not tried
         for _, batch in buffer:
             if batch.reply_to is None:
                 requests.extend(batch.requests)
+                continue
+            if not self.superseded:  # nothing failed lately: every append is tried
+                requests.extend(batch.requests)
+                skipped.append(None)
                 continue
             skip = [self._is_superseded(request, batch.tag) for request in batch.requests]
             requests.extend(r for r, s in zip(batch.requests, skip, strict=True) if not s)
@@ -134,7 +138,7 @@ class StoreActor(SupervisedActor):
         self,
         sender: Any,
         batch: AppendBatch,
-        skip: list[bool],
+        skip: list[bool] | None,
         outcomes: Any,
         answers: list[tuple[Any, list[tuple[str, Any]]]],
     ) -> list[Any]:
@@ -144,7 +148,7 @@ class StoreActor(SupervisedActor):
         outcome: list[Any] = []
         failures = []
         for request, (item, attempt), superseded in zip(
-            batch.requests, batch.items, skip, strict=True
+            batch.requests, batch.items, skip or [False] * len(batch.requests), strict=True
         ):
             stream_id = request.stream_id
             if superseded:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,21 @@ def test_request_ids_do_not_repeat() -> None:
     ids = [request_id() for _ in range(10_000)]
 
     assert len(set(ids)) == len(ids)
+
+
+def _request_ids_after_fork(queue: Any) -> None:
+    queue.put([request_id() for _ in range(3)])
+
+
+def test_a_forked_process_makes_request_ids_of_its_own() -> None:
+    """Actor processes are forked: they must not repeat the ids of the process they came from."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_request_ids_after_fork, args=(queue,))
+    child.start()
+    theirs = queue.get(timeout=30)
+    child.join(30)
+
+    ours = [request_id() for _ in range(3)]
+    assert not set(theirs) & set(ours)
+    assert theirs[0].split("-")[:2] != ours[0].split("-")[:2]
