@@ -6,12 +6,14 @@ then all the batch's appends are committed together, either by this actor (``dir
 the store actor's group commit (``actor``). If another writer got there first, the actor catches
 up from the store and runs the commands again, up to ``max_retries`` times.
 
-Part of a larger batch (``grouped``) in-process, an aggregate without snapshots pipelines: it
-sends its appends to the store actor and goes on with its next commands without waiting, on the
-state it applied. The store actor answers the callers and tells the aggregate only of failures
-(:class:`AppendFailed`); the aggregate then rebuilds from the store, starts a new epoch, and
-retries or answers those commands. Appends of the old epoch that counted on a failed one are not
-stored (see ``_store_actor``), so no command is ever stored on a state that is not.
+In-process, an aggregate without snapshots pipelines: it sends every append to the store actor
+and goes on with its next commands without waiting, on the state it applied. The store actor
+answers the callers and tells the aggregate only of failures (:class:`AppendFailed`); the
+aggregate then rebuilds from the store, starts a new epoch, and retries or answers those
+commands. Appends of the old epoch that counted on a failed one are not stored (see
+``_store_actor``), so no command is ever stored on a state that is not. (A command rejected, or
+answered without events, while an earlier append was pending was decided on the state that
+append was to make: if it fails, that answer stands although nothing of it is stored.)
 
 An exception from ``execute`` is a rejection (the command's sender gets :class:`CommandRejected`);
 one from ``apply`` is a crash: every command of the batch gets :class:`AggregateFailed`, nothing of
@@ -250,7 +252,7 @@ class AggregateActor(SupervisedActor):
         if not requests:
             self._reply(execute, answers)
             return
-        if execute.grouped and self._pipelines and self.store_actor is not None:
+        if self._pipelines and self.store_actor is not None:
             if answers:  # rejections, repeats, commands without events: answered from here
                 self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
@@ -319,7 +321,7 @@ class AggregateActor(SupervisedActor):
                     answers[item.request_id] = result
         if failed:
             # What was applied speculatively is not all stored: start over from the store.
-            self.aggregate = self._rebuild()
+            self._start_epoch()
         elif self.cls.snapshot_every:
             self._maybe_snapshot()
         if last_position and not self._via_actor:

@@ -10,12 +10,16 @@ callers answered from here, in one message per caller and flush, and hears only 
 It decided its later commands on the state the failed append was to make, so once an append of
 its epoch failed, its appends of that epoch to that stream are not tried (they fail as
 superseded) until it rebuilt its state and sends from a newer epoch. Within one flush the store
-does the same (``append_batches``: an append counting on a failed one fails too).
+does the same (``append_batches``: an append counting on a failed one fails too). Epochs are
+times (``time.monotonic_ns``, one clock in-process): an append from an epoch older than this
+store actor itself was handed on from a predecessor that may have seen its epoch fail, and is
+refused the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from supervisors import ChildAddress, SupervisedActor, WatchChildren
@@ -52,6 +56,7 @@ class StoreActor(SupervisedActor):
         # stream id -> the epoch of a pipelined append that failed: what else that epoch sends
         # for the stream counted on it
         self.superseded: dict[str, int] = {}
+        self.born = time.monotonic_ns()
         self.flush_pending = False
         self.listeners: list[Any] = []
         self.commits = 0
@@ -90,7 +95,7 @@ class StoreActor(SupervisedActor):
             if batch.reply_to is None:
                 requests.extend(batch.requests)
                 continue
-            if not self.superseded:  # nothing failed lately: every append is tried
+            if not self.superseded and batch.tag >= self.born:  # every append is tried
                 requests.extend(batch.requests)
                 skipped.append(None)
                 continue
@@ -107,25 +112,27 @@ class StoreActor(SupervisedActor):
         self.appends += len(requests)
         outcomes = iter(results)
         skips = iter(skipped)
-        answers: list[tuple[Any, list[tuple[str, Any]]]] = []  # per caller (addresses: no hash)
+        callers: list[_Caller] = []  # (addresses do not hash)
         last_position = 0
         for sender, batch in buffer:
             if batch.reply_to is None:
                 outcome = [next(outcomes) for _ in batch.requests]
                 self.send(sender, AppendResults(batch.tag, outcome))
             else:
-                outcome = self._pipelined(sender, batch, next(skips), outcomes, answers)
+                outcome = self._pipelined(sender, batch, next(skips), outcomes, callers)
             for recorded in outcome:
                 if isinstance(recorded, list) and recorded:
                     last_position = max(last_position, recorded[-1].position)
-        for caller, results_of_caller in answers:
-            if results_of_caller:
-                self.send(caller, Executed(results_of_caller))
+        for caller in callers:
+            if caller.results:
+                self.send(caller.address, Executed(caller.results, caller.source))
         if last_position:
             for listener in self.listeners:
                 self.send(listener, Appended(last_position))
 
     def _is_superseded(self, request: AppendRequest, epoch: int) -> bool:
+        if epoch < self.born:
+            return True
         failed_in = self.superseded.get(request.stream_id)
         if failed_in is None:
             return False
@@ -140,11 +147,11 @@ class StoreActor(SupervisedActor):
         batch: AppendBatch,
         skip: list[bool] | None,
         outcomes: Any,
-        answers: list[tuple[Any, list[tuple[str, Any]]]],
+        callers: list[_Caller],
     ) -> list[Any]:
         """Answer the callers of a pipelined batch; tell the aggregate what failed."""
         assert batch.items is not None
-        answered = _answers_of(answers, batch.reply_to)
+        caller = _Caller.of(callers, batch.reply_to)
         outcome: list[Any] = []
         failures = []
         for request, (item, attempt), superseded in zip(
@@ -162,7 +169,8 @@ class StoreActor(SupervisedActor):
                 result = next(outcomes)
             outcome.append(result)
             if isinstance(result, list):  # the aggregate sends appends with events only
-                answered.append(
+                caller.answered_by(stream_id, sender)
+                caller.results.append(
                     (
                         item.request_id,
                         DispatchResult(
@@ -182,11 +190,28 @@ class StoreActor(SupervisedActor):
         return outcome
 
 
-def _answers_of(answers: list[tuple[Any, list[Any]]], caller: Any) -> list[Any]:
-    """The list of ``caller``'s answers in ``answers`` (added if new; addresses do not hash)."""
-    for known, answered in answers:
-        if known is caller or known == caller:
-            return answered
-    answered = []
-    answers.append((caller, answered))
-    return answered
+class _Caller:
+    """One caller's answers from a flush; ``source`` is ``(stream id, address)`` of the one
+    aggregate that decided them all (the caller may send it its next commands directly)."""
+
+    __slots__ = ("address", "results", "source")
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+        self.results: list[tuple[str, Any]] = []
+        self.source: tuple[str, Any] | None = None
+
+    @classmethod
+    def of(cls, callers: list[_Caller], address: Any) -> _Caller:
+        for caller in callers:
+            if caller.address is address or caller.address == address:
+                return caller
+        caller = cls(address)
+        callers.append(caller)
+        return caller
+
+    def answered_by(self, stream_id: str, aggregate: Any) -> None:
+        if not self.results:
+            self.source = (stream_id, aggregate)
+        elif self.source is not None and self.source[0] != stream_id:
+            self.source = None  # several aggregates

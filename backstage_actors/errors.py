@@ -50,7 +50,11 @@ class InvalidCommand(BackstageError, ValueError):
 
 
 class WrongExpectedVersion(BackstageError):
-    """An append expected a stream version that the stream no longer has (another writer won)."""
+    """An append expected a stream version that the stream no longer has (another writer won).
+
+    ``actual`` is the stream's version, or -1 where the append was refused for counting on an
+    earlier append that failed (``why`` says so).
+    """
 
     def __init__(self, stream_id: str, expected: Any, actual: int, why: str = "") -> None:
         super().__init__(

@@ -166,22 +166,18 @@ class RouterActor(Supervisor):
 
     def lost(self, message: Any, sender: Any) -> None:
         """Handed back by an aggregate that is gone (passivated meanwhile): route it again."""
-        if isinstance(message, Execute):
-            self._dead_letter(Execute(message.items, message.reply_to or sender, message.grouped))
-        elif isinstance(message, AppendFailed):
-            # Pipelined appends that failed as their aggregate stopped: run them again.
-            items = [item for item, _, _ in message.failures]
-            self._dead_letter(Execute(items, message.reply_to, True))
+        again = _commands_of(message, sender)
+        if again is not None:
+            self._dead_letter(again)
         else:
             super().lost(message, sender)
 
     def _dead_letter(self, message: Any) -> None:
-        if isinstance(message, Envelope):
-            message = message.message
-        if isinstance(message, Execute) and all(
-            type(item.command) in self.router.routes for item in message.items
+        again = _commands_of(message.message if isinstance(message, Envelope) else message)
+        if again is not None and all(
+            type(item.command) in self.router.routes for item in again.items
         ):
-            self._execute(message)
+            self._execute(again)
 
     def _execute(self, execute: Execute) -> None:
         groups: dict[str, list[CommandItem]] = {}
@@ -285,9 +281,10 @@ class RouterActor(Supervisor):
         waiting = child.bounced + child.pending
         child.bounced, child.pending = [], []
         if waiting and self._mode in ("running", "starting"):
-            for message, _ in waiting:
-                if isinstance(message, Execute):
-                    self._execute(message)
+            for message, sender in waiting:
+                again = _commands_of(message, sender)
+                if again is not None:
+                    self._execute(again)
 
     def _sibling_moved(self, message: ChildAddress) -> None:
         if message.name == "events":
@@ -301,3 +298,13 @@ class RouterActor(Supervisor):
         for child in self.children.values():
             if child.status in ("starting", "running"):
                 self.send(child.address, self.listeners)
+
+
+def _commands_of(message: Any, sender: Any = None) -> Execute | None:
+    """The commands a message for an aggregate that is gone carries, to be routed again: an
+    ``Execute``, or pipelined appends that failed after their aggregate stopped (run afresh)."""
+    if isinstance(message, Execute):
+        return Execute(message.items, message.reply_to or sender, message.grouped)
+    if isinstance(message, AppendFailed):
+        return Execute([item for item, _, _ in message.failures], message.reply_to, True)
+    return None

@@ -675,9 +675,12 @@ def _check_expected(expected: Any) -> None:
 
 
 def _note_failure(failed: _Failed, request: AppendRequest) -> None:
-    """Remember the version a failed append would have left its stream at."""
-    if isinstance(request.expected_version, int):
-        failed[request.stream_id] = request.expected_version + len(request.events)
+    """Remember the version a failed append would have left its stream at (when it says)."""
+    expected = request.expected_version
+    if isinstance(expected, int):
+        failed[request.stream_id] = expected + len(request.events)
+    elif expected is NO_STREAM:
+        failed[request.stream_id] = len(request.events)
 
 
 def _counted_on(failed: _Failed, request: AppendRequest) -> bool:

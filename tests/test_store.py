@@ -477,6 +477,21 @@ def test_an_append_counting_on_a_failed_one_fails_too(store: EventStore, tmp_pat
     assert [e.data.text for e in store.read_stream("s")] == ["one", "theirs", "on what is stored"]
 
 
+def test_an_append_counting_on_a_failed_new_stream_fails_too(store: EventStore) -> None:
+    with EventStore(store.path) as other:
+        other.append("s", [StoreNoted("theirs")], expected_version=NO_STREAM)
+    requests = [
+        AppendRequest("s", [StoreNoted("mine")], NO_STREAM),
+        AppendRequest("s", [StoreNoted("after mine")], 1),
+    ]
+
+    mine, after = store.append_batches(requests)
+
+    assert isinstance(mine, WrongExpectedVersion)
+    assert isinstance(after, WrongExpectedVersion) and after.actual == -1
+    assert [e.data.text for e in store.read_stream("s")] == ["theirs"]
+
+
 def test_unserializable_metadata_in_a_group_commit_fails_only_its_append(
     store: EventStore,
 ) -> None:

@@ -4,6 +4,7 @@ each appender still gets its own answer."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import attrs
@@ -58,12 +59,19 @@ class Pipeliner(Actor):
 
     def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
         if isinstance(message, tuple) and message[0] == "pipeline":
-            _, store, request, epoch = message
+            _, store, request, epoch, label = message
             self.requester = sender
-            item = CommandItem(f"r-{epoch}", None, {"command_id": f"c-{epoch}"})
+            item = CommandItem(f"r-{label}", None, {"command_id": f"c-{label}"})
             self.send(store, AppendBatch([request], epoch, self.myAddress, [(item, 0)]))
         elif isinstance(message, (AppendFailed, Executed)):
             self.send(self.requester, message)
+
+
+def pipeline_one(actor_system: Any, store: Any, expected: int, epoch: int, label: int) -> Any:
+    """What a pipelined append of ``GcNoted(label)`` to stream ``p`` is answered with."""
+    aggregate = actor_system.createActor(Pipeliner)
+    request = AppendRequest("p", [GcNoted(label)], expected, event_ids=[f"e-{label}"])
+    return actor_system.ask(aggregate, ("pipeline", store, request, epoch, label), 10)
 
 
 def test_a_failed_pipelined_append_supersedes_what_its_epoch_sends_after_it(
@@ -75,30 +83,46 @@ def test_a_failed_pipelined_append_supersedes_what_its_epoch_sends_after_it(
     database = str(tmp_path / "gc.db")
     store = start_store_actor(actor_system, database)
     EventStore(database).append("p", [GcNoted(1), GcNoted(2)])  # another writer's events
-    aggregate = actor_system.createActor(Pipeliner)
+    epoch = time.monotonic_ns()  # epochs are times (of one clock)
 
-    def pipeline(expected: int, epoch: int) -> Any:
-        request = AppendRequest("p", [GcNoted(epoch)], expected, event_ids=[f"e-{epoch}"])
-        return actor_system.ask(aggregate, ("pipeline", store, request, epoch), 10)
-
-    lost = pipeline(1, epoch=5)  # it believed the stream at 1
-    assert isinstance(lost, AppendFailed) and lost.epoch == 5
+    lost = pipeline_one(actor_system, store, 1, epoch, 5)  # it believed the stream at 1
+    assert isinstance(lost, AppendFailed) and lost.epoch == epoch
     [(item, attempt, error)] = lost.failures
     assert (item.request_id, attempt, type(error)) == ("r-5", 0, WrongExpectedVersion)
 
-    after = pipeline(2, epoch=5)  # decided on the state of the lost one: the version matches
+    # Decided on the state of the lost one: the version matches, but it is not stored.
+    after = pipeline_one(actor_system, store, 2, epoch, 6)
     assert isinstance(after, AppendFailed)
     assert "counting on an earlier append, which failed" in str(after.failures[0][2])
 
-    rebuilt = pipeline(2, epoch=6)
+    rebuilt = pipeline_one(actor_system, store, 2, epoch + 1, 7)
     assert isinstance(rebuilt, Executed)
     [(request_id, result)] = rebuilt.results
-    assert (request_id, result.version, result.command_id) == ("r-6", 3, "c-6")
+    assert (request_id, result.version, result.command_id) == ("r-7", 3, "c-7")
+    assert rebuilt.source is not None and rebuilt.source[0] == "p"  # who decided it
     assert [e.data for e in EventStore(database).read_stream("p")] == [
         GcNoted(1),
         GcNoted(2),
-        GcNoted(6),
+        GcNoted(7),
     ]
+
+
+def test_a_pipelined_append_older_than_the_store_actor_is_not_stored(
+    actor_system: Any, tmp_path: Any
+) -> None:
+    """An append from before this store actor started was handed on from a predecessor, which
+    may have seen its epoch fail: it is refused, and its aggregate rebuilds and retries."""
+    database = str(tmp_path / "gc.db")
+    before = time.monotonic_ns()
+    store = start_store_actor(actor_system, database)
+
+    old = pipeline_one(actor_system, store, 0, before, 1)
+
+    assert isinstance(old, AppendFailed)
+    assert "counting on an earlier append, which failed" in str(old.failures[0][2])
+    assert EventStore(database).stream_version("p") == 0
+    fresh = pipeline_one(actor_system, store, 0, time.monotonic_ns(), 2)
+    assert isinstance(fresh, Executed)
 
 
 def test_appends_that_arrive_together_share_one_commit(

@@ -1,0 +1,135 @@
+"""In-process aggregates pipeline their appends through the store actor (see _aggregate_actor):
+whatever reaches them, in whatever order, nothing is stored on a state that was never stored,
+and every caller gets an answer.
+
+simpleSystemBase only: on multiprocTCPBase each aggregate commits its own appends and waits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from thespian.actors import Actor
+
+from backstage_actors import Aggregate, Application, DispatchResult, EventStore, Router
+from backstage_actors._protocol import Execute, Executed
+from backstage_actors.command import new_item
+
+pytestmark = pytest.mark.parametrize("base", ["simple"])
+
+
+@attrs.frozen
+class Put:
+    tank_id: str
+    amount: int
+
+
+@attrs.frozen
+class Take:
+    tank_id: str
+    amount: int
+
+
+@attrs.frozen
+class Moved:
+    tank_id: str
+    amount: int
+    level: int  # the level the command was decided on, plus the amount
+
+
+class Tank(Aggregate):
+    # Set by a test: another writer appends to the stream while this command is decided.
+    interloper: str | None = None
+
+    def __init__(self) -> None:
+        self.level = 0
+
+    def execute(self, command: Any) -> Any:
+        if isinstance(command, Take):
+            if self.level < command.amount:
+                raise ValueError(f"only {self.level} in the tank")
+            return Moved(command.tank_id, -command.amount, self.level - command.amount)
+        if Tank.interloper is not None:
+            database, Tank.interloper = Tank.interloper, None
+            with EventStore(database) as other:
+                stream_id = f"Tank-{command.tank_id}"
+                version = other.stream_version(stream_id)
+                other.append(stream_id, [Moved(command.tank_id, 10, -1)], expected_version=version)
+        return Moved(command.tank_id, command.amount, self.level + command.amount)
+
+    def apply(self, event: Any) -> None:
+        self.level += event.amount
+
+
+def tank_app(**options: Any) -> Application:
+    router = Router().dispatch([Put, Take], to=Tank, identity="tank_id")
+    return Application("tanks", router=router, **options)
+
+
+def assert_decided_on_stored_states(system: Any, stream_id: str) -> None:
+    """Each stored event's level is the sum of the amounts before it plus its own (the other
+    writer's events say -1: they were decided on nothing)."""
+    level = 0
+    for event in system.store.read_stream(stream_id):
+        level += event.data.amount
+        assert event.data.level in (level, -1), f"version {event.version} decided on {event.data}"
+
+
+class Sender(Actor):  # type: ignore[misc]
+    """Stands for process managers dispatching to one aggregate at once: some several commands
+    in one message, some one. Sends the next single command once the first answer is in."""
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
+        if isinstance(message, tuple):
+            self.requester, self.answers = sender, []
+            self.aggregate, first, single, second, self.last = message
+            stream_id = "Tank-t"
+            self.send(self.aggregate, Execute(first, self.myAddress, True, stream_id))
+            self.send(self.aggregate, Execute(single, self.myAddress, False, stream_id))
+            self.send(self.aggregate, Execute(second, self.myAddress, True, stream_id))
+        elif isinstance(message, Executed):
+            if not self.answers:
+                self.send(self.aggregate, Execute(self.last, self.myAddress, False, "Tank-t"))
+            self.answers.extend(message.results)
+            if len(self.answers) == 4:
+                self.send(self.requester, self.answers)
+
+
+def test_single_and_batched_commands_in_flight_together_decide_on_stored_states(
+    start_app: Any,
+) -> None:
+    """A single command arriving while the aggregate's batch is not yet committed is decided on
+    the batch's state: it must be stored after it, never around it."""
+    system = start_app(tank_app())
+    system.dispatch(Put("t", 1))
+    aggregate = system._aggregates["Tank-t"]
+    sender = system.actor_system.createActor(Sender)
+    commands = ([new_item(Put("t", 5))], [new_item(Take("t", 6))], [new_item(Put("t", 7))])
+
+    answers = system.actor_system.ask(sender, (aggregate, *commands, [new_item(Put("t", 100))]), 10)
+
+    assert all(isinstance(answer, DispatchResult) for _, answer in answers), answers
+    assert_decided_on_stored_states(system, "Tank-t")
+    assert [e.data.level for e in system.store.read_stream("Tank-t")] == [1, 6, 0, 7, 107]
+
+
+def test_a_failed_append_of_a_passivated_aggregate_is_run_again(
+    start_app: Any, tmp_path: Path
+) -> None:
+    """Routing the second command stops the first one's aggregate (at most one live) after it
+    sent its append, which then fails (another writer got there first): the command is run
+    again by a new instance, not left unanswered."""
+    database = str(tmp_path / "app.db")
+    system = start_app(tank_app(max_live=1), database=database)
+    system.dispatch(Put("a", 1))
+    Tank.interloper = database
+
+    first, second = system.dispatch_many([Put("a", 5), Put("b", 1)], timeout=5)
+
+    assert isinstance(first, DispatchResult), first
+    assert (first.version, first.events[0].data.level) == (3, 16)
+    assert isinstance(second, DispatchResult), second
+    assert_decided_on_stored_states(system, "Tank-a")
