@@ -53,6 +53,7 @@ from .store import AppendRequest, EventStore, RecordedEvent
 __all__ = ["AggregateActor"]
 
 TOUCH_EVERY = 5.0  # seconds, at most, between two Touched messages of a busy aggregate
+MAX_NAMED = 256  # appends of named commands an aggregate keeps to send again (see _named)
 
 
 def log() -> logging.Logger:
@@ -93,6 +94,9 @@ class AggregateActor(SupervisedActor):
         # instance of this aggregate is newer too.
         self._pipelines = self._via_actor and not self.cls.snapshot_every
         self._epoch = time.monotonic_ns()
+        # The appends of named commands sent in this epoch: a repeat of one is sent again, not
+        # run again (its first attempt may still be on its way to the store).
+        self._named: dict[str, AppendRequest] = {}
         self.aggregate = self._rebuild()
 
     def describe(self) -> dict[str, Any]:
@@ -215,10 +219,16 @@ class AggregateActor(SupervisedActor):
         requests: list[AppendRequest] = []
         aggregate = self.aggregate
         for item in execute.items:
-            stored = self._already_done(item) if item.idempotent else None
-            if stored is not None:
-                answers[item.request_id] = stored
-                continue
+            if item.idempotent:
+                sent = self._named.get(item.command_id) if self._pipelines else None
+                if sent is not None:  # the store actor answers it after the first attempt
+                    requests.append(sent)
+                    pending.append((len(requests) - 1, item))
+                    continue
+                stored = self._already_done(item)
+                if stored is not None:
+                    answers[item.request_id] = stored
+                    continue
             name = type(item.command).__name__
             started = time.perf_counter()
             try:
@@ -256,6 +266,9 @@ class AggregateActor(SupervisedActor):
             if answers:  # rejections, repeats, commands without events: answered from here
                 self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
+            for index, item in pending:
+                if item.idempotent:
+                    self._remember_named(item.command_id, requests[index])
             self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
             return
         self.in_flight = (execute, attempt, answers, pending)
@@ -301,7 +314,7 @@ class AggregateActor(SupervisedActor):
             return
         execute, attempt, answers, pending = self.in_flight
         self.in_flight = None
-        retry: list[CommandItem] = []
+        retry: list[tuple[CommandItem, int]] = []
         last_position = 0
         failed = False
         for index, item in pending:
@@ -315,10 +328,11 @@ class AggregateActor(SupervisedActor):
                 )
             else:
                 failed = True
-                if isinstance(result, WrongExpectedVersion) and attempt < self.settings.max_retries:
-                    retry.append(item)
-                else:
+                again = self._next_attempt(result, attempt)
+                if again is None:
                     answers[item.request_id] = result
+                else:
+                    retry.append((item, again))
         if failed:
             # What was applied speculatively is not all stored: start over from the store.
             self._start_epoch()
@@ -329,7 +343,7 @@ class AggregateActor(SupervisedActor):
                 self.send(listener, Appended(last_position))
         if retry:
             self._reply(execute, answers, partial=True)
-            self.queue.appendleft((Execute(retry, execute.reply_to, execute.grouped), attempt + 1))
+            self._run_again(retry, execute.reply_to, execute.grouped)
         else:
             self._reply(execute, answers)
         self._pump()
@@ -338,22 +352,52 @@ class AggregateActor(SupervisedActor):
         """Pipelined appends failed: what this state was built on is not all stored."""
         if failed.epoch >= self._epoch:
             self._start_epoch()
-        retry: dict[int, list[CommandItem]] = {}
+        retry: list[tuple[CommandItem, int]] = []
         answers: list[tuple[str, Any]] = []
         for item, attempt, error in failed.failures:
-            if isinstance(error, WrongExpectedVersion) and attempt < self.settings.max_retries:
-                retry.setdefault(attempt + 1, []).append(item)
-            else:
+            again = self._next_attempt(error, attempt)
+            if again is None:
                 answers.append((item.request_id, error))
+            else:
+                retry.append((item, again))
         if answers:
             self.send(failed.reply_to, Executed(answers, (self.stream_id, self.myAddress)))
-        for attempt, items in sorted(retry.items(), reverse=True):
-            self.queue.appendleft((Execute(items, failed.reply_to, True), attempt))
+        self._run_again(retry, failed.reply_to, True)
         self._pump()
 
+    def _next_attempt(self, error: Any, attempt: int) -> int | None:
+        """The attempt at which a failed command runs again, or None: its caller gets ``error``.
+        Only a conflict of its own counts against ``max_retries``: one refused for counting on
+        another failed append (``actual`` -1) runs again at the same attempt."""
+        if not isinstance(error, WrongExpectedVersion):
+            return None
+        if error.actual == -1:
+            return attempt
+        return attempt + 1 if attempt < self.settings.max_retries else None
+
+    def _run_again(
+        self, retry: list[tuple[CommandItem, int]], reply_to: Any, grouped: bool
+    ) -> None:
+        """Queue ``retry`` first, in its order (one Execute per run of equal attempts)."""
+        runs: list[tuple[list[CommandItem], int]] = []
+        for item, attempt in retry:
+            if runs and runs[-1][1] == attempt:
+                runs[-1][0].append(item)
+            else:
+                runs.append(([item], attempt))
+        for items, attempt in reversed(runs):
+            self.queue.appendleft((Execute(items, reply_to, grouped), attempt))
+
     def _start_epoch(self) -> None:
+        """Rebuild from the store. Whatever the old epoch sent is stored or refused by now."""
         self.aggregate = self._rebuild()
         self._epoch = max(self._epoch + 1, time.monotonic_ns())
+        self._named.clear()
+
+    def _remember_named(self, command_id: str, request: AppendRequest) -> None:
+        self._named[command_id] = request
+        if len(self._named) > MAX_NAMED:
+            del self._named[next(iter(self._named))]
 
     def _fail_in_flight(self, reason: str) -> None:
         if self.in_flight is not None:

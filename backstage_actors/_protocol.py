@@ -89,7 +89,9 @@ class AppendBatch:
 
 @attrs.frozen
 class AppendFailed:
-    """Pipelined appends of one epoch that failed, each with its command, attempt and error."""
+    """Pipelined appends of one epoch that failed, each with its command, attempt and error.
+    With none, the aggregate only rebuilds: a command of that epoch was run on a state that
+    already held its first attempt."""
 
     epoch: int
     failures: list[tuple[CommandItem, int, Any]]

@@ -154,6 +154,7 @@ class StoreActor(SupervisedActor):
         caller = _Caller.of(callers, batch.reply_to)
         outcome: list[Any] = []
         failures = []
+        restart = False
         for request, (item, attempt), superseded in zip(
             batch.requests, batch.items, skip or [False] * len(batch.requests), strict=True
         ):
@@ -169,6 +170,12 @@ class StoreActor(SupervisedActor):
                 result = next(outcomes)
             outcome.append(result)
             if isinstance(result, list):  # the aggregate sends appends with events only
+                if _decided_before(request, result):
+                    # A command run again on a state that held its first attempt: the caller
+                    # gets what was stored, and the aggregate must rebuild (what it decided
+                    # after this, it decided on that state).
+                    restart = True
+                    self.superseded[stream_id] = max(batch.tag, self.superseded.get(stream_id, -1))
                 caller.answered_by(stream_id, sender)
                 caller.results.append(
                     (
@@ -185,7 +192,7 @@ class StoreActor(SupervisedActor):
             else:
                 failures.append((item, attempt, result))
                 self.superseded[stream_id] = max(batch.tag, self.superseded.get(stream_id, -1))
-        if failures:
+        if failures or restart:
             self.send(sender, AppendFailed(batch.tag, failures, batch.reply_to))
         return outcome
 
@@ -215,3 +222,10 @@ class _Caller:
             self.source = (stream_id, aggregate)
         elif self.source is not None and self.source[0] != stream_id:
             self.source = None  # several aggregates
+
+
+def _decided_before(request: AppendRequest, recorded: list[Any]) -> bool:
+    """Whether ``recorded`` (stored for ``request``'s event ids) is not where ``request`` was
+    decided: an earlier attempt of the same command, stored at other versions."""
+    expected = request.expected_version
+    return isinstance(expected, int) and recorded[0].version != expected + 1

@@ -164,12 +164,14 @@ def lean_simple_base() -> None:
       here the debug line is formatted only when Thespian's logger would emit it.
     * ``_runSingleSend`` checks every message against the system's own kinds (exit requests,
       status requests, source loading, dead letters, retries of a failed delivery); a first
-      delivery of a user message to a live actor goes straight to the actor here. Everything
+      delivery of a user message to a live actor goes straight to the actor here. A user
+      message to an actor that was stopped but whose exit its parent has not handled yet goes
+      to the dead-letter handler (Thespian drops it: its sender would never know). Everything
       else takes Thespian's way.
     """
     import logging
 
-    from thespian.actors import ActorSystemMessage
+    from thespian.actors import ActorSystemMessage, DeadEnvelope
     from thespian.system import simpleSystemBase as simple
 
     if getattr(simple.WakeupManager._pop_expired_wakeups, "lean", False):
@@ -202,9 +204,15 @@ def lean_simple_base() -> None:
 
     def run_single_send(self: Any, pending: Any) -> None:
         if pending.attempts == 0 and not isinstance(pending.msg, ActorSystemMessage):
-            target = self.actorRegistry.get(pending.toActor.actorAddressString)
+            to = pending.toActor.actorAddressString
+            target = self.actorRegistry.get(to)
             if target is not None and target.instance:
                 self._callActorWithMessage(target, pending, pending.msg, pending.sender)
+                return
+            letters = self.actorRegistry.get("DeadLetterBox")
+            if target is not None and letters is not None and letters.instance:
+                dead = DeadEnvelope(to, pending.msg)
+                self._callActorWithMessage(letters, pending, dead, pending.sender)
                 return
         thespian_send(self, pending)
 

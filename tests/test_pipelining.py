@@ -14,7 +14,14 @@ import attrs
 import pytest
 from thespian.actors import Actor
 
-from backstage_actors import Aggregate, Application, DispatchResult, EventStore, Router
+from backstage_actors import (
+    Aggregate,
+    Application,
+    DispatchResult,
+    EventStore,
+    Router,
+    WrongExpectedVersion,
+)
 from backstage_actors._protocol import Execute, Executed
 from backstage_actors.command import new_item
 
@@ -61,6 +68,8 @@ class Tank(Aggregate):
         return Moved(command.tank_id, command.amount, self.level + command.amount)
 
     def apply(self, event: Any) -> None:
+        if event.amount == 13:
+            raise RuntimeError("13 cannot be applied")
         self.level += event.amount
 
 
@@ -133,3 +142,83 @@ def test_a_failed_append_of_a_passivated_aggregate_is_run_again(
     assert (first.version, first.events[0].data.level) == (3, 16)
     assert isinstance(second, DispatchResult), second
     assert_decided_on_stored_states(system, "Tank-a")
+
+
+class OneByOne(Actor):  # type: ignore[misc]
+    """Sends each command in a message of its own straight to the aggregate (as process managers
+    do), all at once, and hands back every answer once there is one per command. Commands named
+    by a ``(command, command_id)`` pair are sent as named (a repeat is answered, not re-run)."""
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
+        if isinstance(message, tuple):
+            self.requester, self.answers = sender, []
+            aggregate, stream_id, commands = message
+            self.expected = len(commands)
+            for command in commands:
+                if isinstance(command, tuple):
+                    item = new_item(command[0], {"command_id": command[1]})
+                else:
+                    item = new_item(command)
+                self.send(aggregate, Execute([item], self.myAddress, True, stream_id))
+        elif isinstance(message, Executed):
+            self.answers.extend(answer for _, answer in message.results)
+            if len(self.answers) == self.expected:
+                self.send(self.requester, self.answers)
+
+
+def one_by_one(system: Any, stream_id: str, commands: list[Any]) -> list[Any]:
+    sender = system.actor_system.createActor(OneByOne)
+    aggregate = system._aggregates[stream_id]
+    answers = system.actor_system.ask(sender, (aggregate, stream_id, commands), 10)
+    assert answers is not None, "not every command was answered"
+    return list(answers)
+
+
+def test_a_crash_while_earlier_appends_fail_leaves_no_command_unanswered(
+    start_app: Any, tmp_path: Path
+) -> None:
+    """The first append fails (another writer) after the aggregate crashed on the third
+    command: the failure reaches an aggregate that is gone, and its commands run again."""
+    database = str(tmp_path / "app.db")
+    system = start_app(tank_app(), database=database)
+    system.dispatch(Put("t", 1))
+    Tank.interloper = database
+
+    answers = one_by_one(system, "Tank-t", [Put("t", 5), Put("t", 2), Put("t", 13), Put("t", 7)])
+
+    kinds = sorted(type(answer).__name__ for answer in answers)
+    assert kinds == ["AggregateFailed", "DispatchResult", "DispatchResult", "DispatchResult"]
+    assert sorted(e.data.amount for e in system.store.read_stream("Tank-t")) == [1, 2, 5, 7, 10]
+    assert_decided_on_stored_states(system, "Tank-t")
+
+
+def test_a_named_command_sent_twice_at_once_is_stored_and_answered_once(
+    start_app: Any,
+) -> None:
+    """The repeat reaches the aggregate while the first attempt is not yet committed: it is
+    answered with the first attempt's events, and the aggregate's state holds it once."""
+    system = start_app(tank_app())
+    system.dispatch(Put("t", 10))
+
+    first, again = one_by_one(
+        system, "Tank-t", [(Take("t", 4), "take-4"), (Take("t", 4), "take-4")]
+    )
+
+    assert isinstance(first, DispatchResult) and isinstance(again, DispatchResult), (first, again)
+    assert first.events == again.events and first.version == 2
+    assert system.dispatch(Take("t", 5)).events[0].data.level == 1  # 10 - 4 - 5
+    assert_decided_on_stored_states(system, "Tank-t")
+
+
+def test_a_command_behind_a_conflicting_one_is_not_charged_its_retry(start_app: Any) -> None:
+    """No retries: the command that meets another writer fails; one sent after it by another
+    caller was only refused for counting on it, and runs again on the stored state."""
+    system = start_app(tank_app(max_retries=0))
+    system.dispatch(Put("t", 1))
+    Tank.interloper = system.store.path
+
+    conflicting, behind = one_by_one(system, "Tank-t", [Put("t", 5), Put("t", 1)])
+
+    assert isinstance(conflicting, WrongExpectedVersion), conflicting
+    assert isinstance(behind, DispatchResult), behind
+    assert behind.events[0].data.level == 12  # 1 + 10 (the other writer) + 1

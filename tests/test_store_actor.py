@@ -125,6 +125,24 @@ def test_a_pipelined_append_older_than_the_store_actor_is_not_stored(
     assert isinstance(fresh, Executed)
 
 
+def test_a_pipelined_repeat_decided_on_its_first_attempt_restarts_the_aggregate(
+    actor_system: Any, tmp_path: Any
+) -> None:
+    """A command run again on a state that already held its first attempt: the store answers
+    with what the first attempt stored, and tells the aggregate to rebuild (its state holds the
+    command twice)."""
+    database = str(tmp_path / "gc.db")
+    store = start_store_actor(actor_system, database)
+    epoch = time.monotonic_ns()
+    first = pipeline_one(actor_system, store, 0, epoch, 1)
+    assert isinstance(first, Executed)
+
+    again = pipeline_one(actor_system, store, 1, epoch, 1)  # same event id, decided after it
+
+    assert isinstance(again, AppendFailed) and again.failures == [] and again.epoch == epoch
+    assert EventStore(database).stream_version("p") == 1
+
+
 def test_appends_that_arrive_together_share_one_commit(
     actor_system: Any, base: str, tmp_path: Any
 ) -> None:
