@@ -218,11 +218,18 @@ class AggregateActor(SupervisedActor):
         pending: list[tuple[int, CommandItem]] = []
         requests: list[AppendRequest] = []
         aggregate = self.aggregate
+        pipelined = self._pipelines and self.store_actor is not None
         for item in execute.items:
             if item.idempotent:
-                sent = self._named.get(item.command_id) if self._pipelines else None
-                if sent is not None:  # the store actor answers it after the first attempt
-                    requests.append(sent)
+                sent = self._named.get(item.command_id) if pipelined else None
+                if sent is not None:
+                    # Its first attempt may still be on its way: the store actor looks it up
+                    # after it (an append without events, which never writes).
+                    requests.append(
+                        AppendRequest(
+                            self.stream_id, [], sent.expected_version, None, sent.event_ids
+                        )
+                    )
                     pending.append((len(requests) - 1, item))
                     continue
                 stored = self._already_done(item)
@@ -257,18 +264,18 @@ class AggregateActor(SupervisedActor):
                 raise
             aggregate.version += len(events)
             ids = [event_id(item.command_id, i) for i in range(len(events))]
-            requests.append(AppendRequest(self.stream_id, encoded, expected, item.metadata, ids))
+            request = AppendRequest(self.stream_id, encoded, expected, item.metadata, ids)
+            requests.append(request)
             pending.append((len(requests) - 1, item))
+            if pipelined and item.idempotent:
+                self._remember_named(item.command_id, request)
         if not requests:
             self._reply(execute, answers)
             return
-        if self._pipelines and self.store_actor is not None:
+        if pipelined:
             if answers:  # rejections, repeats, commands without events: answered from here
                 self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
-            for index, item in pending:
-                if item.idempotent:
-                    self._remember_named(item.command_id, requests[index])
             self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
             return
         self.in_flight = (execute, attempt, answers, pending)

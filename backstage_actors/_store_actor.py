@@ -168,6 +168,11 @@ class StoreActor(SupervisedActor):
                 )
             else:
                 result = next(outcomes)
+            if not request.events and not (isinstance(result, list) and result):
+                # A repeat's look-up found no first attempt stored: run it again, uncharged.
+                result = WrongExpectedVersion(
+                    stream_id, request.expected_version, -1, "its first attempt is not stored"
+                )
             outcome.append(result)
             if isinstance(result, list):  # the aggregate sends appends with events only
                 if _decided_before(request, result):

@@ -173,6 +173,8 @@ class RouterActor(Supervisor):
             super().lost(message, sender)
 
     def _dead_letter(self, message: Any) -> None:
+        if self._mode not in ("running", "starting"):
+            return  # stopping: no aggregate is started again
         again = _commands_of(message.message if isinstance(message, Envelope) else message)
         if again is not None and all(
             type(item.command) in self.router.routes for item in again.items

@@ -325,6 +325,8 @@ class EventStore(Bookkeeping):
                 except BackstageError as exc:
                     results[index] = exc
                     _note_failure(failed, request)
+                else:
+                    _note_repeat(failed, request, results[index])
                 continue
             # Several events: a savepoint of their own, so that a failing append is undone alone.
             self.conn.execute("SAVEPOINT append")
@@ -334,6 +336,8 @@ class EventStore(Bookkeeping):
                 results[index] = exc
                 _note_failure(failed, request)
                 self.conn.execute("ROLLBACK TO append")
+            else:
+                _note_repeat(failed, request, results[index])
             self.conn.execute("RELEASE append")
 
     def _write_together(
@@ -674,9 +678,19 @@ def _check_expected(expected: Any) -> None:
         )
 
 
+def _note_repeat(failed: _Failed, request: AppendRequest, result: Any) -> None:
+    """An append answered with events stored by an earlier attempt at other versions stored
+    nothing now: what was decided after it, on its state, must not be stored either."""
+    expected = request.expected_version
+    if result and isinstance(expected, int) and result[0].version != expected + 1:
+        _note_failure(failed, request)
+
+
 def _note_failure(failed: _Failed, request: AppendRequest) -> None:
     """Remember the version a failed append would have left its stream at (when it says)."""
     expected = request.expected_version
+    if not request.events:  # a look-up: it was to leave the stream where it was
+        return
     if isinstance(expected, int):
         failed[request.stream_id] = expected + len(request.events)
     elif expected is NO_STREAM:

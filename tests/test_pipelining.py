@@ -222,3 +222,54 @@ def test_a_command_behind_a_conflicting_one_is_not_charged_its_retry(start_app: 
     assert isinstance(conflicting, WrongExpectedVersion), conflicting
     assert isinstance(behind, DispatchResult), behind
     assert behind.events[0].data.level == 12  # 1 + 10 (the other writer) + 1
+
+
+def test_a_repeat_of_a_refused_named_command_is_not_stored_on_its_state(
+    start_app: Any, tmp_path: Path
+) -> None:
+    """The first command fails (another writer), the named one after it is refused for counting
+    on it, and the repeat of the named one is only looked up: it never writes, so nothing is
+    stored on the state of the failed first command."""
+    database = str(tmp_path / "app.db")
+    system = start_app(tank_app(), database=database)
+    system.dispatch(Put("t", 10))
+    Tank.interloper = database
+
+    answers = one_by_one(system, "Tank-t", [Put("t", 5), (Take("t", 4), "k"), (Take("t", 4), "k")])
+
+    assert all(isinstance(answer, DispatchResult) for answer in answers), answers
+    assert answers[1].events == answers[2].events
+    assert_decided_on_stored_states(system, "Tank-t")
+    assert [e.data.amount for e in system.store.read_stream("Tank-t")] == [10, 10, 5, -4]
+
+
+class OneExecute(Actor):  # type: ignore[misc]
+    """Sends all its items in one Execute straight to the aggregate; hands back the answers."""
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
+        if isinstance(message, tuple):
+            self.requester, (aggregate, items) = sender, message
+            self.answers, self.expected = [], len(items)
+            self.send(aggregate, Execute(items, self.myAddress, True, "Tank-t"))
+        elif isinstance(message, Executed):
+            self.answers.extend(message.results)
+            if len(self.answers) == self.expected:
+                self.send(self.requester, dict(self.answers))
+
+
+def test_a_named_command_twice_in_one_message_is_run_once(start_app: Any) -> None:
+    system = start_app(tank_app(max_retries=0))
+    system.dispatch(Put("t", 10))
+    items = [
+        new_item(Take("t", 4), {"command_id": "k"}),
+        new_item(Take("t", 4), {"command_id": "k"}),
+        new_item(Put("t", 1)),
+    ]
+    sender = system.actor_system.createActor(OneExecute)
+
+    answers = system.actor_system.ask(sender, (system._aggregates["Tank-t"], items), 10)
+
+    first, again, put = (answers[item.request_id] for item in items)
+    assert isinstance(put, DispatchResult), put
+    assert first.events == again.events and put.events[0].data.level == 7  # 10 - 4 + 1
+    assert_decided_on_stored_states(system, "Tank-t")

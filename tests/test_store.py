@@ -492,6 +492,25 @@ def test_an_append_counting_on_a_failed_new_stream_fails_too(store: EventStore) 
     assert [e.data.text for e in store.read_stream("s")] == ["theirs"]
 
 
+def test_an_append_after_a_repeat_decided_on_its_first_attempt_fails(store: EventStore) -> None:
+    """A command run again on a state that held its first attempt: the store answers it with
+    the first attempt's events, so it stores nothing now, and what was decided after it must
+    not be stored either (here another writer brought the stream to the version it expects)."""
+    first = store.append("s", [StoreNoted("x")], expected_version=0, event_ids=["x-1"])
+    with EventStore(store.path) as other:
+        other.append("s", [StoreNoted("theirs")], expected_version=1)
+    requests = [
+        AppendRequest("s", [StoreNoted("x")], 1, event_ids=["x-1"]),  # decided after x itself
+        AppendRequest("s", [StoreNoted("after x twice")], 2, event_ids=["y-1"]),
+    ]
+
+    again, after = store.append_batches(requests)
+
+    assert again == first
+    assert isinstance(after, WrongExpectedVersion) and after.actual == -1
+    assert [e.data.text for e in store.read_stream("s")] == ["x", "theirs"]
+
+
 def test_unserializable_metadata_in_a_group_commit_fails_only_its_append(
     store: EventStore,
 ) -> None:
