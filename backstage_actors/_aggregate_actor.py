@@ -23,6 +23,7 @@ cannot be applied answers every command with :class:`AggregateFailed` instead of
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -375,10 +376,10 @@ class AggregateActor(SupervisedActor):
     def _next_attempt(self, error: Any, attempt: int) -> int | None:
         """The attempt at which a failed command runs again, or None: its caller gets ``error``.
         Only a conflict of its own counts against ``max_retries``: one refused for counting on
-        another failed append (``actual`` -1) runs again at the same attempt."""
+        another failed append runs again at the same attempt."""
         if not isinstance(error, WrongExpectedVersion):
             return None
-        if error.actual == -1:
+        if error.refused:
             return attempt
         return attempt + 1 if attempt < self.settings.max_retries else None
 
@@ -386,14 +387,11 @@ class AggregateActor(SupervisedActor):
         self, retry: list[tuple[CommandItem, int]], reply_to: Any, grouped: bool
     ) -> None:
         """Queue ``retry`` first, in its order (one Execute per run of equal attempts)."""
-        runs: list[tuple[list[CommandItem], int]] = []
-        for item, attempt in retry:
-            if runs and runs[-1][1] == attempt:
-                runs[-1][0].append(item)
-            else:
-                runs.append(([item], attempt))
-        for items, attempt in reversed(runs):
-            self.queue.appendleft((Execute(items, reply_to, grouped), attempt))
+        runs = [
+            (Execute([item for item, _ in run], reply_to, grouped), attempt)
+            for attempt, run in itertools.groupby(retry, key=lambda pair: pair[1])
+        ]
+        self.queue.extendleft(reversed(runs))
 
     def _start_epoch(self) -> None:
         """Rebuild from the store. Whatever the old epoch sent is stored or refused by now."""

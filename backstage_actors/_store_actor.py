@@ -141,6 +141,10 @@ class StoreActor(SupervisedActor):
             return False
         return True
 
+    def _supersede(self, stream_id: str, epoch: int) -> None:
+        """What ``epoch`` sends for ``stream_id`` from now on counted on a failed append."""
+        self.superseded[stream_id] = max(epoch, self.superseded.get(stream_id, epoch))
+
     def _pipelined(
         self,
         sender: Any,
@@ -160,18 +164,17 @@ class StoreActor(SupervisedActor):
         ):
             stream_id = request.stream_id
             if superseded:
-                result: Any = WrongExpectedVersion(
+                result: Any = WrongExpectedVersion.refusal(
                     stream_id,
                     request.expected_version,
-                    -1,
                     "counting on an earlier append, which failed",
                 )
             else:
                 result = next(outcomes)
             if not request.events and not (isinstance(result, list) and result):
                 # A repeat's look-up found no first attempt stored: run it again, uncharged.
-                result = WrongExpectedVersion(
-                    stream_id, request.expected_version, -1, "its first attempt is not stored"
+                result = WrongExpectedVersion.refusal(
+                    stream_id, request.expected_version, "its first attempt is not stored"
                 )
             outcome.append(result)
             if isinstance(result, list):  # the aggregate sends appends with events only
@@ -180,7 +183,7 @@ class StoreActor(SupervisedActor):
                     # gets what was stored, and the aggregate must rebuild (what it decided
                     # after this, it decided on that state).
                     restart = True
-                    self.superseded[stream_id] = max(batch.tag, self.superseded.get(stream_id, -1))
+                    self._supersede(stream_id, batch.tag)
                 caller.answered_by(stream_id, sender)
                 caller.results.append(
                     (
@@ -196,7 +199,7 @@ class StoreActor(SupervisedActor):
                 )
             else:
                 failures.append((item, attempt, result))
-                self.superseded[stream_id] = max(batch.tag, self.superseded.get(stream_id, -1))
+                self._supersede(stream_id, batch.tag)
         if failures or restart:
             self.send(sender, AppendFailed(batch.tag, failures, batch.reply_to))
         return outcome

@@ -69,6 +69,16 @@ class WrongExpectedVersion(BackstageError):
     def __reduce__(self) -> Any:
         return (type(self), (self.stream_id, self.expected, self.actual, self.why))
 
+    @classmethod
+    def refusal(cls, stream_id: str, expected: Any, why: str) -> WrongExpectedVersion:
+        """An append refused without being tried: it counted on an append that failed."""
+        return cls(stream_id, expected, -1, why)
+
+    @property
+    def refused(self) -> bool:
+        """Refused for counting on another append, not for a conflict of its own."""
+        return self.actual == -1
+
 
 class DispatchTimeout(BackstageError, TimeoutError):
     """No answer to a command in time; it may or may not have been executed."""

@@ -707,10 +707,9 @@ def _counted_on(failed: _Failed, request: AppendRequest) -> bool:
 
 def _after_failure(failed: _Failed, request: AppendRequest) -> WrongExpectedVersion:
     _note_failure(failed, request)
-    return WrongExpectedVersion(
+    return WrongExpectedVersion.refusal(
         request.stream_id,
         request.expected_version,
-        -1,
         "counting on an earlier append of the same batch, which failed",
     )
 
