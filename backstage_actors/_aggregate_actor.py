@@ -29,9 +29,11 @@ import time
 from collections import deque
 from typing import Any
 
+from thespian.actors import WatchMessage
+
 from supervisors import Failure, SupervisedActor
 
-from . import telemetry
+from . import _lane, _thespian, telemetry
 from ._codec import encode_event
 from ._ids import event_id
 from ._protocol import (
@@ -99,6 +101,28 @@ class AggregateActor(SupervisedActor):
         # run again (its first attempt may still be on its way to the store).
         self._named: dict[str, AppendRequest] = {}
         self.aggregate = self._rebuild()
+        self.lanes = self._open_lanes()
+        self._source = (self.stream_id, self.myAddress, self.lanes.name if self.lanes else None)
+
+    def _open_lanes(self) -> _lane.LaneServer | None:
+        """Multiproc: a local socket for clients that know this aggregate (see ``_lane``)."""
+        if self.settings.base == "simple" or not _lane.available():
+            return None
+        try:
+            system = _thespian.system_key(self)
+            name = system and _lane.name_for(system, self.settings.database, self.stream_id)
+            return _lane.LaneServer(name)
+        except OSError as exc:
+            log().warning("%s: no lane (%s); clients send by message", self.stream_id, exc)
+            return None
+
+    def watched(self) -> list[int]:
+        return self.lanes.filenos() if self.lanes is not None else []
+
+    def on_exit(self) -> None:
+        if self.lanes is not None:  # (Thespian stops watching when receiveMessage returns)
+            self.lanes.close()
+            self.lanes = None
 
     def describe(self) -> dict[str, Any]:
         node: dict[str, Any] = {
@@ -108,6 +132,12 @@ class AggregateActor(SupervisedActor):
         }
         if self.broken:
             node["broken"] = self.broken
+        if self.lanes is not None:
+            node["lane"] = {
+                "socket": "@" + self.lanes.name[1:],  # abstract: the way ss(8) shows it
+                "connections": len(self.lanes.connections),
+                "commands": self.lanes.requests,
+            }
         return node
 
     # -- state ------------------------------------------------------------------------------
@@ -155,6 +185,8 @@ class AggregateActor(SupervisedActor):
                 return
             self.queue.append((message, 0))
             self._pump()
+        elif isinstance(message, WatchMessage):
+            self._on_lanes(message.ready)
         elif isinstance(message, AppendResults):
             if message.tag == self._tag:
                 self._on_results(message.results)
@@ -173,12 +205,22 @@ class AggregateActor(SupervisedActor):
         elif isinstance(message, Failure):
             self._fail_in_flight(f"the store actor failed: {message.message}")
 
+    def _on_lanes(self, ready: list[int]) -> None:
+        if self.lanes is None:
+            return
+        for connection, request in self.lanes.ready(ready):
+            if isinstance(request, Execute) and request.stream_id is not None:
+                self._direct(Execute(request.items, connection, False, request.stream_id), None)
+            else:
+                self._answer(connection, Executed([]))
+
     def _direct(self, execute: Execute, sender: Any) -> None:
         """A client sent straight here (it learnt the address from an earlier answer)."""
         plain = Execute(execute.items, execute.reply_to or sender, execute.grouped)
         if execute.stream_id != self.stream_id:
             # The address now belongs to another aggregate: the router knows the way.
-            self.send(self.supervisor, plain)
+            if not self._refuse_by_lane(plain):
+                self.send(self.supervisor, plain)
             return
         now = time.monotonic()
         if now - self._touched >= self._touch_every:
@@ -193,6 +235,9 @@ class AggregateActor(SupervisedActor):
         actor's copy then finds the events stored (same event ids) and stores nothing twice.
         Commands still queued go back to the router, for the next instance."""
         self._ending = True
+        if self.lanes is not None:  # clients that find it closed go by the router
+            self.lanes.hang_up()
+            self.lanes = None
         if self.in_flight is not None:
             self._tag += 1  # the store actor's answer, if any, is not waited for
             try:
@@ -200,9 +245,30 @@ class AggregateActor(SupervisedActor):
             except BackstageError as exc:
                 results = [exc] * len(self._requests)
             self._on_results(results)
+        self._hand_back_queue()
+
+    def _hand_back_queue(self) -> None:
+        """Commands still queued go to the next instance, through the supervisor."""
         while self.queue:
             queued, _ = self.queue.popleft()
-            self.hand_back(queued, self.supervisor)
+            if not self._refuse_by_lane(queued):
+                self.hand_back(queued, self.supervisor)
+
+    def _refuse_by_lane(self, execute: Execute) -> bool:
+        """Commands that came by lane are not handed on (their ``reply_to`` is a connection of
+        this process): they are answered with nothing, and their client goes by the router."""
+        if not isinstance(execute.reply_to, _lane.LaneConnection):
+            return False
+        self._answer(execute.reply_to, Executed([]))
+        return True
+
+    def _answer(self, reply_to: Any, answer: Executed) -> None:
+        """Send ``answer`` to a client's address, or on the lane connection it came by."""
+        if isinstance(reply_to, _lane.LaneConnection):
+            if self.lanes is not None:
+                self.lanes.answer(reply_to, answer)
+        else:
+            self.send(reply_to, answer)
 
     def _pump(self) -> None:
         while self.queue and self.in_flight is None and not self._ending:
@@ -277,6 +343,7 @@ class AggregateActor(SupervisedActor):
             if answers:  # rejections, repeats, commands without events: answered from here
                 self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
+            # (In-process only, where there are no lanes: reply_to is an address.)
             self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
             return
         self.in_flight = (execute, attempt, answers, pending)
@@ -369,7 +436,7 @@ class AggregateActor(SupervisedActor):
             else:
                 retry.append((item, again))
         if answers:
-            self.send(failed.reply_to, Executed(answers, (self.stream_id, self.myAddress)))
+            self._answer(failed.reply_to, Executed(answers, self._source))
         self._run_again(retry, failed.reply_to, True)
         self._pump()
 
@@ -438,9 +505,7 @@ class AggregateActor(SupervisedActor):
         )
         self._reply(execute, {item.request_id: AggregateFailed(message) for item in execute.items})
         # Commands queued behind the batch go to the next instance, not down with this one.
-        while self.queue:
-            queued, _ = self.queue.popleft()
-            self.hand_back(queued, self.supervisor)
+        self._hand_back_queue()
 
     def _reply(self, execute: Execute, answers: dict[str, Any], partial: bool = False) -> None:
         results = [
@@ -449,7 +514,7 @@ class AggregateActor(SupervisedActor):
             if item.request_id in answers
         ]
         if results or not partial:
-            self.send(execute.reply_to, Executed(results, (self.stream_id, self.myAddress)))
+            self._answer(execute.reply_to, Executed(results, self._source))
 
 
 def _correlation(item: CommandItem) -> str:

@@ -10,8 +10,10 @@ endpoint and commands from many threads are in flight at once.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +23,7 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _shared, _thespian, telemetry
+from . import _lane, _shared, _thespian, telemetry
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
 from .errors import BackstageError, CommandRejected, DispatchTimeout, SystemNotRunning
@@ -71,10 +73,17 @@ class RunningSystem:
         self._lock = threading.RLock()
         self._local = threading.local()
         self._contexts: list[Any] = []
+        # Every thread's lane connections (a thread's go when it ends; see _lane_client).
+        self._lane_clients: weakref.WeakSet[_lane.LaneClient] = weakref.WeakSet()
+        # Lanes of aggregates not heard from yet are named after the system (multiproc only).
+        self._system_key = (
+            _thespian.system_key(actor_system) if base != "simple" and _lane.available() else None
+        )
         self._stopped = False
         self._store: Any = None
         self._sent = 0
-        self._aggregates: OrderedDict[str, Any] = OrderedDict()  # stream id -> actor address
+        # stream id -> (actor address, lane name or None) of the aggregates that answered
+        self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
 
     # -- context management -----------------------------------------------------------------
 
@@ -84,10 +93,13 @@ class RunningSystem:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
-    def _endpoint(self) -> contextlib.AbstractContextManager[Any]:
-        """The actor-system handle this thread may use."""
+    def _check_running(self) -> None:
         if self._stopped:
             raise SystemNotRunning(f"application {self.app.name!r} is stopped")
+
+    def _endpoint(self) -> contextlib.AbstractContextManager[Any]:
+        """The actor-system handle this thread may use."""
+        self._check_running()
         if self.base == "simple" or threading.current_thread() is threading.main_thread():
             return _Locked(self._lock, self.actor_system)
         context = getattr(self._local, "context", None)
@@ -210,29 +222,45 @@ class RunningSystem:
         """Send ``items`` in ``Execute`` messages and gather one answer per item.
 
         A single command to an aggregate this system has heard from goes straight to it (two
-        messages instead of three: on multiproc every hop is a TCP round trip); anything else,
-        and anything whose aggregate moved, goes through the router.
+        messages instead of three: on multiproc every hop is a TCP round trip), by its lane
+        when it has one (see ``_lane``); anything else, and anything whose aggregate moved,
+        goes through the router.
         """
         if not items:
             return []
         waiting = {item.request_id: index for index, item in enumerate(items)}
         answers: list[Any] = [None] * len(items)
         deadline = time.monotonic() + timeout
+        self._check_running()
+        direct = self._direct_address(items)
+        if direct is not None and self.base != "simple":
+            # Named, so that a detour through the router can never run it twice. (In-process
+            # the answer is there when tell() returns: no detour, no need.)
+            items = [attrs.evolve(item, idempotent=True) for item in items]
+            address, stream_id, lane = direct
+            if lane is not None:
+                request = Execute(items, None, False, stream_id)
+                reply = self._lane_client().call(lane, request, min(DIRECT_PATIENCE, timeout / 2))
+                if isinstance(reply, Executed):
+                    self._take(reply, waiting, answers)
+                if not waiting:
+                    return answers
+                # It stopped, crashed, moved or is slow: the router knows the way.
+                self._forget(stream_id)
+                self._lane_client().forget(lane)
+                direct = None
         router = self.router_address()
         with self._endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
-            direct = self._direct_address(items) if me is not None else None
-            if direct is not None:
-                if self.base != "simple":
-                    # Named, so that the detour below can never run it twice. (In-process the
-                    # answer is there when tell() returns: no detour, no need.)
-                    items = [attrs.evolve(item, idempotent=True) for item in items]
-                address, stream_id = direct
+            if direct is not None and me is not None:
+                address, stream_id, _ = direct
                 endpoint.tell(address, Execute(items, me, False, stream_id))
                 detour_at = time.monotonic() + min(DIRECT_PATIENCE, timeout / 2)
             else:
-                for start in range(0, len(items), batch_size):
-                    endpoint.tell(router, Execute(items[start : start + batch_size], me))
+                direct = None
+                pending = [item for item in items if item.request_id in waiting]
+                for start in range(0, len(pending), batch_size):
+                    endpoint.tell(router, Execute(pending[start : start + batch_size], me))
             while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -240,7 +268,7 @@ class RunningSystem:
                 if direct is not None and time.monotonic() >= detour_at:
                     # The aggregate may have been stopping as the command reached it: ask the
                     # router, which starts it again if need be.
-                    self._aggregates.pop(direct[1], None)
+                    self._forget(direct[1])
                     endpoint.tell(router, Execute([items[i] for i in waiting.values()], me))
                     direct = None
                     continue
@@ -249,15 +277,7 @@ class RunningSystem:
                     step = remaining if direct is None else max(0.0, detour_at - time.monotonic())
                     reply = endpoint.listen(self._wait_step(step))
                 if isinstance(reply, Executed):
-                    if reply.source is not None and all(
-                        isinstance(answer, (DispatchResult, CommandRejected))
-                        for _, answer in reply.results
-                    ):
-                        self._remember(*reply.source)  # it answered and is alive
-                    for request_id, answer in reply.results:
-                        index = waiting.pop(request_id, None)
-                        if index is not None:
-                            answers[index] = answer
+                    self._take(reply, waiting, answers)
                 elif isinstance(reply, PoisonMessage):
                     self._router = None  # the router moved; the next call looks it up again
                     break
@@ -276,22 +296,61 @@ class RunningSystem:
             )
         return answers
 
-    def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str] | None:
-        if len(items) != 1 or not self._aggregates:
+    def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
+        """Fill in the answers ``reply`` brings; learn where its aggregate lives."""
+        if reply.source is not None and all(
+            isinstance(answer, (DispatchResult, CommandRejected)) for _, answer in reply.results
+        ):
+            self._remember(*reply.source)  # it answered and is alive
+        for request_id, answer in reply.results:
+            index = waiting.pop(request_id, None)
+            if index is not None:
+                answers[index] = answer
+
+    def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
+        """``(address, stream id, lane)`` of the aggregate a single command may go straight to:
+        one that answered before, or on multiproc any live one, by the lane its stream's name
+        gives (``address`` is then None, and a refused connection means: ask the router)."""
+        if len(items) != 1:
             return None
         try:
             _, stream_id, _ = self.app.router.stream_of(items[0].command)
         except BackstageError:
             return None  # the router will say what is wrong
-        address = self._aggregates.get(stream_id)
-        return (address, stream_id) if address is not None else None
+        known = self._aggregates.get(stream_id)
+        if known is not None:
+            return (known[0], stream_id, known[1])
+        if self._system_key is not None:
+            name = _lane.name_for(self._system_key, self.settings.database, stream_id)
+            return (None, stream_id, name)
+        return None
 
-    def _remember(self, stream_id: str, address: Any) -> None:
+    def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
         with self._lock:
-            self._aggregates[stream_id] = address
+            self._aggregates[stream_id] = (address, lane)
             self._aggregates.move_to_end(stream_id)
             while len(self._aggregates) > MAX_REMEMBERED:
                 self._aggregates.popitem(last=False)
+
+    def _forget(self, stream_id: str) -> None:
+        with self._lock:
+            known = self._aggregates.pop(stream_id, None)
+        if known is not None and known[1] is not None:
+            self._lane_client().forget(known[1])
+
+    def _lane_client(self) -> _lane.LaneClient:
+        """This thread's lane connections; a forked child closes its copies of its parent's."""
+        client: _lane.LaneClient | None = getattr(self._local, "lanes", None)
+        if client is not None and client.pid == os.getpid():
+            return client
+        if client is not None:
+            client.close()
+        client = _lane.LaneClient()
+        with self._lock:
+            self._check_running()
+            self._lane_clients.add(client)
+        self._local.lanes = client
+        return client
 
     def _wait_step(self, remaining: float) -> float:
         # simpleSystemBase runs every actor inside tell(): the answers are there already, and a
@@ -388,6 +447,11 @@ class RunningSystem:
 
     def _release(self) -> None:
         self._stopped = True
+        with self._lock:
+            lane_clients = list(self._lane_clients)
+        for lanes in lane_clients:
+            if lanes.pid == os.getpid():
+                lanes.close()
         for context in self._contexts:
             with contextlib.suppress(Exception):
                 context.exit_clone()

@@ -60,8 +60,9 @@ class Executed:
     """Answers: ``(request_id, DispatchResult | BackstageError)`` pairs."""
 
     results: list[tuple[str, Any]]
-    # ``(stream_id, address)`` of the aggregate that answered: where to send its next commands.
-    source: tuple[str, Any] | None = None
+    # ``(stream_id, address, lane)`` of the aggregate that answered: where to send its next
+    # commands (``lane``: the name of its local socket, or None; see ``_lane``).
+    source: tuple[str, Any, str | None] | None = None
 
 
 @attrs.frozen

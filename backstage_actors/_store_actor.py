@@ -214,7 +214,7 @@ class _Caller:
     def __init__(self, address: Any) -> None:
         self.address = address
         self.results: list[tuple[str, Any]] = []
-        self.source: tuple[str, Any] | None = None
+        self.source: tuple[str, Any, str | None] | None = None
 
     @classmethod
     def of(cls, callers: list[_Caller], address: Any) -> _Caller:
@@ -227,7 +227,7 @@ class _Caller:
 
     def answered_by(self, stream_id: str, aggregate: Any) -> None:
         if not self.results:
-            self.source = (stream_id, aggregate)
+            self.source = (stream_id, aggregate, None)  # (in-process: no lane)
         elif self.source is not None and self.source[0] != stream_id:
             self.source = None  # several aggregates
 

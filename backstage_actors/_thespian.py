@@ -37,6 +37,7 @@ __all__ = [
     "port_in_use",
     "ready_response",
     "start_actor_system",
+    "system_key",
     "terse_messages",
     "use_poll_selector",
 ]
@@ -276,6 +277,15 @@ def own_address(endpoint: Any) -> Any:
         return getattr(transport, "myAddress", None)
     requester = getattr(base, "actorRegistry", {}).get("System:ExternalRequester")
     return getattr(requester, "address", None)
+
+
+def system_key(handle: Any) -> str | None:
+    """Text naming the actor system that ``handle`` (an ``ActorSystem`` or an actor) belongs
+    to, the same from every process of it: its admin's address. None if it cannot be told."""
+    admin = getattr(getattr(handle, "_systemBase", None), "adminAddr", None)
+    if admin is None:
+        admin = getattr(getattr(handle, "_myRef", None), "_adminAddr", None)
+    return None if admin is None else str(admin)
 
 
 def attach(port: int, host: str = "127.0.0.1") -> Any:

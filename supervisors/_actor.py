@@ -18,7 +18,9 @@ from thespian.actors import (
     ActorExitRequest,
     ChildActorExited,
     PoisonMessage,
+    ThespianWatch,
     WakeupMessage,
+    WatchMessage,
 )
 
 from ._messages import (
@@ -75,9 +77,18 @@ class SupervisedActor(Actor):
     def on_stop(self) -> None:
         """Release resources; called when the instance is stopped in an orderly way."""
 
+    def on_exit(self) -> None:
+        """Called once when this instance leaves service by crashing or :meth:`stop` (its process
+        may live on until the supervisor ends it): close what others could still reach."""
+
     def describe(self) -> dict[str, Any]:
         """Extra fields for this actor's node in :func:`~supervisors.tree`."""
         return {}
+
+    def watched(self) -> list[int]:
+        """File descriptors to watch while this instance runs (multiproc bases only): when some
+        are ready, ``receive`` gets a ``WatchMessage`` naming them, in turn with the mailbox."""
+        return []
 
     # -- helpers for subclasses -------------------------------------------------------------
 
@@ -96,7 +107,15 @@ class SupervisedActor(Actor):
 
     # -- Thespian entry point ---------------------------------------------------------------
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # Thespian's name
+    def receiveMessage(self, message: Any, sender: Any) -> ThespianWatch | None:  # Thespian's
+        self._receive_message(message, sender)
+        if self._phase == "running":
+            watched = self.watched()
+            if watched:
+                return ThespianWatch(watched)
+        return None
+
+    def _receive_message(self, message: Any, sender: Any) -> None:
         if isinstance(message, Envelope):
             message, sender = message.message, message.reply_to
         if isinstance(message, ActorExitRequest):
@@ -143,7 +162,7 @@ class SupervisedActor(Actor):
         self.send(sender, _Started(self.name, os.getpid(), init.request_id))
 
     def _deliver(self, message: Any, sender: Any) -> None:
-        if isinstance(message, WakeupMessage) and self._phase != "running":
+        if isinstance(message, (WakeupMessage, WatchMessage)) and self._phase != "running":
             return
         try:
             self.receive(message, sender)
@@ -168,6 +187,10 @@ class SupervisedActor(Actor):
         if self._phase == "exiting":
             return
         self._phase = "exiting"
+        try:
+            self.on_exit()
+        except Exception:
+            log().exception("%s: on_exit failed", self.name)
         if self.supervisor is None:
             self.send(self.myAddress, ActorExitRequest())
             return
@@ -201,4 +224,6 @@ class SupervisedActor(Actor):
 
 
 def _is_system(message: Any) -> bool:
-    return isinstance(message, (WakeupMessage, ChildActorExited, PoisonMessage, ActorExitRequest))
+    return isinstance(
+        message, (WakeupMessage, WatchMessage, ChildActorExited, PoisonMessage, ActorExitRequest)
+    )

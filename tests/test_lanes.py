@@ -1,0 +1,245 @@
+"""Lanes: on multiproc a client sends its commands for an aggregate it knows over the aggregate
+process's local socket (``backstage_actors._lane``) instead of a Thespian TCP message.
+
+Whatever goes wrong on a lane, the command takes the router's way, named, so that it runs once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from backstage_actors import _lane
+from backstage_actors._protocol import Execute, Executed
+from backstage_actors.command import new_item
+from supervisors._messages import TreeNode, _Describe
+
+from .conftest import wait_until
+from .dispatch_domain import (
+    Add,
+    Added,
+    Reject,
+    Stall,
+    aggregate_nodes,
+    make_app,
+    router_node,
+    stored,
+)
+
+
+def described(system: Any, stream_id: str) -> dict[str, Any]:
+    """What the aggregate actor says of itself (the router's tree leaves its aggregates out):
+    asked at the address the client learnt from its answers."""
+    address = system._aggregates[stream_id][0]
+    reply = system.actor_system.ask(address, _Describe(stream_id, 5.0), 5.0)
+    assert isinstance(reply, TreeNode), reply
+    return dict(reply.node)
+
+
+def lane_socket(node: dict[str, Any]) -> str:
+    """The abstract socket name of an aggregate's lane, from its description (``@name``)."""
+    return "\0" + node["lane"]["socket"][1:]
+
+
+def test_commands_to_a_known_aggregate_go_by_its_lane(start_app: Any, base: str) -> None:
+    system = start_app(make_app())
+
+    results = [system.dispatch(Add("l", 1)) for _ in range(5)]
+
+    assert [r.version for r in results] == [1, 2, 3, 4, 5]
+    assert [e.data.total for e in stored(system, "Counter-l")] == [1, 2, 3, 4, 5]
+    node = described(system, "Counter-l")
+    if base == "simple":
+        assert "lane" not in node  # in-process every message is a call already
+    else:
+        # The first went by the router, which started the aggregate; it named its lane.
+        assert node["lane"]["commands"] == 4
+        assert node["lane"]["connections"] == 1
+        assert node["lane"]["socket"].startswith("@backstage-lane-")
+        # Another client finds a live aggregate's lane by the stream's name, without the router.
+        other = make_app().attach(system.actor_system, database=system.settings.database)
+        try:
+            assert other.dispatch(Add("l", 1)).version == 6
+        finally:
+            other.stop()
+        assert described(system, "Counter-l")["lane"]["commands"] == 5
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_lane_cuts_off_what_is_not_a_request_and_serves_on(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("g", 1))
+    name = lane_socket(described(system, "Counter-g"))
+
+    for garbage in (struct.pack(">I", 5) + b"nope!", struct.pack(">I", 2**31)):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(name)
+            sock.sendall(garbage)
+            assert sock.recv(16) == b"", "the aggregate should close the connection"
+
+    # A request for another aggregate is answered with nothing: its client asks the router.
+    elsewhere = Execute([new_item(Add("other", 1))], None, False, "Counter-other")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(name)
+        sock.sendall(_lane.frame(elsewhere))
+        answer = _lane.LaneClient._read(sock, time.monotonic() + 10)
+    assert isinstance(answer, Executed) and answer.results == []
+
+    after = system.dispatch(Add("g", 2))
+
+    assert (after.version, after.events[0].data) == (2, Added("g", 2, 3))
+    node = described(system, "Counter-g")
+    assert aggregate_nodes(system)["Counter-g"]["restarts"] == 0
+    assert node["lane"]["commands"] == 2  # the misdirected request and the last Add
+    assert stored(system, "Counter-other") == []
+
+
+def send_and_read(name: str, request: bytes) -> int:
+    """How many bytes of answer ``request`` gets on lane ``name`` (0: the lane hung up)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(name)
+        try:
+            sock.sendall(request)
+            return len(sock.recv(1 << 16))
+        except (ConnectionResetError, BrokenPipeError):  # closed before reading the request
+            return 0
+
+
+def as_another_user(probe: Any) -> int:
+    """``probe()`` in a forked child running as nobody (uid 65534); its int result."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exceptions past here
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, str(probe()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as result:
+        answer = result.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the probe failed"
+    return int(answer)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_lane_refuses_another_user(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("u", 1))
+    name = lane_socket(described(system, "Counter-u"))
+    request = _lane.frame(Execute([new_item(Add("u", 1))], None, False, "Counter-u"))
+
+    answered = as_another_user(lambda: send_and_read(name, request))
+
+    assert answered == 0, "the aggregate should close a stranger's connection"
+    assert [e.version for e in stored(system, "Counter-u")] == [1]
+    assert system.dispatch(Add("u", 1)).version == 2
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_killed_aggregates_lane_sends_the_next_command_by_the_router(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("k", 1))
+    system.dispatch(Add("k", 1))
+    old = described(system, "Counter-k")
+    assert old["lane"]["commands"] == 1
+
+    os.kill(aggregate_nodes(system)["Counter-k"]["pid"], signal.SIGKILL)
+    after = system.dispatch(Add("k", 10), timeout=10)
+    later = system.dispatch(Add("k", 100))
+
+    assert (after.version, later.version) == (3, 4)
+    assert [e.data.total for e in stored(system, "Counter-k")] == [1, 2, 12, 112]
+    wait_until(
+        lambda: aggregate_nodes(system)["Counter-k"]["restarts"] == 1,
+        what="the restart of Counter-k",
+    )
+    # `later` came by the new instance's lane; `after` found the old one closed.
+    assert described(system, "Counter-k")["lane"]["commands"] == 1
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_command_slower_than_the_lanes_patience_runs_once(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("s", 1))
+
+    # The lane gives up after a second and the command goes by the router too: the aggregate
+    # finds the second copy stored when it gets to it, and answers with that.
+    result = system.dispatch(Stall("s", 1.5), timeout=10)
+
+    assert result.version == 2
+    assert [e.data for e in stored(system, "Counter-s")] == [Added("s", 1, 1), Added("s", 0, 1)]
+    assert result.events == stored(system, "Counter-s")[1:]
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_the_lanes_of_ended_threads_are_closed(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("t", 1))
+    fds = len(os.listdir("/proc/self/fd"))
+
+    for _ in range(40):
+        thread = threading.Thread(target=system.dispatch, args=(Add("t", 1),))
+        thread.start()
+        thread.join()
+
+    assert [e.version for e in stored(system, "Counter-t")] == list(range(1, 42))
+    assert len(system._lane_clients) == 1  # the main thread's (its command went by the router)
+    assert len(os.listdir("/proc/self/fd")) < fds + 5
+    node = wait_until(
+        lambda: (n := described(system, "Counter-t"))["lane"]["connections"] == 0 and n,
+        what="the aggregate to drop the ended threads' connections",
+    )
+    assert node["lane"]["commands"] == 40
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_two_systems_on_one_database_keep_to_their_own_aggregates(start_app: Any) -> None:
+    one = start_app(make_app(name="one"))
+    one.dispatch(Add("x", 1))
+    one.dispatch(Add("x", 1))
+    two = start_app(make_app(name="two"), database=one.settings.database)
+
+    for _ in range(3):
+        two.dispatch(Add("x", 1))
+
+    assert described(one, "Counter-x")["lane"]["commands"] == 1
+    assert router_node(two)["live"] == 1
+    assert described(two, "Counter-x")["lane"]["commands"] == 2
+    assert [e.version for e in stored(one, "Counter-x")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_client_that_takes_no_answer_is_cut_off(start_app: Any) -> None:
+    system = start_app(make_app())
+    system.dispatch(Add("z", 1))
+    system.dispatch(Add("z", 1))
+    lanes = system._lane_client()
+    calls = lanes.calls
+    big = Execute([new_item(Reject("z", "x" * 4_000_000))], None, False, "Counter-z")
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.connect(lane_socket(described(system, "Counter-z")))
+        stuck.sendall(_lane.frame(big))  # and never reads the 4 MB rejection
+        # The aggregate gives up on that answer well within the second a lane client waits:
+        # this command is answered by lane, not after a detour through the router.
+        after = system.dispatch(Add("z", 1), timeout=20)
+
+    assert after.version == 3
+    assert lanes.calls == calls + 1
