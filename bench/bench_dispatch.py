@@ -39,6 +39,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
     wallets = [f"w{i}" for i in range(aggregates)]
     es = _domain.es_app(str(directory / "es-p1.db"), cache=True)
     raw = raw_connection(directory / "raw-p1.db")
+    store = EventStore(str(directory / "store-p1.db"))
     app = _domain.make_app(str(directory / "p1.db"))
     system = app.start(base="simple")
     try:
@@ -50,7 +51,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             es_ids.append(wallet.id)
         for es_id in es_ids:  # warm the aggregate cache, as Backstage's actors are warm
             es.repository.get(es_id)
-        turn = {"dispatch": 0, "es": 0, "raw": 0}
+        turn = {"dispatch": 0, "es": 0, "raw": 0, "store": -1}
         versions = [1] * aggregates
 
         def dispatch() -> int:
@@ -66,6 +67,14 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             wallet = es.repository.get(es_ids[i % aggregates])
             wallet.credit(1)
             es.save(wallet)
+            return 1
+
+        def store_alone() -> int:
+            # What a dispatch costs at least: its aggregate's append, without any actor.
+            i = turn["store"] = turn["store"] + 1
+            index = i % aggregates
+            event = _domain.Credited(wallets[index], 1, i)
+            store.append(f"Wallet-{wallets[index]}", [event], expected_version=i // aggregates)
             return 1
 
         def raw_sqlite() -> int:
@@ -84,6 +93,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
                 "dispatch_many": dispatch_many,
                 "es": eventsourcing,
                 "raw": raw_sqlite,
+                "store": store_alone,
             },
             seconds,
             rounds=2,
@@ -92,6 +102,7 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
         system.stop()
         es.close()
         raw.close()
+        store.close()
     es_peer = "eventsourcing 9.5.6 get + command + save, cache on"
     return [
         Row(
@@ -109,6 +120,13 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             "raw sqlite3, 1 event per transaction",
             found["raw"],
             target="≥ 0.6x",
+        ),
+        Row(
+            "P1's ceiling: EventStore.append alone, 1 event per commit, no actors",
+            found["store"],
+            "appends/s",
+            es_peer,
+            found["es"],
         ),
         Row(
             f"P1b dispatch_many, in-process, {aggregates:,} aggregates",
