@@ -236,8 +236,7 @@ class AggregateActor(SupervisedActor):
         Commands still queued go back to the router, for the next instance."""
         self._ending = True
         if self.lanes is not None:  # clients that find it closed go by the router
-            self.lanes.hang_up()
-            self.lanes = None
+            self.lanes.hang_up()  # (kept: its descriptor numbers must stay taken)
         if self.in_flight is not None:
             self._tag += 1  # the store actor's answer, if any, is not waited for
             try:

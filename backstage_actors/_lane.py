@@ -29,7 +29,6 @@ Frames are a 4-byte big-endian length and a pickle.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
@@ -148,9 +147,11 @@ class LaneServer:
         self.name = name
         self.connections: dict[int, LaneConnection] = {}
         self.requests = 0
+        self.closed = False
+        self._quiet: int | None = None  # see hang_up
 
     def filenos(self) -> list[int]:
-        return [self.listener.fileno(), *self.connections]
+        return [] if self.closed else [self.listener.fileno(), *self.connections]
 
     def ready(self, filenos: list[int]) -> Iterator[tuple[LaneConnection, Any]]:
         """Accept new connections and read the ready ones: each complete request with the
@@ -181,6 +182,8 @@ class LaneServer:
                 yield connection, request
 
     def answer(self, connection: LaneConnection, message: Any) -> None:
+        if self.closed:
+            return  # the client sees its connection end, and goes by the router
         try:
             _send_all(connection.sock, frame(message), SEND_PATIENCE)
         except (OSError, TimeoutError) as exc:
@@ -191,15 +194,23 @@ class LaneServer:
         for connection in list(self.connections.values()):
             self._drop(connection)
         self.listener.close()
+        self.closed = True
 
     def hang_up(self) -> None:
-        """Close the listener and end every connection, keeping their descriptors open: for an
-        actor on its way out, whose watched descriptors Thespian no longer updates (a closed
-        one's number could be reused meanwhile)."""
-        for connection in self.connections.values():
-            with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
+        """Close the listener and every connection, but keep their descriptor numbers taken by a
+        pipe that never becomes ready, until the process ends: for an actor on its way out.
+        Thespian goes on watching the descriptors it was last given while it sends the actor's
+        last messages, and a number freed here could be reused by one of those sends."""
+        if self.closed:
+            return
+        quiet, self._quiet = os.pipe()  # (the write end stays open: the read end never fires)
+        for fileno in self.filenos():
+            os.dup2(quiet, fileno)  # closes the socket behind ``fileno``: its peer sees EOF
+        os.close(quiet)
+        for sock in (self.listener, *(c.sock for c in self.connections.values())):
+            sock.detach()  # the numbers now belong to the pipe: never close them from here
+        self.connections.clear()
+        self.closed = True
 
     def _accept(self) -> None:
         while True:

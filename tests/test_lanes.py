@@ -7,6 +7,7 @@ Whatever goes wrong on a lane, the command takes the router's way, named, so tha
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -243,3 +244,40 @@ def test_a_client_that_takes_no_answer_is_cut_off(start_app: Any) -> None:
 
     assert after.version == 3
     assert lanes.calls == calls + 1
+
+
+def test_a_hung_up_lane_keeps_its_descriptor_numbers_taken() -> None:
+    """An aggregate on its way out hangs up its lane while Thespian still watches the lane's
+    descriptors and sends the actor's last messages: a number freed then could be reused by one
+    of those sends, and registered twice in the transport's selector (which crashed the exit)."""
+    name = _lane.name_for("test-system", "/nowhere/app.db", f"Counter-{os.getpid()}")
+    server = _lane.LaneServer(name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(name)
+        poller = select.poll()
+        poller.register(server.listener, select.POLLIN)
+        assert poller.poll(10_000)
+        assert list(server.ready(server.filenos())) == []  # accepted, nothing asked yet
+        numbers = server.filenos()
+        assert len(numbers) == 2
+
+        server.hang_up()
+
+        assert client.recv(16) == b""  # the client sees its lane end
+        fresh = [socket.socket() for _ in range(8)]
+        try:
+            assert not set(numbers) & {sock.fileno() for sock in fresh}
+        finally:
+            for sock in fresh:
+                sock.close()
+        quiet = select.poll()
+        for number in numbers:
+            quiet.register(number, select.POLLIN)
+        assert quiet.poll(0) == []  # nothing there for Thespian to wake up on
+    assert server.filenos() == []
+    again = _lane.LaneServer(name)  # the next instance takes the name
+    try:
+        assert again.name == name
+    finally:
+        again.close()
