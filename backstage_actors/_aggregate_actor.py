@@ -120,9 +120,9 @@ class AggregateActor(SupervisedActor):
         return self.lanes.filenos() if self.lanes is not None else []
 
     def on_exit(self) -> None:
-        if self.lanes is not None:  # (Thespian stops watching when receiveMessage returns)
-            self.lanes.close()
-            self.lanes = None
+        lanes = getattr(self, "lanes", None)  # (None if on_start failed before opening them)
+        if lanes is not None:  # clients that find it closed go by the router
+            lanes.hang_up()
 
     def describe(self) -> dict[str, Any]:
         node: dict[str, Any] = {

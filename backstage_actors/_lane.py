@@ -29,6 +29,7 @@ Frames are a 4-byte big-endian length and a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -148,7 +149,12 @@ class LaneServer:
         self.connections: dict[int, LaneConnection] = {}
         self.requests = 0
         self.closed = False
-        self._quiet: int | None = None  # see hang_up
+        # For hang_up, made now: it must not need a free descriptor when it runs. The write end
+        # stays open, so the read end never becomes ready.
+        self._quiet = os.pipe()
+        # Dropped connections, shut down but not yet closed: Thespian may still watch their
+        # descriptors until the actor's next message (see _drop).
+        self._dropped: list[socket.socket] = []
 
     def filenos(self) -> list[int]:
         return [] if self.closed else [self.listener.fileno(), *self.connections]
@@ -156,6 +162,8 @@ class LaneServer:
     def ready(self, filenos: list[int]) -> Iterator[tuple[LaneConnection, Any]]:
         """Accept new connections and read the ready ones: each complete request with the
         connection to answer on. A connection that sends what is not a request is closed."""
+        while self._dropped:  # no longer watched: the actor handled a message since
+            self._dropped.pop().close()
         for fileno in filenos:
             if fileno == self.listener.fileno():
                 self._accept()
@@ -191,9 +199,14 @@ class LaneServer:
             self._drop(connection)
 
     def close(self) -> None:
-        for connection in list(self.connections.values()):
-            self._drop(connection)
-        self.listener.close()
+        """Close everything at once (outside an actor, or where nothing watches any longer)."""
+        for sock in [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]:
+            sock.close()
+        if not self.closed:
+            for end in self._quiet:
+                os.close(end)
+        self.connections.clear()
+        self._dropped.clear()
         self.closed = True
 
     def hang_up(self) -> None:
@@ -203,13 +216,14 @@ class LaneServer:
         last messages, and a number freed here could be reused by one of those sends."""
         if self.closed:
             return
-        quiet, self._quiet = os.pipe()  # (the write end stays open: the read end never fires)
-        for fileno in self.filenos():
-            os.dup2(quiet, fileno)  # closes the socket behind ``fileno``: its peer sees EOF
-        os.close(quiet)
-        for sock in (self.listener, *(c.sock for c in self.connections.values())):
-            sock.detach()  # the numbers now belong to the pipe: never close them from here
+        sockets = [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]
+        for sock in sockets:
+            # Closes the socket behind the number (its peer sees EOF); the number is the pipe's
+            # now, so the socket object must never close it.
+            os.dup2(self._quiet[0], sock.fileno(), inheritable=False)
+            sock.detach()
         self.connections.clear()
+        self._dropped.clear()
         self.closed = True
 
     def _accept(self) -> None:
@@ -231,10 +245,14 @@ class LaneServer:
                 self._drop(next(iter(self.connections.values())))
 
     def _drop(self, connection: LaneConnection) -> None:
-        try:
-            self.connections.pop(connection.sock.fileno(), None)
-        finally:
-            connection.sock.close()
+        """End a connection now (its client sees EOF) and stop watching it; its descriptor is
+        closed at the next :meth:`ready`, when Thespian watches the new list (a number freed
+        sooner could be reused by a socket of Thespian's while it still watches the old one)."""
+        if self.connections.pop(connection.sock.fileno(), None) is None:
+            return
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        self._dropped.append(connection.sock)
 
 
 class LaneClient:

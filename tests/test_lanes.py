@@ -281,3 +281,35 @@ def test_a_hung_up_lane_keeps_its_descriptor_numbers_taken() -> None:
         assert again.name == name
     finally:
         again.close()
+
+
+def test_a_dropped_connection_is_closed_only_once_thespian_watches_the_new_list() -> None:
+    """Thespian watches the descriptors of the actor's last ``watched()`` until its next
+    message: a connection dropped meanwhile ends at once for its client, but its number stays
+    taken until the lane's next ``ready``, in the actor's next message."""
+    server = _lane.LaneServer(None)
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(10)
+        client.connect(server.name)
+        poller = select.poll()
+        poller.register(server.listener, select.POLLIN)
+        assert poller.poll(10_000)
+        list(server.ready(server.filenos()))
+        [number] = server.filenos()[1:]
+        client.sendall(struct.pack(">I", 5) + b"nope!")  # not a request: the lane hangs up
+
+        watched = select.poll()
+        watched.register(number, select.POLLIN)
+        assert watched.poll(10_000)
+        assert list(server.ready([number])) == []
+
+        assert client.recv(16) == b""
+        assert number not in server.filenos()
+        os.fstat(number)  # still open: no socket of Thespian's can take its number yet
+        list(server.ready([]))  # the actor's next message
+        with pytest.raises(OSError):
+            os.fstat(number)
+        client.close()
+    finally:
+        server.close()
