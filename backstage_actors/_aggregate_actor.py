@@ -67,6 +67,7 @@ class AggregateActor(SupervisedActor):
     kind = "aggregate"
 
     def on_start(self) -> None:
+        self.lanes: _lane.LaneServer | None = None  # opened last, once the state is rebuilt
         self.settings: Settings = self.args["settings"]
         self.cls: type[Aggregate] = self.args["aggregate"]
         self.stream_id: str = self.args["stream_id"]
@@ -120,9 +121,13 @@ class AggregateActor(SupervisedActor):
         return self.lanes.filenos() if self.lanes is not None else []
 
     def on_exit(self) -> None:
-        lanes = getattr(self, "lanes", None)  # (None if on_start failed before opening them)
-        if lanes is not None:  # clients that find it closed go by the router
-            lanes.hang_up()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Leaving service: clients that find the lane closed go by the router. (Its descriptor
+        numbers stay taken: Thespian may still watch them while it sends our last messages.)"""
+        if self.lanes is not None:
+            self.lanes.hang_up()
 
     def describe(self) -> dict[str, Any]:
         node: dict[str, Any] = {
@@ -133,11 +138,7 @@ class AggregateActor(SupervisedActor):
         if self.broken:
             node["broken"] = self.broken
         if self.lanes is not None:
-            node["lane"] = {
-                "socket": "@" + self.lanes.name[1:],  # abstract: the way ss(8) shows it
-                "connections": len(self.lanes.connections),
-                "commands": self.lanes.requests,
-            }
+            node["lane"] = self.lanes.describe()
         return node
 
     # -- state ------------------------------------------------------------------------------
@@ -235,8 +236,7 @@ class AggregateActor(SupervisedActor):
         actor's copy then finds the events stored (same event ids) and stores nothing twice.
         Commands still queued go back to the router, for the next instance."""
         self._ending = True
-        if self.lanes is not None:  # clients that find it closed go by the router
-            self.lanes.hang_up()  # (kept: its descriptor numbers must stay taken)
+        self._hang_up()
         if self.in_flight is not None:
             self._tag += 1  # the store actor's answer, if any, is not waited for
             try:
@@ -313,7 +313,7 @@ class AggregateActor(SupervisedActor):
             self._executed(name, started)
             if not events:
                 answers[item.request_id] = DispatchResult(
-                    self.stream_id, aggregate.version, [], item.command_id, _correlation(item)
+                    self.stream_id, aggregate.version, [], item.command_id, item.correlation_id
                 )
                 continue
             try:
@@ -380,7 +380,7 @@ class AggregateActor(SupervisedActor):
                 break
             events.append(event)
         return DispatchResult(
-            self.stream_id, events[-1].version, events, item.command_id, _correlation(item)
+            self.stream_id, events[-1].version, events, item.command_id, item.correlation_id
         )
 
     def _on_results(self, results: list[Any]) -> None:
@@ -398,7 +398,7 @@ class AggregateActor(SupervisedActor):
                 last_position = max(last_position, recorded[-1].position if recorded else 0)
                 version = recorded[-1].version if recorded else self.aggregate.version
                 answers[item.request_id] = DispatchResult(
-                    self.stream_id, version, recorded, item.command_id, _correlation(item)
+                    self.stream_id, version, recorded, item.command_id, item.correlation_id
                 )
             else:
                 failed = True
@@ -514,7 +514,3 @@ class AggregateActor(SupervisedActor):
         ]
         if results or not partial:
             self._answer(execute.reply_to, Executed(results, self._source))
-
-
-def _correlation(item: CommandItem) -> str:
-    return str(item.metadata.get("correlation_id", ""))

@@ -237,17 +237,18 @@ class RunningSystem:
             # Named, so that a detour through the router can never run it twice. (In-process
             # the answer is there when tell() returns: no detour, no need.)
             items = [attrs.evolve(item, idempotent=True) for item in items]
-            address, stream_id, lane = direct
+            _, stream_id, lane = direct
             if lane is not None:
+                lanes = self._lane_client()
                 request = Execute(items, None, False, stream_id)
-                reply = self._lane_client().call(lane, request, min(DIRECT_PATIENCE, timeout / 2))
+                reply = lanes.call(lane, request, min(DIRECT_PATIENCE, timeout / 2))
                 if isinstance(reply, Executed):
                     self._take(reply, waiting, answers)
                 if not waiting:
                     return answers
                 # It stopped, crashed, moved or is slow: the router knows the way.
                 self._forget(stream_id)
-                self._lane_client().forget(lane)
+                lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
                 direct = None
         router = self.router_address()
         with self._endpoint() as endpoint:
@@ -334,9 +335,7 @@ class RunningSystem:
 
     def _forget(self, stream_id: str) -> None:
         with self._lock:
-            known = self._aggregates.pop(stream_id, None)
-        if known is not None and known[1] is not None:
-            self._lane_client().forget(known[1])
+            self._aggregates.pop(stream_id, None)
 
     def _lane_client(self) -> _lane.LaneClient:
         """This thread's lane connections; a forked child closes its copies of its parent's."""

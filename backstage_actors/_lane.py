@@ -84,6 +84,14 @@ def frame(message: Any) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def _frame_end(buffer: bytearray) -> int:
+    """Where the frame at the start of ``buffer`` (its header read) ends."""
+    (size,) = _HEADER.unpack_from(buffer)
+    if size > MAX_FRAME:
+        raise ValueError(f"a lane frame of {size} bytes")
+    return _HEADER.size + size
+
+
 def _send_all(sock: socket.socket, data: bytes, patience: float) -> None:
     """Send ``data`` on a non-blocking socket; give up when the peer takes nothing of it for
     ``patience`` seconds."""
@@ -113,10 +121,7 @@ class LaneConnection:
     def frames(self) -> Iterator[Any]:
         """The complete requests in the buffer, unpickled."""
         while len(self.buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.buffer)
-            if size > MAX_FRAME:
-                raise ValueError(f"a lane frame of {size} bytes")
-            end = _HEADER.size + size
+            end = _frame_end(self.buffer)
             if len(self.buffer) < end:
                 return
             payload = bytes(self.buffer[_HEADER.size : end])
@@ -128,24 +133,15 @@ class LaneServer:
     """An aggregate process's listening socket and its clients' connections."""
 
     def __init__(self, name: str | None) -> None:
-        """Listen on ``name`` if it is free, else on a random name."""
+        """Listen on ``name`` if it is given and free, else on a random name."""
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            try:
-                if name is None:
-                    raise FileExistsError(errno.EADDRINUSE, "no name to take")
-                self.listener.bind(name)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                name = f"\0backstage-lane-{os.getpid()}-{secrets.token_hex(8)}"
-                self.listener.bind(name)
+            self.name = self._bind(name)
             self.listener.listen(128)
             self.listener.setblocking(False)
         except OSError:
             self.listener.close()
             raise
-        self.name = name
         self.connections: dict[int, LaneConnection] = {}
         self.requests = 0
         self.closed = False
@@ -156,8 +152,27 @@ class LaneServer:
         # descriptors until the actor's next message (see _drop).
         self._dropped: list[socket.socket] = []
 
+    def _bind(self, name: str | None) -> str:
+        if name is not None:
+            try:
+                self.listener.bind(name)
+                return name
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        name = f"\0backstage-lane-{os.getpid()}-{secrets.token_hex(8)}"
+        self.listener.bind(name)
+        return name
+
     def filenos(self) -> list[int]:
         return [] if self.closed else [self.listener.fileno(), *self.connections]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "socket": "@" + self.name[1:],  # abstract: the way ss(8) shows it
+            "connections": len(self.connections),
+            "commands": self.requests,
+        }
 
     def ready(self, filenos: list[int]) -> Iterator[tuple[LaneConnection, Any]]:
         """Accept new connections and read the ready ones: each complete request with the
@@ -200,7 +215,7 @@ class LaneServer:
 
     def close(self) -> None:
         """Close everything at once (outside an actor, or where nothing watches any longer)."""
-        for sock in [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]:
+        for sock in self._sockets():
             sock.close()
         if not self.closed:
             for end in self._quiet:
@@ -216,8 +231,7 @@ class LaneServer:
         last messages, and a number freed here could be reused by one of those sends."""
         if self.closed:
             return
-        sockets = [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]
-        for sock in sockets:
+        for sock in self._sockets():
             # Closes the socket behind the number (its peer sees EOF); the number is the pipe's
             # now, so the socket object must never close it.
             os.dup2(self._quiet[0], sock.fileno(), inheritable=False)
@@ -225,6 +239,9 @@ class LaneServer:
         self.connections.clear()
         self._dropped.clear()
         self.closed = True
+
+    def _sockets(self) -> list[socket.socket]:
+        return [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]
 
     def _accept(self) -> None:
         while True:
@@ -314,10 +331,7 @@ class LaneClient:
                 raise EOFError("the aggregate closed its lane")
             data += chunk
             if needed == _HEADER.size and len(data) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(data)
-                if size > MAX_FRAME:
-                    raise ValueError(f"a lane frame of {size} bytes")
-                needed = _HEADER.size + size
+                needed = _frame_end(data)
         return pickle.loads(bytes(data[_HEADER.size : needed]))
 
 

@@ -178,7 +178,7 @@ class StoreActor(SupervisedActor):
                 )
             outcome.append(result)
             if isinstance(result, list):  # the aggregate sends appends with events only
-                if _decided_before(request, result):
+                if request.answered_elsewhere(result):
                     # A command run again on a state that held its first attempt: the caller
                     # gets what was stored, and the aggregate must rebuild (what it decided
                     # after this, it decided on that state).
@@ -193,7 +193,7 @@ class StoreActor(SupervisedActor):
                             result[-1].version,
                             result,
                             item.command_id,
-                            str(item.metadata.get("correlation_id", "")),
+                            item.correlation_id,
                         ),
                     )
                 )
@@ -206,7 +206,7 @@ class StoreActor(SupervisedActor):
 
 
 class _Caller:
-    """One caller's answers from a flush; ``source`` is ``(stream id, address)`` of the one
+    """One caller's answers from a flush; ``source`` is ``(stream id, address, lane)`` of the one
     aggregate that decided them all (the caller may send it its next commands directly)."""
 
     __slots__ = ("address", "results", "source")
@@ -230,10 +230,3 @@ class _Caller:
             self.source = (stream_id, aggregate, None)  # (in-process: no lane)
         elif self.source is not None and self.source[0] != stream_id:
             self.source = None  # several aggregates
-
-
-def _decided_before(request: AppendRequest, recorded: list[Any]) -> bool:
-    """Whether ``recorded`` (stored for ``request``'s event ids) is not where ``request`` was
-    decided: an earlier attempt of the same command, stored at other versions."""
-    expected = request.expected_version
-    return isinstance(expected, int) and recorded[0].version != expected + 1

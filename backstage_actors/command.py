@@ -49,6 +49,10 @@ class CommandItem:
     def command_id(self) -> str:
         return str(self.metadata["command_id"])
 
+    @property
+    def correlation_id(self) -> str:
+        return str(self.metadata.get("correlation_id", ""))
+
 
 def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> CommandItem:
     """Wrap ``command``: generate its id, and correlation/causation ids unless given."""

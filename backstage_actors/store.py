@@ -75,6 +75,12 @@ class AppendRequest:
     metadata: Mapping[str, Any] | None = None
     event_ids: Sequence[str] | None = None
 
+    def answered_elsewhere(self, recorded: Sequence[RecordedEvent]) -> bool:
+        """Whether ``recorded``, this append's answer, holds events an earlier attempt of it
+        stored at other versions than this one expected (it stored nothing itself)."""
+        expected = self.expected_version
+        return bool(recorded) and isinstance(expected, int) and recorded[0].version != expected + 1
+
 
 _SCALARS = (str, int, bool, type(None))
 # The same for many streams at once (a JSON array of stream ids).
@@ -681,8 +687,7 @@ def _check_expected(expected: Any) -> None:
 def _note_repeat(failed: _Failed, request: AppendRequest, result: Any) -> None:
     """An append answered with events stored by an earlier attempt at other versions stored
     nothing now: what was decided after it, on its state, must not be stored either."""
-    expected = request.expected_version
-    if result and isinstance(expected, int) and result[0].version != expected + 1:
+    if request.answered_elsewhere(result):
         _note_failure(failed, request)
 
 

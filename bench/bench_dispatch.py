@@ -51,8 +51,9 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             es_ids.append(wallet.id)
         for es_id in es_ids:  # warm the aggregate cache, as Backstage's actors are warm
             es.repository.get(es_id)
-        turn = {"dispatch": 0, "es": 0, "raw": 0, "store": -1}
+        turn = {"dispatch": 0, "es": 0, "raw": 0, "store": 0}
         versions = [1] * aggregates
+        stored = [0] * aggregates  # the versions of store_alone's streams
 
         def dispatch() -> int:
             i = turn["dispatch"] = turn["dispatch"] + 1
@@ -74,7 +75,8 @@ def _in_process(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             i = turn["store"] = turn["store"] + 1
             index = i % aggregates
             event = _domain.Credited(wallets[index], 1, i)
-            store.append(f"Wallet-{wallets[index]}", [event], expected_version=i // aggregates)
+            store.append(f"Wallet-{wallets[index]}", [event], expected_version=stored[index])
+            stored[index] += 1
             return 1
 
         def raw_sqlite() -> int:
