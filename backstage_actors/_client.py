@@ -292,6 +292,7 @@ class RunningSystem:
             self._router = None
         for index in waiting.values():
             name = type(items[index].command).__name__
+            telemetry.emit("timeout", {"count": 1.0}, {"command": name})
             answers[index] = DispatchTimeout(
                 f"{name}: no answer within {timeout}s; it may or may not have been executed"
             )
