@@ -84,6 +84,7 @@ class RunningSystem:
         self._sent = 0
         # stream id -> (actor address, lane name or None) of the aggregates that answered
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
+        self.metrics: Any = None  # the /metrics server this process runs for it, if any
 
     # -- context management -----------------------------------------------------------------
 
@@ -447,6 +448,9 @@ class RunningSystem:
 
     def _release(self) -> None:
         self._stopped = True
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         with self._lock:
             lane_clients = list(self._lane_clients)
         for lanes in lane_clients:

@@ -13,12 +13,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
 from ._store_actor import StoreActor
+from .errors import BackstageError
 from .middleware import Middleware
 from .router import Router, RouterActor
 
@@ -38,6 +41,8 @@ class Application:
     ``restart_intensity`` is the root supervisor's ``(max_restarts, within)``: more crashes of the
     store, the router or the events supervisor than that within ``within`` seconds stop the
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
+    ``metrics_port`` serves Prometheus metrics on ``http://metrics_host:metrics_port/metrics``
+    (127.0.0.1 by default; see :mod:`backstage_actors.metrics`); ``start()`` takes it too.
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class Application:
         max_live: int | None = None,
         max_retries: int = 3,
         restart_intensity: tuple[int, float] = (10, 10.0),
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.router = router
@@ -67,6 +74,8 @@ class Application:
         self.max_live = max_live
         self.max_retries = max_retries
         self.restart_intensity = restart_intensity
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
 
     @property
     def subscribers(self) -> list[type]:
@@ -124,22 +133,58 @@ class Application:
         host: str = "127.0.0.1",
         log_defs: Any = None,
         timeout: float = 60.0,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> RunningSystem:
         """Start an actor system and this application's tree; use the result as a context manager.
 
         ``base="multiproc"`` runs every actor in its own process with the admin on
-        ``host:port`` (127.0.0.1 and a free port by default).
+        ``host:port`` (127.0.0.1 and a free port by default). ``metrics_port`` (default: the
+        application's) serves Prometheus metrics: on multiproc from a ``metrics`` actor of the
+        tree, in-process from a thread of this process.
         """
         settings = self.settings(base, database)
+        spec = self.supervisor_spec(settings)
+        metrics_port = self.metrics_port if metrics_port is None else metrics_port
+        metrics_host = metrics_host or self.metrics_host
+        if metrics_port is not None:
+            if metrics_port and _thespian.port_in_use(metrics_port, metrics_host):
+                raise BackstageError(f"the metrics port {metrics_host}:{metrics_port} is in use")
+            if base == "multiproc":
+                port = port or _thespian.free_port(host)
+                child = self._metrics_child(port, host, metrics_port, metrics_host)
+                spec = attrs.evolve(spec, children=[*spec.children, child])
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)
         try:
-            root = start_supervisor(
-                actor_system, self.supervisor_spec(settings), name=self.root_name, timeout=timeout
-            )
+            root = start_supervisor(actor_system, spec, name=self.root_name, timeout=timeout)
         except BaseException:
             actor_system.shutdown()
             raise
-        return RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+        system = RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+        if metrics_port is not None and base != "multiproc":
+            from .metrics import serve
+
+            try:
+                system.metrics = serve(system, metrics_port, metrics_host)
+            except BaseException:
+                system.stop()
+                raise
+        return system
+
+    def _metrics_child(
+        self, port: int, host: str, metrics_port: int, metrics_host: str
+    ) -> ChildSpec:
+        from ._metrics_actor import MetricsActor
+
+        args = {
+            "port": port,
+            "host": host,
+            "root_name": self.root_name,
+            "router": self.router,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+        }
+        return ChildSpec("metrics", MetricsActor, args=args)
 
     @property
     def root_name(self) -> str:

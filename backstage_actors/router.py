@@ -20,8 +20,8 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
-from ._aggregate_actor import AggregateActor
 from . import telemetry
+from ._aggregate_actor import AggregateActor
 from ._protocol import (
     AppendFailed,
     CommandStats,
