@@ -21,7 +21,7 @@ from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
 from ._store_actor import StoreActor
-from .errors import BackstageError
+from .errors import BackstageError, SystemNotRunning
 from .middleware import Middleware
 from .router import Router, RouterActor
 
@@ -191,10 +191,53 @@ class Application:
         return f"backstage:{self.name}"
 
     def attach(
-        self, actor_system: Any, base: str = "multiproc", database: str | None = None
+        self,
+        actor_system: Any = None,
+        base: str = "multiproc",
+        database: str | None = None,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> RunningSystem:
-        """A handle on this application already running in ``actor_system`` (started elsewhere)."""
+        """A client of this application running elsewhere: ``app.attach(port=1900)``.
+
+        It needs the admin's ``port`` (and ``host``, 127.0.0.1 by default) of a system this
+        application runs in, a ``backstage start`` daemon or an ``app.start(base="multiproc",
+        port=...)`` of another process, and the same ``Application`` (its router turns commands
+        into streams). It never starts an actor system: nothing listening on the port raises
+        :class:`SystemNotRunning`, and so does a system that does not run this application.
+        The database is asked of the running store unless given.
+
+        It returns a :class:`RunningSystem`: ``dispatch``, ``dispatch_many``,
+        ``dispatch_async``, ``tree``, ``settle``... Use one from many threads at once: each
+        thread talks to the system through an endpoint of its own. ``stop()`` (or leaving a
+        ``with`` block) lets go of the system and leaves it running.
+
+        ``actor_system`` instead of ``port``: an actor system handle you attached yourself.
+        """
+        if actor_system is None:
+            if port is None:
+                raise TypeError("attach() needs port= (or an actor system)")
+            try:
+                actor_system = _thespian.attach(port, host)
+            except OSError as exc:
+                raise SystemNotRunning(f"no actor system answers on {host}:{port}: {exc}") from None
         root = actor_system.createActor(Supervisor, globalName=self.root_name)
+        if database is None and port is not None:
+            database = self._running_database(actor_system, root, f"{host}:{port}")
         return RunningSystem(
             self, actor_system, root, base, self.settings(base, database), owns_system=False
         )
+
+    def _running_database(self, actor_system: Any, root: Any, where: str) -> str:
+        """The database of this application's store, as the running tree describes it."""
+        import supervisors
+
+        try:
+            node = supervisors.tree(actor_system, root, timeout=10.0)
+        except supervisors.SupervisionError as exc:
+            raise SystemNotRunning(f"{self.name} does not answer on {where}: {exc}") from None
+        for each in supervisors.walk(node):
+            if each.get("kind") == "store" and each.get("database"):
+                return str(each["database"])
+        raise SystemNotRunning(f"{self.name} does not run on {where} (no event store found)")
