@@ -419,6 +419,19 @@ def rebuild(session: Session, projection: str, port: int) -> None:
 
 @cli.command()
 @port_option
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
+def top(port: int, interval: float) -> None:
+    """A live full-screen view: tree, restarts, commands/s and latency, subscribers (q quits)."""
+    from . import _top
+
+    try:
+        _top.run(port, interval)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+
+
+@cli.command()
+@port_option
 @click.pass_obj
 def shell(session: Session, port: int) -> None:
     """An interactive prompt with the same verbs, history and tab completion."""
