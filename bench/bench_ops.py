@@ -102,8 +102,8 @@ def _web_figures(directory: Path, seconds: float) -> tuple[float, float]:
     with app.start(base="multiproc", port=port) as system:
         check(system.dispatch_many([OpenAccount(f"{p}{n}", "x") for p in "wh" for n in range(8)]))
         server = subprocess.Popen(
-            [sys.executable, "-m", "examples.bank_http", "--attach", str(port)]
-            + ["--http-port", str(http_port)],
+            [sys.executable, "-m", "examples.bank_http", "--attach", str(port), "--http-port"]
+            + [str(http_port)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
