@@ -101,9 +101,9 @@ def _web_figures(directory: Path, seconds: float) -> tuple[float, float]:
     app = bank.make_app(str(directory / "http.db"))
     with app.start(base="multiproc", port=port) as system:
         check(system.dispatch_many([OpenAccount(f"{p}{n}", "x") for p in "wh" for n in range(8)]))
+        serve = ["-m", "examples.bank_http", "--attach", str(port), "--http-port", str(http_port)]
         server = subprocess.Popen(
-            [sys.executable, "-m", "examples.bank_http", "--attach", str(port), "--http-port"]
-            + [str(http_port)],
+            [sys.executable, *serve],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
