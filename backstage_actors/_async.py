@@ -59,7 +59,7 @@ def close_pool(system: RunningSystem) -> None:
     with _pools_lock:
         pool, system.async_pool = system.async_pool, None
     if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False)  # queued calls still run: they raise SystemNotRunning
 
 
 async def _in_thread(system: RunningSystem, call: Callable[[], T]) -> T:
