@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any
 
-from thespian.actors import WatchMessage
+from thespian.actors import WakeupMessage, WatchMessage
 
 from supervisors import Failure, SupervisedActor
 
@@ -41,6 +41,7 @@ from ._protocol import (
     Appended,
     AppendFailed,
     AppendResults,
+    CommandStats,
     Execute,
     Executed,
     Listeners,
@@ -57,6 +58,11 @@ __all__ = ["AggregateActor"]
 
 TOUCH_EVERY = 5.0  # seconds, at most, between two Touched messages of a busy aggregate
 MAX_NAMED = 256  # appends of named commands an aggregate keeps to send again (see _named)
+REPORT_EVERY = 1.0  # seconds, at least, between two CommandStats of a busy aggregate
+
+
+class _ReportDue:
+    """Wakeup payload: counts are waiting to be reported."""
 
 
 def log() -> logging.Logger:
@@ -91,6 +97,11 @@ class AggregateActor(SupervisedActor):
         lifespan = self.args.get("lifespan")
         self._touch_every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
         self.stats = telemetry.Stats()
+        # Answers by command type and outcome, reported to the router (see telemetry).
+        self.meter = telemetry.CommandMeter()
+        self._began: dict[str, tuple[float, str]] = {}  # request id -> (perf_counter, type)
+        self._reported = time.monotonic()
+        self._report_due = False
         self._tag = 0
         self._via_actor = self.settings.append_via == "actor"
         # Pipelined appends (see the module's docstring) carry the epoch of the state they were
@@ -205,6 +216,9 @@ class AggregateActor(SupervisedActor):
             self.store_actor = message.store_actor
         elif isinstance(message, Failure):
             self._fail_in_flight(f"the store actor failed: {message.message}")
+        elif isinstance(message, WakeupMessage) and isinstance(message.payload, _ReportDue):
+            self._report_due = False
+            self._report()
 
     def _on_lanes(self, ready: list[int]) -> None:
         if self.lanes is None:
@@ -245,6 +259,32 @@ class AggregateActor(SupervisedActor):
                 results = [exc] * len(self._requests)
             self._on_results(results)
         self._hand_back_queue()
+        self._report()
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def _count(self, results: list[tuple[str, Any]]) -> None:
+        """Count answers leaving for their callers (each command once, on its first answer)."""
+        now = time.perf_counter()
+        for request_id, answer in results:
+            began = self._began.pop(request_id, None)
+            if began is not None:
+                self.meter.command(began[1], telemetry.outcome_of(answer), now - began[0])
+        if self.meter:
+            self._maybe_report()
+
+    def _maybe_report(self) -> None:
+        wait = REPORT_EVERY - (time.monotonic() - self._reported)
+        if wait <= 0:
+            self._report()
+        elif not self._report_due:
+            self._report_due = True
+            self.wakeupAfter(wait, _ReportDue())
+
+    def _report(self) -> None:
+        self._reported = time.monotonic()
+        if self.meter and self.supervisor is not None:
+            self.send(self.supervisor, CommandStats(self.cls.__name__, self.meter.take()))
 
     def _hand_back_queue(self) -> None:
         """Commands still queued go to the next instance, through the supervisor."""
@@ -263,6 +303,8 @@ class AggregateActor(SupervisedActor):
 
     def _answer(self, reply_to: Any, answer: Executed) -> None:
         """Send ``answer`` to a client's address, or on the lane connection it came by."""
+        if self._began:
+            self._count(answer.results)
         if isinstance(reply_to, _lane.LaneConnection):
             if self.lanes is not None:
                 self.lanes.answer(reply_to, answer)
@@ -285,7 +327,10 @@ class AggregateActor(SupervisedActor):
         requests: list[AppendRequest] = []
         aggregate = self.aggregate
         pipelined = self._pipelines and self.store_actor is not None
+        now = time.perf_counter()
         for item in execute.items:
+            if item.request_id not in self._began:
+                self._began[item.request_id] = (now, type(item.command).__name__)
             if item.idempotent:
                 sent = self._named.get(item.command_id) if pipelined else None
                 if sent is not None:
@@ -342,6 +387,10 @@ class AggregateActor(SupervisedActor):
             if answers:  # rejections, repeats, commands without events: answered from here
                 self._reply(execute, answers, partial=True)
             items = [(item, attempt) for _, item in pending]
+            # The store actor answers these callers: they count as answered now (one that
+            # fails and runs again counts again when it is answered).
+            self.meter.appended(len(requests), sum(len(r.events) for r in requests))
+            self._count([(item.request_id, None) for _, item in pending])
             # (In-process only, where there are no lanes: reply_to is an address.)
             self.send(self.store_actor, AppendBatch(requests, self._epoch, execute.reply_to, items))
             return
@@ -358,6 +407,7 @@ class AggregateActor(SupervisedActor):
                     results: list[Any] = self.store.append_batches(requests)
             except BackstageError as exc:
                 results = [exc] * len(requests)
+            self.meter.batch(len(requests))
             self._on_results(results)
 
     def _executed(self, command: str, started: float) -> None:
@@ -395,6 +445,7 @@ class AggregateActor(SupervisedActor):
             result = results[index]
             if isinstance(result, list):
                 recorded: list[RecordedEvent] = result
+                self.meter.appended(1, len(recorded))
                 last_position = max(last_position, recorded[-1].position if recorded else 0)
                 version = recorded[-1].version if recorded else self.aggregate.version
                 answers[item.request_id] = DispatchResult(

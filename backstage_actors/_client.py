@@ -84,6 +84,8 @@ class RunningSystem:
         self._sent = 0
         # stream id -> (actor address, lane name or None) of the aggregates that answered
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
+        self.metrics: Any = None  # the /metrics server this process runs for it, if any
+        self.async_pool: Any = None  # the threads of dispatch_async (see _async)
 
     # -- context management -----------------------------------------------------------------
 
@@ -161,6 +163,36 @@ class RunningSystem:
         for middleware in self.app.middleware:
             middleware.after_dispatch(pipeline)
         return answer
+
+    async def dispatch_async(
+        self,
+        command: Any,
+        consistency: str = "eventual",
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float = 5.0,
+        handlers: Sequence[str] | None = None,
+    ) -> DispatchResult:
+        """:meth:`dispatch` for asyncio: awaits the answer without blocking the event loop.
+
+        ``timeout`` counts from the call. Cancelling the awaiting task raises ``CancelledError``
+        there at once; a command already sent may still run (name it with
+        ``metadata={"command_id": ...}`` to send it again safely). See ``_async``.
+        """
+        from ._async import dispatch_async
+
+        return await dispatch_async(self, command, consistency, metadata, timeout, handlers)
+
+    async def dispatch_many_async(
+        self,
+        commands: Sequence[Any],
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        batch_size: int = 1000,
+    ) -> list[DispatchResult | BaseException]:
+        """:meth:`dispatch_many` for asyncio, as :meth:`dispatch_async` is for :meth:`dispatch`."""
+        from ._async import dispatch_many_async
+
+        return await dispatch_many_async(self, commands, metadata, timeout, batch_size)
 
     def _failed(self, pipeline: Pipeline) -> Any:
         for middleware in self.app.middleware:
@@ -292,6 +324,7 @@ class RunningSystem:
             self._router = None
         for index in waiting.values():
             name = type(items[index].command).__name__
+            telemetry.emit("timeout", {"count": 1.0}, {"command": name})
             answers[index] = DispatchTimeout(
                 f"{name}: no answer within {timeout}s; it may or may not have been executed"
             )
@@ -446,6 +479,13 @@ class RunningSystem:
 
     def _release(self) -> None:
         self._stopped = True
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.async_pool is not None:
+            from ._async import close_pool
+
+            close_pool(self)
         with self._lock:
             lane_clients = list(self._lane_clients)
         for lanes in lane_clients:

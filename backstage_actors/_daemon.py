@@ -211,6 +211,8 @@ def start_daemon(
     log_file: str | None = None,
     pid_file: str | None = None,
     timeout: float = 60.0,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> DaemonState:
     """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up."""
     app = load_app(app_spec)
@@ -228,6 +230,8 @@ def start_daemon(
                 host=host,
                 log_defs=log_defs(log_file),
                 timeout=timeout,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
             )
     finally:
         os.umask(previous)

@@ -14,6 +14,7 @@ __all__ = [
     "AppendFailed",
     "AppendResults",
     "Appended",
+    "CommandStats",
     "Execute",
     "Executed",
     "Flush",
@@ -70,6 +71,15 @@ class Touched:
     """An aggregate was used directly by a client: the router keeps its idle clock right."""
 
     stream_id: str
+
+
+@attrs.frozen
+class CommandStats:
+    """An aggregate's counts since its last report (a ``CommandMeter.take()``), for the router,
+    which adds them up per aggregate type (sent at most every second, and when it stops)."""
+
+    aggregate: str
+    delta: dict[str, Any]
 
 
 @attrs.frozen

@@ -62,6 +62,7 @@ class StoreActor(SupervisedActor):
         self.commits = 0
         self.appends = 0
         self.stats = telemetry.Stats()
+        self.meter = telemetry.CommandMeter()  # commit batch sizes
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
 
@@ -73,6 +74,7 @@ class StoreActor(SupervisedActor):
             "commits": self.commits,
             "appends": self.appends,
             "telemetry": self.stats.summary(),
+            "batch_sizes": self.meter.batches,
         }
 
     def receive(self, message: Any, sender: Any) -> None:
@@ -110,6 +112,7 @@ class StoreActor(SupervisedActor):
             results = [exc] * len(requests)
         self.commits += 1
         self.appends += len(requests)
+        self.meter.batch(len(requests))
         outcomes = iter(results)
         skips = iter(skipped)
         callers: list[_Caller] = []  # (addresses do not hash)

@@ -13,12 +13,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
 from ._store_actor import StoreActor
+from .errors import BackstageError, SystemNotRunning
 from .middleware import Middleware
 from .router import Router, RouterActor
 
@@ -38,6 +41,8 @@ class Application:
     ``restart_intensity`` is the root supervisor's ``(max_restarts, within)``: more crashes of the
     store, the router or the events supervisor than that within ``within`` seconds stop the
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
+    ``metrics_port`` serves Prometheus metrics on ``http://metrics_host:metrics_port/metrics``
+    (127.0.0.1 by default; see :mod:`backstage_actors.metrics`); ``start()`` takes it too.
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class Application:
         max_live: int | None = None,
         max_retries: int = 3,
         restart_intensity: tuple[int, float] = (10, 10.0),
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.router = router
@@ -67,6 +74,8 @@ class Application:
         self.max_live = max_live
         self.max_retries = max_retries
         self.restart_intensity = restart_intensity
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
 
     @property
     def subscribers(self) -> list[type]:
@@ -124,32 +133,111 @@ class Application:
         host: str = "127.0.0.1",
         log_defs: Any = None,
         timeout: float = 60.0,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> RunningSystem:
         """Start an actor system and this application's tree; use the result as a context manager.
 
         ``base="multiproc"`` runs every actor in its own process with the admin on
-        ``host:port`` (127.0.0.1 and a free port by default).
+        ``host:port`` (127.0.0.1 and a free port by default). ``metrics_port`` (default: the
+        application's) serves Prometheus metrics: on multiproc from a ``metrics`` actor of the
+        tree, in-process from a thread of this process.
         """
         settings = self.settings(base, database)
+        spec = self.supervisor_spec(settings)
+        metrics_port = self.metrics_port if metrics_port is None else metrics_port
+        metrics_host = metrics_host or self.metrics_host
+        if metrics_port is not None:
+            if metrics_port and _thespian.port_in_use(metrics_port, metrics_host):
+                raise BackstageError(f"the metrics port {metrics_host}:{metrics_port} is in use")
+            if base == "multiproc":
+                port = port or _thespian.free_port(host)
+                child = self._metrics_child(port, host, metrics_port, metrics_host)
+                spec = attrs.evolve(spec, children=[*spec.children, child])
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)
         try:
-            root = start_supervisor(
-                actor_system, self.supervisor_spec(settings), name=self.root_name, timeout=timeout
-            )
+            root = start_supervisor(actor_system, spec, name=self.root_name, timeout=timeout)
         except BaseException:
             actor_system.shutdown()
             raise
-        return RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+        system = RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+        if metrics_port is not None and base != "multiproc":
+            from .metrics import serve
+
+            try:
+                system.metrics = serve(system, metrics_port, metrics_host)
+            except BaseException:
+                system.stop()
+                raise
+        return system
+
+    def _metrics_child(
+        self, port: int, host: str, metrics_port: int, metrics_host: str
+    ) -> ChildSpec:
+        from ._metrics_actor import MetricsActor
+
+        args = {
+            "port": port,
+            "host": host,
+            "root_name": self.root_name,
+            "router": self.router,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+        }
+        return ChildSpec("metrics", MetricsActor, args=args)
 
     @property
     def root_name(self) -> str:
         return f"backstage:{self.name}"
 
     def attach(
-        self, actor_system: Any, base: str = "multiproc", database: str | None = None
+        self,
+        actor_system: Any = None,
+        base: str = "multiproc",
+        database: str | None = None,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> RunningSystem:
-        """A handle on this application already running in ``actor_system`` (started elsewhere)."""
+        """A client of this application running elsewhere: ``app.attach(port=1900)``.
+
+        It needs the admin's ``port`` (and ``host``, 127.0.0.1 by default) of a system this
+        application runs in, a ``backstage start`` daemon or an ``app.start(base="multiproc",
+        port=...)`` of another process, and the same ``Application`` (its router turns commands
+        into streams). It never starts an actor system: nothing listening on the port raises
+        :class:`SystemNotRunning`, and so does a system that does not run this application.
+        The database is asked of the running store unless given.
+
+        It returns a :class:`RunningSystem`: ``dispatch``, ``dispatch_many``,
+        ``dispatch_async``, ``tree``, ``settle``... Use one from many threads at once: each
+        thread talks to the system through an endpoint of its own. ``stop()`` (or leaving a
+        ``with`` block) lets go of the system and leaves it running.
+
+        ``actor_system`` instead of ``port``: an actor system handle you attached yourself.
+        """
+        if actor_system is None:
+            if port is None:
+                raise TypeError("attach() needs port= (or an actor system)")
+            try:
+                actor_system = _thespian.attach(port, host)
+            except OSError as exc:
+                raise SystemNotRunning(f"no actor system answers on {host}:{port}: {exc}") from None
         root = actor_system.createActor(Supervisor, globalName=self.root_name)
+        if database is None and port is not None:
+            database = self._running_database(actor_system, root, f"{host}:{port}")
         return RunningSystem(
             self, actor_system, root, base, self.settings(base, database), owns_system=False
         )
+
+    def _running_database(self, actor_system: Any, root: Any, where: str) -> str:
+        """The database of this application's store, as the running tree describes it."""
+        import supervisors
+
+        try:
+            node = supervisors.tree(actor_system, root, timeout=10.0)
+        except supervisors.SupervisionError as exc:
+            raise SystemNotRunning(f"{self.name} does not answer on {where}: {exc}") from None
+        for each in supervisors.walk(node):
+            if each.get("kind") == "store" and each.get("database"):
+                return str(each["database"])
+        raise SystemNotRunning(f"{self.name} does not run on {where} (no event store found)")

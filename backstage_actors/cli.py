@@ -87,6 +87,12 @@ def cli(ctx: click.Context) -> None:
 @click.option("--log-file", help="Daemon log (default: $BACKSTAGE_HOME/daemon-PORT.log).")
 @click.option("--pid-file", help="Admin pid file (default: $BACKSTAGE_HOME/daemon-PORT.pid).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics.",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def start(
     app: str,
     database: str | None,
@@ -96,6 +102,8 @@ def start(
     log_file: str | None,
     pid_file: str | None,
     timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Start APP (module:attribute naming an Application) as a daemon; return once it is ready."""
     if host not in ("127.0.0.1", "localhost") and not allow_remote:
@@ -128,7 +136,9 @@ def start(
     if _daemon._thespian.port_in_use(port):
         fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
     try:
-        state = _daemon.start_daemon(app, port, database, host, log_file, pid_file, timeout)
+        state = _daemon.start_daemon(
+            app, port, database, host, log_file, pid_file, timeout, metrics_port, metrics_host
+        )
     except BackstageError as exc:
         _daemon.kill_leftovers(port)
         fail(str(exc), exit_code_for(exc) if not isinstance(exc, StorageError) else EXIT_STORAGE)
@@ -138,6 +148,7 @@ def start(
     click.echo(
         f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
         f"  database {state['database']}\n  log      {state['log_file']}"
+        + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
     )
 
 
@@ -404,6 +415,19 @@ def rebuild(session: Session, projection: str, port: int) -> None:
         except BackstageError as exc:
             fail(str(exc), exit_code_for(exc))
     click.echo(f"{projection} rebuilt from {count} events")
+
+
+@cli.command()
+@port_option
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
+def top(port: int, interval: float) -> None:
+    """A live full-screen view: tree, restarts, commands/s and latency, subscribers (q quits)."""
+    from . import _top
+
+    try:
+        _top.run(port, interval)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
 
 
 @cli.command()

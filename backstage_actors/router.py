@@ -20,8 +20,17 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
+from . import telemetry
 from ._aggregate_actor import AggregateActor
-from ._protocol import AppendFailed, Execute, Executed, Listeners, Settings, Touched
+from ._protocol import (
+    AppendFailed,
+    CommandStats,
+    Execute,
+    Executed,
+    Listeners,
+    Settings,
+    Touched,
+)
 from .aggregate import Aggregate
 from .command import CommandItem
 from .errors import InvalidCommand, UnregisteredCommand
@@ -121,6 +130,7 @@ class RouterActor(Supervisor):
         self.recent: OrderedDict[str, float] = OrderedDict()
         self.lifespans: dict[str, float] = {}
         self.passivated = 0
+        self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
         self.sweep_due = False
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
@@ -133,6 +143,8 @@ class RouterActor(Supervisor):
             "live": sum(1 for c in self.children.values() if c.status in ("starting", "running")),
             "max_live": self.settings.max_live,
             "passivated": self.passivated,
+            "aggregate_restarts": sum(c.restarts for c in self.children.values()),
+            "commands": {name: meter.summary() for name, meter in self.meters.items()},
         }
 
     def describe_child(self, child: Child) -> bool:
@@ -155,6 +167,8 @@ class RouterActor(Supervisor):
             if message.stream_id in self.recent:
                 self.recent[message.stream_id] = time.monotonic()
                 self.recent.move_to_end(message.stream_id)
+        elif isinstance(message, CommandStats):
+            self.meters.setdefault(message.aggregate, telemetry.CommandMeter()).add(message.delta)
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
         elif isinstance(message, WakeupMessage):
