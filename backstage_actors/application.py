@@ -16,9 +16,9 @@ from typing import Any
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
-from ._client import RunningSystem
 from ._protocol import Settings
 from ._store_actor import StoreActor
+from .client import RunningSystem
 from .middleware import Middleware
 from .router import Router, RouterActor
 
