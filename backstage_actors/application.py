@@ -112,7 +112,7 @@ class Application:
     def _events_child(self, settings: Settings) -> ChildSpec | None:
         if not self.subscribers:
             return None
-        from ._events import events_supervisor_spec
+        from ._event_bus import events_supervisor_spec
 
         return events_supervisor_spec(self, settings)
 

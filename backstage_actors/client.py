@@ -364,7 +364,7 @@ class RunningSystem:
         """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
         if not self.app.subscribers:
             return
-        from ._events import wait_for_position
+        from ._event_bus import wait_for_position
 
         with self._endpoint() as endpoint:
             wait_for_position(endpoint, self.root, position, handlers, deadline_in)
@@ -393,14 +393,14 @@ class RunningSystem:
 
         ``progress(done, total)`` is called as it goes (positions); returns the events replayed.
         """
-        from ._events import rebuild_projection
+        from ._event_bus import rebuild_projection
 
         with self._endpoint() as endpoint:
             return rebuild_projection(endpoint, self.root, projection, progress, timeout)
 
     def retry_dead_letters(self, ids: Sequence[int] | None = None) -> dict[int, str]:
         """Give parked events (all, or those ``ids``) to their subscribers again."""
-        from ._events import retry_dead_letters
+        from ._event_bus import retry_dead_letters
 
         with self._endpoint() as endpoint:
             return retry_dead_letters(endpoint, self.root, self.store, list(ids) if ids else None)
