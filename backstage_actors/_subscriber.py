@@ -28,7 +28,7 @@ from thespian.actors import WakeupMessage
 from supervisors import SupervisedActor
 
 from . import telemetry
-from ._managing import ProcessManaging, _DispatchDue
+from ._process_manager_actor import ProcessManaging, _DispatchDue
 from ._protocol import Executed, Settings
 from .handler import PARK, SKIP, STOP, EventHandler, Metadata, Retry, Subscriber
 from .process_manager import ProcessManager
