@@ -17,10 +17,11 @@ from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
 from ._protocol import Settings
+from ._router_actor import RouterActor
 from ._store_actor import StoreActor
 from .client import RunningSystem
 from .middleware import Middleware
-from .router import Router, RouterActor
+from .router import Router
 
 __all__ = ["Application", "RunningSystem"]
 
