@@ -71,9 +71,11 @@ class Application:
 
     @property
     def subscribers(self) -> list[type]:
+        """Handlers, projections and process managers, in the order they start."""
         return [*self.handlers, *self.projections, *self.process_managers]
 
     def settings(self, base: str, database: str | None = None) -> Settings:
+        """What every actor of this application is told when it starts on ``base`` (internal)."""
         return Settings(
             database=os.path.abspath(database or self.database),
             synchronous=self.synchronous,
@@ -144,6 +146,7 @@ class Application:
 
     @property
     def root_name(self) -> str:
+        """The global name of the application's root supervisor: how clients find it."""
         return f"backstage:{self.name}"
 
     def attach(

@@ -1,4 +1,9 @@
-"""``RunningSystem``: the caller's side of a running application.
+"""``RunningSystem``: the caller's side of a running application (public: what every user calls).
+
+``Application.start()`` returns one that owns its actor system (``stop()`` ends it);
+``Application.attach()`` returns one on a system started elsewhere (a daemon), which ``stop()``
+leaves running. Dispatch commands, wait for consistency, look at the tree, rebuild projections.
+
 
 Commands go to the router as :class:`Execute` messages; each aggregate answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
@@ -26,7 +31,13 @@ import supervisors
 from . import _lane, _shared, _thespian, telemetry
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
-from .errors import BackstageError, CommandRejected, DispatchTimeout, SystemNotRunning
+from .errors import (
+    BackstageError,
+    CommandRejected,
+    DispatchTimeout,
+    SystemNotRunning,
+    UnhandledCommand,
+)
 from .middleware import Pipeline
 
 __all__ = ["RunningSystem"]
@@ -54,6 +65,13 @@ class _Locked:
 
 
 class RunningSystem:
+    """A handle on a running application: dispatch commands through it, inspect and stop it.
+
+    Get one from :meth:`Application.start` (use it as a context manager: leaving the block stops
+    the application) or :meth:`Application.attach`; do not construct it yourself. It is safe to
+    share between threads.
+    """
+
     def __init__(
         self,
         app: Any,
@@ -113,6 +131,8 @@ class RunningSystem:
         return contextlib.nullcontext(context)
 
     def router_address(self, refresh: bool = False) -> Any:
+        """The router actor's address (looked up once; ``refresh`` looks again). For tools that
+        talk to the actors themselves; dispatching needs none of it."""
         if self._router is None or refresh:
             with self._endpoint() as endpoint:
                 self._router = _shared.locate(
@@ -300,7 +320,8 @@ class RunningSystem:
     def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives."""
         if reply.source is not None and all(
-            isinstance(answer, (DispatchResult, CommandRejected)) for _, answer in reply.results
+            isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
+            for _, answer in reply.results
         ):
             self._remember(*reply.source)  # it answered and is alive
         for request_id, answer in reply.results:

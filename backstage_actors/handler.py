@@ -54,6 +54,7 @@ class Metadata(dict[str, Any]):
 
     @classmethod
     def of(cls, recorded: Any) -> Metadata:
+        """The metadata a subscriber is handed for a :class:`RecordedEvent` (internal)."""
         meta = cls(recorded.metadata)
         meta.update(
             event_id=recorded.event_id,
@@ -96,6 +97,7 @@ class Subscriber:
 
     @classmethod
     def subscriber_name(cls) -> str:
+        """``name``, or the class name if it has none: the key of its checkpoint."""
         return cls.name or cls.__name__
 
 
@@ -109,4 +111,6 @@ class EventHandler(Subscriber):
     db: sqlite_utils.Database
 
     def handle(self, event: Any, metadata: Metadata) -> None:
+        """React to ``event`` (any stored event: ignore the ones you do not care about). Raise
+        and the error policy (:meth:`error`) decides; it may see the same event again."""
         raise NotImplementedError

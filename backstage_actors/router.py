@@ -22,6 +22,8 @@ __all__ = ["Route", "Router"]
 
 @attrs.frozen
 class Route:
+    """One command type's route: to which aggregate class, identified by which field."""
+
     command: type
     aggregate: type[Aggregate]
     identity: str
@@ -69,6 +71,7 @@ class Router:
         return self
 
     def route(self, command: Any) -> Route:
+        """The route of ``command``'s type; :class:`UnregisteredCommand` if it has none."""
         route = self.routes.get(type(command))
         if route is None:
             raise UnregisteredCommand(f"no route for command {type(command).__name__}")
@@ -94,4 +97,5 @@ class Router:
 
     @property
     def aggregates(self) -> list[type[Aggregate]]:
+        """The aggregate classes commands are routed to, each once."""
         return list(dict.fromkeys(route.aggregate for route in self.routes.values()))
