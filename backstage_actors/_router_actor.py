@@ -17,6 +17,7 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from ._aggregate_actor import AggregateActor
+from ._names import EVENTS, STORE
 from ._protocol import AppendFailed, Execute, Executed, Listeners, Settings, Touched
 from .command import CommandItem
 from .errors import InvalidCommand, UnregisteredCommand
@@ -208,11 +209,11 @@ class RouterActor(Supervisor):
                     self._execute(again)
 
     def _sibling_moved(self, message: ChildAddress) -> None:
-        if message.name == "events":
+        if message.name == EVENTS:
             self.listeners = Listeners(
                 [message.address] if message.address else [], self.listeners.store_actor
             )
-        elif message.name == "store":
+        elif message.name == STORE:
             self.listeners = Listeners(self.listeners.listeners, message.address)
         else:
             return

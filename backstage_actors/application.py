@@ -16,6 +16,7 @@ from typing import Any
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
+from ._names import ROUTER, STORE
 from ._protocol import Settings
 from ._router_actor import RouterActor
 from ._store_actor import StoreActor
@@ -88,9 +89,9 @@ class Application:
     def supervisor_spec(self, settings: Settings) -> SupervisorSpec:
         """The application's supervision tree."""
         children = [
-            ChildSpec("store", StoreActor, args={"settings": settings}),
+            ChildSpec(STORE, StoreActor, args={"settings": settings}),
             ChildSpec(
-                "router",
+                ROUTER,
                 RouterActor,
                 args={
                     # Aggregates crash independently: many restarts must not take the router down.

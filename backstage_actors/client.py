@@ -29,6 +29,7 @@ from thespian.actors import PoisonMessage
 import supervisors
 
 from . import _lane, _shared, _thespian, telemetry
+from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
 from .errors import (
@@ -136,7 +137,7 @@ class RunningSystem:
         if self._router is None or refresh:
             with self._endpoint() as endpoint:
                 self._router = _shared.locate(
-                    endpoint, self.root, "router", 10.0, "the router is not running"
+                    endpoint, self.root, ROUTER, 10.0, "the router is not running"
                 )
         return self._router
 
