@@ -168,9 +168,10 @@ def structure(data: Any, cls: type[T], what: str | None = None) -> T:
         )
         label = what or getattr(cls, "__name__", str(cls))
         if messages:
-            first = messages[0]
-            message, _, path = first.rpartition(" @ ")
-            raise SerializationError(f"{label}: {message} at {path}", path) from None
+            # Every bad field at once, in one error: a user fixes them all in one go.
+            problems = [message.rpartition(" @ ") for message in messages]
+            described = "; ".join(f"{message} at {path}" for message, _, path in problems)
+            raise SerializationError(f"{label}: {described}", problems[0][2]) from None
         raise SerializationError(f"{label}: {type(exc).__name__}: {exc}") from None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
+from ._event_bus import events_supervisor_spec
 from ._names import ROUTER, STORE
 from ._protocol import Settings
 from ._router_actor import RouterActor
@@ -116,8 +117,6 @@ class Application:
     def _events_child(self, settings: Settings) -> ChildSpec | None:
         if not self.subscribers:
             return None
-        from ._event_bus import events_supervisor_spec
-
         return events_supervisor_spec(self, settings)
 
     def start(

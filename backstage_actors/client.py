@@ -29,6 +29,7 @@ from thespian.actors import PoisonMessage
 import supervisors
 
 from . import _lane, _shared, _thespian, telemetry
+from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
@@ -40,6 +41,7 @@ from .errors import (
     UnhandledCommand,
 )
 from .middleware import Pipeline
+from .store import EventStore
 
 __all__ = ["RunningSystem"]
 
@@ -386,8 +388,6 @@ class RunningSystem:
         """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
         if not self.app.subscribers:
             return
-        from ._event_bus import wait_for_position
-
         with self._endpoint() as endpoint:
             wait_for_position(endpoint, self.root, position, handlers, deadline_in)
 
@@ -395,8 +395,6 @@ class RunningSystem:
     def store(self) -> Any:
         """The event store, opened in this process (read it freely; write through commands)."""
         if self._store is None:
-            from .store import EventStore
-
             self._store = EventStore(self.settings.database, self.settings.synchronous)
         return self._store
 
@@ -415,15 +413,11 @@ class RunningSystem:
 
         ``progress(done, total)`` is called as it goes (positions); returns the events replayed.
         """
-        from ._event_bus import rebuild_projection
-
         with self._endpoint() as endpoint:
             return rebuild_projection(endpoint, self.root, projection, progress, timeout)
 
     def retry_dead_letters(self, ids: Sequence[int] | None = None) -> dict[int, str]:
         """Give parked events (all, or those ``ids``) to their subscribers again."""
-        from ._event_bus import retry_dead_letters
-
         with self._endpoint() as endpoint:
             return retry_dead_letters(endpoint, self.root, self.store, list(ids) if ids else None)
 

@@ -26,7 +26,7 @@ import pytest
 
 from backstage_actors import _daemon
 from backstage_actors._shell import Shell
-from backstage_actors.cli import Session, cli
+from backstage_actors.cli import Session, cli, run
 from supervisors import walk
 
 from .conftest import free_port, process_alive, wait_until
@@ -726,7 +726,7 @@ def test_shell_completes_verbs_and_command_names(
     monkeypatch.setenv("BACKSTAGE_HOME", str(bank.home))
     # Attaching sets this for the processes Thespian forks; give it back afterwards.
     monkeypatch.delenv("THESPIAN_BASE_IPADDR", raising=False)
-    shell = Shell(cli, Session(), bank.port)
+    shell = Shell(run, cli, Session(), bank.port)
 
     assert shell.completenames("st") == ["start", "status", "stop"]
     assert shell.completenames("") == sorted([*VERBS, "exit", "help"])
