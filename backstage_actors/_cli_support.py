@@ -46,6 +46,8 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def ensure_directory(path: str) -> None:
     """Create directory ``path`` (and its parents, 0700) if it is missing, or fail saying why."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"cannot create the directory {path}: a file of that name is in the way", EXIT_STORAGE)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
