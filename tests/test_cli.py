@@ -422,7 +422,7 @@ SEND_ERRORS = {
     "rejected": (
         ["send", "Withdraw", '{"account_id": "nobody", "amount": 5}'],
         1,
-        "Withdraw rejected: ValueError: account is new",
+        "Withdraw rejected: ValueError: there is no account nobody",
     ),
     "no such file": (["send", "--file", "/no/such/commands.jsonl"], 2, "no such file"),
 }

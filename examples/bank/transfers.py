@@ -7,8 +7,7 @@ from typing import Any
 
 import attrs
 
-from backstage_actors import Aggregate
-from backstage_actors.process_manager import ProcessManager
+from backstage_actors import Aggregate, ProcessManager
 
 from .domain import (
     DepositForTransfer,
