@@ -7,7 +7,8 @@ more". A handler is at-least-once: its checkpoint moves after it handled the eve
 
 When ``handle`` raises, :meth:`EventHandler.error` decides: :class:`Retry` the event after a
 delay, ``SKIP`` it, ``PARK`` it in the dead-letters table and go on, or ``STOP`` this subscriber.
-The default retries with exponential backoff three times, then parks. A failing subscriber never
+The default tries an event ``max_failures`` (3) times, retrying it with exponential backoff,
+then parks it. A failing subscriber never
 stops its siblings or the application.
 """
 
@@ -75,7 +76,8 @@ class Subscriber:
     ``name`` is stable: it keys the checkpoint. ``start_from`` is ``"origin"`` (replay everything
     stored) or ``"current"`` (only events stored after the first start). ``consistency`` is
     ``"strong"`` (default: a strongly consistent dispatch waits for this subscriber) or
-    ``"eventual"``. ``max_failures`` is how often the default policy retries before parking.
+    ``"eventual"``. ``max_failures`` is how many times in a row the default policy lets one event
+    fail before it parks it (3: the first try and two retries).
     """
 
     name: ClassVar[str] = ""

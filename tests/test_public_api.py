@@ -197,3 +197,11 @@ def test_the_pytest_plugin_is_a_module_of_its_own() -> None:
     plugins = {e.name: e.value for e in entry_points(group="pytest11")}
     assert plugins.get("backstage") == "backstage_actors.pytest_plugin"
     assert not hasattr(testing, "backstage_system")
+
+
+def test_the_readme_states_the_default_retry_policy_as_it_behaves() -> None:
+    # test_handlers.py shows the behaviour: failures 1 and 2 retried, parked at the third.
+    tries = backstage_actors.Subscriber.max_failures
+    assert tries == 3
+    assert f"try the event `max_failures = {tries}` times, that" in README
+    assert "is retry it twice with exponential backoff" in README
