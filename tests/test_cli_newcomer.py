@@ -97,6 +97,15 @@ def test_two_bad_fields_are_named_in_one_error() -> None:
     assert caught.value.path == "$.account_id"
 
 
+def test_field_errors_stay_one_line_whatever_the_keys() -> None:
+    with pytest.raises(SerializationError) as caught:
+        command_from_data(Deposit, {"amount": "x", "line\nbreak\x85": 1})
+
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert "extra fields found (line\\nbreak\\x85) at $" in message
+
+
 # -- start and stop -----------------------------------------------------------------------------
 
 
