@@ -39,6 +39,8 @@ class Shell(cmd.Cmd):
         self.session = session
         self.port = port
         self.as_json = as_json  # every verb that has --json gets it
+        if as_json:
+            self.intro = ""  # stdout carries JSON only (and the prompts)
         self.history = _daemon.home() / "shell_history"
         self.readline: Any = None
         with contextlib.suppress(ImportError):

@@ -169,6 +169,7 @@ def test_shell_json_gives_every_verb_json(bank: Backstage) -> None:
     result = bank.run("shell", "--json", input='status\nsend Deposit {"amount": 1}\nexit\n')
 
     assert result.returncode == 0, result.stderr
+    assert not result.stdout.startswith("backstage shell:")  # no banner among the JSON
     status_line = next(line for line in result.stdout.splitlines() if '"application"' in line)
     assert '"backstage:bank"' in status_line
     error = json.loads(result.stderr.strip().splitlines()[-1])
