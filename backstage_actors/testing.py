@@ -44,15 +44,16 @@ class Scenario:
         """Execute ``command`` on a fresh aggregate that applied the history, as the runtime
         would: a rejection is kept for :meth:`then_raises`, the events produced are applied.
         ``execute`` returning None is :class:`~backstage_actors.errors.UnhandledCommand`."""
-        cls = self.aggregate
+        cls, identity = self.aggregate, ""
         if cls is None:
             if self.router is None:
                 raise TypeError(
                     "given(...) needs aggregate= or router= to know who handles commands"
                 )
-            cls = self.router.route(command).aggregate
+            route, _, identity = self.router.stream_of(command)
+            cls = route.aggregate
         state = cls()
-        state.id = ""
+        state.id = identity  # as the runtime sets it (known from the router's identity field)
         state.version = 0
         for event in self.history:
             state.apply(event)

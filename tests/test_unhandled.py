@@ -114,6 +114,13 @@ def test_given_reports_an_unhandled_command() -> None:
     given([], aggregate=Mute).when(SwitchOn("x")).then_raises(UnhandledCommand, "Mute")
 
 
+def test_given_with_a_router_names_the_stream_as_the_runtime_does() -> None:
+    router = make_app().router
+    given([], router=router).when(SwitchOff("hall")).then_raises(
+        UnhandledCommand, r"does not handle SwitchOff \(stream Lamp-hall\)"
+    )
+
+
 def test_unhandled_command_survives_pickling() -> None:
     # It crosses process boundaries on multiproc.
     error = pickle.loads(pickle.dumps(UnhandledCommand("Lamp", "SwitchOff", "Lamp-hall")))
