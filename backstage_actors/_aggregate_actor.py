@@ -49,9 +49,15 @@ from ._protocol import (
     Touched,
 )
 from ._shared import shared_store
-from .aggregate import Aggregate, events_of
+from .aggregate import Aggregate, decide
 from .command import CommandItem, DispatchResult
-from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpectedVersion
+from .errors import (
+    AggregateFailed,
+    BackstageError,
+    CommandRejected,
+    UnhandledCommand,
+    WrongExpectedVersion,
+)
 from .store import AppendRequest, EventStore, RecordedEvent
 
 __all__ = ["AggregateActor"]
@@ -350,7 +356,11 @@ class AggregateActor(SupervisedActor):
             name = type(item.command).__name__
             started = time.perf_counter()
             try:
-                events = events_of(aggregate.execute(item.command))
+                events = decide(aggregate, item.command)
+            except UnhandledCommand as exc:  # a mistake in the aggregate, not a refusal
+                self._executed(name, started)
+                answers[item.request_id] = exc
+                continue
             except Exception as exc:
                 self._executed(name, started)
                 answers[item.request_id] = CommandRejected(name, type(exc).__name__, str(exc))

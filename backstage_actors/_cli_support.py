@@ -24,6 +24,7 @@ from .errors import (
     StorageError,
     SystemNotRunning,
 )
+from .store import EventStore
 
 EXIT_FAILED, EXIT_INPUT, EXIT_NOT_RUNNING, EXIT_TIMEOUT, EXIT_STORAGE = 1, 2, 3, 4, 5
 
@@ -41,6 +42,16 @@ class CliError(click.ClickException):
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise CliError(message, code)
+
+
+def ensure_directory(path: str) -> None:
+    """Create directory ``path`` (and its parents, 0700) if it is missing, or fail saying why."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"cannot create the directory {path}: a file of that name is in the way", EXIT_STORAGE)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the directory {path}: {exc.strerror}", EXIT_STORAGE)
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -270,8 +281,6 @@ def collect_status(system: Any) -> dict[str, Any]:
 
 
 def open_store(port: int, database: str | None) -> Any:
-    from .store import EventStore
-
     if database is None:
         state = _daemon.read_state(port)
         if state is None:

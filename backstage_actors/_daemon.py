@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _thespian
+from .application import Application
 from .errors import BackstageError, StorageError, SystemNotRunning
+from .store import EventStore
 
 __all__ = [
     "DEFAULT_PORT",
@@ -78,8 +80,6 @@ def remove_state(port: int) -> None:
 
 def load_app(spec: str) -> Any:
     """The Application named by ``module:attribute`` (the current directory is importable)."""
-    from .application import Application
-
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise BackstageError(f"APP must look like module:attribute, not {spec!r}")
@@ -255,8 +255,6 @@ def start_daemon(
 
 
 def _check_database(database: str) -> None:
-    from .store import EventStore
-
     try:
         EventStore(database).close()
     except BackstageError as exc:

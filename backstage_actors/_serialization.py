@@ -168,10 +168,19 @@ def structure(data: Any, cls: type[T], what: str | None = None) -> T:
         )
         label = what or getattr(cls, "__name__", str(cls))
         if messages:
-            first = messages[0]
-            message, _, path = first.rpartition(" @ ")
-            raise SerializationError(f"{label}: {message} at {path}", path) from None
+            # Every bad field at once, in one error: a user fixes them all in one go.
+            problems = [message.rpartition(" @ ") for message in messages]
+            described = "; ".join(f"{message} at {path}" for message, _, path in problems)
+            raise SerializationError(f"{label}: {_one_line(described)}", problems[0][2]) from None
         raise SerializationError(f"{label}: {type(exc).__name__}: {exc}") from None
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its unprintable characters escaped: field names come from the input, and an
+    error stays one line (``\\n``, ``\\x85``) whatever keys a caller sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def unstructure(obj: Any) -> Any:

@@ -1,4 +1,8 @@
-"""``backstage shell``: the CLI's verbs at a prompt, with history and tab completion."""
+"""``backstage shell``: the CLI's verbs at a prompt, with history and tab completion.
+
+The shell runs each line through the ``run`` function it is given (``cli.run``): it does not
+import the command line module, which imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import cmd
 import contextlib
 import json
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,29 +20,51 @@ from . import _daemon
 __all__ = ["Shell"]
 
 
+#: Runs one command line in a session and returns its exit code (``cli.run``).
+Runner = Callable[[list[str], Any], int]
+
+
 class Shell(cmd.Cmd):
+    """The prompt of ``backstage shell``: one verb per line, against one daemon."""
+
     intro = "backstage shell: the same verbs as the command line (help, tree, send ..., exit)."
     prompt = "backstage> "
 
-    def __init__(self, group: click.Group, session: Any, port: int) -> None:
+    def __init__(
+        self, run: Runner, group: click.Group, session: Any, port: int, as_json: bool = False
+    ) -> None:
         super().__init__()
+        self.run = run
         self.group = group
         self.session = session
         self.port = port
+        self.as_json = as_json  # every verb that has --json gets it
+        if as_json:
+            self.intro = ""  # stdout carries JSON only (and the prompts)
         self.history = _daemon.home() / "shell_history"
         self.readline: Any = None
         with contextlib.suppress(ImportError):
+            # Optional: not every Python is built with readline; the shell works without it.
             import readline
 
             self.readline = readline
             with contextlib.suppress(OSError):
                 readline.read_history_file(self.history)
 
+    def cmdloop(self, intro: Any = None) -> None:
+        """Read lines until ``exit`` or end of input; Ctrl-C abandons the line (or the verb
+        running) and shows a fresh prompt, as in a shell."""
+        while True:
+            try:
+                super().cmdloop(intro)
+                return
+            except KeyboardInterrupt:
+                click.echo("^C")
+                intro = ""  # the banner once
+
     # -- running verbs ----------------------------------------------------------------------
 
     def default(self, line: str) -> bool:  # type: ignore[override]  # True ends cmdloop
-        from .cli import run
-
         try:
             args = self.split(line)
         except ValueError as exc:
@@ -48,10 +75,14 @@ class Shell(cmd.Cmd):
         if args and args[0] in ("start", "shell"):
             click.echo(f"error: {args[0]} is not available inside the shell", err=True)
             return False
-        if "--port" not in args and args and args[0] in self.group.commands:
+        verb = self.group.commands.get(args[0]) if args else None
+        if verb is not None and "--port" not in args:
             args += ["--port", str(self.port)]
-        run(args, self.session)
-        return args[:1] == ["stop"]
+        if verb is not None and self.as_json and "--json" not in args and _has_json(verb):
+            args.append("--json")
+        code = self.run(args, self.session)
+        # A stop that stopped the daemon ends the shell; `stop --help` or a failed stop do not.
+        return args[:1] == ["stop"] and code == 0 and not {"-h", "--help"} & set(args)
 
     @staticmethod
     def split(line: str) -> list[str]:
@@ -67,9 +98,8 @@ class Shell(cmd.Cmd):
         return shlex.split(line)
 
     def do_help(self, arg: str) -> None:
-        from .cli import run
-
-        run([arg, "--help"] if arg else ["--help"], self.session)
+        """``help`` lists the verbs; ``help VERB`` shows the verb's options."""
+        self.run([arg, "--help"] if arg else ["--help"], self.session)
 
     def do_EOF(self, arg: str) -> bool:  # cmd's name for end of input
         click.echo()
@@ -115,3 +145,7 @@ class Shell(cmd.Cmd):
         except click.ClickException:
             return []
         return [p.subscriber_name() for p in app.projections]
+
+
+def _has_json(verb: click.Command) -> bool:
+    return any("--json" in getattr(param, "opts", ()) for param in verb.params)

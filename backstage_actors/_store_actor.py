@@ -25,6 +25,7 @@ from typing import Any
 from supervisors import ChildAddress, SupervisedActor, WatchChildren
 
 from . import telemetry
+from ._names import EVENTS
 from ._protocol import (
     AppendBatch,
     Appended,
@@ -86,7 +87,7 @@ class StoreActor(SupervisedActor):
         elif isinstance(message, Flush):
             self.flush_pending = False
             self._flush()
-        elif isinstance(message, ChildAddress) and message.name == "events":
+        elif isinstance(message, ChildAddress) and message.name == EVENTS:
             self.listeners = [message.address] if message.address else []
 
     def _flush(self) -> None:

@@ -1,13 +1,19 @@
-"""The actor that runs one handler, projection or process manager.
+"""What the actors running a handler, a projection or a process manager share.
 
-It reads the store from its checkpoint in pages (the bus only says "there is more", and a slow
-poll covers a lost notice), hands each event to the user's code, and moves its checkpoint:
+Each reads the store from its checkpoint in pages (the bus only says "there is more", and a slow
+poll covers a lost notice), hands each event to the user's code, and moves its checkpoint; how it
+does the last two is its kind's runtime, a subclass of :class:`SubscriberActor` in a module of its
+own:
 
-* handler: after each page (at-least-once);
-* projection: in the same transaction as the page's writes, each event in a savepoint so that
-  a failing one is undone alone (exactly-once);
-* process manager: per event, after the commands it produced were answered, together with the
-  instance's state (command ids derive from the event: a redelivery is never executed twice).
+* :mod:`._handler_actor`: after each page (at-least-once);
+* :mod:`._projection_actor`: in the same transaction as the page's writes, each event in a
+  savepoint so that a failing one is undone alone (exactly-once);
+* :mod:`._process_manager_actor`: per event, after the commands it produced were answered,
+  together with the instance's state (command ids derive from the event: a redelivery is never
+  executed twice).
+
+The error policy (retry, skip, park, stop), the dead letters, progress reports to the bus and the
+pacing of pages live here, once.
 
 A page (of a handler: at most ``PAGE_TIME`` of its work) is followed by a message to itself (on
 multiproc a wakeup 1 ms away, which the transport delivers only after reading its sockets), so
@@ -17,25 +23,21 @@ tree requests, stops and rebuilds get through between pages however far behind i
 from __future__ import annotations
 
 import logging
-import time
 import traceback
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 from thespian.actors import WakeupMessage
 
 from supervisors import SupervisedActor
 
 from . import telemetry
-from ._managing import ProcessManaging, _DispatchDue
-from ._protocol import Executed, Settings
-from .handler import PARK, SKIP, STOP, EventHandler, Metadata, Retry, Subscriber
-from .process_manager import ProcessManager
-from .projection import Projection
+from ._protocol import Settings
+from .handler import PARK, SKIP, STOP, Metadata, Retry, Subscriber
 from .store import EventStore, RecordedEvent
 
 __all__ = [
+    "POLL_INTERVAL",
     "LettersRetried",
     "Notify",
     "Progress",
@@ -110,11 +112,11 @@ class LettersRetried:
 
 
 class _Continue:
-    pass
+    """Read the next page (a message to itself, or a wakeup on multiproc)."""
 
 
 class _Poll:
-    pass
+    """The slow poll that covers a lost notice."""
 
 
 class _RetryDue:
@@ -125,7 +127,14 @@ class _RetryDue:
 # -- the actor ----------------------------------------------------------------------------------
 
 
-class SubscriberActor(ProcessManaging, SupervisedActor):
+class SubscriberActor(SupervisedActor):
+    """The shared loop of every subscriber runtime; a subclass per kind says what a page is.
+
+    Subclasses implement :meth:`process_page` and :meth:`redeliver`, and may override the hooks
+    :meth:`open`, :meth:`busy`, :meth:`receive_other`, :meth:`wakeup_other`, :meth:`router_known`
+    and :meth:`after_report`.
+    """
+
     kind = "handler"
 
     def on_start(self) -> None:
@@ -135,12 +144,8 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         self.subscriber = self.cls()
         self.store = EventStore(self.settings.database, self.settings.synchronous)
         self.page_size = self.settings.page_size
-        self.target: sqlite_utils.Database = self.store.db
-        self.target_store = self.store
-        if isinstance(self.subscriber, Projection):
-            self._open_projection_database()
-        elif isinstance(self.subscriber, EventHandler):
-            self.subscriber.db = self.store.db
+        self.target_store = self.store  # where the checkpoint lives
+        self.open()
         self.position = self.target_store.checkpoint(self.name)
         if self.position == 0 and self.cls.start_from == "current":
             self.position = self.store.last_position()
@@ -150,23 +155,12 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         self.attempt = 0
         self.last_error = ""
         self.router: Any = self.args.get("router")
-        self.rebuild: Rebuild | None = None
-        self.rebuild_total = 0
         self.handled = 0
         self.stats = telemetry.Stats()
-        self.dispatching: dict[str, Any] | None = None
         self.continue_pending = False
         self._report(idle=False)
         self._kick()
         self.wakeupAfter(POLL_INTERVAL, _Poll())
-
-    def _open_projection_database(self) -> None:
-        assert isinstance(self.subscriber, Projection)
-        if self.cls.database:  # type: ignore[attr-defined]
-            # The tables and their checkpoint live together in the projection's own file.
-            self.target_store = EventStore(self.cls.database, self.settings.synchronous)  # type: ignore[attr-defined]
-            self.target = self.target_store.db
-        self.subscriber.init(self.target)
 
     def on_stop(self) -> None:
         self.store.close()
@@ -186,6 +180,42 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             **({"last_error": self.last_error} if self.last_error else {}),
         }
 
+    # -- what a kind provides ---------------------------------------------------------------
+
+    def open(self) -> None:
+        """Prepare the subscriber before its checkpoint is read (tables, databases)."""
+
+    def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
+        """Hand a page of rows to the user's code and move the checkpoint; ``(still running,
+        cut short)``: cut short when rows were left for the next page."""
+        raise NotImplementedError
+
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+        """Hand a parked event to the user's code again (``dead-letters retry``); raise if it
+        fails again."""
+        raise NotImplementedError
+
+    def redelivery_refusal(self) -> str:
+        """Why this kind cannot retry a parked event, or "" if it can."""
+        return ""
+
+    def busy(self) -> bool:
+        """True while the subscriber waits for something of its own (a process manager's
+        commands): no page is read meanwhile."""
+        return False
+
+    def receive_other(self, message: Any, sender: Any) -> None:
+        """A message none of the shared ones: the kind's own (default: ignored)."""
+
+    def wakeup_other(self, payload: Any) -> None:
+        """A wakeup none of the shared ones: the kind's own (default: ignored)."""
+
+    def router_known(self) -> None:
+        """The router's address arrived (``self.router``)."""
+
+    def after_report(self, idle: bool) -> None:
+        """Called after each progress report to the bus."""
+
     # -- messages ---------------------------------------------------------------------------
 
     def receive(self, message: Any, sender: Any) -> None:
@@ -195,18 +225,23 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self._process()
         elif isinstance(message, WakeupMessage):
             self._on_wakeup(message.payload)
-        elif isinstance(message, Executed):
-            self._on_dispatched(message)
         elif isinstance(message, RouterAt):
             self.router = message.address
-            if self.state == "waiting for router":
-                self.state = "running"
-                self._kick()
+            self.router_known()
         elif isinstance(message, Rebuild):
-            self._rebuild(message)
+            self.rebuild_from_origin(message)
         elif isinstance(message, RetryLetters):
             outcome = {letter_id: self._retry_letter(letter_id) for letter_id in message.ids}
             self.send(sender, LettersRetried(message.request_id, outcome))
+        else:
+            self.receive_other(message, sender)
+
+    def rebuild_from_origin(self, request: Rebuild) -> None:
+        """Only projections rebuild; the others say so."""
+        self.send(
+            request.reply_to,
+            RebuildProgress(request.request_id, 0, 0, True, f"{self.name} is not a projection"),
+        )
 
     def _on_wakeup(self, payload: Any) -> None:
         if isinstance(payload, _Continue):
@@ -214,18 +249,14 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self._process()
         elif isinstance(payload, _Poll):
             self.wakeupAfter(POLL_INTERVAL, _Poll())
-            if self.state == "running" and not self.continue_pending and self.dispatching is None:
+            if self.state == "running" and not self.continue_pending and not self.busy():
                 self._process()
-        elif isinstance(payload, _RetryDue) and payload.attempt == self.attempt:
-            if self.state == "retrying":
+        elif isinstance(payload, _RetryDue):
+            if payload.attempt == self.attempt and self.state == "retrying":
                 self.state = "running"
                 self._process()
-        elif (
-            isinstance(payload, _DispatchDue)
-            and self.dispatching is not None
-            and self.dispatching["attempt"] == payload.attempt
-        ):
-            self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
+        else:
+            self.wakeup_other(payload)
 
     def _kick(self) -> None:
         if self.continue_pending:
@@ -245,38 +276,20 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self.send(
                 self.supervisor, Progress(self.name, self.position, idle, self.state == "stopped")
             )
-        if self.rebuild is not None:
-            done = self.position
-            self.send(
-                self.rebuild.reply_to,
-                RebuildProgress(self.rebuild.request_id, done, self.rebuild_total, finished=idle),
-            )
-            if idle:
-                telemetry.emit(
-                    "rebuild",
-                    {"duration": time.perf_counter() - self.rebuild_started, "events": done},
-                    {"projection": self.name},
-                )
-                self.rebuild = None
+        self.after_report(idle)
 
     # -- the main loop ----------------------------------------------------------------------
 
     def _process(self) -> None:
-        if self.state != "running" or self.dispatching is not None:
+        if self.state != "running" or self.busy():
             return
         rows = self.store.read_page(self.position + 1, self.page_size)
         if not rows:
             self._report(idle=True)
             return
-        more = len(rows) == self.page_size
-        if isinstance(self.subscriber, Projection):
-            done = self._project(rows)
-        elif isinstance(self.subscriber, ProcessManager):
-            done = self._manage(rows)
-        else:
-            done, cut_short = self._handle(rows)
-            more = more or cut_short
-        if self.state == "running" and self.dispatching is None:
+        done, cut_short = self.process_page(rows)
+        more = len(rows) == self.page_size or cut_short
+        if self.state == "running" and not self.busy():
             if done and more:
                 self._report(idle=False)
                 self._kick()  # the next page after whatever else is in the mailbox
@@ -296,96 +309,6 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             )
             return None, meta, exc
         return recorded, Metadata.of(recorded), None
-
-    def _handle(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
-        """Handle a page, or as much of it as fits in :data:`PAGE_TIME`; (still running, cut short).
-
-        A slow handler thus gets back to its mailbox (tree requests, stops) every so often."""
-        handler = self.subscriber
-        assert isinstance(handler, EventHandler)
-        position = self.position
-        cut_at = time.monotonic() + PAGE_TIME
-        cut_short = False
-        for index, row in enumerate(rows):
-            recorded, meta, error = self._decode(row)
-            if error is None:
-                try:
-                    with telemetry.span("handle", self.stats, subscriber=self.name):
-                        handler.handle(recorded.data if recorded else None, meta)
-                except Exception as exc:
-                    error = exc
-            if error is not None and not self._policy(error, recorded, meta, row):
-                break
-            position = row[0]
-            self.handled += 1
-            self.failures = 0  # "failures" counts in a row, on one event
-            if index + 1 < len(rows) and time.monotonic() >= cut_at:
-                cut_short = True
-                break
-        if position != self.position:
-            self.position = position
-            self.store.save_checkpoint(self.name, position)
-        return self.state == "running", cut_short
-
-    def _project(self, rows: list[tuple[Any, ...]]) -> bool:
-        """One page, its writes and the checkpoint in one transaction. First the quick way; if
-        any event fails, the page is rolled back and done again event by event in savepoints,
-        so that only the failing event's writes are undone and its error policy applies."""
-        if self._project_quickly(rows):
-            return True
-        projection = self.subscriber
-        assert isinstance(projection, Projection)
-        conn = self.target.conn
-        position = self.position
-        with self.target_store.transaction():
-            for row in rows:
-                recorded, meta, error = self._decode(row)
-                if error is None:
-                    conn.execute("SAVEPOINT event")
-                    try:
-                        with telemetry.span("handle", self.stats, subscriber=self.name):
-                            projection.project(
-                                recorded.data if recorded else None, meta, self.target
-                            )
-                        conn.execute("RELEASE event")
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO event")
-                        conn.execute("RELEASE event")
-                        error = exc
-                if error is not None and not self._policy(error, recorded, meta, row):
-                    break
-                position = row[0]
-                self.handled += 1
-                self.failures = 0
-            if position != self.position:
-                self.target_store.save_checkpoint(self.name, position)
-        self.position = position
-        return self.state == "running"
-
-    def _project_quickly(self, rows: list[tuple[Any, ...]]) -> bool:
-        """The whole page without savepoints; False (and nothing written) if any event failed."""
-        projection = self.subscriber
-        assert isinstance(projection, Projection)
-        started = time.perf_counter()
-        try:
-            with self.target_store.transaction():
-                for row in rows:
-                    recorded = self.store.decode_row(row)
-                    projection.project(recorded.data, Metadata.of(recorded), self.target)
-                self.target_store.save_checkpoint(self.name, rows[-1][0])
-        except Exception:
-            return False
-        elapsed = time.perf_counter() - started
-        self.stats.record_many("handle", len(rows), elapsed)
-        telemetry.emit(
-            "handle",
-            {"duration": elapsed / len(rows), "events": len(rows)},
-            {"subscriber": self.name},
-        )
-        self.position = rows[-1][0]
-        self.handled += len(rows)
-        self.failures = 0
-        return True
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -438,18 +361,15 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         )
         if letter is None:
             return f"failed: no dead letter {letter_id} for {self.name}"
-        if isinstance(self.subscriber, ProcessManager):
-            return "failed: process managers cannot retry a parked event out of order"
+        refusal = self.redelivery_refusal()
+        if refusal:
+            return f"failed: {refusal}"
+        recorded = None
         try:
             recorded = self.store.event_at(letter.position)
             if recorded is None:
                 return f"failed: the event at position {letter.position} is gone"
-            meta = Metadata.of(recorded)
-            if isinstance(self.subscriber, Projection):
-                with self.target_store.transaction():
-                    self.subscriber.project(recorded.data, meta, self.target)
-            elif isinstance(self.subscriber, EventHandler):
-                self.subscriber.handle(recorded.data, meta)
+            self.redeliver(recorded, Metadata.of(recorded))
         except Exception as exc:
             self.store.park(
                 self.name,
@@ -466,34 +386,9 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         self.store.set_dead_letter_status(letter_id, "retried")
         return "retried"
 
-    # -- projection rebuild -----------------------------------------------------------------
-
-    def _rebuild(self, request: Rebuild) -> None:
-        projection = self.subscriber
-        if not isinstance(projection, Projection):
-            self.send(
-                request.reply_to,
-                RebuildProgress(request.request_id, 0, 0, True, f"{self.name} is not a projection"),
-            )
-            return
-        with self.target_store.transaction():
-            for table in projection.tables:
-                self.target[table].drop(ignore=True)
-            self.target_store.delete_checkpoint(self.name)
-        projection.init(self.target)
-        self.position = 0
-        self.state = "running"
-        self.failures = 0
-        self.rebuild = request
-        self.rebuild_total = self.store.last_position()
-        self.rebuild_started = time.perf_counter()
-        self._kick()
-
 
 def _placeholder(row: tuple[Any, ...]) -> RecordedEvent:
     """Enough of an unreadable event to park it."""
-    from datetime import UTC, datetime
-
     return RecordedEvent(
         str(row[1]),
         str(row[2]),

@@ -20,6 +20,7 @@ daemon goes away the view says so and keeps trying to reach it again.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import sys
@@ -197,17 +198,14 @@ class TopView:
         grow(top, root, f"/{root['name']}")
         return Panel(top, title="supervision tree")
 
-    def _commands(self, sample: Sample) -> RenderableType:
-        table = Table(title="commands", expand=False, title_justify="left")
-        for column in ("aggregate", "per s", "ok", "rejected", "failed"):
-            table.add_column(column, justify="left" if column == "aggregate" else "right")
-        for q in QUANTILES:
-            table.add_column(f"p{q * 100:g} ms", justify="right")
+    def command_rows(self, sample: Sample) -> list[dict[str, Any]]:
+        """Per aggregate type: commands per second since the previous sample, outcomes, and
+        latency quantiles (seconds) of the commands answered since then."""
+        rows = []
         before = self.previous.per_aggregate() if self.previous else {}
         elapsed = sample.taken - self.previous.taken if self.previous else 0.0
         for aggregate, meter in sorted(sample.per_aggregate().items()):
             entry = meter.commands.get("all", {"outcomes": {}, "latency": {"buckets": []}})
-            outcomes = entry["outcomes"]
             counts = list(entry["latency"]["buckets"])
             old = before.get(aggregate)
             old_entry = old.commands.get("all") if old else None
@@ -215,18 +213,49 @@ class TopView:
                 counts = [
                     a - b for a, b in zip(counts, old_entry["latency"]["buckets"], strict=True)
                 ]
-            rate = f"{sum(counts) / elapsed:,.1f}" if elapsed > 0 else "-"
-            quantiles = [
-                telemetry.histogram_quantile(q, counts, telemetry.LATENCY_BUCKETS)
-                for q in QUANTILES
-            ]
+            rows.append(
+                {
+                    "aggregate": aggregate,
+                    "per_second": sum(counts) / elapsed if elapsed > 0 else None,
+                    "outcomes": dict(entry["outcomes"]),
+                    "latency": {
+                        f"p{q * 100:g}": telemetry.histogram_quantile(
+                            q, counts, telemetry.LATENCY_BUCKETS
+                        )
+                        for q in QUANTILES
+                    },
+                }
+            )
+        return rows
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last sample as plain data (``top --json``)."""
+        sample = self.current
+        if sample is None:
+            return {"port": self.port, "up": False, "problem": self.problem}
+        return {
+            "port": self.port,
+            "up": True,
+            "tree": sample.tree,
+            "commands": self.command_rows(sample),
+        }
+
+    def _commands(self, sample: Sample) -> RenderableType:
+        table = Table(title="commands", expand=False, title_justify="left")
+        for column in ("aggregate", "per s", "ok", "rejected", "failed"):
+            table.add_column(column, justify="left" if column == "aggregate" else "right")
+        for q in QUANTILES:
+            table.add_column(f"p{q * 100:g} ms", justify="right")
+        for row in self.command_rows(sample):
+            outcomes = row["outcomes"]
+            rate = row["per_second"]
             table.add_row(
-                aggregate,
-                rate,
+                row["aggregate"],
+                "-" if rate is None else f"{rate:,.1f}",
                 str(outcomes.get("ok", 0)),
                 str(outcomes.get("rejected", 0)),
                 Text(str(outcomes.get("failed", 0)), "red" if outcomes.get("failed") else ""),
-                *("-" if v is None else f"{v * 1000:.2f}" for v in quantiles),
+                *("-" if v is None else f"{v * 1000:.2f}" for v in row["latency"].values()),
             )
         if not table.row_count:
             table.add_row("(no commands yet)", *[""] * (len(table.columns) - 1))
@@ -307,17 +336,20 @@ def _quit_pressed(fd: int, wait: float) -> bool:
     return False
 
 
-def run(port: int, interval: float = 1.0) -> None:
+def run(port: int, interval: float = 1.0, as_json: bool = False) -> None:
     """The ``top`` verb: live when stdin and stdout are terminals, else one plain snapshot
-    (raises :class:`SystemNotRunning` then if no daemon answers)."""
+    (as JSON with ``as_json``; raises :class:`SystemNotRunning` then if no daemon answers)."""
     view = TopView(port)
     daemon = _Daemon(port)
     try:
-        if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        if as_json or not (sys.stdout.isatty() and sys.stdin.isatty()):
             if not daemon.sample(view):
                 raise SystemNotRunning(view.problem)
-            time.sleep(interval)
+            time.sleep(interval)  # a second sample: rates are differences between two
             daemon.sample(view)
+            if as_json:
+                print(json.dumps(view.snapshot(), default=str))
+                return
             Console(no_color=True, highlight=False, width=120).print(view.render())
             return
         fd = sys.stdin.fileno()

@@ -1,8 +1,9 @@
 """The aggregate: a consistency boundary that decides (``execute``) and remembers (``apply``).
 
-Aggregates are plain classes, as in Commanded: ``execute(command)`` returns None, one event or a
-list of events, and raises to reject; ``apply(event)`` mutates the state and never raises for an
-event that was stored. The runtime sets ``self.id`` and ``self.version`` and runs each instance
+Aggregates are plain classes, as in Commanded: ``execute(command)`` returns one event or a list of
+events (``[]``: explicitly none), and raises to reject; returning None (typically a ``match`` with
+no ``case`` for the command) is a mistake, reported as :class:`UnhandledCommand` rather than
+passing silently. ``apply(event)`` mutates the state and never raises for an event that was stored. The runtime sets ``self.id`` and ``self.version`` and runs each instance
 inside its own actor, so commands to one aggregate never run concurrently.
 """
 
@@ -11,15 +12,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from . import _serialization as ser
+from .errors import UnhandledCommand
 
-__all__ = ["Aggregate", "events_of"]
+__all__ = ["Aggregate", "decide", "events_of"]
 
 _RUNTIME_FIELDS = ("id", "version")
 
 
 class Aggregate:
-    """Base class of aggregates.
+    """Base class of aggregates: subclass it for each consistency boundary (an account, an order).
 
+    Override ``__init__`` (fresh state, no arguments), :meth:`execute` and :meth:`apply`.
     ``snapshot_every = N`` stores a snapshot every N events so a restart replays at most N events;
     bump ``snapshot_version`` when the state's shape changes and older snapshots are ignored.
     """
@@ -31,16 +34,20 @@ class Aggregate:
     version: int
 
     def __init__(self) -> None:
-        pass
+        """Set the fresh state (a new aggregate's, before any event is applied)."""
 
     def execute(self, command: Any) -> Any:
-        """Decide: return None, an event, or a list of events. Raise to reject the command."""
-        raise NotImplementedError(
-            f"{type(self).__name__}.execute does not handle {type(command).__name__}"
-        )
+        """Decide: return an event or a list of events (``[]`` for none); raise to reject.
+
+        Called once per command, never concurrently for one aggregate; it must not change the
+        state (``apply`` does, for the events it returns). Returning None means the command was
+        not handled: the dispatch fails with :class:`UnhandledCommand`.
+        """
+        return None
 
     def apply(self, event: Any) -> None:
-        """Mutate the state for ``event``."""
+        """Mutate the state for ``event``: for the events ``execute`` returned, and for every
+        stored event when the aggregate is rebuilt. Never raise for an event that was stored."""
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -54,8 +61,24 @@ class Aggregate:
         ser.restore_attributes(self, state)
 
 
+def decide(aggregate: Aggregate, command: Any) -> list[Any]:
+    """The events ``aggregate`` decides for ``command``; what the runtime and ``given`` call.
+
+    Raises :class:`UnhandledCommand` when ``execute`` returned None, and whatever ``execute``
+    raised (a rejection).
+    """
+    result = aggregate.execute(command)
+    if result is None:
+        name = type(aggregate).__name__
+        identity = getattr(aggregate, "id", "")
+        stream = f"{name}-{identity}" if identity else ""
+        raise UnhandledCommand(name, type(command).__name__, stream)
+    return events_of(result)
+
+
 def events_of(result: Any) -> list[Any]:
-    """``execute``'s return value as a list of events."""
+    """One item, a list or tuple of items, or None (nothing) as a list; for event or command
+    lists returned by user code."""
     if result is None:
         return []
     if isinstance(result, (list, tuple)):

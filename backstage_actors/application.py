@@ -15,15 +15,21 @@ from typing import Any
 
 import attrs
 
+import supervisors
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
-from ._client import RunningSystem
+from ._event_bus import events_supervisor_spec
+from ._metrics_actor import MetricsActor
+from ._names import ROUTER, STORE
 from ._protocol import Settings
+from ._router_actor import RouterActor
 from ._store_actor import StoreActor
+from .client import RunningSystem
 from .errors import BackstageError, SystemNotRunning
+from .metrics import serve
 from .middleware import Middleware
-from .router import Router, RouterActor
+from .router import Router
 
 __all__ = ["Application", "RunningSystem"]
 
@@ -79,9 +85,11 @@ class Application:
 
     @property
     def subscribers(self) -> list[type]:
+        """Handlers, projections and process managers, in the order they start."""
         return [*self.handlers, *self.projections, *self.process_managers]
 
     def settings(self, base: str, database: str | None = None) -> Settings:
+        """What every actor of this application is told when it starts on ``base`` (internal)."""
         return Settings(
             database=os.path.abspath(database or self.database),
             synchronous=self.synchronous,
@@ -94,9 +102,9 @@ class Application:
     def supervisor_spec(self, settings: Settings) -> SupervisorSpec:
         """The application's supervision tree."""
         children = [
-            ChildSpec("store", StoreActor, args={"settings": settings}),
+            ChildSpec(STORE, StoreActor, args={"settings": settings}),
             ChildSpec(
-                "router",
+                ROUTER,
                 RouterActor,
                 args={
                     # Aggregates crash independently: many restarts must not take the router down.
@@ -121,8 +129,6 @@ class Application:
     def _events_child(self, settings: Settings) -> ChildSpec | None:
         if not self.subscribers:
             return None
-        from ._events import events_supervisor_spec
-
         return events_supervisor_spec(self, settings)
 
     def start(
@@ -162,8 +168,6 @@ class Application:
             raise
         system = RunningSystem(self, actor_system, root, base, settings, owns_system=True)
         if metrics_port is not None and base != "multiproc":
-            from .metrics import serve
-
             try:
                 system.metrics = serve(system, metrics_port, metrics_host)
             except BaseException:
@@ -174,8 +178,6 @@ class Application:
     def _metrics_child(
         self, port: int, host: str, metrics_port: int, metrics_host: str
     ) -> ChildSpec:
-        from ._metrics_actor import MetricsActor
-
         args = {
             "port": port,
             "host": host,
@@ -188,6 +190,7 @@ class Application:
 
     @property
     def root_name(self) -> str:
+        """The global name of the application's root supervisor: how clients find it."""
         return f"backstage:{self.name}"
 
     def attach(
@@ -231,8 +234,6 @@ class Application:
 
     def _running_database(self, actor_system: Any, root: Any, where: str) -> str:
         """The database of this application's store, as the running tree describes it."""
-        import supervisors
-
         try:
             node = supervisors.tree(actor_system, root, timeout=10.0)
         except supervisors.SupervisionError as exc:

@@ -3,6 +3,9 @@
 Exit codes: 0 success; 1 the command was refused or failed (rejection, aggregate failure);
 2 bad input (usage, JSON, unknown command, fields); 3 no system running (or already running);
 4 timeout; 5 storage (the database cannot be opened).
+
+Every verb takes ``--json``: its output is then JSON on stdout, and an error is one JSON object
+``{"error": MESSAGE, "code": EXIT_CODE}`` on stderr (instead of the ``error: ...`` line).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import json
 import os
 import sys
 import time
+from importlib import metadata
 
 import click
 
-from . import _daemon, _serialization
+from . import _daemon, _serialization, _top
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -24,6 +28,7 @@ from ._cli_support import (
     CliError,
     Session,
     collect_status,
+    ensure_directory,
     event_line,
     exit_code_for,
     fail,
@@ -34,6 +39,7 @@ from ._cli_support import (
     resolve_command,
     send_file,
 )
+from ._shell import Shell
 from .command import command_from_data
 from .errors import (
     AggregateFailed,
@@ -63,7 +69,26 @@ port_option = click.option(
 )
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="JSON output; errors as JSON on stderr."
+)
+
+
+def version() -> str:
+    """``backstage X (Python Y, Thespian Z)``: what a bug report needs."""
+
+    def of(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    return f"{of('backstage-actors')} (Python {python}, Thespian {of('thespian')})"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version(), "--version", prog_name="backstage", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Backstage: start an event-sourced application, send it commands, inspect its tree."""
@@ -78,7 +103,11 @@ def cli(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("app")
-@click.option("--db", "database", help="SQLite file of the event store (default: the app's).")
+@click.option(
+    "--db",
+    "database",
+    help="SQLite file of the event store (default: the app's); a missing directory is created.",
+)
 @port_option
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface the admin binds to."
@@ -93,6 +122,7 @@ def cli(ctx: click.Context) -> None:
     help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics.",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@json_option
 def start(
     app: str,
     database: str | None,
@@ -104,6 +134,7 @@ def start(
     timeout: float,
     metrics_port: int | None,
     metrics_host: str,
+    as_json: bool,
 ) -> None:
     """Start APP (module:attribute naming an Application) as a daemon; return once it is ready."""
     if host not in ("127.0.0.1", "localhost") and not allow_remote:
@@ -135,6 +166,8 @@ def start(
         )
     if _daemon._thespian.port_in_use(port):
         fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
+    if database and "://" not in database:
+        ensure_directory(os.path.dirname(os.path.abspath(database)))
     try:
         state = _daemon.start_daemon(
             app, port, database, host, log_file, pid_file, timeout, metrics_port, metrics_host
@@ -145,6 +178,9 @@ def start(
     except Exception as exc:
         _daemon.kill_leftovers(port)
         fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
+    if as_json:
+        click.echo(json.dumps(dict(state)))
+        return
     click.echo(
         f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
         f"  database {state['database']}\n  log      {state['log_file']}"
@@ -156,8 +192,9 @@ def start(
 @port_option
 @click.option("--force", is_flag=True, help="Kill every process of the daemon instead of draining.")
 @click.option("--timeout", type=float, default=30.0, show_default=True)
+@json_option
 @click.pass_obj
-def stop(session: Session, port: int, force: bool, timeout: float) -> None:
+def stop(session: Session, port: int, force: bool, timeout: float, as_json: bool) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
     if not force:
         _, system = session.system(port)
@@ -171,6 +208,9 @@ def stop(session: Session, port: int, force: bool, timeout: float) -> None:
     if force and not killed and not _daemon.read_state(port):
         fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
     _daemon.remove_state(port)
+    if as_json:
+        click.echo(json.dumps({"stopped": True, "killed": killed}))
+        return
     click.echo(f"stopped{' (killed ' + str(len(killed)) + ' processes)' if killed else ''}")
 
 
@@ -385,7 +425,9 @@ def dead_letters(
         outcome = system.retry_dead_letters(list(ids) or None)
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
-    for letter_id, result in outcome.items():
+    if as_json:
+        click.echo(json.dumps({str(letter_id): result for letter_id, result in outcome.items()}))
+    for letter_id, result in [] if as_json else outcome.items():
         click.echo(f"{letter_id}: {result}", err=result != "retried")
     if any(result != "retried" for result in outcome.values()):
         sys.exit(EXIT_FAILED)
@@ -394,8 +436,9 @@ def dead_letters(
 @cli.command()
 @click.argument("projection")
 @port_option
+@json_option
 @click.pass_obj
-def rebuild(session: Session, projection: str, port: int) -> None:
+def rebuild(session: Session, projection: str, port: int, as_json: bool) -> None:
     """Drop PROJECTION's tables and replay every event into them."""
     app, system = session.system(port)
     known = [p.subscriber_name() for p in app.projections]
@@ -414,52 +457,63 @@ def rebuild(session: Session, projection: str, port: int) -> None:
             count = system.rebuild(projection, progress=progress)
         except BackstageError as exc:
             fail(str(exc), exit_code_for(exc))
-    click.echo(f"{projection} rebuilt from {count} events")
+    if as_json:
+        click.echo(json.dumps({"projection": projection, "events": count}))
+    else:
+        click.echo(f"{projection} rebuilt from {count} events")
 
 
 @cli.command()
 @port_option
 @click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
-def top(port: int, interval: float) -> None:
-    """A live full-screen view: tree, restarts, commands/s and latency, subscribers (q quits)."""
-    from . import _top
-
+@json_option
+def top(port: int, interval: float, as_json: bool) -> None:
+    """A live full-screen view: tree, restarts, commands/s and latency, subscribers (q quits).
+    Without a terminal, or with --json, one snapshot (two samples ``interval`` apart)."""
     try:
-        _top.run(port, interval)
+        _top.run(port, interval, as_json)
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
 
 
 @cli.command()
 @port_option
+@click.option("--json", "as_json", is_flag=True, help="Every verb in the shell answers in JSON.")
 @click.pass_obj
-def shell(session: Session, port: int) -> None:
+def shell(session: Session, port: int, as_json: bool) -> None:
     """An interactive prompt with the same verbs, history and tab completion."""
-    from ._shell import Shell
-
-    Shell(cli, session, port).cmdloop()
+    session.system(port)  # no daemon: the usual error and exit code, not a shell that fails
+    Shell(run, cli, session, port, as_json).cmdloop()
 
 
 def run(args: list[str] | None = None, session: Session | None = None) -> int:
-    """Run one command line and return its exit code; errors are one line on stderr."""
+    """Run one command line and return its exit code; errors are one line on stderr (one JSON
+    object there with ``--json``)."""
+    as_json = "--json" in (sys.argv[1:] if args is None else args)
     try:
         cli.main(args=args, prog_name="backstage", standalone_mode=False, obj=session)
     except click.UsageError as exc:
         hint = f" (see backstage {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
-        return EXIT_INPUT
+        return _error(f"{exc.format_message()}{hint}", EXIT_INPUT, as_json)
     except CliError as exc:
-        exc.show()
-        return exc.code
+        return _error(exc.format_message(), exc.code, as_json)
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return _error(exc.format_message(), exc.exit_code, as_json)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:
-        click.echo("aborted", err=True)
-        return EXIT_FAILED
+        return _error("aborted", EXIT_FAILED, as_json)
+    except SystemExit as exc:  # a verb's own exit code (some lines of --file refused, ...)
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
     return 0
+
+
+def _error(message: str, code: int, as_json: bool) -> int:
+    if as_json:
+        click.echo(json.dumps({"error": message, "code": code}), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
+    return code
 
 
 def main(args: list[str] | None = None) -> None:

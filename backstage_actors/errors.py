@@ -19,6 +19,7 @@ __all__ = [
     "StorageError",
     "StoredEventError",
     "SystemNotRunning",
+    "UnhandledCommand",
     "UnregisteredCommand",
     "WrongExpectedVersion",
 ]
@@ -43,6 +44,27 @@ class CommandRejected(BackstageError):
 
 class UnregisteredCommand(BackstageError, LookupError):
     """No router entry dispatches this command type."""
+
+
+class UnhandledCommand(BackstageError):
+    """The aggregate's ``execute`` returned None for this command: it has no ``case`` for it.
+
+    Return ``[]`` from ``execute`` to mean "no events" on purpose; None is taken for a command
+    the aggregate forgot to handle, which would otherwise succeed silently.
+    """
+
+    def __init__(self, aggregate: str, command: str, stream_id: str = "") -> None:
+        where = f" (stream {stream_id})" if stream_id else ""
+        super().__init__(
+            f"{aggregate} does not handle {command}{where}: its execute returned None "
+            "(return [] for no events)"
+        )
+        self.aggregate = aggregate
+        self.command = command
+        self.stream_id = stream_id
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.aggregate, self.command, self.stream_id))
 
 
 class InvalidCommand(BackstageError, ValueError):

@@ -7,7 +7,8 @@ more". A handler is at-least-once: its checkpoint moves after it handled the eve
 
 When ``handle`` raises, :meth:`EventHandler.error` decides: :class:`Retry` the event after a
 delay, ``SKIP`` it, ``PARK`` it in the dead-letters table and go on, or ``STOP`` this subscriber.
-The default retries with exponential backoff three times, then parks. A failing subscriber never
+The default tries an event ``max_failures`` (3) times, retrying it with exponential backoff,
+then parks it. A failing subscriber never
 stops its siblings or the application.
 """
 
@@ -54,6 +55,7 @@ class Metadata(dict[str, Any]):
 
     @classmethod
     def of(cls, recorded: Any) -> Metadata:
+        """The metadata a subscriber is handed for a :class:`RecordedEvent` (internal)."""
         meta = cls(recorded.metadata)
         meta.update(
             event_id=recorded.event_id,
@@ -74,7 +76,8 @@ class Subscriber:
     ``name`` is stable: it keys the checkpoint. ``start_from`` is ``"origin"`` (replay everything
     stored) or ``"current"`` (only events stored after the first start). ``consistency`` is
     ``"strong"`` (default: a strongly consistent dispatch waits for this subscriber) or
-    ``"eventual"``. ``max_failures`` is how often the default policy retries before parking.
+    ``"eventual"``. ``max_failures`` is how many times in a row the default policy lets one event
+    fail before it parks it (3: the first try and two retries).
     """
 
     name: ClassVar[str] = ""
@@ -96,6 +99,7 @@ class Subscriber:
 
     @classmethod
     def subscriber_name(cls) -> str:
+        """``name``, or the class name if it has none: the key of its checkpoint."""
         return cls.name or cls.__name__
 
 
@@ -109,4 +113,6 @@ class EventHandler(Subscriber):
     db: sqlite_utils.Database
 
     def handle(self, event: Any, metadata: Metadata) -> None:
+        """React to ``event`` (any stored event: ignore the ones you do not care about). Raise
+        and the error policy (:meth:`error`) decides; it may see the same event again."""
         raise NotImplementedError

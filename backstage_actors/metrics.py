@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -226,8 +226,6 @@ class MetricsServer:
         host: str = "127.0.0.1",
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        from prometheus_client import start_http_server
-
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self._server, self._thread = start_http_server(port, host, self.registry)

@@ -20,6 +20,12 @@ __all__ = ["LoggingMiddleware", "Middleware", "Pipeline"]
 
 @attrs.define
 class Pipeline:
+    """One command on its way through the middleware: what each hook sees and may change.
+
+    ``metadata`` may be amended in ``before_dispatch``; ``result`` or ``error`` is set before the
+    after-hooks; ``assigns`` carries a middleware's own values from one hook to the next.
+    """
+
     command: Any
     metadata: dict[str, Any]
     consistency: str
@@ -41,13 +47,13 @@ class Middleware:
     """Override any of the three hooks; the defaults do nothing."""
 
     def before_dispatch(self, pipeline: Pipeline) -> None:
-        pass
+        """Before the command is sent: validate, authorize, add metadata, or ``halt`` it."""
 
     def after_dispatch(self, pipeline: Pipeline) -> None:
-        pass
+        """After the command succeeded (``pipeline.result`` is set): log, measure, notify."""
 
     def after_failure(self, pipeline: Pipeline) -> None:
-        pass
+        """After the command failed or was halted (``pipeline.error`` is set)."""
 
 
 class LoggingMiddleware(Middleware):

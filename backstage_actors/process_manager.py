@@ -19,6 +19,14 @@ __all__ = ["ProcessManager"]
 
 
 class ProcessManager(Subscriber):
+    """Subclass it for a process that spans aggregates (a transfer: withdraw here, deposit there,
+    refund if the deposit is refused): it reacts to events with commands.
+
+    Override :meth:`interested`, :meth:`handle` and :meth:`apply`; the instance's public
+    attributes are its state, saved after each event. ``dispatch_timeout`` bounds the wait for
+    the answers to its commands before the error policy applies.
+    """
+
     kind: ClassVar[str] = "process_manager"
     dispatch_timeout: ClassVar[float] = 10.0
 
@@ -40,4 +48,5 @@ class ProcessManager(Subscriber):
         return ser.attributes_state(self, ("process_id",))
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Set the attributes from :meth:`state`'s output (before the instance's next event)."""
         ser.restore_attributes(self, state)

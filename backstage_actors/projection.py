@@ -33,4 +33,6 @@ class Projection(Subscriber):
         """Create the tables if they do not exist (called at start and after a reset)."""
 
     def project(self, event: Any, metadata: Metadata, db: sqlite_utils.Database) -> None:
+        """Write what ``event`` changes to the read model through ``db``, inside the transaction
+        that also moves the checkpoint (ignore events you do not care about)."""
         raise NotImplementedError

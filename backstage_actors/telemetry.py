@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .errors import CommandRejected, DispatchTimeout
+
 __all__ = [
     "BATCH_BUCKETS",
     "LATENCY_BUCKETS",
@@ -88,8 +90,6 @@ OUTCOMES = ("ok", "rejected", "failed", "timeout")
 
 def outcome_of(answer: object) -> str:
     """``ok`` for a result, ``rejected`` when the aggregate refused, ``failed`` otherwise."""
-    from .errors import CommandRejected, DispatchTimeout
-
     if isinstance(answer, CommandRejected):
         return "rejected"
     if isinstance(answer, DispatchTimeout):

@@ -1,35 +1,36 @@
-"""Testing helpers, also a pytest plugin (installed with the package, entry point ``backstage``).
+"""Testing an aggregate's decisions as a plain object, given/when/then, without any actor::
 
-Aggregates are tested as plain objects, given/when/then, without any actor::
+    from backstage_actors.testing import given
 
     given([AccountOpened("a-1", "Ada")], aggregate=Account) \\
         .when(Deposit("a-1", 10)) \\
         .then([MoneyDeposited("a-1", 10, 10)])
 
-Applications are tested running: define a ``backstage_app`` fixture returning your
-:class:`~backstage_actors.Application`; the ``backstage_system`` fixture starts it on a fresh
-database in the test's temporary directory (on ``backstage_base``, "simple" unless you override
-that fixture) and stops it afterwards.
+It needs neither pytest nor the runtime (importing it starts and imports no actor system), so it
+runs in any test framework or a plain script. Applications are tested running, with the pytest
+plugin's ``backstage_system`` fixture (:mod:`backstage_actors.pytest_plugin`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import pytest
 
-from .aggregate import Aggregate, events_of
+from .aggregate import Aggregate, decide, events_of
 from .router import Router
 
-__all__ = ["Scenario", "backstage_base", "backstage_system", "given"]
+__all__ = ["Scenario", "given"]
 
 
 @attrs.define
 class Scenario:
-    """An aggregate's history (``given``), one command (``when``) and what should follow."""
+    """An aggregate's history (``given``), one command (``when``) and what should follow.
+
+    Made by :func:`given`; chain :meth:`when`, then :meth:`then` or :meth:`then_raises`.
+    """
 
     history: list[Any]
     aggregate: type[Aggregate] | None = None
@@ -40,22 +41,26 @@ class Scenario:
     state: Aggregate | None = None
 
     def when(self, command: Any) -> Scenario:
-        cls = self.aggregate
+        """Execute ``command`` on a fresh aggregate that applied the history, as the runtime
+        would: a rejection is kept for :meth:`then_raises`, the events produced are applied.
+        ``execute`` returning None is :class:`~backstage_actors.errors.UnhandledCommand`."""
+        cls, identity = self.aggregate, ""
         if cls is None:
             if self.router is None:
                 raise TypeError(
                     "given(...) needs aggregate= or router= to know who handles commands"
                 )
-            cls = self.router.route(command).aggregate
+            route, _, identity = self.router.stream_of(command)
+            cls = route.aggregate
         state = cls()
-        state.id = ""
+        state.id = identity  # as the runtime sets it (known from the router's identity field)
         state.version = 0
         for event in self.history:
             state.apply(event)
             state.version += 1
         self.command, self.state = command, state
         try:
-            self.produced = events_of(state.execute(command))
+            self.produced = decide(state, command)
         except Exception as exc:
             self.error = exc
             return self
@@ -65,14 +70,18 @@ class Scenario:
         return self
 
     def then(self, expected: Any) -> Scenario:
-        """Assert the command produced ``expected`` (an event, a list of events, or None)."""
+        """Assert the command produced ``expected``: an event, or a list of events (``[]``:
+        none)."""
         if self.error is not None:
             raise AssertionError(
                 f"{type(self.command).__name__} was rejected: {type(self.error).__name__}: {self.error}"
             )
-        assert self.produced == events_of(expected), (
-            f"{type(self.command).__name__} produced {self.produced!r}, expected {events_of(expected)!r}"
-        )
+        # Raised, not asserted: the checks hold under ``python -O`` and outside pytest too.
+        if self.produced != events_of(expected):
+            raise AssertionError(
+                f"{type(self.command).__name__} produced {self.produced!r}, "
+                f"expected {events_of(expected)!r}"
+            )
         return self
 
     def then_raises(self, error: type[BaseException], match: str | None = None) -> Scenario:
@@ -81,13 +90,10 @@ class Scenario:
             raise AssertionError(
                 f"{type(self.command).__name__} was not rejected; it produced {self.produced!r}"
             )
-        assert isinstance(self.error, error), (
-            f"rejected with {type(self.error).__name__}, not {error.__name__}"
-        )
-        if match is not None:
-            assert re.search(match, str(self.error)), (
-                f"{str(self.error)!r} does not match {match!r}"
-            )
+        if not isinstance(self.error, error):
+            raise AssertionError(f"rejected with {type(self.error).__name__}, not {error.__name__}")
+        if match is not None and not re.search(match, str(self.error)):
+            raise AssertionError(f"{str(self.error)!r} does not match {match!r}")
         return self
 
 
@@ -97,23 +103,7 @@ def given(
     aggregate: type[Aggregate] | None = None,
     router: Router | None = None,
 ) -> Scenario:
+    """Start a scenario from ``events`` already applied to an aggregate of class ``aggregate``
+    (or of the class ``router`` routes the command to). Use it to test business rules without
+    starting an application."""
     return Scenario(list(events), aggregate, router)
-
-
-@pytest.fixture
-def backstage_base() -> str:
-    """The Thespian base ``backstage_system`` runs on; override to run on "multiproc"."""
-    return "simple"
-
-
-@pytest.fixture
-def backstage_system(
-    request: pytest.FixtureRequest, backstage_base: str, tmp_path: Any
-) -> Iterator[Any]:
-    """The ``backstage_app`` fixture's application, running on a database of the test's own."""
-    app = request.getfixturevalue("backstage_app")
-    system = app.start(base=backstage_base, database=str(tmp_path / f"{app.name}.db"))
-    try:
-        yield system
-    finally:
-        system.stop()

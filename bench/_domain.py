@@ -95,7 +95,7 @@ class Wallet(Aggregate):
 
     def execute(self, command: Any) -> Any:
         if isinstance(command, (Peek, SnapPeek)):
-            return None
+            return []  # no events: a read through the aggregate
         if isinstance(command, OpenWallet):
             return WalletOpened(command.wallet_id)
         return Credited(command.wallet_id, command.amount, self.balance + command.amount)

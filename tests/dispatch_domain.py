@@ -155,7 +155,7 @@ class Counter(Aggregate):
             case Explode(counter_id):
                 return Exploded(counter_id)
             case Nothing():
-                return None
+                return []  # no events, on purpose
             case Smuggle(counter_id):
                 return Smuggled(counter_id, [Line("fine", 1), Line("bad", Opaque())])
             case Stall(counter_id, seconds):

@@ -26,7 +26,7 @@ import pytest
 
 from backstage_actors import _daemon
 from backstage_actors._shell import Shell
-from backstage_actors.cli import Session, cli
+from backstage_actors.cli import Session, cli, run
 from supervisors import walk
 
 from .conftest import free_port, process_alive, wait_until
@@ -255,7 +255,8 @@ def test_remote_host_needs_allow_remote(tmp_path: Path) -> None:
     assert not port_open(backstage.port)
 
 
-@pytest.mark.parametrize("where", ["missing directory", "directory"])
+# (A missing directory is created: test_cli_newcomer.py.)
+@pytest.mark.parametrize("where", ["directory"])
 def test_database_that_cannot_be_opened_is_a_storage_error(tmp_path: Path, where: str) -> None:
     backstage = Backstage(tmp_path)
     database = tmp_path / "no" / "such" / "bank.db" if where == "missing directory" else tmp_path
@@ -421,7 +422,7 @@ SEND_ERRORS = {
     "rejected": (
         ["send", "Withdraw", '{"account_id": "nobody", "amount": 5}'],
         1,
-        "Withdraw rejected: ValueError: account is new",
+        "Withdraw rejected: ValueError: there is no account nobody",
     ),
     "no such file": (["send", "--file", "/no/such/commands.jsonl"], 2, "no such file"),
 }
@@ -726,7 +727,7 @@ def test_shell_completes_verbs_and_command_names(
     monkeypatch.setenv("BACKSTAGE_HOME", str(bank.home))
     # Attaching sets this for the processes Thespian forks; give it back afterwards.
     monkeypatch.delenv("THESPIAN_BASE_IPADDR", raising=False)
-    shell = Shell(cli, Session(), bank.port)
+    shell = Shell(run, cli, Session(), bank.port)
 
     assert shell.completenames("st") == ["start", "status", "stop"]
     assert shell.completenames("") == sorted([*VERBS, "exit", "help"])
@@ -739,7 +740,7 @@ def test_shell_completes_verbs_and_command_names(
     assert shell.completedefault("bal", "rebuild bal", 8, 11) == ["balances"]
 
     # Without a daemon there is nothing to complete, and no error either.
-    lonely = Shell(cli, Session(), free_port())
+    lonely = Shell(run, cli, Session(), free_port())
     assert lonely.completedefault("Dep", "send Dep", 5, 8) == []
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from backstage_actors import _daemon
+from backstage_actors.testing import given
+from examples.bank.domain import Account, DepositForTransfer, TransferDepositRefused
 
 from .conftest import free_port
 
@@ -44,7 +46,8 @@ def test_the_bank_story(tmp_path: Any, base: str) -> None:
     # Alice: 100 - 30 - 20 (t-1) - 10 (t-2, refunded) + 10 = 50; Bob got 20, spent 20, closed.
     assert "alice  Alice     50.00  open" in out
     assert "bob    Bob        0.00  closed" in out
-    assert "1000 refunded to alice (transfer t-2)" in out
+    assert "10.00 refunded to alice (transfer t-2)" in out  # money as the balances show it
+    assert "Transfer t-2 failed: account bob is closed" in out
     assert "transfers [process_manager] running restarts=0" in out
 
 
@@ -125,3 +128,19 @@ def test_examples_as_daemons_through_the_cli(tmp_path: Any, app: str, monkeypatc
     finally:
         run(BACKSTAGE, "stop", "--port", str(port), env=env)
         _daemon.kill_leftovers(port)
+
+
+@pytest.mark.parametrize("example", ["bank", "theatre"])
+def test_the_examples_leave_no_temporary_directory(tmp_path: Any, example: str) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    environment = {**os.environ, "TMPDIR": str(scratch)}
+    result = run(sys.executable, "-m", f"examples.{example}", env=environment)
+    assert result.returncode == 0, result.stderr
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_transfer_to_a_missing_account_fails_saying_so() -> None:
+    given([], aggregate=Account).when(DepositForTransfer("bob", 5, "t-9")).then(
+        TransferDepositRefused("bob", "t-9", "there is no account bob")
+    )

@@ -1,10 +1,15 @@
-"""The bank's story, in-process: ``python -m examples.bank [--db PATH] [--base simple|multiproc]``."""
+"""The bank's story, in-process: ``python -m examples.bank [--db PATH] [--base simple|multiproc]``.
+
+Without ``--db`` it runs on a database in a temporary directory, removed when the story ends.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 
 import sqlite_utils
 
@@ -25,14 +30,30 @@ def render(node: dict, depth: int = 0) -> str:
     return "\n".join([line, *(render(child, depth + 1) for child in node.get("children", []))])
 
 
+@contextlib.contextmanager
+def database(path: str | None) -> Iterator[str]:
+    """``path``, or a database in a temporary directory that is removed afterwards."""
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bank-") as directory:
+        yield os.path.join(directory, "bank.db")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--db", default=os.path.join(tempfile.mkdtemp(prefix="bank-"), "bank.db"))
+    parser.add_argument("--db", help="keep the bank in this SQLite file (default: a temporary one)")
     parser.add_argument("--base", choices=["simple", "multiproc"], default="simple")
     options = parser.parse_args()
-    app = make_app(options.db)
-    print(f"Bank on {options.db} ({options.base})\n")
-    with app.start(base=options.base) as system:
+    with database(options.db) as path:
+        story(path, options.base)
+
+
+def story(path: str, base: str) -> None:
+    """Accounts, a withdrawal refused, a transfer, and one refunded to a closed account."""
+    app = make_app(path)
+    print(f"Bank on {path} ({base})\n")
+    with app.start(base=base) as system:
         system.dispatch(OpenAccount("alice", "Alice"))
         system.dispatch(OpenAccount("bob", "Bob"))
         system.dispatch(Deposit("alice", 100_00))
@@ -48,7 +69,7 @@ def main() -> None:
         system.dispatch(TransferMoney("t-2", "alice", "bob", 10_00), consistency="strong")
         # The saga refunds t-2 asynchronously: wait until every handler saw everything.
         system.settle()
-        db = sqlite_utils.Database(options.db)
+        db = sqlite_utils.Database(path)
         print("\nBalances (the projection):")
         for row in db["balances"].rows:
             print(

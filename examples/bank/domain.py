@@ -143,29 +143,33 @@ class Account(Aggregate):
                     raise ValueError("an account needs an owner")
                 return AccountOpened(account_id, owner)
             case Deposit(account_id, amount):
-                self._require_open()
+                self._require_open(account_id)
                 _positive(amount)
                 return MoneyDeposited(account_id, amount, self.balance + amount)
             case Withdraw(account_id, amount):
-                self._require_open()
+                self._require_open(account_id)
                 _positive(amount)
                 if amount > self.balance:
                     raise ValueError(f"insufficient funds: balance {self.balance}, asked {amount}")
                 return MoneyWithdrawn(account_id, amount, self.balance - amount)
             case CloseAccount(account_id):
-                self._require_open()
+                self._require_open(account_id)
                 if self.balance != 0:
                     raise ValueError(f"cannot close an account holding {self.balance}")
                 return AccountClosed(account_id)
             case WithdrawForTransfer(account_id, amount, transfer_id):
                 if self.status != "open" or amount <= 0 or amount > self.balance:
-                    reason = "not open" if self.status != "open" else "insufficient funds"
+                    reason = (
+                        self._not_open(account_id)
+                        if self.status != "open"
+                        else "insufficient funds"
+                    )
                     return TransferWithdrawalRefused(account_id, transfer_id, reason)
                 return MoneyWithdrawn(account_id, amount, self.balance - amount, transfer_id)
             case DepositForTransfer(account_id, amount, transfer_id):
                 if self.status != "open":
                     return TransferDepositRefused(
-                        account_id, transfer_id, f"account is {self.status}"
+                        account_id, transfer_id, self._not_open(account_id)
                     )
                 return MoneyDeposited(account_id, amount, self.balance + amount, transfer_id)
             case RefundTransfer(account_id, amount, transfer_id):
@@ -183,9 +187,15 @@ class Account(Aggregate):
             case AccountClosed():
                 self.status = "closed"
 
-    def _require_open(self) -> None:
+    def _require_open(self, account_id: str) -> None:
         if self.status != "open":
-            raise ValueError(f"account is {self.status}")
+            raise ValueError(self._not_open(account_id))
+
+    def _not_open(self, account_id: str) -> str:
+        """Why this account takes no money, in words its customer understands."""
+        if self.status == "new":
+            return f"there is no account {account_id}"
+        return f"account {account_id} is {self.status}"
 
 
 def _positive(amount: int) -> None:

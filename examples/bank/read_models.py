@@ -7,8 +7,7 @@ from typing import Any
 
 import sqlite_utils
 
-from backstage_actors.handler import EventHandler, Metadata
-from backstage_actors.projection import Projection
+from backstage_actors import EventHandler, Metadata, Projection
 
 from .domain import (
     AccountClosed,
@@ -69,7 +68,7 @@ class Notifier(EventHandler):
             case TransferFailed(transfer_id, reason):
                 text = f"Transfer {transfer_id} failed: {reason}"
             case TransferRefunded(account_id, amount, _, transfer_id):
-                text = f"{amount} refunded to {account_id} (transfer {transfer_id})"
+                text = f"{amount / 100:.2f} refunded to {account_id} (transfer {transfer_id})"
             case _:
                 return
         self.log.info(text)

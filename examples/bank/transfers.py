@@ -7,8 +7,7 @@ from typing import Any
 
 import attrs
 
-from backstage_actors import Aggregate
-from backstage_actors.process_manager import ProcessManager
+from backstage_actors import Aggregate, ProcessManager
 
 from .domain import (
     DepositForTransfer,
@@ -86,9 +85,9 @@ class Transfer(Aggregate):
                     raise ValueError("cannot transfer to the same account")
                 return TransferRequested(transfer_id, source, target, amount)
             case CompleteTransfer(transfer_id):
-                return TransferCompleted(transfer_id) if self.status == "requested" else None
+                return TransferCompleted(transfer_id) if self.status == "requested" else []
             case FailTransfer(transfer_id, reason):
-                return TransferFailed(transfer_id, reason) if self.status == "requested" else None
+                return TransferFailed(transfer_id, reason) if self.status == "requested" else []
         raise TypeError(f"Transfer cannot handle {type(command).__name__}")
 
     def apply(self, event: Any) -> None:

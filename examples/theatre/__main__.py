@@ -8,6 +8,7 @@ are told it is taken, and nobody buys a seat twice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -27,8 +28,15 @@ def main() -> None:
     parser.add_argument("--base", choices=["simple", "multiproc"], default="simple")
     parser.add_argument("--buyers", type=int, default=8)
     options = parser.parse_args()
-    if options.db is None:
-        options.db = os.path.join(tempfile.mkdtemp(prefix="theatre-"), "theatre.db")
+    with contextlib.ExitStack() as cleanup:
+        if options.db is None:  # a temporary directory, removed when the race is over
+            directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="theatre-"))
+            options.db = os.path.join(directory, "theatre.db")
+        race(options)
+
+
+def race(options: argparse.Namespace) -> None:
+    """The buyers' race on ``options.db``; prints who got which seats."""
     seats = [f"A{n}" for n in range(1, 5)]
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()

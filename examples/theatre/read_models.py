@@ -6,8 +6,7 @@ from typing import Any
 
 import sqlite_utils
 
-from backstage_actors.handler import Metadata
-from backstage_actors.projection import Projection
+from backstage_actors import Metadata, Projection
 
 from .domain import PerformanceScheduled, PerformanceSoldOut, SeatsPurchased
 

@@ -28,6 +28,10 @@ from supervisors import (
     WatchChildren,
 )
 
+from ._handler_actor import HandlerActor
+from ._names import EVENTS, ROUTER
+from ._process_manager_actor import ProcessManagerActor
+from ._projection_actor import ProjectionActor
 from ._protocol import Appended, Settings
 from ._shared import locate
 from ._subscriber import (
@@ -41,14 +45,37 @@ from ._subscriber import (
     SubscriberActor,
 )
 from .errors import BackstageError, ConsistencyTimeout
+from .handler import EventHandler
+from .process_manager import ProcessManager
+from .projection import Projection
 
 __all__ = [
+    "RUNTIMES",
     "EventsSupervisor",
     "events_supervisor_spec",
     "rebuild_projection",
     "retry_dead_letters",
+    "runtime_of",
     "wait_for_position",
 ]
+
+
+#: Which runtime runs which kind of subscriber: the one place that tells the kinds apart.
+RUNTIMES: tuple[tuple[type, type[SubscriberActor]], ...] = (
+    (Projection, ProjectionActor),
+    (ProcessManager, ProcessManagerActor),
+    (EventHandler, HandlerActor),
+)
+
+
+def runtime_of(cls: type) -> type[SubscriberActor]:
+    """The actor class that runs subscriber class ``cls``."""
+    for kind, runtime in RUNTIMES:
+        if issubclass(cls, kind):
+            return runtime
+    raise TypeError(
+        f"{cls.__name__} is not an EventHandler, a Projection or a ProcessManager subclass"
+    )
 
 
 @attrs.frozen
@@ -111,7 +138,7 @@ class EventsSupervisor(Supervisor):
         elif isinstance(message, WaitFor):
             self._wait(message, sender)
         elif isinstance(message, ChildAddress):
-            if message.name == "router":
+            if message.name == ROUTER:
                 self.router = message.address
                 for child in self.children.values():
                     if child.status in ("starting", "running"):
@@ -198,7 +225,7 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
         strong[name] = cls.consistency == "strong"
         children.append(
             ChildSpec(
-                name, SubscriberActor, args={"settings": settings, "subscriber": cls}, kind=cls.kind
+                name, runtime_of(cls), args={"settings": settings, "subscriber": cls}, kind=cls.kind
             )
         )
     spec = SupervisorSpec(
@@ -210,13 +237,11 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
         kind="events",
         children=children,
     )
-    return ChildSpec(
-        "events", EventsSupervisor, args={"spec": spec, "strong": strong}, kind="events"
-    )
+    return ChildSpec(EVENTS, EventsSupervisor, args={"spec": spec, "strong": strong}, kind="events")
 
 
 def _bus(endpoint: Any, root: Any) -> Any:
-    return locate(endpoint, root, "events", 5.0, "the application has no running event bus")
+    return locate(endpoint, root, EVENTS, 5.0, "the application has no running event bus")
 
 
 def wait_for_position(

@@ -1,4 +1,9 @@
-"""``RunningSystem``: the caller's side of a running application.
+"""``RunningSystem``: the caller's side of a running application (public: what every user calls).
+
+``Application.start()`` returns one that owns its actor system (``stop()`` ends it);
+``Application.attach()`` returns one on a system started elsewhere (a daemon), which ``stop()``
+leaves running. Dispatch commands, wait for consistency, look at the tree, rebuild projections.
+
 
 Commands go to the router as :class:`Execute` messages; each aggregate answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
@@ -23,11 +28,20 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _lane, _shared, _thespian, telemetry
+from . import _async, _lane, _shared, _thespian, telemetry
+from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
+from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
 from .command import CommandItem, DispatchResult, new_item
-from .errors import BackstageError, CommandRejected, DispatchTimeout, SystemNotRunning
+from .errors import (
+    BackstageError,
+    CommandRejected,
+    DispatchTimeout,
+    SystemNotRunning,
+    UnhandledCommand,
+)
 from .middleware import Pipeline
+from .store import EventStore
 
 __all__ = ["RunningSystem"]
 
@@ -54,6 +68,13 @@ class _Locked:
 
 
 class RunningSystem:
+    """A handle on a running application: dispatch commands through it, inspect and stop it.
+
+    Get one from :meth:`Application.start` (use it as a context manager: leaving the block stops
+    the application) or :meth:`Application.attach`; do not construct it yourself. It is safe to
+    share between threads.
+    """
+
     def __init__(
         self,
         app: Any,
@@ -115,10 +136,12 @@ class RunningSystem:
         return contextlib.nullcontext(context)
 
     def router_address(self, refresh: bool = False) -> Any:
+        """The router actor's address (looked up once; ``refresh`` looks again). For tools that
+        talk to the actors themselves; dispatching needs none of it."""
         if self._router is None or refresh:
             with self._endpoint() as endpoint:
                 self._router = _shared.locate(
-                    endpoint, self.root, "router", 10.0, "the router is not running"
+                    endpoint, self.root, ROUTER, 10.0, "the router is not running"
                 )
         return self._router
 
@@ -178,9 +201,7 @@ class RunningSystem:
         there at once; a command already sent may still run (name it with
         ``metadata={"command_id": ...}`` to send it again safely). See ``_async``.
         """
-        from ._async import dispatch_async
-
-        return await dispatch_async(self, command, consistency, metadata, timeout, handlers)
+        return await _async.dispatch_async(self, command, consistency, metadata, timeout, handlers)
 
     async def dispatch_many_async(
         self,
@@ -190,9 +211,7 @@ class RunningSystem:
         batch_size: int = 1000,
     ) -> list[DispatchResult | BaseException]:
         """:meth:`dispatch_many` for asyncio, as :meth:`dispatch_async` is for :meth:`dispatch`."""
-        from ._async import dispatch_many_async
-
-        return await dispatch_many_async(self, commands, metadata, timeout, batch_size)
+        return await _async.dispatch_many_async(self, commands, metadata, timeout, batch_size)
 
     def _failed(self, pipeline: Pipeline) -> Any:
         for middleware in self.app.middleware:
@@ -333,7 +352,8 @@ class RunningSystem:
     def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives."""
         if reply.source is not None and all(
-            isinstance(answer, (DispatchResult, CommandRejected)) for _, answer in reply.results
+            isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
+            for _, answer in reply.results
         ):
             self._remember(*reply.source)  # it answered and is alive
         for request_id, answer in reply.results:
@@ -397,8 +417,6 @@ class RunningSystem:
         """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
         if not self.app.subscribers:
             return
-        from ._events import wait_for_position
-
         with self._endpoint() as endpoint:
             wait_for_position(endpoint, self.root, position, handlers, deadline_in)
 
@@ -406,8 +424,6 @@ class RunningSystem:
     def store(self) -> Any:
         """The event store, opened in this process (read it freely; write through commands)."""
         if self._store is None:
-            from .store import EventStore
-
             self._store = EventStore(self.settings.database, self.settings.synchronous)
         return self._store
 
@@ -426,15 +442,11 @@ class RunningSystem:
 
         ``progress(done, total)`` is called as it goes (positions); returns the events replayed.
         """
-        from ._events import rebuild_projection
-
         with self._endpoint() as endpoint:
             return rebuild_projection(endpoint, self.root, projection, progress, timeout)
 
     def retry_dead_letters(self, ids: Sequence[int] | None = None) -> dict[int, str]:
         """Give parked events (all, or those ``ids``) to their subscribers again."""
-        from ._events import retry_dead_letters
-
         with self._endpoint() as endpoint:
             return retry_dead_letters(endpoint, self.root, self.store, list(ids) if ids else None)
 
@@ -483,9 +495,7 @@ class RunningSystem:
             self.metrics.close()
             self.metrics = None
         if self.async_pool is not None:
-            from ._async import close_pool
-
-            close_pool(self)
+            _async.close_pool(self)
         with self._lock:
             lane_clients = list(self._lane_clients)
         for lanes in lane_clients:

@@ -1,5 +1,6 @@
-"""How a subscriber actor runs a process manager: one event at a time, its commands dispatched and
-answered before the instance's state and the checkpoint are saved together.
+"""The runtime of a :class:`~backstage_actors.process_manager.ProcessManager`: one event at a time,
+its commands dispatched and answered before the instance's state and the checkpoint are saved
+together.
 
 Command ids derive from the event's id, so an event delivered again after a crash dispatches the
 same commands under the same names, and the aggregates answer them from the store.
@@ -8,46 +9,67 @@ same commands under the same names, and the aggregates answer them from the stor
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from ._protocol import Execute, Executed
+from ._subscriber import SubscriberActor
 from .aggregate import events_of
 from .command import CommandItem, DispatchResult
-from .handler import Metadata, Subscriber
+from .handler import Metadata
 from .process_manager import ProcessManager
-from .store import EventStore, RecordedEvent
+from .store import RecordedEvent
 
-__all__ = ["ProcessManaging"]
+__all__ = ["ProcessManagerActor"]
 
 _COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
 
 
 class _DispatchDue:
+    """The answers to the commands of dispatch ``attempt`` are overdue."""
+
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
 
 
-class ProcessManaging:
-    """Mixed into the subscriber actor (annotations: what it provides)."""
+class ProcessManagerActor(SubscriberActor):
+    """Runs one :class:`ProcessManager`."""
 
-    cls: type[Subscriber]
-    store: EventStore
-    name: str
-    router: Any
-    state: str
-    attempt: int
-    failures: int
-    position: int
-    handled: int
-    dispatching: dict[str, Any] | None
-    myAddress: Any  # Thespian's name
-    send: Callable[[Any, Any], None]
-    wakeupAfter: Callable[..., None]  # Thespian's name
-    _decode: Callable[[tuple[Any, ...]], tuple[RecordedEvent | None, Metadata, Exception | None]]
-    _policy: Callable[..., bool]
-    _process: Callable[[], None]
-    _report: Callable[..., None]
+    kind = "process_manager"
+    cls: type[ProcessManager]
+
+    def open(self) -> None:
+        # The event whose commands are in flight: {"recorded", "manager", "action", "waiting",
+        # "errors", "attempt"}; no page is read meanwhile.
+        self.dispatching: dict[str, Any] | None = None
+
+    def busy(self) -> bool:
+        return self.dispatching is not None
+
+    def router_known(self) -> None:
+        if self.state == "waiting for router":
+            self.state = "running"
+            self._kick()
+
+    def receive_other(self, message: Any, sender: Any) -> None:
+        if isinstance(message, Executed):
+            self._on_dispatched(message)
+
+    def wakeup_other(self, payload: Any) -> None:
+        if (
+            isinstance(payload, _DispatchDue)
+            and self.dispatching is not None
+            and self.dispatching["attempt"] == payload.attempt
+        ):
+            self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
+
+    def redelivery_refusal(self) -> str:
+        return "process managers cannot retry a parked event out of order"
+
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+        raise NotImplementedError(self.redelivery_refusal())
+
+    def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
+        return self._manage(rows), False
 
     def _manage(self, rows: list[tuple[Any, ...]]) -> bool:
         for row in rows:
@@ -67,7 +89,6 @@ class ProcessManaging:
     def _pm_step(self, recorded: RecordedEvent) -> bool:
         """Handle one event; True when it has to wait (commands in flight, no router yet)."""
         manager = self.cls()
-        assert isinstance(manager, ProcessManager)
         interest = manager.interested(recorded.data)
         if interest is None:
             self._advance_pm(recorded.position, None)

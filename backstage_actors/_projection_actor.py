@@ -1,0 +1,131 @@
+"""The runtime of a :class:`~backstage_actors.projection.Projection`: exactly-once.
+
+A page's writes and the checkpoint are one transaction, in the projection's own database file
+when it names one. First the quick way, the whole page at once; if any event fails, the page is
+rolled back and done again event by event in savepoints, so that only the failing event's writes
+are undone and its error policy applies. A rebuild drops the projection's tables and checkpoint
+and replays from the origin, reporting its progress to whoever asked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlite_utils
+
+from . import telemetry
+from ._subscriber import Rebuild, RebuildProgress, SubscriberActor
+from .handler import Metadata
+from .projection import Projection
+from .store import EventStore, RecordedEvent
+
+__all__ = ["ProjectionActor"]
+
+
+class ProjectionActor(SubscriberActor):
+    """Runs one :class:`Projection`."""
+
+    kind = "projection"
+    subscriber: Projection
+
+    def open(self) -> None:
+        self.target: sqlite_utils.Database = self.store.db
+        self.rebuild: Rebuild | None = None
+        self.rebuild_total = 0
+        self.rebuild_started = 0.0
+        database = self.subscriber.database
+        if database:
+            # The tables and their checkpoint live together in the projection's own file.
+            self.target_store = EventStore(database, self.settings.synchronous)
+            self.target = self.target_store.db
+        self.subscriber.init(self.target)
+
+    def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
+        if self._project_quickly(rows):
+            return True, False
+        conn = self.target.conn
+        position = self.position
+        with self.target_store.transaction():
+            for row in rows:
+                recorded, meta, error = self._decode(row)
+                if error is None:
+                    conn.execute("SAVEPOINT event")
+                    try:
+                        with telemetry.span("handle", self.stats, subscriber=self.name):
+                            self.subscriber.project(
+                                recorded.data if recorded else None, meta, self.target
+                            )
+                        conn.execute("RELEASE event")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO event")
+                        conn.execute("RELEASE event")
+                        error = exc
+                if error is not None and not self._policy(error, recorded, meta, row):
+                    break
+                position = row[0]
+                self.handled += 1
+                self.failures = 0
+            if position != self.position:
+                self.target_store.save_checkpoint(self.name, position)
+        self.position = position
+        return self.state == "running", False
+
+    def _project_quickly(self, rows: list[tuple[Any, ...]]) -> bool:
+        """The whole page without savepoints; False (and nothing written) if any event failed."""
+        started = time.perf_counter()
+        try:
+            with self.target_store.transaction():
+                for row in rows:
+                    recorded = self.store.decode_row(row)
+                    self.subscriber.project(recorded.data, Metadata.of(recorded), self.target)
+                self.target_store.save_checkpoint(self.name, rows[-1][0])
+        except Exception:
+            return False
+        elapsed = time.perf_counter() - started
+        self.stats.record_many("handle", len(rows), elapsed)
+        telemetry.emit(
+            "handle",
+            {"duration": elapsed / len(rows), "events": len(rows)},
+            {"subscriber": self.name},
+        )
+        self.position = rows[-1][0]
+        self.handled += len(rows)
+        self.failures = 0
+        return True
+
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+        with self.target_store.transaction():
+            self.subscriber.project(recorded.data, meta, self.target)
+
+    # -- rebuild ----------------------------------------------------------------------------
+
+    def rebuild_from_origin(self, request: Rebuild) -> None:
+        with self.target_store.transaction():
+            for table in self.subscriber.tables:
+                self.target[table].drop(ignore=True)
+            self.target_store.delete_checkpoint(self.name)
+        self.subscriber.init(self.target)
+        self.position = 0
+        self.state = "running"
+        self.failures = 0
+        self.rebuild = request
+        self.rebuild_total = self.store.last_position()
+        self.rebuild_started = time.perf_counter()
+        self._kick()
+
+    def after_report(self, idle: bool) -> None:
+        if self.rebuild is None:
+            return
+        done = self.position
+        self.send(
+            self.rebuild.reply_to,
+            RebuildProgress(self.rebuild.request_id, done, self.rebuild_total, finished=idle),
+        )
+        if idle:
+            telemetry.emit(
+                "rebuild",
+                {"duration": time.perf_counter() - self.rebuild_started, "events": done},
+                {"projection": self.name},
+            )
+            self.rebuild = None
