@@ -148,7 +148,14 @@ class Application:
     def attach(
         self, actor_system: Any, base: str = "multiproc", database: str | None = None
     ) -> RunningSystem:
-        """A handle on this application already running in ``actor_system`` (started elsewhere)."""
+        """A handle on this application already running in ``actor_system`` (started elsewhere).
+
+        ``actor_system`` may be the admin port of a multiproc system on 127.0.0.1: this process
+        then attaches with its secret (``BACKSTAGE_SECRET``, ``BACKSTAGE_SECRET_FILE`` or
+        ``$BACKSTAGE_HOME/secret``), the one the system was started with.
+        """
+        if isinstance(actor_system, int):
+            actor_system = _thespian.attach(actor_system)
         root = actor_system.createActor(Supervisor, globalName=self.root_name)
         return RunningSystem(
             self, actor_system, root, base, self.settings(base, database), owns_system=False

@@ -1,70 +1,23 @@
-"""Everything that touches Thespian's internals lives here, behind small functions.
+"""The performance patches of Thespian (see the table in ``backstage_actors._thespian``).
 
-* Thespian binds every TCP socket of an actor system to all interfaces. Its transport carries
-  pickles, so anyone who can reach a port can run code: :func:`bind_to` makes the sockets of the
-  actor systems this process starts (and the processes they fork) bind to one host, 127.0.0.1 by
-  default. It is a patch of ``IPActorAddress``, the one place Thespian computes bind addresses.
-* Its TCP transport registers every open socket in a fresh epoll selector each time it waits:
-  :func:`use_poll_selector` has it use one poll(2) object instead, one system call for all of
-  them and little Python per socket.
-* Its transport formats every message it sends or receives for a debug log line, whether or
-  not anything is logged (``str(message)``: a whole batch of results): :func:`terse_messages`
-  has those lines name the message's type instead.
-* A simpleSystemBase remembers every actor that ever ended: :func:`compact_registry` forgets.
-  Before every message it delivers, it partitions its timers through ``functools.reduce`` and
-  formats a debug line: :func:`lean_simple_base` makes both cheap.
+Each is a function that patches once and can be called again; each keeps Thespian's behaviour
+and changes only what it costs, except where its docstring says otherwise.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import select
 import selectors
-import socket
 from typing import Any
 
-from thespian.actors import ActorSystem
-from thespian.system import isInternalActorSystemMessage
-
 __all__ = [
-    "attach",
-    "bind_to",
+    "LeanPollSelector",
     "compact_registry",
-    "free_port",
     "lean_simple_base",
-    "own_address",
-    "port_in_use",
-    "ready_response",
-    "start_actor_system",
-    "system_key",
     "terse_messages",
     "use_poll_selector",
 ]
-
-_bind_host: str | None = None
-_patched = False
-
-
-def bind_to(host: str) -> None:
-    """Bind the TCP sockets of actor systems started from now on to ``host``."""
-    global _bind_host, _patched
-    _bind_host = host
-    # Thespian also advertises this address to peers instead of guessing a public one.
-    os.environ["THESPIAN_BASE_IPADDR"] = host
-    if _patched:
-        return
-    from thespian.system.transport import IPBase
-
-    original = IPBase.IPActorAddress.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        if _bind_host and _bind_host != "0.0.0.0" and self.bindname[0] in ("", "0.0.0.0"):
-            self.bindname = (_bind_host, self.bindname[1])
-
-    IPBase.IPActorAddress.__init__ = __init__
-    _patched = True
 
 
 class LeanPollSelector:
@@ -220,82 +173,6 @@ def lean_simple_base() -> None:
     simple.WakeupManager._pop_expired_wakeups = pop_expired_wakeups
     simple.actor_base_receive = actor_base_receive
     simple.ActorSystemBase._runSingleSend = run_single_send
-
-
-def ready_response(endpoint: Any) -> Any:
-    """The next answer already delivered to a simpleSystemBase caller, or None.
-
-    That base runs every actor inside ``tell()``: when it returns, the answers are in the
-    caller's inbox, and ``listen()`` would only walk the timers and the send queue again first.
-    """
-    base = getattr(endpoint, "_systemBase", None)
-    registry = getattr(base, "actorRegistry", None)
-    if registry is None:
-        return None
-    responses = getattr(registry["System:ExternalRequester"].instance, "responses", None)
-    while responses:
-        response = responses.pop(0)
-        if not isInternalActorSystemMessage(response):
-            return response
-    return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts connections on ``host:port`` (probe before attaching)."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def start_actor_system(
-    base: str, port: int | None = None, host: str = "127.0.0.1", log_defs: Any = None
-) -> Any:
-    """A new actor system: ``simple`` in this thread, or ``multiproc`` (TCP admin on host:port)."""
-    if base == "simple":
-        lean_simple_base()
-        return ActorSystem("simpleSystemBase", logDefs=log_defs, transientUnique=True)
-    if base != "multiproc":
-        raise ValueError(f"base must be 'simple' or 'multiproc', not {base!r}")
-    bind_to(host)
-    use_poll_selector()
-    terse_messages()
-    capabilities = {"Admin Port": port or free_port(host)}
-    return ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True)
-
-
-def own_address(endpoint: Any) -> Any:
-    """The address actors see as this external endpoint's (None if it cannot be told)."""
-    base = getattr(endpoint, "_systemBase", None)
-    transport = getattr(base, "transport", None)
-    if transport is not None:
-        return getattr(transport, "myAddress", None)
-    requester = getattr(base, "actorRegistry", {}).get("System:ExternalRequester")
-    return getattr(requester, "address", None)
-
-
-def system_key(handle: Any) -> str | None:
-    """Text naming the actor system that ``handle`` (an ``ActorSystem`` or an actor) belongs
-    to, the same from every process of it: its admin's address. None if it cannot be told."""
-    admin = getattr(getattr(handle, "_systemBase", None), "adminAddr", None)
-    if admin is None:
-        admin = getattr(getattr(handle, "_myRef", None), "_adminAddr", None)
-    return None if admin is None else str(admin)
-
-
-def attach(port: int, host: str = "127.0.0.1") -> Any:
-    """Attach to the running multiproc system on ``port`` without ever starting one."""
-    if not port_in_use(port, host):
-        raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
-    bind_to(host)
-    use_poll_selector()
-    terse_messages()
-    return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
 
 
 def compact_registry(actor_system: Any) -> int:
