@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from backstage_actors import _daemon, _lane, _security, _thespian
-from examples.bank.domain import Deposit, OpenAccount
+from examples.bank.domain import Deposit
 
 from .conftest import wait_until
 from .dispatch_domain import Add, make_app
@@ -112,7 +112,9 @@ def shared_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backstage]:
+def daemon(
+    tmp_path: Path, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Backstage]:
     """A bank daemon whose TMPDIR is a shared, world-writable directory."""
     monkeypatch.setenv("TMPDIR", str(shared_tmp))
     monkeypatch.delenv("THESPLOG_FILE", raising=False)  # Backstage decides where it goes
@@ -191,7 +193,9 @@ def test_files_of_a_daemon_are_its_owners_alone(daemon: Backstage, shared_tmp: P
 
 
 @pytest.mark.parametrize("base", ["simple", "multiproc"])
-def test_an_in_process_database_is_private_whatever_the_umask(start_app: Any, tmp_path: Path) -> None:
+def test_an_in_process_database_is_private_whatever_the_umask(
+    start_app: Any, tmp_path: Path
+) -> None:
     previous = os.umask(0o022)
     try:
         system = start_app(make_app(), database=str(tmp_path / "app.db"))
@@ -209,7 +213,9 @@ def test_a_symlink_planted_where_thespian_logged_is_not_followed(
     victim = tmp_path / "victim"
     victim.write_text("root's\n")
     # Thespian's default log is $TMPDIR/thespian.log; nobody plants a link there.
-    planted = nobody("import os, sys; os.symlink(sys.argv[1], sys.argv[2])", victim, shared_tmp / "thespian.log")
+    planted = nobody(
+        "import os, sys; os.symlink(sys.argv[1], sys.argv[2])", victim, shared_tmp / "thespian.log"
+    )
     assert planted.returncode == 0, planted.stderr
     nobody(ATTACK, "127.0.0.1", daemon.port, tmp_path / "pwned", "plain")
     nobody(FLOOD, "port", daemon.port, 0.5)
@@ -218,7 +224,9 @@ def test_a_symlink_planted_where_thespian_logged_is_not_followed(
     assert victim.read_text() == "root's\n"
 
 
-def test_a_symlink_where_a_log_goes_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_symlink_where_a_log_goes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     victim = tmp_path / "victim"

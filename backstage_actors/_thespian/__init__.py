@@ -109,12 +109,18 @@ def attach(
     host: str = "127.0.0.1",
     secret: bytes | None = None,
     thespian_log: str | None = None,
+    authenticate: bool = True,
 ) -> Any:
     """Attach to the running multiproc system on ``port`` without ever starting one.
 
     ConnectionRefusedError if nothing listens there; :class:`AuthenticationRefused` if what
-    listens does not hold this process's secret.
+    listens does not hold this process's secret. ``authenticate=False`` (measurements, loopback
+    only) attaches to a system started without authentication.
     """
+    if not authenticate:
+        if host not in LOOPBACK or not port_in_use(port, host):
+            raise ConnectionRefusedError(f"no unauthenticated actor system on {host}:{port}")
+        return _plain_system({"Admin Port": port}, host, None)
     scope = _scope(secret, host, thespian_log)
     assert scope.codec is not None
     verdict = probe(host, port, scope.codec.key)
@@ -156,7 +162,10 @@ def _authenticated_system(scope: auth.Scope, capabilities: dict[str, Any], log_d
     base_class = auth.system_base(scope)
     # The admin is forked in here: it takes the scope and the log file with it.
     saved = _utilis._thesplog_file, _utilis._thesplog_old_file
-    _utilis._thesplog_file, _utilis._thesplog_old_file = scope.thespian_log, f"{scope.thespian_log}.old"
+    _utilis._thesplog_file, _utilis._thesplog_old_file = (
+        scope.thespian_log,
+        f"{scope.thespian_log}.old",
+    )
     try:
         with auth.entered(scope):
             base = base_class(system, logDefs=log_defs)
