@@ -69,11 +69,11 @@ def test_lean_poll_selector_answers_like_the_standard_one() -> None:
 
 
 def test_lean_simple_base_fires_due_timers_in_order_and_keeps_the_others() -> None:
-    from thespian.system.simpleSystemBase import WakeupManager
     from thespian.system.timing import currentTime
 
-    _thespian.lean_simple_base()
-    timers = WakeupManager()
+    system = _thespian.lean_simple_system()
+    timers = system._systemBase
+    assert isinstance(timers, _thespian.LeanSimpleBase)
     assert timers._pop_expired_wakeups(currentTime()) == []
     for name, seconds in [("first", 0), ("later", 60), ("second", 0), ("third", 0)]:
         timers._add_wakeup(name, timedelta(seconds=seconds), name)
@@ -86,26 +86,49 @@ def test_lean_simple_base_fires_due_timers_in_order_and_keeps_the_others() -> No
     assert timers._pop_expired_wakeups(currentTime()) == []
     assert [payload for _, _, payload in timers._wakeUps] == ["later", "never"]
     assert [p for _, _, p in timers._pop_expired_wakeups(currentTime() + 61)] == ["later"]
+    system.shutdown()
 
 
 def test_lean_simple_base_still_logs_deliveries_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    from thespian.system import simpleSystemBase
+    from backstage_actors._thespian import speed
 
-    _thespian.lean_simple_base()
     received: list[tuple[object, object]] = []
 
-    class Actor:
+    class Plain:
         def receiveMessage(self, message: object, sender: object) -> None:
             received.append((message, sender))
 
-    simpleSystemBase.actor_base_receive(Actor(), "hello", "someone")
-    assert caplog.records == []
-    with caplog.at_level(logging.DEBUG, logger="Thespian"):
-        simpleSystemBase.actor_base_receive(Actor(), "again", "someone")
+    class Listener(Plain, Actor):  # type: ignore[misc]
+        pass
 
-    assert received == [("hello", "someone"), ("again", "someone")]
+    speed._receive(Plain(), "hello", "someone")
+    assert [r for r in caplog.records if r.name == "Thespian"] == []
+    with caplog.at_level(logging.DEBUG, logger="Thespian"):
+        speed._receive(Plain(), "again", "someone")
     [line] = [r.getMessage() for r in caplog.records if r.name == "Thespian"]
     assert line.endswith('got message "again" from "someone"')
+
+    system = _thespian.lean_simple_system()
+    try:  # the lean base's actors receive through speed._receive
+        listener = system.createActor(Listener)
+        system.tell(listener, "last")
+    finally:
+        system.shutdown()
+    assert [m for m, _ in received] == ["hello", "again", "last"]
+
+
+def test_lean_simple_base_leaves_other_simple_systems_alone() -> None:
+    """Thespian's own simpleSystemBase is untouched, in this process too."""
+    from thespian.actors import ActorSystem
+    from thespian.system import simpleSystemBase
+
+    _thespian.lean_simple_system().shutdown()
+    system = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        assert type(system._systemBase) is simpleSystemBase.ActorSystemBase
+        assert "LeanSimpleBase" not in repr(simpleSystemBase.ActorSystemBase._runSingleSend)
+    finally:
+        system.shutdown()
 
 
 def test_ready_response_takes_what_simple_base_actors_already_answered() -> None:
@@ -131,9 +154,7 @@ def test_ready_response_takes_what_simple_base_actors_already_answered() -> None
 def test_lean_simple_base_delivers_like_thespian() -> None:
     """User messages go straight to live actors; a failed delivery is still retried, messages
     to a stopped actor still reach the dead-letter handler, exit requests still stop."""
-    from thespian.actors import Actor, ActorExitRequest, ActorSystem, DeadEnvelope
-
-    _thespian.lean_simple_base()
+    from thespian.actors import Actor, ActorExitRequest, DeadEnvelope
 
     class Flaky(Actor):  # type: ignore[misc]
         failures = 0
@@ -156,7 +177,7 @@ def test_lean_simple_base_delivers_like_thespian() -> None:
                 self.watcher = sender
                 self.send(sender, "ok")
 
-    system = ActorSystem("simpleSystemBase", transientUnique=True)
+    system = _thespian.lean_simple_system()
     try:
         flaky = system.createActor(Flaky)
         assert system.ask(flaky, "hello", 1) == "got hello"
@@ -230,7 +251,7 @@ def test_a_message_to_an_actor_that_exited_reaches_the_dead_letter_handler(
     """The router's requirement of Thespian itself, checked on Thespian alone (a fresh
     interpreter: none of Backstage's patches): a message sent to an actor that has exited comes
     back to the actor that handles dead letters, as a ``DeadEnvelope`` carrying it. (On
-    simpleSystemBase, ``lean_simple_base`` extends this to an actor whose exit its parent has not
+    simpleSystemBase, ``LeanSimpleBase`` extends this to an actor whose exit its parent has not
     handled yet: ``test_lean_simple_base_delivers_like_thespian``.)"""
     env = {**os.environ, "THESPLOG_FILE": str(tmp_path / "thespian.log")}
     result = subprocess.run(

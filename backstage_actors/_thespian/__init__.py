@@ -8,8 +8,8 @@
 | ``utilis._thesplog_file`` (``start_actor_system``, ``auth``) | Thespian's own log in a private file | ``/tmp/thespian.log`` is world-readable and opened through symlinks | security | the system's processes; the process that starts or attaches only if it would log to that default |
 | ``TCPTransport`` module's ``selectors`` (``speed``) | one poll(2) per wait | a fresh epoll set per wait | performance | every TCP system in the process |
 | ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | every system: debug lines name types |
-| simpleSystemBase ``_pop_expired_wakeups``, ``actor_base_receive`` (``speed``) | cheap timers and debug lines | ~3 times per command | performance | every simple system in the process |
-| simpleSystemBase ``ActorSystemBase._runSingleSend`` (``speed``) | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | every simple system in the process |
+| simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
+| simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
 | reads: ``_systemBase``, ``actorRegistry``, ``System:ExternalRequester``, ``transport.myAddress``, ``adminAddr``, ``_myRef._adminAddr``, ``external_clone()`` | none | answers already delivered, own address, a system's identity, a context per thread | read | - |
 
@@ -35,7 +35,7 @@ if _installed_version("thespian") != THESPIAN_VERSION:  # before anything reache
         f"pip install thespian=={THESPIAN_VERSION}"
     )
 
-from thespian.actors import ActorSystem, ExternalContext  # noqa: E402
+from thespian.actors import ActorAddress, ActorSystem, ExternalContext  # noqa: E402
 from thespian.system import isInternalActorSystemMessage  # noqa: E402
 from thespian.system import utilis as _utilis  # noqa: E402
 
@@ -44,8 +44,9 @@ from . import auth  # noqa: E402
 from .auth import AuthenticationRefused, probe  # noqa: E402
 from .speed import (  # noqa: E402
     LeanPollSelector,
+    LeanSimpleBase,
     compact_registry,
-    lean_simple_base,
+    lean_simple_system,
     terse_messages,
     use_poll_selector,
 )
@@ -54,11 +55,12 @@ __all__ = [
     "THESPIAN_VERSION",
     "AuthenticationRefused",
     "LeanPollSelector",
+    "LeanSimpleBase",
     "attach",
     "compact_registry",
     "external_context",
     "free_port",
-    "lean_simple_base",
+    "lean_simple_system",
     "own_address",
     "port_in_use",
     "probe",
@@ -89,8 +91,7 @@ def start_actor_system(
     measurements, and only on a loopback host.
     """
     if base == "simple":
-        lean_simple_base()
-        return ActorSystem("simpleSystemBase", logDefs=log_defs, transientUnique=True)
+        return lean_simple_system(log_defs)
     if base != "multiproc":
         raise ValueError(f"base must be 'simple' or 'multiproc', not {base!r}")
     if not authenticate and host not in LOOPBACK:
@@ -158,6 +159,7 @@ def _own_thesplog(path: str) -> None:
 
 def _authenticated_system(scope: auth.Scope, capabilities: dict[str, Any], log_defs: Any) -> Any:
     system = ActorSystem.__new__(ActorSystem)
+    system.systemAddress = ActorAddress("/ActorSys")  # what ActorSystem.__init__ would set
     system.capabilities = capabilities
     base_class = auth.system_base(scope)
     # The admin is forked in here: it takes the scope and the log file with it.

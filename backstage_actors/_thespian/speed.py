@@ -6,15 +6,21 @@ and changes only what it costs, except where its docstring says otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 import select
 import selectors
+import types
 from typing import Any
+
+from thespian.actors import ActorAddress, ActorSystem, ActorSystemMessage, DeadEnvelope
+from thespian.system import simpleSystemBase as simple
 
 __all__ = [
     "LeanPollSelector",
+    "LeanSimpleBase",
     "compact_registry",
-    "lean_simple_base",
+    "lean_simple_system",
     "terse_messages",
     "use_poll_selector",
 ]
@@ -108,14 +114,16 @@ def terse_messages() -> None:
     transport.TransmitIntent.identify = intent
 
 
-def lean_simple_base() -> None:
-    """Make simpleSystemBase's per-message bookkeeping cheap; it runs ~3 times per command.
+class LeanSimpleBase(simple.ActorSystemBase):
+    """simpleSystemBase with cheap per-message bookkeeping (it runs ~3 times per command), for
+    the simple systems Backstage starts (:func:`lean_simple_system`); other systems keep
+    Thespian's own base.
 
     * ``_pop_expired_wakeups`` partitions the pending timers with ``functools.reduce`` and two
       lambdas for every message; here it compares each timer's deadline with the time, and
       builds new lists only when one is due.
-    * ``actor_base_receive`` calls ``logging.getLogger`` and ``debug`` before every delivery;
-      here the debug line is formatted only when Thespian's logger would emit it.
+    * Thespian's ``actor_base_receive`` calls ``logging.getLogger`` and ``debug`` before every
+      delivery; here the debug line is formatted only when Thespian's logger would emit it.
     * ``_runSingleSend`` checks every message against the system's own kinds (exit requests,
       status requests, source loading, dead letters, retries of a failed delivery); a first
       delivery of a user message to a live actor goes straight to the actor here. A user
@@ -123,15 +131,10 @@ def lean_simple_base() -> None:
       to the dead-letter handler (Thespian drops it: its sender would never know). Everything
       else takes Thespian's way.
     """
-    import logging
 
-    from thespian.actors import ActorSystemMessage, DeadEnvelope
-    from thespian.system import simpleSystemBase as simple
+    _wakeUps: list[Any]
 
-    if getattr(simple.WakeupManager._pop_expired_wakeups, "lean", False):
-        return
-
-    def pop_expired_wakeups(self: Any, ct: Any) -> list[Any]:
+    def _pop_expired_wakeups(self, ct: Any) -> list[Any]:
         # (target, ExpirationTimer, payload); a timer without a deadline never expires
         for _, timer, _ in self._wakeUps:
             deadline = timer._time_to_quit
@@ -146,17 +149,13 @@ def lean_simple_base() -> None:
         self._wakeUps = pending
         return expired
 
-    pop_expired_wakeups.lean = True  # type: ignore[attr-defined]
-    thespian_log = logging.getLogger("Thespian")
+    def _newRefAndActor(self, *args: Any, **kwargs: Any) -> Any:
+        ref = super()._newRefAndActor(*args, **kwargs)
+        if ref.instance:
+            ref.instance._receive = types.MethodType(_receive, ref.instance)
+        return ref
 
-    def actor_base_receive(actor: Any, msg: Any, sender: Any) -> None:
-        if thespian_log.isEnabledFor(logging.DEBUG):
-            thespian_log.debug('Actor "%s" got message "%s" from "%s"', actor, msg, sender)
-        actor.receiveMessage(msg, sender)
-
-    thespian_send = simple.ActorSystemBase._runSingleSend
-
-    def run_single_send(self: Any, pending: Any) -> None:
+    def _runSingleSend(self, pending: Any) -> None:
         if pending.attempts == 0 and not isinstance(pending.msg, ActorSystemMessage):
             to = pending.toActor.actorAddressString
             target = self.actorRegistry.get(to)
@@ -168,11 +167,27 @@ def lean_simple_base() -> None:
                 dead = DeadEnvelope(to, pending.msg)
                 self._callActorWithMessage(letters, pending, dead, pending.sender)
                 return
-        thespian_send(self, pending)
+        super()._runSingleSend(pending)
 
-    simple.WakeupManager._pop_expired_wakeups = pop_expired_wakeups
-    simple.actor_base_receive = actor_base_receive
-    simple.ActorSystemBase._runSingleSend = run_single_send
+
+_thespian_log = logging.getLogger("Thespian")
+
+
+def _receive(actor: Any, msg: Any, sender: Any) -> None:
+    if _thespian_log.isEnabledFor(logging.DEBUG):
+        _thespian_log.debug('Actor "%s" got message "%s" from "%s"', actor, msg, sender)
+    actor.receiveMessage(msg, sender)
+
+
+def lean_simple_system(log_defs: Any = None) -> Any:
+    """A new simpleSystemBase actor system on :class:`LeanSimpleBase`."""
+    system = ActorSystem.__new__(ActorSystem)
+    system.systemAddress = ActorAddress("/ActorSys")  # what ActorSystem.__init__ would set
+    system.capabilities = {}
+    base = LeanSimpleBase(system, logDefs=log_defs)
+    system._startupActorSys(None, base, system.capabilities, log_defs)
+    system._isTransientUnique = True
+    return system
 
 
 def compact_registry(actor_system: Any) -> int:
