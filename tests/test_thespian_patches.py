@@ -32,15 +32,20 @@ class Loud:
 
 
 def test_transport_log_lines_name_the_message_type_without_formatting_it() -> None:
+    from backstage_actors._thespian import auth
+
     _thespian.terse_messages()
     message = Loud()
 
-    received = ReceiveEnvelope("sender", message).identify()
-    sent = TransmitIntent("target", message).identify()
-
+    with auth.entered(auth.Scope(bytes(32), "127.0.0.1", None)):  # in a Backstage system
+        received = ReceiveEnvelope("sender", message).identify()
+        sent = TransmitIntent("target", message).identify()
     assert message.formatted == 0
     assert "Loud" in received and "sender" in received
     assert "Loud" in sent and "target" in sent
+
+    ReceiveEnvelope("sender", message).identify()  # elsewhere: Thespian's own description
+    assert message.formatted == 1
 
 
 def test_lean_poll_selector_answers_like_the_standard_one() -> None:

@@ -6,8 +6,8 @@
 | ``TCPTransport`` module's ``ReceiveBuffer`` name (``auth``) | a factory: the authenticating buffer while a Backstage transport works | Thespian makes buffers where the transport is out of sight | security | nobody else: Thespian's own buffer otherwise |
 | ``IPBase.IPActorAddress.__init__`` (``auth``) | bind to and advertise the system's host (127.0.0.1) | Thespian binds every interface | security | nobody else: unchanged outside a Backstage system |
 | ``utilis._thesplog_file`` (``start_actor_system``, ``auth``) | Thespian's own log in a private file | ``/tmp/thespian.log`` is world-readable and opened through symlinks | security | the system's processes; the process that starts or attaches only if it would log to that default |
-| ``TCPTransport`` module's ``selectors`` (``speed``) | one poll(2) per wait | a fresh epoll set per wait | performance | every TCP system in the process |
-| ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | every system: debug lines name types |
+| ``TCPTransport`` module's ``selectors`` (``speed``) | one poll(2) per wait | a fresh epoll set per wait | performance | nobody else: the standard selector outside a Backstage system |
+| ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | nobody else: Thespian's text outside a Backstage system |
 | simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
 | simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |

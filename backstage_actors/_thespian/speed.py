@@ -16,6 +16,8 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorSystem, ActorSystemMessage, DeadEnvelope
 from thespian.system import simpleSystemBase as simple
 
+from .auth import current
+
 __all__ = [
     "LeanPollSelector",
     "LeanSimpleBase",
@@ -75,28 +77,32 @@ class LeanPollSelector:
 
 def use_poll_selector() -> None:
     """Make Thespian's TCP transport wait with one poll(2) per wait (:class:`LeanPollSelector`)
-    instead of a fresh epoll set filled a system call per socket.
+    instead of a fresh epoll set filled a system call per socket, in Backstage's systems.
 
     The transport builds a new selector and registers every open socket each time it waits, so
     with epoll every wait costs a system call per socket; poll(2) takes them all in one. With a
     hundred aggregate processes this was 25-30 % more commands per second (bench/). The change
-    is confined to the transport module's own reference to ``selectors``.
+    is confined to the transport module's own reference to ``selectors``, and outside a
+    Backstage system's transport that reference gives the standard selector.
     """
-    import types
-
     from thespian.system.transport import TCPTransport
 
-    if getattr(TCPTransport.selectors, "DefaultSelector", None) is LeanPollSelector:
+    if getattr(TCPTransport.selectors, "DefaultSelector", None) is _selector:
         return
     TCPTransport.selectors = types.SimpleNamespace(
-        DefaultSelector=LeanPollSelector,
+        DefaultSelector=_selector,
         EVENT_READ=selectors.EVENT_READ,
         EVENT_WRITE=selectors.EVENT_WRITE,
     )
 
 
+def _selector() -> Any:
+    return LeanPollSelector() if current() is not None else selectors.DefaultSelector()
+
+
 def terse_messages() -> None:
-    """Have Thespian's transport describe a message by its type in its (debug) log lines.
+    """Have Thespian's transport describe a message by its type in its (debug) log lines, in
+    Backstage's systems (elsewhere Thespian's own description).
 
     ``ReceiveEnvelope.identify`` and ``TransmitIntent.identify`` run for every message, logged or
     not, and they call ``str(message)``: for a batch of recorded events that cost as much as
@@ -104,12 +110,22 @@ def terse_messages() -> None:
     """
     from thespian.system import transport
 
+    if getattr(transport.ReceiveEnvelope.identify, "terse", False):
+        return
+    thespian_envelope = transport.ReceiveEnvelope.identify
+    thespian_intent = transport.TransmitIntent.identify
+
     def envelope(self: Any) -> str:
+        if current() is None:
+            return str(thespian_envelope(self))
         return f"ReceiveEnvelope(from: {self.sender}, msg: {type(self.message).__name__})"
 
     def intent(self: Any) -> str:
+        if current() is None:
+            return str(thespian_intent(self))
         return f"TransmitIntent({self.targetAddr}, msg: {type(self.message).__name__})"
 
+    envelope.terse = intent.terse = True  # type: ignore[attr-defined]
     transport.ReceiveEnvelope.identify = envelope
     transport.TransmitIntent.identify = intent
 
