@@ -99,10 +99,7 @@ def start_actor_system(
     use_poll_selector()
     terse_messages()
     capabilities = {"Admin Port": port or free_port(host)}
-    if not authenticate:
-        return _plain_system(capabilities, host, log_defs)
-    scope = _scope(secret, host, thespian_log)
-    return _authenticated_system(scope, capabilities, log_defs)
+    return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
 
 
 def attach(
@@ -118,13 +115,14 @@ def attach(
     listens does not hold this process's secret. ``authenticate=False`` (measurements, loopback
     only) attaches to a system started without authentication.
     """
+    use_poll_selector()
+    terse_messages()
     if not authenticate:
         if host not in LOOPBACK or not port_in_use(port, host):
             raise ConnectionRefusedError(f"no unauthenticated actor system on {host}:{port}")
-        return _plain_system({"Admin Port": port}, host, None)
+        return _system(_scope(None, host, thespian_log, False), {"Admin Port": port}, None)
     scope = _scope(secret, host, thespian_log)
-    assert scope.codec is not None
-    verdict = probe(host, port, scope.codec.key)
+    verdict = probe(host, port, scope.signer().key)
     if verdict is None:
         raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
     if not verdict:
@@ -132,16 +130,18 @@ def attach(
             f"the actor system on {host}:{port} refused this client's secret (it was started "
             "with another: check BACKSTAGE_HOME, BACKSTAGE_SECRET and BACKSTAGE_SECRET_FILE)"
         )
-    use_poll_selector()
-    terse_messages()
-    return _authenticated_system(scope, {"Admin Port": port}, None)
+    return _system(scope, {"Admin Port": port}, None)
 
 
-def _scope(secret: bytes | None, host: str, thespian_log: str | None) -> auth.Scope:
+def _scope(
+    secret: bytes | None, host: str, thespian_log: str | None, authenticate: bool = True
+) -> auth.Scope:
     auth.install()
     log = thespian_log or str(_security.home() / "thespian.log")
     _security.create_private(log)  # refuses a symlink; Thespian then appends to this file
     _own_thesplog(log)
+    if not authenticate:
+        return auth.Scope(None, host, log)
     return auth.Scope(secret if secret is not None else _security.secret(), host, log)
 
 
@@ -157,7 +157,8 @@ def _own_thesplog(path: str) -> None:
         _utilis._thesplog_old_file = path + ".old"
 
 
-def _authenticated_system(scope: auth.Scope, capabilities: dict[str, Any], log_defs: Any) -> Any:
+def _system(scope: auth.Scope, capabilities: dict[str, Any], log_defs: Any) -> Any:
+    """An ActorSystem on ``auth.system_base(scope)``, built as ``ActorSystem.__init__`` would."""
     system = ActorSystem.__new__(ActorSystem)
     system.systemAddress = ActorAddress("/ActorSys")  # what ActorSystem.__init__ would set
     system.capabilities = capabilities
@@ -176,14 +177,6 @@ def _authenticated_system(scope: auth.Scope, capabilities: dict[str, Any], log_d
     system._startupActorSys(None, base, capabilities, log_defs)
     system._isTransientUnique = True
     return system
-
-
-def _plain_system(capabilities: dict[str, Any], host: str, log_defs: Any) -> Any:
-    """Thespian's own multiprocTCPBase on ``host`` (loopback), without authentication."""
-    scope = auth.Scope(None, host, None)
-    auth.install()
-    with auth.entered(scope):  # for the bind address only: the plain transport never asks
-        return ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True)
 
 
 def external_context(actor_system: Any) -> Any:

@@ -128,6 +128,11 @@ class Scope:
         self.thespian_log = thespian_log
         self.refusals = RefusalLog("backstage_actors.auth")
 
+    def signer(self) -> FrameCodec:
+        if self.codec is None:
+            raise ValueError("this system does not authenticate")
+        return self.codec
+
 
 _local = threading.local()
 _member: Scope | None = None  # set in the processes of a Backstage system (admin, logger, actors)
@@ -224,7 +229,7 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
     """Thespian's TCP transport with authenticated frames; subclassed per system with ``scope``."""
 
     scope: Scope
-    codec: FrameCodec
+    codec: FrameCodec | None  # None: Thespian's frames (measurements only, on loopback)
 
     def __init__(self, init: Any, *args: Any) -> None:
         global _member
@@ -237,6 +242,8 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
             super().__init__(init, *args)
 
     def serializer(self, intent: Any) -> bytes:
+        if self.codec is None:
+            return bytes(super().serializer(intent))
         return bytes(toSendBuffer((self.myAddress, intent.message), self.codec.dumps))
 
     def _runWithExpiry(self, incomingHandler: Any) -> Any:
@@ -248,7 +255,7 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
             return super().scheduleTransmit(*args, **kwargs)
 
     def _addedDataToIncoming(self, inc: Any, *args: Any, **kwargs: Any) -> Any:
-        if inc.receivedAllData():
+        if self.codec is not None and inc.receivedAllData():
             buffer = inc._rData
             if isinstance(buffer, AuthReceiveBuffer):
                 verdict = buffer.verdict()
@@ -290,14 +297,13 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
 
     def _answer_probe(self, inc: Any, nonce: bytes) -> None:
         with contextlib.suppress(OSError):
-            inc.socket.send(self.codec.frame(_PROBED + nonce))
+            inc.socket.send(self.scope.signer().frame(_PROBED + nonce))
         inc.close()
 
 
 def system_base(scope: Scope) -> type:
-    """A multiprocTCPBase whose transports authenticate with ``scope``'s secret."""
-    if scope.codec is None:
-        raise ValueError("an authenticated system needs a secret")
+    """A multiprocTCPBase whose transports authenticate with ``scope``'s secret (Thespian's
+    frames if it has none: measurements only)."""
     attributes = {"scope": scope, "codec": scope.codec, "__module__": __name__}
     transport = type("BackstageTCPTransport", (AuthenticatedTCPTransport,), attributes)
     return type(
