@@ -271,3 +271,16 @@ def test_a_flood_from_another_user_neither_delays_commands_nor_floods_the_log(
     log = log_of(daemon)[before:]
     assert log.count("refused") <= 4 * _security.RefusalLog("x").burst, log[-2000:]
     assert len(log) < 20_000
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_an_application_attaches_by_port_with_the_secret_of_its_home(
+    start_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = start_app(make_app())
+    port = system.actor_system.capabilities["Admin Port"]
+    attached = make_app().attach(port)
+    assert attached.dispatch(Add("by-port", 2)).version == 1
+    monkeypatch.setenv("BACKSTAGE_SECRET", "cd" * 32)  # another secret: refused, clearly
+    with pytest.raises(_thespian.AuthenticationRefused):
+        make_app().attach(port)
