@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _thespian
+from . import _security, _thespian
 from .application import Application
 from .errors import BackstageError, StorageError, SystemNotRunning
 from .store import EventStore
@@ -38,10 +38,8 @@ DEFAULT_PORT = 1900
 
 
 def home() -> Path:
-    """Where state, pid and log files live: ``$BACKSTAGE_HOME`` or ``~/.backstage``."""
-    path = Path(os.environ.get("BACKSTAGE_HOME") or Path.home() / ".backstage")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    """Where state, pid, log and secret files live: ``$BACKSTAGE_HOME`` or ``~/.backstage``."""
+    return _security.home()
 
 
 def default_port() -> int:
@@ -65,8 +63,8 @@ def read_state(port: int) -> DaemonState | None:
 
 def write_state(port: int, state: dict[str, Any]) -> None:
     path = state_path(port)
-    path.write_text(json.dumps(state, indent=2))
-    path.chmod(0o600)
+    with os.fdopen(_security.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as file:
+        file.write(json.dumps(state, indent=2))
 
 
 def remove_state(port: int) -> None:
@@ -174,7 +172,7 @@ def redirected_output(log_file: str) -> Any:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = _saved_output = os.dup(0), os.dup(1), os.dup(2)
-    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = _security.open_private(log_file)  # never through a symlink
     null = os.open(os.devnull, os.O_RDONLY)
     try:
         os.dup2(null, 0)
@@ -219,7 +217,7 @@ def start_daemon(
     database = os.path.abspath(database or app.database)
     log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
     pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
-    previous = os.umask(0o027)  # no file of the daemon is world-readable or group-writable
+    previous = os.umask(0o077)  # every file of the daemon's processes is its owner's alone
     try:
         _check_database(database)  # (after the umask: this may create the database)
         with redirected_output(log_file):
@@ -249,8 +247,8 @@ def start_daemon(
         started_at=time.time(),
     )
     write_state(port, state)
-    Path(pid_file).write_text(f"{state['admin_pid']}\n")
-    Path(pid_file).chmod(0o600)
+    with os.fdopen(_security.open_private(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as file:
+        file.write(f"{state['admin_pid']}\n")
     return state
 
 

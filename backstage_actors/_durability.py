@@ -71,7 +71,7 @@ class Turns:
     def open(self) -> int | None:
         """Open (and if need be create) the lock file; None for an in-memory database."""
         if self.fd is None and self.path is not None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             if os.fstat(fd).st_size < _COUNTERS.size:
                 os.ftruncate(fd, _COUNTERS.size)  # zeros; a larger file is left as it is
             self.counters = mmap.mmap(fd, _COUNTERS.size)

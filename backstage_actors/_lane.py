@@ -46,6 +46,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from ._security import RefusalLog
+
 __all__ = ["LaneClient", "LaneConnection", "LaneServer", "available"]
 
 _HEADER = struct.Struct(">I")
@@ -54,6 +56,11 @@ MAX_FRAME = 64 * 1024 * 1024  # bytes: a longer frame is a broken or hostile pee
 MAX_CONNECTIONS = 256  # per client thread: lanes kept open, most recently used
 MAX_SERVED = 256  # per aggregate: client connections kept, most recently used
 SEND_PATIENCE = 0.2  # seconds an aggregate waits for a client to take any of its answer
+ACCEPTS_PER_TURN = 64  # connections an aggregate takes at a time before its mailbox's turn
+
+# Other users' connections, refused: each costs a counter, not a log line (on multiproc a log
+# line is a message to Thespian's logger process).
+_refusals = RefusalLog(__name__)
 
 
 def log() -> logging.Logger:
@@ -72,11 +79,15 @@ def name_for(system: str, database: str, stream_id: str) -> str:
     return f"\0backstage-lane-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
 
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of ``sock``."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    return int(_CREDS.unpack(creds)[1])
+
+
 def same_user(sock: socket.socket) -> bool:
     """Whether the process at the other end of ``sock`` runs as this process's user."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
-    _, uid, _ = _CREDS.unpack(creds)
-    return bool(uid == os.getuid())
+    return peer_uid(sock) == os.getuid()
 
 
 def frame(message: Any) -> bytes:
@@ -244,7 +255,9 @@ class LaneServer:
         return [self.listener, *(c.sock for c in self.connections.values()), *self._dropped]
 
     def _accept(self) -> None:
-        while True:
+        """Take the waiting connections, a bounded number per turn (the listener stays ready
+        for the rest), refusing other users' at the cost of a close."""
+        for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -252,9 +265,10 @@ class LaneServer:
             except OSError as exc:
                 log().warning("lane accept failed: %s", exc)
                 return
-            if not same_user(sock):
-                log().warning("refused a lane connection from another user")
+            uid = peer_uid(sock)
+            if uid != os.getuid():
                 sock.close()
+                _refusals.refused("a lane connection from another user", f"uid {uid}")
                 continue
             sock.setblocking(False)
             self.connections[sock.fileno()] = LaneConnection(sock)

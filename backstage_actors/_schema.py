@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import sqlite_utils
 
+from . import _security
+
 __all__ = ["SCHEMA", "Database", "open_database"]
 
 SCHEMA = """
@@ -113,6 +115,9 @@ def open_database(
     """
     if synchronous.upper() not in ("FULL", "NORMAL", "OFF", "EXTRA"):
         raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+    if path != ":memory:" and not path.startswith("file:"):
+        # 0600 whatever the umask: SQLite gives the -wal and -shm files the database's mode.
+        _security.create_if_missing(path)
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import _daemon
+from . import _daemon, _security
 
 __all__ = ["Shell"]
 
@@ -112,6 +112,7 @@ class Shell(cmd.Cmd):
         if self.readline is not None:
             with contextlib.suppress(OSError):
                 self.readline.set_history_length(1000)
+                _security.create_private(self.history)  # 0600 before readline writes it
                 self.readline.write_history_file(self.history)
 
     # -- completion -------------------------------------------------------------------------

@@ -216,13 +216,20 @@ class Application:
         thread talks to the system through an endpoint of its own. ``stop()`` (or leaving a
         ``with`` block) lets go of the system and leaves it running.
 
-        ``actor_system`` instead of ``port``: an actor system handle you attached yourself.
+        ``actor_system`` instead of ``port``: an actor system handle you attached yourself (an
+        int there is taken as the port). This process attaches with its secret
+        (``BACKSTAGE_SECRET``, ``BACKSTAGE_SECRET_FILE`` or ``$BACKSTAGE_HOME/secret``), the one
+        the system was started with; another is refused at once.
         """
+        if isinstance(actor_system, int):
+            actor_system, port = None, actor_system
         if actor_system is None:
             if port is None:
                 raise TypeError("attach() needs port= (or an actor system)")
             try:
                 actor_system = _thespian.attach(port, host)
+            except _thespian.AuthenticationRefused:
+                raise  # a system is there, with another secret: say so, not "nothing runs"
             except OSError as exc:
                 raise SystemNotRunning(f"no actor system answers on {host}:{port}: {exc}") from None
         root = actor_system.createActor(Supervisor, globalName=self.root_name)

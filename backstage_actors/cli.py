@@ -18,7 +18,7 @@ from importlib import metadata
 
 import click
 
-from . import _daemon, _serialization, _top
+from . import _daemon, _serialization, _thespian, _top
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -144,8 +144,8 @@ def start(
         )
     if host not in ("127.0.0.1", "localhost"):
         click.echo(
-            "warning: Thespian's transport trusts every peer (it carries pickles): anyone who "
-            f"reaches {host}:{port} can run code as this user",
+            f"warning: connections to {host}:{port} are authenticated (the secret in "
+            "$BACKSTAGE_HOME) but not encrypted: keep the port on a private network",
             err=True,
         )
     try:
@@ -164,7 +164,7 @@ def start(
             f"cleaned up {len(leftovers)} leftover processes of a crashed daemon: {leftovers}",
             err=True,
         )
-    if _daemon._thespian.port_in_use(port):
+    if _thespian.port_in_use(port):
         fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
     if database and "://" not in database:
         ensure_directory(os.path.dirname(os.path.abspath(database)))

@@ -127,9 +127,7 @@ class RunningSystem:
             return _Locked(self._lock, self.actor_system)
         context = getattr(self._local, "context", None)
         if context is None:
-            from thespian.actors import ExternalContext
-
-            context = ExternalContext(self.actor_system._systemBase.external_clone())
+            context = _thespian.external_context(self.actor_system)
             self._local.context = context
             with self._lock:
                 self._contexts.append(context)

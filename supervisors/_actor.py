@@ -33,7 +33,8 @@ from ._messages import (
     _Started,
     _Undelivered,
 )
-from ._process import die_with_parent, in_own_process
+from ._process import die_with_parent
+from ._thespian_compat import in_own_process
 
 __all__ = ["SupervisedActor"]
 

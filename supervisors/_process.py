@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 
-__all__ = ["die_with_parent", "in_own_process", "is_child_process", "kill_process", "process_gone"]
+__all__ = ["die_with_parent", "is_child_process", "kill_process", "process_gone"]
 
 
 def log() -> logging.Logger:
@@ -40,12 +39,6 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     if parent == 1 or os.getppid() != parent:
         # The parent died before the request took effect.
         os.kill(os.getpid(), sig)
-
-
-def in_own_process() -> bool:
-    """Whether this actor runs in a process of its own (Thespian's multiproc bases name each
-    actor process ``Actor_<Class>__<address>``; simpleSystemBase runs actors in the caller's)."""
-    return multiprocessing.current_process().name.startswith("Actor_")
 
 
 def kill_process(pid: int | None) -> bool:

@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", choices=["simple", "multiproc"], default="multiproc")
     parser.add_argument("--json", action="store_true", help="print the final tree as JSON")
     options = parser.parse_args(argv)
-    log_file = os.path.join(tempfile.gettempdir(), f"supervisors-demo-{os.getpid()}.log")
+    # A directory of this run's own (0700): nothing of it is readable by other users, and
+    # Thespian's internal log goes there too instead of the shared /tmp/thespian.log.
+    logs = tempfile.mkdtemp(prefix="supervisors-demo-")
+    log_file = os.path.join(logs, "actors.log")
+    os.environ.setdefault("THESPLOG_FILE", os.path.join(logs, "thespian.log"))
     log_defs = {
         "version": 1,
         "handlers": {"file": {"class": "logging.FileHandler", "filename": log_file}},

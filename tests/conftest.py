@@ -46,6 +46,22 @@ def start_actor_system(base: str, log_path: str) -> Any:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Backstage's home (its secret, Thespian's log) and Thespian's own log in a private
+    directory of the session: not the user's ~/.backstage, nothing in the shared /tmp."""
+    home = tmp_path_factory.mktemp("backstage-home")
+    saved = {name: os.environ.get(name) for name in ("BACKSTAGE_HOME", "THESPLOG_FILE")}
+    os.environ["BACKSTAGE_HOME"] = str(home)
+    os.environ["THESPLOG_FILE"] = str(home / "thespian-tests.log")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(params=BASES)
 def base(request: pytest.FixtureRequest) -> str:
     """The Thespian base a test runs on; every test using it runs once per base."""

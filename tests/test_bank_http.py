@@ -129,11 +129,12 @@ def test_a_retry_with_the_same_idempotency_key_runs_once(bank: Any) -> None:
 
 
 @pytest.mark.process
-def test_attached_to_a_daemon(tmp_path: Path) -> None:
+def test_attached_to_a_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backstage = Backstage(tmp_path, port=free_port())
     try:
         started = backstage.start()
         assert started.returncode == 0, started.stderr
+        monkeypatch.setenv("BACKSTAGE_HOME", str(backstage.home))  # the daemon's secret
         system = make_app().attach(port=backstage.port)
 
         async def body(call: Call) -> None:

@@ -1,0 +1,138 @@
+"""Secrets, private files and bounded logging of refused peers: no Thespian in here.
+
+* :func:`secret` finds the shared secret that authenticates every connection to a Backstage
+  actor system (see ``_thespian``): the ``BACKSTAGE_SECRET`` environment variable (hex), else the
+  file named by ``BACKSTAGE_SECRET_FILE``, else ``$BACKSTAGE_HOME/secret``, created at first use
+  with 32 random bytes. A secret file that others can read is refused, as ssh refuses such a key.
+* :func:`create_private` and :func:`open_private` create files only their owner can read, and
+  never through a symbolic link someone else could have planted.
+* :class:`RefusalLog` logs refused peers at a bounded rate: a flood of them costs a counter
+  increment each, not a log line (on multiproc a log line is a message to the logger process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import stat
+import threading
+import time
+from pathlib import Path
+
+from .errors import BackstageError
+
+__all__ = [
+    "SECRET_BYTES",
+    "RefusalLog",
+    "create_if_missing",
+    "create_private",
+    "home",
+    "open_private",
+    "secret",
+]
+
+SECRET_BYTES = 32
+SECRET_ENV = "BACKSTAGE_SECRET"
+SECRET_FILE_ENV = "BACKSTAGE_SECRET_FILE"
+
+
+def home() -> Path:
+    """Where state, pid, log and secret files live: ``$BACKSTAGE_HOME`` or ``~/.backstage``,
+    created 0700."""
+    path = Path(os.environ.get("BACKSTAGE_HOME") or Path.home() / ".backstage")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def secret() -> bytes:
+    """The secret of the actor systems this process starts or attaches to (see the module)."""
+    text = os.environ.get(SECRET_ENV)
+    if text:
+        return _parse(text, f"${SECRET_ENV}")
+    named = os.environ.get(SECRET_FILE_ENV)
+    path = Path(named) if named else home() / "secret"
+    if not named:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_bytes(SECRET_BYTES).hex() + "\n")
+    return _read_secret_file(path)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise BackstageError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as file:
+        info = os.fstat(file.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise BackstageError(
+                f"the secret file {path} must belong to this user and be readable by it alone "
+                f"(mode {stat.filemode(info.st_mode)}): chmod 600 {path}"
+            )
+        return _parse(file.read(), str(path))
+
+
+def _parse(text: str, where: str) -> bytes:
+    try:
+        value = bytes.fromhex(text.strip())
+    except ValueError:
+        raise BackstageError(f"the secret in {where} is not hexadecimal") from None
+    if len(value) < SECRET_BYTES:
+        raise BackstageError(
+            f"the secret in {where} has {len(value)} bytes; it needs at least {SECRET_BYTES}"
+        )
+    return value
+
+
+def open_private(path: str | os.PathLike[str], flags: int = os.O_WRONLY | os.O_APPEND) -> int:
+    """Open ``path`` (created 0600 if missing) without following a symbolic link; a descriptor."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty and 0600 unless it exists (then leave it as it is), so that what
+    opens it next (SQLite, readline, Thespian's log) finds it there and keeps its mode whatever
+    the umask. A symbolic link there is an error (``OSError``, ELOOP), never followed."""
+    os.close(open_private(path, os.O_WRONLY))
+
+
+def create_if_missing(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty and 0600 if nothing is there (a link there is left alone: a
+    database may be one); errors are left to whoever opens it next."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+class RefusalLog:
+    """Log refused peers at most ``burst`` times per ``period`` seconds; the next line after a
+    quiet spell says how many went unlogged. Thread-safe; cheap when it does not log."""
+
+    def __init__(self, logger: str, burst: int = 5, period: float = 60.0) -> None:
+        self.logger = logger  # a name: Thespian replaces the logging tree in each actor process
+        self.burst = burst
+        self.period = period
+        self.window = 0.0
+        self.logged = 0
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def refused(self, what: str, peer: object) -> None:
+        """Note that ``peer`` was refused for ``what`` (never the peer's data: it is hostile)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self.window >= self.period:
+                self.window, self.logged = now, 0
+            if self.logged >= self.burst:
+                self.suppressed += 1
+                return
+            self.logged += 1
+            suppressed, self.suppressed = self.suppressed, 0
+        more = f" ({suppressed} more refused since, not logged)" if suppressed else ""
+        logging.getLogger(self.logger).warning("refused %s: %s%s", peer, what, more)

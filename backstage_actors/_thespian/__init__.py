@@ -1,0 +1,234 @@
+"""Every adaptation of Thespian, and every read of its internals, for the version pinned below.
+
+| target (Thespian 4.0.1) | change | reason | kind | felt by |
+|---|---|---|---|---|
+| ``TCPTransport``: a subclass per system (``auth``) | an HMAC on every frame, checked before anything is unpickled; refusals logged at a bounded rate | its ports unpickle what anyone sends | security | Backstage's systems only |
+| ``TCPTransport`` module's ``ReceiveBuffer`` name (``auth``) | a factory: the authenticating buffer while a Backstage transport works | Thespian makes buffers where the transport is out of sight | security | nobody else: Thespian's own buffer otherwise |
+| ``IPBase.IPActorAddress.__init__`` (``auth``) | bind to and advertise the system's host (127.0.0.1) | Thespian binds every interface | security | nobody else: unchanged outside a Backstage system |
+| ``utilis._thesplog_file`` (``start_actor_system``, ``auth``) | Thespian's own log in a private file | ``/tmp/thespian.log`` is world-readable and opened through symlinks | security | the system's processes; the process that starts or attaches only if it would log to that default |
+| ``TCPTransport`` module's ``selectors`` (``speed``) | one poll(2) per wait | a fresh epoll set per wait | performance | nobody else: the standard selector outside a Backstage system |
+| ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | nobody else: Thespian's text outside a Backstage system |
+| simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
+| simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
+| simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
+| reads: ``_systemBase``, ``actorRegistry``, ``System:ExternalRequester``, ``transport.myAddress``, ``adminAddr``, ``_myRef._adminAddr``, ``external_clone()`` | none | answers already delivered, own address, a system's identity, a context per thread | read | - |
+
+Thespian's behaviour Backstage relies on without patching it (tested in
+``tests/test_thespian_patches.py``): a message to an actor that has exited reaches the actor
+that called ``handleDeadLetters()`` as a ``DeadEnvelope`` carrying the message, on both bases
+(the router routes such commands again).
+
+Importing this module with another Thespian version fails: the patches reach into internals.
+"""
+
+from __future__ import annotations
+
+import socket
+from importlib.metadata import version as _installed_version
+from typing import Any
+
+THESPIAN_VERSION = "4.0.1"
+if _installed_version("thespian") != THESPIAN_VERSION:  # before anything reaches inside it
+    raise ImportError(
+        f"backstage_actors is written against thespian=={THESPIAN_VERSION} (it adapts its "
+        f"internals, authentication included) and found {_installed_version('thespian')}: "
+        f"pip install thespian=={THESPIAN_VERSION}"
+    )
+
+from thespian.actors import ActorAddress, ActorSystem, ExternalContext  # noqa: E402
+from thespian.system import isInternalActorSystemMessage  # noqa: E402
+from thespian.system import utilis as _utilis  # noqa: E402
+
+from .. import _security  # noqa: E402
+from . import auth  # noqa: E402
+from .auth import AuthenticationRefused, probe  # noqa: E402
+from .speed import (  # noqa: E402
+    LeanPollSelector,
+    LeanSimpleBase,
+    compact_registry,
+    lean_simple_system,
+    terse_messages,
+    use_poll_selector,
+)
+
+__all__ = [
+    "THESPIAN_VERSION",
+    "AuthenticationRefused",
+    "LeanPollSelector",
+    "LeanSimpleBase",
+    "attach",
+    "compact_registry",
+    "external_context",
+    "free_port",
+    "lean_simple_system",
+    "own_address",
+    "port_in_use",
+    "probe",
+    "ready_response",
+    "start_actor_system",
+    "system_key",
+    "terse_messages",
+    "use_poll_selector",
+]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def start_actor_system(
+    base: str,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_defs: Any = None,
+    secret: bytes | None = None,
+    thespian_log: str | None = None,
+    authenticate: bool = True,
+) -> Any:
+    """A new actor system: ``simple`` in this thread, or ``multiproc`` (TCP admin on host:port).
+
+    On multiproc every connection is authenticated with ``secret`` (default: ``_security.secret()``,
+    from the environment or ``$BACKSTAGE_HOME/secret``) and Thespian's own log goes to
+    ``thespian_log`` (default ``$BACKSTAGE_HOME/thespian.log``). ``authenticate=False`` exists for
+    measurements, and only on a loopback host.
+    """
+    if base == "simple":
+        return lean_simple_system(log_defs)
+    if base != "multiproc":
+        raise ValueError(f"base must be 'simple' or 'multiproc', not {base!r}")
+    if not authenticate and host not in LOOPBACK:
+        raise ValueError(f"refusing to listen on {host} without authentication")
+    use_poll_selector()
+    terse_messages()
+    capabilities = {"Admin Port": port or free_port(host)}
+    return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
+
+
+def attach(
+    port: int,
+    host: str = "127.0.0.1",
+    secret: bytes | None = None,
+    thespian_log: str | None = None,
+    authenticate: bool = True,
+) -> Any:
+    """Attach to the running multiproc system on ``port`` without ever starting one.
+
+    ConnectionRefusedError if nothing listens there; :class:`AuthenticationRefused` if what
+    listens does not hold this process's secret. ``authenticate=False`` (measurements, loopback
+    only) attaches to a system started without authentication.
+    """
+    use_poll_selector()
+    terse_messages()
+    if not authenticate:
+        if host not in LOOPBACK or not port_in_use(port, host):
+            raise ConnectionRefusedError(f"no unauthenticated actor system on {host}:{port}")
+        return _system(_scope(None, host, thespian_log, False), {"Admin Port": port}, None)
+    scope = _scope(secret, host, thespian_log)
+    verdict = probe(host, port, scope.signer().key)
+    if verdict is None:
+        raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
+    if not verdict:
+        raise AuthenticationRefused(
+            f"the actor system on {host}:{port} refused this client's secret (it was started "
+            "with another: check BACKSTAGE_HOME, BACKSTAGE_SECRET and BACKSTAGE_SECRET_FILE)"
+        )
+    return _system(scope, {"Admin Port": port}, None)
+
+
+def _scope(
+    secret: bytes | None, host: str, thespian_log: str | None, authenticate: bool = True
+) -> auth.Scope:
+    auth.install()
+    log = thespian_log or str(_security.home() / "thespian.log")
+    _security.create_private(log)  # refuses a symlink; Thespian then appends to this file
+    _own_thesplog(log)
+    if not authenticate:
+        return auth.Scope(None, host, log)
+    return auth.Scope(secret if secret is not None else _security.secret(), host, log)
+
+
+def _own_thesplog(path: str) -> None:
+    """Point this process's Thespian log at ``path`` if it would go to Thespian's default file
+    in the shared temporary directory (a ``THESPLOG_FILE`` of the user's is kept)."""
+    import os
+    import tempfile
+
+    default = os.path.join(os.getenv("TMPDIR", tempfile.gettempdir()), "thespian.log")
+    if not os.getenv("THESPLOG_FILE") and _utilis._thesplog_file in (None, default):
+        _utilis._thesplog_file = path
+        _utilis._thesplog_old_file = path + ".old"
+
+
+def _system(scope: auth.Scope, capabilities: dict[str, Any], log_defs: Any) -> Any:
+    """An ActorSystem on ``auth.system_base(scope)``, built as ``ActorSystem.__init__`` would."""
+    system = ActorSystem.__new__(ActorSystem)
+    system.systemAddress = ActorAddress("/ActorSys")  # what ActorSystem.__init__ would set
+    system.capabilities = capabilities
+    base_class = auth.system_base(scope)
+    # The admin is forked in here: it takes the scope and the log file with it.
+    saved = _utilis._thesplog_file, _utilis._thesplog_old_file
+    _utilis._thesplog_file, _utilis._thesplog_old_file = (
+        scope.thespian_log,
+        f"{scope.thespian_log}.old",
+    )
+    try:
+        with auth.entered(scope):
+            base = base_class(system, logDefs=log_defs)
+    finally:
+        _utilis._thesplog_file, _utilis._thesplog_old_file = saved
+    system._startupActorSys(None, base, capabilities, log_defs)
+    system._isTransientUnique = True
+    return system
+
+
+def external_context(actor_system: Any) -> Any:
+    """A context of its own for a thread other than the one that made ``actor_system``."""
+    return ExternalContext(actor_system._systemBase.external_clone())
+
+
+def ready_response(endpoint: Any) -> Any:
+    """The next answer already delivered to a simpleSystemBase caller, or None.
+
+    That base runs every actor inside ``tell()``: when it returns, the answers are in the
+    caller's inbox, and ``listen()`` would only walk the timers and the send queue again first.
+    """
+    base = getattr(endpoint, "_systemBase", None)
+    registry = getattr(base, "actorRegistry", None)
+    if registry is None:
+        return None
+    responses = getattr(registry["System:ExternalRequester"].instance, "responses", None)
+    while responses:
+        response = responses.pop(0)
+        if not isInternalActorSystemMessage(response):
+            return response
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` (probe before attaching)."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def own_address(endpoint: Any) -> Any:
+    """The address actors see as this external endpoint's (None if it cannot be told)."""
+    base = getattr(endpoint, "_systemBase", None)
+    transport = getattr(base, "transport", None)
+    if transport is not None:
+        return getattr(transport, "myAddress", None)
+    requester = getattr(base, "actorRegistry", {}).get("System:ExternalRequester")
+    return getattr(requester, "address", None)
+
+
+def system_key(handle: Any) -> str | None:
+    """Text naming the actor system that ``handle`` (an ``ActorSystem`` or an actor) belongs
+    to, the same from every process of it: its admin's address. None if it cannot be told."""
+    admin = getattr(getattr(handle, "_systemBase", None), "adminAddr", None)
+    if admin is None:
+        admin = getattr(getattr(handle, "_myRef", None), "_adminAddr", None)
+    return None if admin is None else str(admin)
