@@ -34,7 +34,6 @@ from thespian.actors import WatchMessage
 from supervisors import Failure, SupervisedActor
 
 from . import _lane, _thespian, telemetry
-from ._codec import encode_event
 from ._ids import event_id
 from ._protocol import (
     AppendBatch,
@@ -52,6 +51,7 @@ from .aggregate import Aggregate, events_of
 from .command import CommandItem, DispatchResult
 from .errors import AggregateFailed, BackstageError, CommandRejected, WrongExpectedVersion
 from .store import AppendRequest, EventStore, RecordedEvent
+from .store._codec import encode_event
 
 __all__ = ["AggregateActor"]
 

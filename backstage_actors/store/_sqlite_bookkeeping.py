@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import _serialization as ser
+from .. import _serialization as ser
 
 if TYPE_CHECKING:
-    from .store import RecordedEvent
+    from .sqlite import RecordedEvent
 
 __all__ = ["Bookkeeping", "DeadLetter", "Snapshot"]
 

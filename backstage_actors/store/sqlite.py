@@ -19,13 +19,13 @@ from typing import Any
 
 import attrs
 
-from . import _serialization as ser
-from ._bookkeeping import Bookkeeping, DeadLetter, Snapshot
+from .. import _serialization as ser
+from .._ids import event_id, new_id
+from ..errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
 from ._codec import decode_event, encode_event
 from ._durability import Turns, WalSync
-from ._ids import event_id, new_id
-from ._schema import open_database
-from .errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
+from ._sqlite_bookkeeping import Bookkeeping, DeadLetter, Snapshot
+from ._sqlite_schema import open_database
 
 __all__ = [
     "ANY",
