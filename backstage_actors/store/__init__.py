@@ -7,16 +7,17 @@ modules of this package are how it is built.
 
 from __future__ import annotations
 
-from ._sqlite_bookkeeping import DeadLetter, Snapshot
-from .sqlite import (
+from .records import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,
     AppendRequest,
-    EventStore,
+    DeadLetter,
     ExpectedVersion,
     RecordedEvent,
+    Snapshot,
 )
+from .sqlite import EventStore
 
 __all__ = [
     "ANY",

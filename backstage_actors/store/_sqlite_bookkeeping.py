@@ -9,43 +9,12 @@ import json
 import sqlite3
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from typing import Any
 
 from .. import _serialization as ser
+from .records import DeadLetter, RecordedEvent, Snapshot
 
-if TYPE_CHECKING:
-    from .sqlite import RecordedEvent
-
-__all__ = ["Bookkeeping", "DeadLetter", "Snapshot"]
-
-
-@attrs.frozen
-class Snapshot:
-    stream_id: str
-    version: int
-    schema_version: int
-    type: str
-    state: Any
-    taken_at: datetime
-
-
-@attrs.frozen
-class DeadLetter:
-    id: int
-    subscriber: str
-    position: int
-    event_id: str
-    stream_id: str
-    version: int
-    type: str
-    error_type: str
-    error: str
-    traceback: str
-    failures: int
-    status: str
-    parked_at: str
+__all__ = ["Bookkeeping"]
 
 
 class Bookkeeping:

@@ -8,7 +8,6 @@ a stream of a million events is never in memory at once.
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import time
@@ -17,15 +16,23 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import attrs
-
 from .. import _serialization as ser
 from .._ids import event_id, new_id
 from ..errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
 from ._codec import decode_event, encode_event
 from ._durability import Turns, WalSync
-from ._sqlite_bookkeeping import Bookkeeping, DeadLetter, Snapshot
+from ._sqlite_bookkeeping import Bookkeeping
 from ._sqlite_schema import open_database
+from .records import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendRequest,
+    DeadLetter,
+    ExpectedVersion,
+    RecordedEvent,
+    Snapshot,
+)
 
 __all__ = [
     "ANY",
@@ -38,48 +45,6 @@ __all__ = [
     "RecordedEvent",
     "Snapshot",
 ]
-
-
-class ExpectedVersion(enum.Enum):
-    ANY = "any"
-    NO_STREAM = "no stream"
-    STREAM_EXISTS = "stream exists"
-
-
-ANY = ExpectedVersion.ANY
-NO_STREAM = ExpectedVersion.NO_STREAM
-STREAM_EXISTS = ExpectedVersion.STREAM_EXISTS
-
-
-@attrs.frozen
-class RecordedEvent:
-    """An event as stored: ``data`` is the event object (upcast and structured)."""
-
-    event_id: str
-    stream_id: str
-    version: int
-    position: int
-    type: str
-    data: Any
-    metadata: dict[str, Any]
-    recorded_at: datetime
-
-
-@attrs.frozen
-class AppendRequest:
-    """One atomic append: all of ``events`` are stored, or none."""
-
-    stream_id: str
-    events: Sequence[Any]
-    expected_version: ExpectedVersion | int = ANY
-    metadata: Mapping[str, Any] | None = None
-    event_ids: Sequence[str] | None = None
-
-    def answered_elsewhere(self, recorded: Sequence[RecordedEvent]) -> bool:
-        """Whether ``recorded``, this append's answer, holds events an earlier attempt of it
-        stored at other versions than this one expected (it stored nothing itself)."""
-        expected = self.expected_version
-        return bool(recorded) and isinstance(expected, int) and recorded[0].version != expected + 1
 
 
 _SCALARS = (str, int, bool, type(None))
