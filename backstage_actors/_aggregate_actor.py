@@ -368,14 +368,11 @@ class AggregateActor(SupervisedActor):
         """A command named by its caller (``idempotent``) and stored before is answered, not run
         again."""
         first = event_id(item.command_id, 0)
-        row = self.store.conn.execute(
-            "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",
-            (first, self.stream_id),
-        ).fetchone()
-        if row is None:
+        version = self.store.event_version(first, self.stream_id)
+        if version is None:
             return None
         events = []
-        for event in self.store.read_stream(self.stream_id, from_version=row[0]):
+        for event in self.store.read_stream(self.stream_id, from_version=version):
             if event.metadata.get("command_id") != item.command_id:
                 break
             events.append(event)

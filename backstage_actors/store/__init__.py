@@ -1,12 +1,17 @@
 """The event store: an append-only log of events, with the bookkeeping beside it (snapshots,
 checkpoints, dead letters, process manager state).
 
-``from backstage_actors.store import EventStore, RecordedEvent, ...`` is the stable way in; the
-modules of this package are how it is built.
+``from backstage_actors.store import EventStore, RecordedEvent, ...`` is the stable way in. The
+package is layered as eventsourcing's persistence is: :mod:`.records` (the values), a codec
+(``_codec``), recorders that run the statements (:mod:`.recorder`: :mod:`.sqlite`,
+:mod:`.postgres`, :mod:`.memory`) and the facade :class:`EventStore` over them.
 """
 
 from __future__ import annotations
 
+from ._facade import EventStore, is_postgres, store_kind
+from .memory import MemoryRecorder
+from .recorder import Recorder
 from .records import (
     ANY,
     NO_STREAM,
@@ -17,7 +22,7 @@ from .records import (
     RecordedEvent,
     Snapshot,
 )
-from .sqlite import EventStore
+from .sqlite import SQLiteRecorder
 
 __all__ = [
     "ANY",
@@ -27,6 +32,11 @@ __all__ = [
     "DeadLetter",
     "EventStore",
     "ExpectedVersion",
+    "MemoryRecorder",
     "RecordedEvent",
+    "Recorder",
+    "SQLiteRecorder",
     "Snapshot",
+    "is_postgres",
+    "store_kind",
 ]
