@@ -135,3 +135,7 @@ def run_at_once(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> 
         worker.join(timeout=30)
         assert worker.exitcode == 0
     return reports
+
+
+# The private PostgreSQL server of the session, and a fresh schema on it per test.
+from .pg_fixture import pg_dsn, pg_server  # noqa: E402, F401
