@@ -22,7 +22,6 @@ import traceback
 from datetime import timedelta
 from typing import Any
 
-import sqlite_utils
 from thespian.actors import WakeupMessage
 
 from supervisors import SupervisedActor
@@ -135,12 +134,12 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         self.subscriber = self.cls()
         self.store = EventStore(self.settings.database, self.settings.synchronous)
         self.page_size = self.settings.page_size
-        self.target: sqlite_utils.Database = self.store.db
+        self.target: Any = self.store.handle
         self.target_store = self.store
         if isinstance(self.subscriber, Projection):
             self._open_projection_database()
         elif isinstance(self.subscriber, EventHandler):
-            self.subscriber.db = self.store.db
+            self.subscriber.db = self.store.handle
         self.position = self.target_store.checkpoint(self.name)
         if self.position == 0 and self.cls.start_from == "current":
             self.position = self.store.last_position()
@@ -165,7 +164,7 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         if self.cls.database:  # type: ignore[attr-defined]
             # The tables and their checkpoint live together in the projection's own file.
             self.target_store = EventStore(self.cls.database, self.settings.synchronous)  # type: ignore[attr-defined]
-            self.target = self.target_store.db
+            self.target = self.target_store.handle
         self.subscriber.init(self.target)
 
     def on_stop(self) -> None:
@@ -335,22 +334,20 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             return True
         projection = self.subscriber
         assert isinstance(projection, Projection)
-        conn = self.target.conn
         position = self.position
         with self.target_store.transaction():
             for row in rows:
                 recorded, meta, error = self._decode(row)
                 if error is None:
-                    conn.execute("SAVEPOINT event")
                     try:
-                        with telemetry.span("handle", self.stats, subscriber=self.name):
+                        with (
+                            self.target_store.savepoint(),
+                            telemetry.span("handle", self.stats, subscriber=self.name),
+                        ):
                             projection.project(
                                 recorded.data if recorded else None, meta, self.target
                             )
-                        conn.execute("RELEASE event")
                     except Exception as exc:
-                        conn.execute("ROLLBACK TO event")
-                        conn.execute("RELEASE event")
                         error = exc
                 if error is not None and not self._policy(error, recorded, meta, row):
                     break
@@ -477,8 +474,7 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             )
             return
         with self.target_store.transaction():
-            for table in projection.tables:
-                self.target[table].drop(ignore=True)
+            self.target_store.drop_tables(projection.tables)
             self.target_store.delete_checkpoint(self.name)
         projection.init(self.target)
         self.position = 0

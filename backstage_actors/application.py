@@ -9,7 +9,6 @@ tree and returns a :class:`RunningSystem`, the handle you dispatch commands thro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from ._protocol import Settings
 from ._store_actor import StoreActor
 from .middleware import Middleware
 from .router import Router, RouterActor
+from .store import EventStore, is_postgres, normalise
 
 __all__ = ["Application", "RunningSystem"]
 
@@ -74,7 +74,7 @@ class Application:
 
     def settings(self, base: str, database: str | None = None) -> Settings:
         return Settings(
-            database=os.path.abspath(database or self.database),
+            database=normalise(database or self.database),
             synchronous=self.synchronous,
             base=base,
             max_retries=self.max_retries,
@@ -131,6 +131,8 @@ class Application:
         ``host:port`` (127.0.0.1 and a free port by default).
         """
         settings = self.settings(base, database)
+        if is_postgres(settings.database):  # an unreachable server is one clear error, now
+            EventStore(settings.database).close()
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)
         try:
             root = start_supervisor(

@@ -9,6 +9,8 @@ by the form of ``where``: a path or ``sqlite:///path`` is SQLite, ``postgresql:/
 from __future__ import annotations
 
 import json
+import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from .recorder import Recorder
 from .records import ANY, AppendRequest, DeadLetter, ExpectedVersion, RecordedEvent, Snapshot
 from .sqlite import SQLiteRecorder
 
-__all__ = ["EventStore", "is_postgres", "store_kind"]
+__all__ = ["EventStore", "is_postgres", "normalise", "redact", "store_kind"]
 
 
 def store_kind(where: str) -> str:
@@ -38,6 +40,24 @@ def store_kind(where: str) -> str:
 
 def is_postgres(where: str) -> bool:
     return store_kind(where) == "postgres"
+
+
+def normalise(where: str) -> str:
+    """``where`` as every process of an application names it: a SQLite path made absolute, a
+    URL as it is."""
+    if store_kind(where) == "sqlite":
+        return os.path.abspath(_sqlite_path(where))
+    return str(where)
+
+
+def redact(where: str) -> str:
+    """``where`` fit for a message or a log: a URL's password replaced by ``***``."""
+    text = str(where)
+    parts = urllib.parse.urlsplit(text) if "://" in text else None
+    if parts is None or parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _sqlite_path(where: str) -> str:
@@ -105,6 +125,26 @@ class EventStore:
 
     def flush(self) -> None:
         self.recorder.flush()
+
+    # -- projections ------------------------------------------------------------------------
+
+    @property
+    def handle(self) -> Any:
+        """What projections and handlers write their own tables through: the
+        ``sqlite_utils.Database`` of a SQLite store (or of an SQLite database in memory beside a
+        ``memory:`` store), a :class:`~backstage_actors.store.postgres.PostgresHandle` on
+        PostgreSQL. Writes made in :meth:`transaction` commit with it."""
+        return self.recorder.handle
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside :meth:`transaction`: undo only what the block wrote if it raises."""
+        with self.recorder.savepoint():
+            yield
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        """Drop a projection's tables, if they exist (a rebuild)."""
+        self.recorder.drop_tables(tables)
 
     # -- appending --------------------------------------------------------------------------
 

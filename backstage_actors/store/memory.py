@@ -9,11 +9,14 @@ SQLite and PostgreSQL recorders (the conformance suite runs against it).
 from __future__ import annotations
 
 import bisect
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+
+import sqlite_utils
 
 from ..errors import BackstageError, WrongExpectedVersion
 from . import _appending as ap
@@ -41,6 +44,19 @@ class _State:
         self.letters: dict[int, DeadLetter] = {}
         self.processes: dict[tuple[str, str], tuple[str, str]] = {}
         self.undo: list[Callable[[], None]] | None = None  # while a transaction is open
+        self.tables: sqlite_utils.Database | None = None
+
+
+@contextmanager
+def _sqlite_savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
 
 
 _states: dict[str, _State] = {}
@@ -75,7 +91,11 @@ class MemoryRecorder(Recorder):
                 return
             state.undo = []
             try:
-                yield self
+                if state.tables is None:
+                    yield self
+                else:  # the projections' tables beside the store roll back with it
+                    with _sqlite_savepoint(state.tables.conn, "tx"):
+                        yield self
             except BaseException:
                 for undo in reversed(state.undo):
                     undo()
@@ -307,6 +327,26 @@ class MemoryRecorder(Recorder):
             self._set(
                 self.state.processes, (name, process_id), None if state is None else (state, at)
             )
+
+    # -- projections --------------------------------------------------------------------------
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        # Projections write to an SQLite database in memory beside the store: its savepoint.
+        with _sqlite_savepoint(self.handle.conn, "event"):
+            yield
+
+    @property
+    def handle(self) -> Any:
+        """An SQLite database in memory, for the projections of a store in memory."""
+        if self.state.tables is None:
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self.state.tables = sqlite_utils.Database(conn)
+        return self.state.tables
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            self.handle[table].drop(ignore=True)
 
     # -- copying ----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg.conninfo
+import psycopg.sql
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
@@ -45,7 +46,7 @@ from ._pg_schema import SCHEMA
 from .recorder import TABLES, Recorder
 from .records import AppendRequest, DeadLetter, RecordedEvent
 
-__all__ = ["PostgresRecorder", "describe_url"]
+__all__ = ["PostgresHandle", "PostgresRecorder", "describe_url"]
 
 T = TypeVar("T")
 _log = logging.getLogger("backstage_actors.store.postgres")
@@ -239,6 +240,36 @@ class PostgresRecorder(Recorder):
     def connection(self) -> psycopg.Connection[Any] | None:
         """The connection of the transaction open in this thread (projections write on it)."""
         return self._local.conn
+
+    # -- projections --------------------------------------------------------------------------
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        conn = self._local.conn
+        if conn is None:
+            raise StorageError("a savepoint needs an open transaction")
+        conn.execute("SAVEPOINT event")
+        try:
+            yield
+        except BaseException:
+            if not conn.closed:
+                conn.execute("ROLLBACK TO SAVEPOINT event")
+                conn.execute("RELEASE SAVEPOINT event")
+            raise
+        conn.execute("RELEASE SAVEPOINT event")
+
+    @property
+    def handle(self) -> PostgresHandle:
+        return PostgresHandle(self)
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            self._run(
+                "drop a table",
+                lambda conn, t=table: conn.execute(  # type: ignore[misc]
+                    psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg.sql.Identifier(t))
+                ),
+            )
 
     # -- appending --------------------------------------------------------------------------
 
@@ -644,6 +675,46 @@ class PostgresRecorder(Recorder):
                 )
 
         self._run("import rows", work, retry=False)
+
+
+class PostgresHandle:
+    """What a projection (or handler) on a PostgreSQL store writes its tables through.
+
+    ``execute(query, params)`` runs one statement (psycopg placeholders: ``%s`` or
+    ``%(name)s``) and returns the psycopg cursor. Inside the subscriber's transaction (every
+    ``project`` call) it runs on that transaction's connection, so the projection's writes and its
+    checkpoint commit together, exactly once; elsewhere (``init``) on a connection of the pool,
+    committed at once.
+    """
+
+    def __init__(self, recorder: PostgresRecorder) -> None:
+        self.recorder = recorder
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        conn = self.recorder.connection()
+        if conn is not None:
+            return conn.execute(query, params)
+        return self.recorder._run(
+            "run a projection's statement", lambda c: c.execute(query, params)
+        )
+
+    def executemany(self, query: Any, params_seq: Sequence[Any]) -> None:
+        conn = self.recorder.connection()
+        if conn is not None:
+            with conn.cursor() as cursor:
+                cursor.executemany(query, params_seq)
+            return
+        with self.recorder.transaction():
+            self.executemany(query, params_seq)
+
+    def query(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        """Every row of a query (a read on the projection's tables)."""
+        conn = self.recorder.connection()
+        if conn is not None:
+            return conn.execute(query, params).fetchall()
+        return self.recorder._run(
+            "read a projection", lambda c: c.execute(query, params).fetchall()
+        )
 
 
 def _already_stored(

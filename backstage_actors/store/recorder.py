@@ -15,7 +15,7 @@ are JSON text.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -72,6 +72,21 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     def transaction(self, flush: bool = True) -> AbstractContextManager[Any]:
         """One write transaction: commit on success, roll back on error; nested use joins it."""
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractContextManager[Any]:
+        """Inside :meth:`transaction`: undo only what the block wrote if it raises."""
+
+    @property
+    @abc.abstractmethod
+    def handle(self) -> Any:
+        """What projections and handlers write their own tables through: a
+        ``sqlite_utils.Database`` (SQLite, memory) or a
+        :class:`~backstage_actors.store.postgres.PostgresHandle`."""
+
+    @abc.abstractmethod
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        """Drop a projection's tables (if they exist), inside :meth:`transaction`."""
 
     def flush(self) -> None:
         """Make commits left unflushed (``transaction(flush=False)``) durable; most recorders

@@ -403,6 +403,27 @@ class SQLiteRecorder(Bookkeeping, Recorder):
                 )
         return int(deleted)
 
+    # -- projections --------------------------------------------------------------------------
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT event")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO event")
+            self.conn.execute("RELEASE event")
+            raise
+        self.conn.execute("RELEASE event")
+
+    @property
+    def handle(self) -> Any:
+        return self.db
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            self.db[table].drop(ignore=True)
+
     # -- copying ----------------------------------------------------------------------------
 
     def count(self, table: str) -> int:
