@@ -37,7 +37,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg.sql
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import BackstageError, StorageError, WrongExpectedVersion
 from . import _appending as ap
@@ -680,8 +680,10 @@ class PostgresRecorder(Recorder):
 class PostgresHandle:
     """What a projection (or handler) on a PostgreSQL store writes its tables through.
 
-    ``execute(query, params)`` runs one statement (psycopg placeholders: ``%s`` or
-    ``%(name)s``) and returns the psycopg cursor. Inside the subscriber's transaction (every
+    ``execute(query, params)`` runs one statement and returns the psycopg cursor. Placeholders
+    are psycopg's (``%s``, ``%(name)s``) or, as with ``sqlite_utils.Database.execute``, ``?``:
+    a projection that writes plain SQL through ``execute`` (``CREATE TABLE IF NOT EXISTS``,
+    ``INSERT ... ON CONFLICT``, ``UPDATE``) runs unchanged on both stores. Inside the subscriber's transaction (every
     ``project`` call) it runs on that transaction's connection, so the projection's writes and its
     checkpoint commit together, exactly once; elsewhere (``init``) on a connection of the pool,
     committed at once.
@@ -691,6 +693,7 @@ class PostgresHandle:
         self.recorder = recorder
 
     def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        query = _placeholders(query, params)
         conn = self.recorder.connection()
         if conn is not None:
             return conn.execute(query, params)
@@ -699,6 +702,7 @@ class PostgresHandle:
         )
 
     def executemany(self, query: Any, params_seq: Sequence[Any]) -> None:
+        query = _placeholders(query, params_seq[0] if params_seq else None)
         conn = self.recorder.connection()
         if conn is not None:
             with conn.cursor() as cursor:
@@ -709,12 +713,35 @@ class PostgresHandle:
 
     def query(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
         """Every row of a query (a read on the projection's tables)."""
+        query = _placeholders(query, params)
         conn = self.recorder.connection()
         if conn is not None:
             return conn.execute(query, params).fetchall()
         return self.recorder._run(
             "read a projection", lambda c: c.execute(query, params).fetchall()
         )
+
+
+def _placeholders(query: Any, params: Any) -> Any:
+    """``query`` with sqlite3's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` as
+    ``%%``), when it has ``?`` outside quotes and positional parameters."""
+    if not isinstance(query, str) or "?" not in query or params is None or isinstance(params, dict):
+        return query
+    out: list[str] = []
+    quote = ""
+    for char in query:
+        if quote:
+            out.append("%%" if char == "%" else char)
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        else:
+            out.append("%%" if char == "%" else char)
+    return "".join(out)
 
 
 def _already_stored(
@@ -731,7 +758,7 @@ def _already_stored(
 def _lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (server restart, network), not a refusal."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
-        exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
+        exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, PoolClosed, PoolTimeout)
     )
 
 
