@@ -14,7 +14,7 @@ import time
 
 import click
 
-from . import _daemon, _serialization
+from . import _copy, _daemon, _serialization
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -414,6 +414,9 @@ def shell(session: Session, port: int) -> None:
     from ._shell import Shell
 
     Shell(cli, session, port).cmdloop()
+
+
+_copy.register(cli)  # backstage copy SRC DST (its body in _copy.py)
 
 
 def run(args: list[str] | None = None, session: Session | None = None) -> int:
