@@ -254,12 +254,12 @@ class EventStore:
         """``(version, event)`` of a stream after ``after_version``, paged: the rebuild fast path."""
         low = after_version + 1
         while True:
-            rows = self.recorder.stream_page(stream_id, low, 2**62, self.page_size, False)
-            for row in rows:
-                yield row[3], decode_event(row[4], row[5], row[6], row[7], row[0])
+            rows = self.recorder.payload_page(stream_id, low, self.page_size)
+            for version, type_name, schema_version, topic, data, position in rows:
+                yield version, decode_event(type_name, schema_version, topic, data, position)
             if len(rows) < self.page_size:
                 return
-            low = rows[-1][3] + 1
+            low = rows[-1][0] + 1
 
     def event_version(self, event_id: str, stream_id: str) -> int | None:
         """The version at which ``stream_id`` holds the event ``event_id``, if it does."""

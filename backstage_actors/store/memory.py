@@ -211,6 +211,10 @@ class MemoryRecorder(Recorder):
             rows = [r for r in self.state.streams.get(stream_id, []) if low <= r[3] <= high]
         return (rows[::-1] if backward else rows)[:limit]
 
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        rows = self.stream_page(stream_id, low, 2**62, limit, False)
+        return [(r[3], r[4], r[5], r[6], r[7], r[0]) for r in rows]
+
     def events_page(self, from_position: int, limit: int) -> list[Row]:
         with self.state.lock:
             start = bisect.bisect_left(self.state.positions, from_position)

@@ -445,6 +445,14 @@ class PostgresRecorder(Recorder):
             (stream_id, low, high, limit),
         )
 
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        return self._all(
+            "read a stream",
+            "SELECT version, type, schema_version, topic, data, position FROM events"
+            " WHERE stream_id = %s AND version >= %s ORDER BY version LIMIT %s",
+            (stream_id, low, limit),
+        )
+
     def events_page(self, from_position: int, limit: int) -> list[Row]:
         return self._all(
             "read events",

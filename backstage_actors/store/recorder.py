@@ -116,6 +116,11 @@ class Recorder(abc.ABC):
         """Rows of ``stream_id`` with ``low <= version <= high``, by version, at most ``limit``."""
 
     @abc.abstractmethod
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        """``(version, type, schema_version, topic, data, position)`` of the stream's events
+        from version ``low`` on, at most ``limit``: only what rebuilding an aggregate reads."""
+
+    @abc.abstractmethod
     def events_page(self, from_position: int, limit: int) -> list[Row]:
         """Rows from ``from_position`` on, by position, at most ``limit``."""
 

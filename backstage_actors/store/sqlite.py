@@ -365,6 +365,13 @@ class SQLiteRecorder(Bookkeeping, Recorder):
             (stream_id, low, high, limit),
         ).fetchall()
 
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            "SELECT version, type, schema_version, topic, data, position FROM events"
+            " WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?",
+            (stream_id, low, limit),
+        ).fetchall()
+
     def events_page(self, from_position: int, limit: int) -> list[Row]:
         return self.conn.execute(
             f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
