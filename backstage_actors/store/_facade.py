@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -244,6 +245,20 @@ class EventStore:
                 remaining -= len(rows)
                 if remaining <= 0:
                     return
+
+    def wait_for_events(self, after_position: int, timeout: float) -> bool:
+        """Block until an event past ``after_position`` is stored, at most ``timeout`` seconds;
+        True if there is one. PostgreSQL wakes the caller by LISTEN/NOTIFY (an append on any
+        host); the other stores look every 10 ms."""
+        wait = getattr(self.recorder, "wait", None)
+        if wait is not None:
+            return bool(wait(after_position, timeout))
+        deadline = time.monotonic() + timeout
+        while self.recorder.last_position() <= after_position:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def read_page(self, from_position: int, limit: int) -> list[tuple[Any, ...]]:
         """Raw rows from ``from_position`` on (decode each with :meth:`decode_row`): subscribers

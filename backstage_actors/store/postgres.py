@@ -91,6 +91,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
+class _Waiting:
+    """An append waiting for a group commit (:meth:`PostgresRecorder.write`)."""
+
+    def __init__(self, prepared: Prepared, results: Results) -> None:
+        self.prepared = prepared
+        self.results = results
+        self.done = threading.Event()
+        self.lead = False
+        self.error: BaseException | None = None
+
+
 class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None
 
@@ -126,6 +137,9 @@ class PostgresRecorder(Recorder):
             + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
         )
         self._local = _Local()
+        self._group_lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._leading = False
         self._listener: psycopg.Connection[Any] | None = None
         # Reach the server once, directly: a wrong address or password is one clear error now.
         try:
@@ -274,6 +288,57 @@ class PostgresRecorder(Recorder):
     # -- appending --------------------------------------------------------------------------
 
     def write(
+        self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
+    ) -> None:
+        """Group commit across threads: appends that arrive while a commit is under way wait,
+        and the first of them then commits them all in one transaction (one lock, one flush)."""
+        if self._local.conn is not None:  # inside the caller's transaction
+            self._write_now(prepared, results, recorded_at, stamp)
+            return
+        mine = _Waiting(prepared, results)
+        with self._group_lock:
+            self._waiting.append(mine)
+            if self._leading:
+                mine.lead = False
+            else:
+                self._leading = mine.lead = True
+        if not mine.lead:
+            mine.done.wait()
+            if not mine.lead:  # committed by another thread's transaction
+                if mine.error is not None:
+                    raise mine.error
+                return
+        with self._group_lock:
+            group, self._waiting = self._waiting, []
+        try:
+            self._write_group(group, recorded_at, stamp)
+        finally:
+            with self._group_lock:
+                if self._waiting:  # the next leader: the first that arrived meanwhile
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._leading = False
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_group(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
+        prepared = [item for member in group for item in member.prepared]
+        results = [result for member in group for result in member.results]
+        error: BaseException | None = None
+        try:
+            self._write_now(prepared, results, recorded_at, stamp)
+        except BaseException as exc:
+            error = exc
+        at = 0
+        for member in group:
+            member.results[:] = results[at : at + len(member.results)]
+            at += len(member.results)
+            member.error = error
+            if not member.lead:
+                member.done.set()
+
+    def _write_now(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
     ) -> None:
         live = [(i, item) for i, item in enumerate(prepared) if item is not None]
