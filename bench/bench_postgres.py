@@ -80,7 +80,7 @@ def _ours(store: EventStore, per_append: int, stream: str) -> Callable[[], int]:
     return step
 
 
-def _concurrent(store: EventStore, threads: int, per_thread: int) -> float:
+def _concurrent(store: EventStore, threads: int, per_thread: int, prefix: str) -> float:
     """Appends/s of ``threads`` callers appending single events to streams of their own."""
     barrier = threading.Barrier(threads + 1)
     failures: list[Any] = []
@@ -88,7 +88,7 @@ def _concurrent(store: EventStore, threads: int, per_thread: int) -> float:
     def caller(index: int) -> None:
         barrier.wait()
         for version in range(per_thread):
-            request = AppendRequest(f"c{index}", [_domain.Credited("w", 1, version)], version)
+            request = AppendRequest(f"{prefix}{index}", [_domain.Credited("w", 1, version)], version)
             [result] = store.append_batches([request])
             if isinstance(result, BaseException):
                 failures.append(result)
@@ -226,8 +226,8 @@ def rows(quick: bool = False) -> list[Row]:
                 )
             )
             per_thread = 50 if quick else 200
-            one = _concurrent(store, 1, per_thread * 2)
-            eight = _concurrent(store, 8, per_thread)
+            one = _concurrent(store, 1, per_thread * 2, "one-")
+            eight = _concurrent(store, 8, per_thread, "eight-")
             result.append(
                 Row(
                     "PostgreSQL: 8 concurrent callers (group commit)",

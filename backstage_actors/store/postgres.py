@@ -37,6 +37,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg.sql
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import BackstageError, StorageError, WrongExpectedVersion
@@ -58,6 +59,16 @@ _VERSIONS = (
 _VERSION = (
     "SELECT (SELECT max(version) FROM events WHERE stream_id = %(s)s),"
     " (SELECT version FROM streams WHERE stream_id = %(s)s)"
+)
+# Insert every row only if every stream is at the version its append expects (one statement).
+_INSERT_EXPECTED = (
+    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
+    " metadata, recorded_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[],"
+    " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " WHERE (SELECT count(*) FROM unnest(%s::text[], %s::bigint[]) AS s(id, expected)"
+    " WHERE greatest((SELECT max(version) FROM events WHERE stream_id = s.id),"
+    " (SELECT version FROM streams WHERE stream_id = s.id), 0) = s.expected) = %s"
+    " RETURNING position"
 )
 _INSERT = (
     "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
@@ -384,46 +395,116 @@ class PostgresRecorder(Recorder):
         stamp: str,
         state: dict[str, bool] | None,
     ) -> None:
+        """One round trip when every append names the version it expects (what aggregates
+        do), else two: BEGIN, the lock and the streams' state; then, decided here, the rows,
+        the NOTIFY and COMMIT. Statements go together as one simple query (client-side
+        binding), the cheapest way through psycopg."""
         own = state is not None
-        if own:
-            conn.execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
-        else:
-            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        cursor = psycopg.ClientCursor(conn)
+        if own and _expects_versions(live):
+            assert state is not None
+            if self._write_expected(cursor, live, results, recorded_at, stamp, state):
+                return
+            state["committing"] = False
+        streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
+        named = [i for _, (request, _) in live for i in (request.event_ids or [])]
+        head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", _VERSIONS]
+        params: list[Any] = [streams]
+        if named:
+            head.append(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)")
+            params.append(named)
         try:
-            last = self._plan_and_insert(conn, live, results, recorded_at, stamp)
-            if last:
-                conn.execute("SELECT pg_notify(%s, %s)", (self.channel, str(last)))
+            cursor.execute("; ".join(head), params)
+            sets = _result_sets(cursor)
+            stored = {row[1]: row for row in sets[-1]} if named else {}
+            version_rows = sets[-2] if named else sets[-1]
+            versions = {
+                stream_id: ap.stream_state(last_event, kept)
+                for stream_id, last_event, kept in version_rows
+            }
+            planned, columns = self._plan(live, results, versions, stored, stamp)
+            tail: list[str] = []
+            params = []
+            if planned:
+                tail += [_INSERT, "SELECT pg_notify(%s, '')"]
+                params += [*columns, self.channel]
+            if own:
+                assert state is not None
+                state["committing"] = True
+                tail.append("COMMIT")
+            sets = []
+            if tail:
+                cursor.execute("; ".join(tail), params)
+                sets = _result_sets(cursor)
         except BaseException:
-            if own and not conn.closed:
+            if own and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
             raise
-        if own:
-            assert state is not None
-            state["committing"] = True
-            conn.execute("COMMIT")
+        if planned:
+            _fill(results, planned, sorted(row[0] for row in sets[0]), recorded_at)
 
-    def _plan_and_insert(
+    def _write_expected(
         self,
-        conn: psycopg.Connection[Any],
+        cursor: psycopg.ClientCursor[Any],
         live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
         results: Results,
         recorded_at: datetime,
         stamp: str,
-    ) -> int:
-        """Decide every append under the lock (versions and event ids read in two queries),
-        then insert every row in one statement. Returns the last position stored (0: none)."""
-        streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
-        versions = {
-            stream_id: ap.stream_state(last_event, kept)
-            for stream_id, last_event, kept in conn.execute(_VERSIONS, (streams,))
-        }
-        named = [i for _, (request, _) in live for i in (request.event_ids or [])]
-        stored: dict[str, Row] = {}
-        if named:
-            for row in conn.execute(
-                f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)", (named,)
-            ):
-                stored[row[1]] = row
+        state: dict[str, bool],
+    ) -> bool:
+        """Appends that each name their stream's version (streams distinct): one round trip
+        that inserts every row only if every stream is at the version its append expects.
+        False, with nothing stored, when one is not (or an event id exists): then the careful
+        way decides each append on its own."""
+        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        streams: list[str] = []
+        expected: list[int] = []
+        for index, (request, encoded) in live:
+            current = int(request.expected_version)  # type: ignore[arg-type]
+            ids = ap.event_ids(request, len(encoded))
+            try:
+                metadata, meta_text = ap.metadata(request)
+            except BackstageError:
+                return False
+            for row in ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp):
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+            planned.append((index, request.stream_id, encoded, ids, current, metadata))
+            streams.append(request.stream_id)
+            expected.append(current)
+        state["committing"] = True
+        try:
+            cursor.execute(
+                f"BEGIN; LOCK TABLE events IN EXCLUSIVE MODE; {_INSERT_EXPECTED};"
+                " SELECT pg_notify(%s, ''); COMMIT",
+                [*columns, streams, expected, len(streams), self.channel],
+            )
+            sets = _result_sets(cursor)
+        except pg_errors.UniqueViolation:  # an event id already stored: the careful way
+            cursor.connection.execute("ROLLBACK")
+            return False
+        except BaseException:
+            conn = cursor.connection
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            raise
+        positions = sorted(row[0] for row in sets[2])
+        if len(positions) != len(columns[0]):
+            return False  # a stream was elsewhere (an empty transaction was committed)
+        _fill(results, planned, positions, recorded_at)
+        return True
+
+    def _plan(
+        self,
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: Results,
+        versions: dict[str, tuple[bool, int]],
+        stored: dict[str, Row],
+        stamp: str,
+    ) -> tuple[list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]], list[list[Any]]]:
+        """Decide every append under the lock: each outcome that needs no row goes to
+        ``results``; the others come back planned, with the columns of their rows."""
         failed: Failed = {}
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
         columns: list[list[Any]] = [[] for _ in range(9)]
@@ -471,16 +552,7 @@ class PostgresRecorder(Recorder):
             taken.update(ids)
             planned.append((index, stream_id, encoded, ids, current, metadata))
             versions[stream_id] = (True, current + len(encoded))
-        if not planned:
-            return 0
-        positions = sorted(row[0] for row in conn.execute(_INSERT, columns))
-        at = 0
-        for index, stream_id, encoded, ids, current, metadata in planned:
-            results[index] = ap.recorded(
-                ids, stream_id, current, positions[at], encoded, metadata, recorded_at
-            )
-            at += len(encoded)
-        return positions[-1]
+        return planned, columns
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -815,6 +887,43 @@ def _placeholders(query: Any, params: Any) -> Any:
         else:
             out.append("%%" if char == "%" else char)
     return "".join(out)
+
+
+def _expects_versions(live: list[tuple[int, tuple[AppendRequest, list[Any]]]]) -> bool:
+    """Whether every append names an exact version of a stream no other append of the batch
+    writes, and stores something."""
+    streams = set()
+    for _, (request, encoded) in live:
+        expected = request.expected_version
+        if not encoded or isinstance(expected, bool) or not isinstance(expected, int):
+            return False
+        if request.stream_id in streams:
+            return False
+        streams.add(request.stream_id)
+    return True
+
+
+def _result_sets(cursor: psycopg.ClientCursor[Any]) -> list[list[Any]]:
+    """The rows of each statement of a multi-statement query ([] for one without rows)."""
+    sets: list[list[Any]] = []
+    while True:
+        sets.append(cursor.fetchall() if cursor.description else [])
+        if not cursor.nextset():
+            return sets
+
+
+def _fill(
+    results: Results,
+    planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]],
+    positions: list[int],
+    recorded_at: datetime,
+) -> None:
+    at = 0
+    for index, stream_id, encoded, ids, current, metadata in planned:
+        results[index] = ap.recorded(
+            ids, stream_id, current, positions[at], encoded, metadata, recorded_at
+        )
+        at += len(encoded)
 
 
 def _already_stored(
