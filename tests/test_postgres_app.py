@@ -18,7 +18,7 @@ from backstage_actors import Application, EventStore
 from backstage_actors.errors import StorageError
 from examples.bank import make_app as make_bank
 from examples.bank import router as bank_router
-from examples.bank.domain import CloseAccount, Deposit, OpenAccount
+from examples.bank.domain import CloseAccount, Deposit, MoneyDeposited, OpenAccount
 from examples.bank.read_models import Balances
 from examples.bank.transfers import TransferMoney
 
@@ -216,3 +216,25 @@ def test_a_store_reconnects_after_a_server_restart_and_repeats_only_safe_appends
     assert again == recorded
     assert [e.data.amount for e in store.read_stream("s")] == [1, 2]
     store.close()
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_events_appended_by_another_host_wake_the_subscribers_at_once(start_app: Start) -> None:
+    """NOTIFY, not the subscribers' one-second poll: a projection follows an append made
+    outside the application (as another host would) within a fraction of that second."""
+    system = start_app(Application("bank", router=bank_router, projections=[Balances]))
+    system.dispatch(OpenAccount("ada", "Ada"))
+    system.settle()
+    delays = []
+    with EventStore(system.settings.database) as outsider:
+        for n in range(1, 6):
+            version = outsider.stream_version("Account-ada")
+            [event] = outsider.append(
+                "Account-ada", [MoneyDeposited("ada", n, n)], expected_version=version
+            )
+            appended = time.monotonic()
+            while outsider.checkpoint("balances") < event.position:
+                assert time.monotonic() - appended < 5, "the projection never caught up"
+                time.sleep(0.005)
+            delays.append(time.monotonic() - appended)
+    assert sorted(delays)[2] < 0.35, delays

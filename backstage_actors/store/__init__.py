@@ -9,7 +9,7 @@ package is layered as eventsourcing's persistence is: :mod:`.records` (the value
 
 from __future__ import annotations
 
-from ._facade import EventStore, is_postgres, normalise, redact, store_kind
+from ._facade import EventStore, is_postgres, listen, normalise, redact, store_kind
 from .memory import MemoryRecorder
 from .recorder import Recorder
 from .records import (
@@ -38,6 +38,7 @@ __all__ = [
     "SQLiteRecorder",
     "Snapshot",
     "is_postgres",
+    "listen",
     "normalise",
     "redact",
     "store_kind",

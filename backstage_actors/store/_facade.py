@@ -26,7 +26,7 @@ from .recorder import Recorder
 from .records import ANY, AppendRequest, DeadLetter, ExpectedVersion, RecordedEvent, Snapshot
 from .sqlite import SQLiteRecorder
 
-__all__ = ["EventStore", "is_postgres", "normalise", "redact", "store_kind"]
+__all__ = ["EventStore", "is_postgres", "listen", "normalise", "redact", "store_kind"]
 
 
 def store_kind(where: str) -> str:
@@ -41,6 +41,16 @@ def store_kind(where: str) -> str:
 
 def is_postgres(where: str) -> bool:
     return store_kind(where) == "postgres"
+
+
+def listen(where: str) -> Any:
+    """A :class:`~backstage_actors.store.postgres.Listener` on the PostgreSQL store ``where``
+    (wakes on every commit, from any host), or None for stores that cannot tell."""
+    if store_kind(where) != "postgres":
+        return None
+    from .postgres import Listener  # psycopg is an optional dependency
+
+    return Listener(where)
 
 
 def normalise(where: str) -> str:

@@ -47,7 +47,7 @@ from ._pg_schema import SCHEMA
 from .recorder import TABLES, Recorder
 from .records import AppendRequest, DeadLetter, RecordedEvent
 
-__all__ = ["PostgresHandle", "PostgresRecorder", "describe_url"]
+__all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
 
 T = TypeVar("T")
 _log = logging.getLogger("backstage_actors.store.postgres")
@@ -820,6 +820,46 @@ class PostgresRecorder(Recorder):
                 )
 
         self._run("import rows", work, retry=False)
+
+
+class Listener:
+    """A connection that LISTENs for the store's commits, for an actor that watches its socket
+    (``fileno``) and calls :meth:`drain` when it is readable."""
+
+    def __init__(self, url: str) -> None:
+        described, _ = describe_url(url)
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            schema = self.conn.execute("SELECT current_schema()").fetchone()
+            channel = f"backstage_{schema[0] if schema else 'public'}"[:63]
+            self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot listen for commits on postgresql://{described}: {_first_line(exc)}"
+            ) from None
+
+    def fileno(self) -> int:
+        return self.conn.pgconn.socket
+
+    def drain(self) -> bool:
+        """Take every notification that arrived; True if there was one. Raises
+        :class:`StorageError` when the connection is gone."""
+        pgconn = self.conn.pgconn
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"the listening connection is gone: {_first_line(exc)}") from exc
+        woke = False
+        while pgconn.notifies() is not None:
+            woke = True
+        return woke
+
+    def last_position(self) -> int:
+        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class PostgresHandle:
