@@ -88,7 +88,9 @@ def _concurrent(store: EventStore, threads: int, per_thread: int, prefix: str) -
     def caller(index: int) -> None:
         barrier.wait()
         for version in range(per_thread):
-            request = AppendRequest(f"{prefix}{index}", [_domain.Credited("w", 1, version)], version)
+            request = AppendRequest(
+                f"{prefix}{index}", [_domain.Credited("w", 1, version)], version
+            )
             [result] = store.append_batches([request])
             if isinstance(result, BaseException):
                 failures.append(result)

@@ -22,18 +22,24 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 __all__ = ["PrivateServer", "pg_dsn", "pg_server"]
 
 
 def _bindir() -> Path | None:
+    """``pg_config --bindir``, or the newest /usr/lib/postgresql/N/bin (Debian's layout)."""
+    candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-    path = Path(out.stdout.strip())
-    return path if (path / "initdb").exists() and (path / "pg_ctl").exists() else None
+    if pg_config is not None:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for path in candidates:
+        if (path / "initdb").exists() and (path / "pg_ctl").exists():
+            return path
+    return None
 
 
 def _free_port() -> int:
@@ -154,8 +160,6 @@ class PrivateServer:
         return f"postgresql://{self.user}:{secret}@/postgres?{urllib.parse.urlencode(query)}"
 
     def new_schema(self) -> str:
-        import psycopg
-
         schema = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")

@@ -238,3 +238,39 @@ def test_events_appended_by_another_host_wake_the_subscribers_at_once(start_app:
                 time.sleep(0.005)
             delays.append(time.monotonic() - appended)
     assert sorted(delays)[2] < 0.35, delays
+
+
+def test_threads_sharing_a_store_commit_together_and_each_keeps_its_outcome(pg_dsn: str) -> None:
+    store = EventStore(pg_dsn)
+    store.append("shared", [Deposit("x", 0)])
+    outcomes: dict[int, list[Any]] = {}
+
+    def caller(index: int) -> None:
+        mine = outcomes.setdefault(index, [])
+        for version in range(20):
+            try:
+                mine.append(store.append(f"t{index}", [Deposit("x", version)], version))
+            except Exception as exc:
+                mine.append(exc)
+        # One append meant to fail (the stream is at version 1): it fails alone.
+        try:
+            store.append("shared", [Deposit("x", index)], expected_version=0)
+        except Exception as exc:
+            mine.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for mine in outcomes.values():
+        assert [e[0].version for e in mine[:20]] == list(range(1, 21)), mine
+        assert "expected version 0" in str(mine[20])
+    positions = [e.position for e in store.read_all()]
+    assert positions == sorted(positions) and len(positions) == 1 + 8 * 20
+    # Fewer transactions than appends: appends that waited went in together, and the events
+    # of one transaction share its timestamp.
+    stamps = {e.recorded_at for e in store.read_all() if e.stream_id != "shared"}
+    store.close()
+    assert len(stamps) < 8 * 20, len(stamps)
