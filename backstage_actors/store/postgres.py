@@ -25,6 +25,7 @@ position: :meth:`PostgresRecorder.wait` wakes on it (any host, any process).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
+import attrs
 import psycopg
 import psycopg.conninfo
 import psycopg.sql
@@ -60,20 +62,24 @@ _VERSION = (
     "SELECT (SELECT max(version) FROM events WHERE stream_id = %(s)s),"
     " (SELECT version FROM streams WHERE stream_id = %(s)s)"
 )
+# The rows of an append as one JSON array of arrays: one parameter, quoted by the json module
+# and libpq (arrays of text would be quoted element by element in Python).
+_ROWS = (
+    "SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8"
+    " FROM json_array_elements(%s::json) AS r"
+)
 # Insert every row only if every stream is at the version its append expects (one statement).
 _INSERT_EXPECTED = (
-    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
-    " metadata, recorded_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[],"
-    " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    f"INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
+    f" metadata, recorded_at) {_ROWS}"
     " WHERE (SELECT count(*) FROM unnest(%s::text[], %s::bigint[]) AS s(id, expected)"
     " WHERE greatest((SELECT max(version) FROM events WHERE stream_id = s.id),"
     " (SELECT version FROM streams WHERE stream_id = s.id), 0) = s.expected) = %s"
-    " RETURNING position"
+    " RETURNING position, event_id"
 )
 _INSERT = (
     "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
-    " metadata, recorded_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[],"
-    " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[]) RETURNING position"
+    f" metadata, recorded_at) {_ROWS} RETURNING position, event_id"
 )
 
 
@@ -422,12 +428,12 @@ class PostgresRecorder(Recorder):
                 stream_id: ap.stream_state(last_event, kept)
                 for stream_id, last_event, kept in version_rows
             }
-            planned, columns = self._plan(live, results, versions, stored, stamp)
+            planned, rows = self._plan(live, results, versions, stored, stamp)
             tail: list[str] = []
             params = []
             if planned:
                 tail += [_INSERT, "SELECT pg_notify(%s, '')"]
-                params += [*columns, self.channel]
+                params += [json.dumps(rows), self.channel]
             if own:
                 assert state is not None
                 state["committing"] = True
@@ -441,7 +447,7 @@ class PostgresRecorder(Recorder):
                 conn.execute("ROLLBACK")
             raise
         if planned:
-            _fill(results, planned, sorted(row[0] for row in sets[0]), recorded_at)
+            _fill(results, planned, dict((event_id, p) for p, event_id in sets[0]), recorded_at)
 
     def _write_expected(
         self,
@@ -457,7 +463,7 @@ class PostgresRecorder(Recorder):
         False, with nothing stored, when one is not (or an event id exists): then the careful
         way decides each append on its own."""
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        rows: list[tuple[Any, ...]] = []
         streams: list[str] = []
         expected: list[int] = []
         for index, (request, encoded) in live:
@@ -467,9 +473,7 @@ class PostgresRecorder(Recorder):
                 metadata, meta_text = ap.metadata(request)
             except BackstageError:
                 return False
-            for row in ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp):
-                for column, value in zip(columns, row, strict=True):
-                    column.append(value)
+            rows += ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp)
             planned.append((index, request.stream_id, encoded, ids, current, metadata))
             streams.append(request.stream_id)
             expected.append(current)
@@ -478,7 +482,7 @@ class PostgresRecorder(Recorder):
             cursor.execute(
                 f"BEGIN; LOCK TABLE events IN EXCLUSIVE MODE; {_INSERT_EXPECTED};"
                 " SELECT pg_notify(%s, ''); COMMIT",
-                [*columns, streams, expected, len(streams), self.channel],
+                [json.dumps(rows), streams, expected, len(streams), self.channel],
             )
             sets = _result_sets(cursor)
         except pg_errors.UniqueViolation:  # an event id already stored: the careful way
@@ -489,10 +493,9 @@ class PostgresRecorder(Recorder):
             if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
             raise
-        positions = sorted(row[0] for row in sets[2])
-        if len(positions) != len(columns[0]):
+        if len(sets[2]) != len(rows):
             return False  # a stream was elsewhere (an empty transaction was committed)
-        _fill(results, planned, positions, recorded_at)
+        _fill(results, planned, dict((event_id, p) for p, event_id in sets[2]), recorded_at)
         return True
 
     def _plan(
@@ -502,12 +505,14 @@ class PostgresRecorder(Recorder):
         versions: dict[str, tuple[bool, int]],
         stored: dict[str, Row],
         stamp: str,
-    ) -> tuple[list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]], list[list[Any]]]:
+    ) -> tuple[
+        list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]], list[tuple[Any, ...]]
+    ]:
         """Decide every append under the lock: each outcome that needs no row goes to
         ``results``; the others come back planned, with the columns of their rows."""
         failed: Failed = {}
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        rows: list[tuple[Any, ...]] = []
         taken: set[str] = set()
         for index, (request, encoded) in live:
             stream_id = request.stream_id
@@ -546,13 +551,11 @@ class PostgresRecorder(Recorder):
                 results[index] = exc
                 ap.note_failure(failed, request)
                 continue
-            for row in ap.rows(ids, stream_id, current, encoded, meta_text, stamp):
-                for column, value in zip(columns, row, strict=True):
-                    column.append(value)
+            rows += ap.rows(ids, stream_id, current, encoded, meta_text, stamp)
             taken.update(ids)
             planned.append((index, stream_id, encoded, ids, current, metadata))
             versions[stream_id] = (True, current + len(encoded))
-        return planned, columns
+        return planned, rows
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -955,15 +958,16 @@ def _result_sets(cursor: psycopg.ClientCursor[Any]) -> list[list[Any]]:
 def _fill(
     results: Results,
     planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]],
-    positions: list[int],
+    positions: dict[str, int],
     recorded_at: datetime,
 ) -> None:
-    at = 0
+    """Each planned append's recorded events, with the positions the insert returned."""
     for index, stream_id, encoded, ids, current, metadata in planned:
-        results[index] = ap.recorded(
-            ids, stream_id, current, positions[at], encoded, metadata, recorded_at
-        )
-        at += len(encoded)
+        first = positions[ids[0]]
+        recorded = ap.recorded(ids, stream_id, current, first, encoded, metadata, recorded_at)
+        if any(positions[e.event_id] != e.position for e in recorded):  # (rows out of order)
+            recorded = [attrs.evolve(e, position=positions[e.event_id]) for e in recorded]
+        results[index] = recorded
 
 
 def _already_stored(
