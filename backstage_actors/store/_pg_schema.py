@@ -65,4 +65,26 @@ CREATE TABLE IF NOT EXISTS process_managers (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (name, process_id)
 );
+-- Appends that each name their stream's version, in one call (the recorder's fast path): in the
+-- caller's transaction (its own in autocommit), the lock that serialises positions, then every
+-- row inserted only if every stream is at its expected version (else none), then the NOTIFY.
+CREATE OR REPLACE FUNCTION backstage_append(
+    p_rows json, p_streams text[], p_expected bigint[], p_channel text
+) RETURNS TABLE (out_position bigint, out_event_id text) LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE events IN EXCLUSIVE MODE;
+    IF (SELECT count(*) FROM unnest(p_streams, p_expected) AS s(id, expected)
+        WHERE greatest((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id),
+                       (SELECT t.version FROM streams t WHERE t.stream_id = s.id), 0)
+              = s.expected) <> cardinality(p_streams) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY INSERT INTO events (event_id, stream_id, version, type, schema_version, topic,
+        data, metadata, recorded_at)
+        SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8
+        FROM json_array_elements(p_rows) AS r
+        RETURNING events.position, events.event_id;
+    PERFORM pg_notify(p_channel, '');
+END
+$$;
 """

@@ -68,15 +68,6 @@ _ROWS = (
     "SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8"
     " FROM json_array_elements(%s::json) AS r"
 )
-# Insert every row only if every stream is at the version its append expects (one statement).
-_INSERT_EXPECTED = (
-    f"INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
-    f" metadata, recorded_at) {_ROWS}"
-    " WHERE (SELECT count(*) FROM unnest(%s::text[], %s::bigint[]) AS s(id, expected)"
-    " WHERE greatest((SELECT max(version) FROM events WHERE stream_id = s.id),"
-    " (SELECT version FROM streams WHERE stream_id = s.id), 0) = s.expected) = %s"
-    " RETURNING position, event_id"
-)
 _INSERT = (
     "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
     f" metadata, recorded_at) {_ROWS} RETURNING position, event_id"
@@ -406,12 +397,12 @@ class PostgresRecorder(Recorder):
         the NOTIFY and COMMIT. Statements go together as one simple query (client-side
         binding), the cheapest way through psycopg."""
         own = state is not None
-        cursor = psycopg.ClientCursor(conn)
         if own and _expects_versions(live):
             assert state is not None
-            if self._write_expected(cursor, live, results, recorded_at, stamp, state):
+            if self._write_expected(conn, live, results, recorded_at, stamp, state):
                 return
             state["committing"] = False
+        cursor = psycopg.ClientCursor(conn)
         streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
         named = [i for _, (request, _) in live for i in (request.event_ids or [])]
         head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", _VERSIONS]
@@ -451,15 +442,17 @@ class PostgresRecorder(Recorder):
 
     def _write_expected(
         self,
-        cursor: psycopg.ClientCursor[Any],
+        conn: psycopg.Connection[Any],
         live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
         results: Results,
         recorded_at: datetime,
         stamp: str,
         state: dict[str, bool],
     ) -> bool:
-        """Appends that each name their stream's version (streams distinct): one round trip
-        that inserts every row only if every stream is at the version its append expects.
+        """Appends that each name their stream's version (streams distinct): one call of the
+        schema's ``backstage_append`` function (a prepared statement, its own transaction): the
+        lock, then every row inserted only if every stream is at the version its append expects,
+        and the NOTIFY.
         False, with nothing stored, when one is not (or an event id exists): then the careful
         way decides each append on its own."""
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
@@ -479,23 +472,15 @@ class PostgresRecorder(Recorder):
             expected.append(current)
         state["committing"] = True
         try:
-            cursor.execute(
-                f"BEGIN; LOCK TABLE events IN EXCLUSIVE MODE; {_INSERT_EXPECTED};"
-                " SELECT pg_notify(%s, ''); COMMIT",
-                [json.dumps(rows), streams, expected, len(streams), self.channel],
-            )
-            sets = _result_sets(cursor)
+            inserted = conn.execute(
+                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s)",
+                (json.dumps(rows), streams, expected, self.channel),
+            ).fetchall()
         except pg_errors.UniqueViolation:  # an event id already stored: the careful way
-            cursor.connection.execute("ROLLBACK")
             return False
-        except BaseException:
-            conn = cursor.connection
-            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")
-            raise
-        if len(sets[2]) != len(rows):
-            return False  # a stream was elsewhere (an empty transaction was committed)
-        _fill(results, planned, dict((event_id, p) for p, event_id in sets[2]), recorded_at)
+        if len(inserted) != len(rows):
+            return False  # a stream was elsewhere: nothing was stored
+        _fill(results, planned, {event_id: p for p, event_id in inserted}, recorded_at)
         return True
 
     def _plan(
