@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-import attrs
 import psycopg
 import psycopg.conninfo
 import psycopg.sql
@@ -44,59 +43,18 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import BackstageError, StorageError, WrongExpectedVersion
 from . import _appending as ap
+from . import _pg_append as pg
 from ._appending import COLUMNS, Failed, Prepared, Results, Row
+from ._pg_bookkeeping import PgBookkeeping
 from ._pg_schema import SCHEMA
-from .recorder import TABLES, Recorder
-from .records import AppendRequest, DeadLetter, RecordedEvent
+from ._pg_support import Listener, PostgresHandle, describe_url, first_line
+from .recorder import Recorder
+from .records import AppendRequest
 
 __all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
 
 T = TypeVar("T")
 _log = logging.getLogger("backstage_actors.store.postgres")
-
-_VERSIONS = (
-    "SELECT s.id, (SELECT max(version) FROM events WHERE stream_id = s.id),"
-    " (SELECT version FROM streams WHERE stream_id = s.id) FROM unnest(%s::text[]) AS s(id)"
-)
-_VERSION = (
-    "SELECT (SELECT max(version) FROM events WHERE stream_id = %(s)s),"
-    " (SELECT version FROM streams WHERE stream_id = %(s)s)"
-)
-# The rows of an append as one JSON array of arrays: one parameter, quoted by the json module
-# and libpq (arrays of text would be quoted element by element in Python).
-_ROWS = (
-    "SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8"
-    " FROM json_array_elements(%s::json) AS r"
-)
-_INSERT = (
-    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
-    f" metadata, recorded_at) {_ROWS} RETURNING position, event_id"
-)
-
-
-def describe_url(url: str) -> tuple[str, dict[str, str]]:
-    """``user@host:port/dbname`` for messages (no password), and the parsed connection info."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise StorageError(f"not a PostgreSQL URL ({_first_line(exc)})") from None
-    params = {k: str(v) for k, v in info.items() if v is not None}
-    user = params.get("user") or _default_user()
-    host = params.get("host") or "localhost (default socket)"
-    port = params.get("port") or "5432"
-    db = params.get("dbname") or user
-    return f"{user}@{host}:{port}/{db}", params
-
-
-def _default_user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
 class _Waiting:
@@ -114,7 +72,7 @@ class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None
 
 
-class PostgresRecorder(Recorder):
+class PostgresRecorder(PgBookkeeping, Recorder):
     """A recorder on the PostgreSQL database ``url`` (``postgresql://user:pw@host/db``; libpq
     URL parameters such as ``?host=/socket/dir&port=5433`` work too).
 
@@ -155,7 +113,7 @@ class PostgresRecorder(Recorder):
         except psycopg.Error as exc:
             raise StorageError(
                 f"cannot connect to PostgreSQL as {described.split('@')[0]!r} on "
-                f"{described.split('@', 1)[1]}: {_first_line(exc)}"
+                f"{described.split('@', 1)[1]}: {first_line(exc)}"
             ) from None
         with probe:
             self._create_schema(probe)
@@ -187,7 +145,7 @@ class PostgresRecorder(Recorder):
                 conn.execute(SCHEMA)
         except psycopg.Error as exc:
             raise StorageError(
-                f"cannot create the event store's tables in {self.location}: {_first_line(exc)}"
+                f"cannot create the event store's tables in {self.location}: {first_line(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -222,7 +180,7 @@ class PostgresRecorder(Recorder):
                     raise self._error(what, exc) from exc
                 if time.monotonic() + delay > deadline:
                     raise self._error(what, exc) from exc
-                _log.warning("%s: connection lost (%s); retrying", self.location, _first_line(exc))
+                _log.warning("%s: connection lost (%s); retrying", self.location, first_line(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except psycopg.Error as exc:
@@ -234,7 +192,7 @@ class PostgresRecorder(Recorder):
         elif isinstance(exc, pg_errors.LockNotAvailable):
             reason = "a lock was not granted within lock_timeout"
         else:
-            reason = _first_line(exc)
+            reason = first_line(exc)
         return StorageError(f"cannot {what} in {self.location}: {reason}")
 
     @contextmanager
@@ -372,11 +330,11 @@ class PostgresRecorder(Recorder):
                         raise StorageError(
                             f"cannot append to {self.location}: the connection was lost during"
                             f" the commit, which may or may not have happened"
-                            f" ({_first_line(exc)}); append again with the same event ids"
+                            f" ({first_line(exc)}); append again with the same event ids"
                         ) from exc
                     raise self._error("append", exc) from exc
                 _log.warning(
-                    "%s: connection lost (%s); appending again", self.location, _first_line(exc)
+                    "%s: connection lost (%s); appending again", self.location, first_line(exc)
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -397,7 +355,7 @@ class PostgresRecorder(Recorder):
         the NOTIFY and COMMIT. Statements go together as one simple query (client-side
         binding), the cheapest way through psycopg."""
         own = state is not None
-        if own and _expects_versions(live):
+        if own and pg.expects_versions(live):
             assert state is not None
             if self._write_expected(conn, live, results, recorded_at, stamp, state):
                 return
@@ -405,14 +363,14 @@ class PostgresRecorder(Recorder):
         cursor = psycopg.ClientCursor(conn)
         streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
         named = [i for _, (request, _) in live for i in (request.event_ids or [])]
-        head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", _VERSIONS]
+        head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", pg.VERSIONS]
         params: list[Any] = [streams]
         if named:
             head.append(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)")
             params.append(named)
         try:
             cursor.execute("; ".join(head), params)
-            sets = _result_sets(cursor)
+            sets = pg.result_sets(cursor)
             stored = {row[1]: row for row in sets[-1]} if named else {}
             version_rows = sets[-2] if named else sets[-1]
             versions = {
@@ -423,7 +381,7 @@ class PostgresRecorder(Recorder):
             tail: list[str] = []
             params = []
             if planned:
-                tail += [_INSERT, "SELECT pg_notify(%s, '')"]
+                tail += [pg.INSERT, "SELECT pg_notify(%s, '')"]
                 params += [json.dumps(rows), self.channel]
             if own:
                 assert state is not None
@@ -432,13 +390,13 @@ class PostgresRecorder(Recorder):
             sets = []
             if tail:
                 cursor.execute("; ".join(tail), params)
-                sets = _result_sets(cursor)
+                sets = pg.result_sets(cursor)
         except BaseException:
             if own and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
             raise
         if planned:
-            _fill(results, planned, dict((event_id, p) for p, event_id in sets[0]), recorded_at)
+            pg.fill(results, planned, dict((event_id, p) for p, event_id in sets[0]), recorded_at)
 
     def _write_expected(
         self,
@@ -480,7 +438,7 @@ class PostgresRecorder(Recorder):
             return False
         if len(inserted) != len(rows):
             return False  # a stream was elsewhere: nothing was stored
-        _fill(results, planned, {event_id: p for p, event_id in inserted}, recorded_at)
+        pg.fill(results, planned, {event_id: p for p, event_id in inserted}, recorded_at)
         return True
 
     def _plan(
@@ -505,7 +463,7 @@ class PostgresRecorder(Recorder):
                 results[index] = ap.after_failure(failed, request)
                 continue
             exists, current = versions.get(stream_id, (False, 0))
-            repeat = _already_stored(stored, stream_id, request.event_ids)
+            repeat = pg.already_stored(stored, stream_id, request.event_ids)
             if not ap.version_matches(request.expected_version, exists, current):
                 if repeat is not None:
                     results[index] = repeat
@@ -544,14 +502,8 @@ class PostgresRecorder(Recorder):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _all(self, what: str, query: str, params: Any = None) -> list[Row]:
-        return self._run(what, lambda conn: conn.execute(query, params).fetchall())
-
-    def _one(self, what: str, query: str, params: Any = None) -> Row | None:
-        return self._run(what, lambda conn: conn.execute(query, params).fetchone())
-
     def stream_version(self, stream_id: str) -> int:
-        row = self._one("read a stream's version", _VERSION, {"s": stream_id})
+        row = self._one("read a stream's version", pg.VERSION, {"s": stream_id})
         assert row is not None
         return ap.stream_state(*row)[1]
 
@@ -639,341 +591,9 @@ class PostgresRecorder(Recorder):
             self._listener = None
         return self.last_position() > after_position
 
-    # -- bookkeeping ------------------------------------------------------------------------
-
-    def _write_one(self, what: str, query: str, params: Any) -> int:
-        def work(conn: psycopg.Connection[Any]) -> int:
-            return int(conn.execute(query, params).rowcount)
-
-        return self._run(what, work)
-
-    def save_snapshot(
-        self, stream_id: str, version: int, schema_version: int, type: str, data: str, at: str
-    ) -> None:
-        self._write_one(
-            "save a snapshot",
-            "INSERT INTO snapshots (stream_id, version, schema_version, type, data, taken_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET"
-            " version = excluded.version, schema_version = excluded.schema_version,"
-            " type = excluded.type, data = excluded.data, taken_at = excluded.taken_at"
-            " WHERE excluded.version >= snapshots.version",
-            (stream_id, version, schema_version, type, data, at),
-        )
-
-    def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
-        row = self._one(
-            "load a snapshot",
-            "SELECT version, schema_version, type, data, taken_at FROM snapshots"
-            " WHERE stream_id = %s",
-            (stream_id,),
-        )
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
-
-    def checkpoint(self, name: str) -> int:
-        row = self._one(
-            "read a checkpoint", "SELECT position FROM checkpoints WHERE name = %s", (name,)
-        )
-        return int(row[0]) if row else 0
-
-    def save_checkpoint(self, name: str, position: int, at: str) -> None:
-        self._write_one(
-            "save a checkpoint",
-            "INSERT INTO checkpoints (name, position, updated_at) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-            " updated_at = excluded.updated_at",
-            (name, position, at),
-        )
-
-    def delete_checkpoint(self, name: str) -> None:
-        self._write_one("delete a checkpoint", "DELETE FROM checkpoints WHERE name = %s", (name,))
-
-    def park(
-        self,
-        subscriber: str,
-        event: RecordedEvent,
-        error_type: str,
-        error: str,
-        traceback: str,
-        failures: int,
-        status: str,
-        at: str,
-    ) -> None:
-        self._write_one(
-            "park an event",
-            "INSERT INTO dead_letters (subscriber, position, event_id, stream_id, version, type,"
-            " error_type, error, traceback, failures, status, parked_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (subscriber, position) DO UPDATE SET error_type = excluded.error_type,"
-            " error = excluded.error, traceback = excluded.traceback,"
-            " failures = excluded.failures, status = excluded.status,"
-            " parked_at = excluded.parked_at",
-            (
-                subscriber,
-                event.position,
-                event.event_id,
-                event.stream_id,
-                event.version,
-                event.type,
-                error_type,
-                error,
-                traceback,
-                failures,
-                status,
-                at,
-            ),
-        )
-
-    def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]:
-        columns = TABLES["dead_letters"]
-        query = f"SELECT {', '.join(columns)} FROM dead_letters WHERE true"
-        params: list[Any] = []
-        if subscriber is not None:
-            query += " AND subscriber = %s"
-            params.append(subscriber)
-        if status is not None:
-            query += " AND status = %s"
-            params.append(status)
-        rows = self._all("read dead letters", query + " ORDER BY id", params)
-        return [DeadLetter(*row) for row in rows]
-
-    def set_dead_letter_status(self, letter_id: int, status: str) -> None:
-        self._write_one(
-            "update a dead letter",
-            "UPDATE dead_letters SET status = %s WHERE id = %s",
-            (status, letter_id),
-        )
-
-    def process_state(self, name: str, process_id: str) -> str | None:
-        row = self._one(
-            "load a process manager's state",
-            "SELECT state FROM process_managers WHERE name = %s AND process_id = %s",
-            (name, process_id),
-        )
-        return str(row[0]) if row else None
-
-    def save_process(self, name: str, process_id: str, state: str | None, at: str) -> None:
-        if state is None:
-            self._write_one(
-                "delete a process manager's state",
-                "DELETE FROM process_managers WHERE name = %s AND process_id = %s",
-                (name, process_id),
-            )
-            return
-        self._write_one(
-            "save a process manager's state",
-            "INSERT INTO process_managers (name, process_id, state, updated_at)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (name, process_id) DO UPDATE SET"
-            " state = excluded.state, updated_at = excluded.updated_at",
-            (name, process_id, state, at),
-        )
-
-    # -- copying ----------------------------------------------------------------------------
-
-    def count(self, table: str) -> int:
-        row = self._one("count rows", f"SELECT count(*) FROM {_table(table)}")
-        return int(row[0]) if row else 0
-
-    def export(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
-        columns = TABLES[_table(table)]
-        select = f"SELECT {', '.join(columns)} FROM {table}"
-        if table == "process_managers":  # one row per running process: small
-            yield self._all("export rows", f"{select} ORDER BY name, process_id")
-            return
-        key = columns[0]
-        rows = self._all("export rows", f"{select} ORDER BY {key} LIMIT 1000")
-        while rows:
-            yield rows
-            if len(rows) < 1000:
-                return
-            rows = self._all(
-                "export rows",
-                f"{select} WHERE {key} > %s ORDER BY {key} LIMIT 1000",
-                (rows[-1][0],),
-            )
-
-    def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
-        columns = TABLES[_table(table)]
-        marks = ", ".join(["%s"] * len(columns))
-
-        def work(conn: psycopg.Connection[Any]) -> None:
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
-                )
-            if table in ("events", "dead_letters"):
-                key = columns[0]
-                conn.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', '{key}'),"
-                    f" (SELECT coalesce(max({key}), 0) + 1 FROM {table}), false)"
-                )
-
-        self._run("import rows", work, retry=False)
-
-
-class Listener:
-    """A connection that LISTENs for the store's commits, for an actor that watches its socket
-    (``fileno``) and calls :meth:`drain` when it is readable."""
-
-    def __init__(self, url: str) -> None:
-        described, _ = describe_url(url)
-        try:
-            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            schema = self.conn.execute("SELECT current_schema()").fetchone()
-            channel = f"backstage_{schema[0] if schema else 'public'}"[:63]
-            self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"cannot listen for commits on postgresql://{described}: {_first_line(exc)}"
-            ) from None
-
-    def fileno(self) -> int:
-        return self.conn.pgconn.socket
-
-    def drain(self) -> bool:
-        """Take every notification that arrived; True if there was one. Raises
-        :class:`StorageError` when the connection is gone."""
-        pgconn = self.conn.pgconn
-        try:
-            pgconn.consume_input()
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"the listening connection is gone: {_first_line(exc)}") from exc
-        woke = False
-        while pgconn.notifies() is not None:
-            woke = True
-        return woke
-
-    def last_position(self) -> int:
-        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
-        return int(row[0] or 0) if row else 0
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class PostgresHandle:
-    """What a projection (or handler) on a PostgreSQL store writes its tables through.
-
-    ``execute(query, params)`` runs one statement and returns the psycopg cursor. Placeholders
-    are psycopg's (``%s``, ``%(name)s``) or, as with ``sqlite_utils.Database.execute``, ``?``:
-    a projection that writes plain SQL through ``execute`` (``CREATE TABLE IF NOT EXISTS``,
-    ``INSERT ... ON CONFLICT``, ``UPDATE``) runs unchanged on both stores. Inside the subscriber's transaction (every
-    ``project`` call) it runs on that transaction's connection, so the projection's writes and its
-    checkpoint commit together, exactly once; elsewhere (``init``) on a connection of the pool,
-    committed at once.
-    """
-
-    def __init__(self, recorder: PostgresRecorder) -> None:
-        self.recorder = recorder
-
-    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
-        query = _placeholders(query, params)
-        conn = self.recorder.connection()
-        if conn is not None:
-            return conn.execute(query, params)
-        return self.recorder._run(
-            "run a projection's statement", lambda c: c.execute(query, params)
-        )
-
-    def executemany(self, query: Any, params_seq: Sequence[Any]) -> None:
-        query = _placeholders(query, params_seq[0] if params_seq else None)
-        conn = self.recorder.connection()
-        if conn is not None:
-            with conn.cursor() as cursor:
-                cursor.executemany(query, params_seq)
-            return
-        with self.recorder.transaction():
-            self.executemany(query, params_seq)
-
-    def query(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
-        """Every row of a query (a read on the projection's tables)."""
-        query = _placeholders(query, params)
-        conn = self.recorder.connection()
-        if conn is not None:
-            return conn.execute(query, params).fetchall()
-        return self.recorder._run(
-            "read a projection", lambda c: c.execute(query, params).fetchall()
-        )
-
-
-def _placeholders(query: Any, params: Any) -> Any:
-    """``query`` with sqlite3's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` as
-    ``%%``), when it has ``?`` outside quotes and positional parameters."""
-    if not isinstance(query, str) or "?" not in query or params is None or isinstance(params, dict):
-        return query
-    out: list[str] = []
-    quote = ""
-    for char in query:
-        if quote:
-            out.append("%%" if char == "%" else char)
-            if char == quote:
-                quote = ""
-        elif char in "'\"":
-            quote = char
-            out.append(char)
-        elif char == "?":
-            out.append("%s")
-        else:
-            out.append("%%" if char == "%" else char)
-    return "".join(out)
-
-
-def _expects_versions(live: list[tuple[int, tuple[AppendRequest, list[Any]]]]) -> bool:
-    """Whether every append names an exact version of a stream no other append of the batch
-    writes, and stores something."""
-    streams = set()
-    for _, (request, encoded) in live:
-        expected = request.expected_version
-        if not encoded or isinstance(expected, bool) or not isinstance(expected, int):
-            return False
-        if request.stream_id in streams:
-            return False
-        streams.add(request.stream_id)
-    return True
-
-
-def _result_sets(cursor: psycopg.ClientCursor[Any]) -> list[list[Any]]:
-    """The rows of each statement of a multi-statement query ([] for one without rows)."""
-    sets: list[list[Any]] = []
-    while True:
-        sets.append(cursor.fetchall() if cursor.description else [])
-        if not cursor.nextset():
-            return sets
-
-
-def _fill(
-    results: Results,
-    planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]],
-    positions: dict[str, int],
-    recorded_at: datetime,
-) -> None:
-    """Each planned append's recorded events, with the positions the insert returned."""
-    for index, stream_id, encoded, ids, current, metadata in planned:
-        first = positions[ids[0]]
-        recorded = ap.recorded(ids, stream_id, current, first, encoded, metadata, recorded_at)
-        if any(positions[e.event_id] != e.position for e in recorded):  # (rows out of order)
-            recorded = [attrs.evolve(e, position=positions[e.event_id]) for e in recorded]
-        results[index] = recorded
-
-
-def _already_stored(
-    stored: dict[str, Row], stream_id: str, event_ids: Sequence[str] | None
-) -> list[RecordedEvent] | None:
-    if not event_ids:
-        return None
-    rows = [stored.get(i) for i in event_ids]
-    if all(r is not None and r[2] == stream_id for r in rows):
-        return [ap.decode_row(r) for r in sorted(rows, key=lambda r: r[0])]  # type: ignore[index,arg-type]
-    return None
-
 
 def _lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (server restart, network), not a refusal."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, PoolClosed, PoolTimeout)
     )
-
-
-def _table(name: str) -> str:
-    if name not in TABLES:
-        raise ValueError(f"no table {name!r} in a store")
-    return name
