@@ -48,7 +48,7 @@ def listen(where: str) -> Any:
     (wakes on every commit, from any host), or None for stores that cannot tell."""
     if store_kind(where) != "postgres":
         return None
-    from .postgres import Listener  # psycopg is an optional dependency
+    from .postgres import Listener  # (lazy: psycopg is the optional extra `postgres`)
 
     return Listener(where)
 
@@ -370,7 +370,7 @@ class EventStore:
 def _open_recorder(where: str, synchronous: str, busy_timeout: float, shared: bool) -> Recorder:
     kind = store_kind(where)
     if kind == "postgres":
-        from .postgres import PostgresRecorder  # psycopg is an optional dependency
+        from .postgres import PostgresRecorder  # (lazy: psycopg is the optional extra `postgres`)
 
         return PostgresRecorder(where, synchronous=synchronous, lock_timeout=busy_timeout)
     if kind == "memory":

@@ -4,6 +4,7 @@ projections write through, and the listening connection the event bus watches.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,6 @@ def describe_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 def _default_user() -> str:
-    import getpass
-
     return getpass.getuser()
 
 
