@@ -60,7 +60,9 @@ def register(cli: click.Group) -> None:
     @cli.command("copy")
     @click.argument("source")
     @click.argument("destination")
-    def copy(source: str, destination: str) -> None:
+    # Accepted as by every verb (BACKSTAGE_PORT too); a copy needs no daemon.
+    @click.option("--port", type=int, hidden=True)
+    def copy(source: str, destination: str, port: int | None) -> None:
         """Copy the whole store SOURCE into the empty store DESTINATION (a SQLite path or a
         postgresql:// URL): events with their positions, snapshots, checkpoints, dead letters."""
         show = sys.stderr.isatty()

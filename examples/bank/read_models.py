@@ -47,11 +47,22 @@ class Balances(Projection):
                 | MoneyWithdrawn(account_id=aid, balance=balance)
                 | TransferRefunded(account_id=aid, balance=balance)
             ):
-                db.execute("UPDATE balances SET balance = ? WHERE account_id = ?", (balance, aid))
+                _update(db, "UPDATE balances SET balance = ? WHERE account_id = ?", balance, aid)
             case AccountClosed(account_id):
-                db.execute(
-                    "UPDATE balances SET status = 'closed' WHERE account_id = ?", (account_id,)
+                _update(
+                    db, "UPDATE balances SET status = 'closed' WHERE account_id = ?", account_id
                 )
+
+
+class NotFoundError(LookupError):
+    """An event about an account the read model has no row for."""
+
+
+def _update(db: Any, sql: str, *params: Any) -> None:
+    """An UPDATE of one account's row; an account without a row is an error (the event is
+    retried, then parked as a dead letter)."""
+    if db.execute(sql, params).rowcount == 0:
+        raise NotFoundError(f"no balances row for account {params[-1]!r}")
 
 
 class Notifier(EventHandler):
