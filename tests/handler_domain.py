@@ -464,8 +464,9 @@ def make_app(
 
 
 def query(system: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` on the application's database (committed data, on either base)."""
-    return list(system.store.conn.execute(sql, params).fetchall())
+    """Rows of ``sql`` on the application's database (committed data, on either base), SQLite
+    or PostgreSQL (the store's handle takes ``?`` placeholders on both)."""
+    return list(system.store.handle.execute(sql, params).fetchall())
 
 
 def seen(system: Any, subscriber: str) -> list[int]:
