@@ -188,6 +188,36 @@ def _p1(server: Any, seconds: float) -> tuple[float, float]:
     return measured["ours"], measured["es"]
 
 
+def _filled(server: Any, events: int) -> str:
+    """A schema holding ``events`` events (100 per stream), written by the server itself."""
+    import psycopg
+
+    dsn = server.dsn(server.new_schema())
+    EventStore(dsn).close()  # the tables
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
+            " metadata, recorded_at) SELECT 'fill-' || g, 'fill-' || (g / 100), (g %% 100) + 1,"
+            ' \'Credited\', 1, \'bench._domain:Credited\', \'{"wallet":"w","amount":1,'
+            "\"balance\":1}', '{}', '2026-01-01T00:00:00+00:00' FROM generate_series(0, %s) g",
+            (events - 1,),
+        )
+        conn.execute("VACUUM ANALYZE events")
+    return dsn
+
+
+def _grown(server: Any, small: int, big: int, seconds: float) -> tuple[float, float]:
+    """Milliseconds per single-event append with ``big`` events stored, and with ``small``."""
+    stores = {"big": EventStore(_filled(server, big)), "small": EventStore(_filled(server, small))}
+    try:
+        steps = {name: _ours(store, 1, "grown") for name, store in stores.items()}
+        measured = rates(steps, seconds, rounds=4)
+    finally:
+        for store in stores.values():
+            store.close()
+    return 1000 / measured["big"], 1000 / measured["small"]
+
+
 def rows(quick: bool = False) -> list[Row]:
     """Every PostgreSQL figure; ``quick`` runs shorter."""
     seconds = 2.0 if quick else 6.0
@@ -247,6 +277,19 @@ def rows(quick: bool = False) -> list[Row]:
                 statistics.median(waits) * 1000,
                 "ms",
                 target="≤ 5 ms",
+                higher_is_better=False,
+            )
+        )
+        big = 100_000 if quick else 1_000_000
+        with_big, with_small = _grown(server, 10_000, big, seconds)
+        result.append(
+            Row(
+                f"PostgreSQL: cost per append with {big:,} events stored",
+                with_big,
+                "ms",
+                "the same with 10,000 stored",
+                with_small,
+                target="≤ 1.2x",
                 higher_is_better=False,
             )
         )
