@@ -19,8 +19,9 @@ names its event ids, which make a repeat return what the first attempt stored). 
 cannot be reached when the store opens is an error at once, naming host and user (never the
 password); no retry loop.
 
-Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel` with the last
-position: :meth:`PostgresRecorder.wait` wakes on it (any host, any process).
+Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel` (no payload:
+a woken reader asks for the last position): :meth:`PostgresRecorder.wait` and the event bus's
+:class:`~._pg_support.Listener` wake on it (any host, any process).
 """
 
 from __future__ import annotations
