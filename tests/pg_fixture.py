@@ -69,6 +69,7 @@ class PrivateServer:
         return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 
     def start(self) -> None:
+        (self.dir / "owner").write_text(f"{os.getpid()}\n")  # see reap_orphans
         if self.as_root:
             entry = pwd.getpwnam(self.user)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
@@ -166,13 +167,31 @@ class PrivateServer:
         return schema
 
 
+def reap_orphans(bindir: Path) -> None:
+    """Stop and remove the servers of earlier sessions whose process is gone (killed before its
+    teardown could run: SIGKILL, os._exit), so that none outlives its session for long."""
+    for owner in Path(tempfile.gettempdir()).glob("backstage-pg-*/owner"):
+        try:
+            os.kill(int(owner.read_text()), 0)
+            continue  # its session is still running
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        orphan = PrivateServer(bindir)
+        shutil.rmtree(orphan.dir, ignore_errors=True)
+        orphan.dir, orphan.data, orphan.running = owner.parent, owner.parent / "data", True
+        orphan.stop(mode="immediate")
+        shutil.rmtree(orphan.dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PrivateServer]:
     """The session's private PostgreSQL server (skipped when no PostgreSQL binaries exist)."""
     bindir = _bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (pg_config --bindir); .ci/run installs them")
-    pytest.importorskip("psycopg")
+    reap_orphans(bindir)
     server = PrivateServer(bindir)
     try:
         server.start()
