@@ -47,7 +47,7 @@ class Application:
         handlers: Sequence[type] = (),
         projections: Sequence[type] = (),
         process_managers: Sequence[type] = (),
-        database: str = "backstage.db",
+        database: str | EventStore = "backstage.db",
         synchronous: str = "FULL",
         middleware: Sequence[Middleware] = (),
         lifespan: float | None = 300.0,
@@ -60,7 +60,8 @@ class Application:
         self.handlers = list(handlers)
         self.projections = list(projections)
         self.process_managers = list(process_managers)
-        self.database = database
+        # A store object stands for where it is: every actor process opens its own connection.
+        self.database = database.where if isinstance(database, EventStore) else database
         self.synchronous = synchronous
         self.middleware = list(middleware)
         self.lifespan = lifespan

@@ -274,3 +274,12 @@ def test_threads_sharing_a_store_commit_together_and_each_keeps_its_outcome(pg_d
     stamps = {e.recorded_at for e in store.read_all() if e.stream_id != "shared"}
     store.close()
     assert len(stamps) < 8 * 20, len(stamps)
+
+
+def test_an_application_takes_a_store_object(pg_dsn: str) -> None:
+    with EventStore(pg_dsn) as store:
+        app = Application("bank", router=bank_router, database=store)
+        assert app.database == pg_dsn  # each actor process opens its own connection
+        with app.start(base="simple") as system:
+            system.dispatch(OpenAccount("ada", "Ada"))
+        assert store.stream_version("Account-ada") == 1

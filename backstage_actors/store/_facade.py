@@ -104,6 +104,9 @@ class EventStore:
             recorder = _open_recorder(str(where), synchronous, busy_timeout, shared_flush)
         self.recorder = recorder
         self.path = self.location = recorder.location
+        #: What other processes open to reach this store (``where`` as given: a PostgreSQL URL
+        #: keeps its password here, never in ``location``).
+        self.where = str(where) if where else recorder.location
         self.kind = type(recorder).__name__.removesuffix("Recorder").lower()
 
     @property
