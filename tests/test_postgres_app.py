@@ -16,6 +16,7 @@ import pytest
 
 from backstage_actors import Application, EventStore
 from backstage_actors.errors import StorageError
+from backstage_actors.store.postgres import PostgresRecorder
 from examples.bank import make_app as make_bank
 from examples.bank import router as bank_router
 from examples.bank.domain import CloseAccount, Deposit, MoneyDeposited, OpenAccount
@@ -283,3 +284,16 @@ def test_an_application_takes_a_store_object(pg_dsn: str) -> None:
         with app.start(base="simple") as system:
             system.dispatch(OpenAccount("ada", "Ada"))
         assert store.stream_version("Account-ada") == 1
+
+
+def test_a_statement_timeout_is_a_storage_error_with_its_cause(pg_dsn: str) -> None:
+    store = EventStore(recorder=PostgresRecorder(pg_dsn, lock_timeout=30, statement_timeout=0.2))
+    with psycopg.connect(pg_dsn) as other:
+        other.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # even readers wait
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="statement_timeout") as caught:
+            store.last_position()
+        assert time.monotonic() - started < 5
+        assert isinstance(caught.value.__cause__, psycopg.errors.QueryCanceled)
+    assert store.last_position() == 0  # and the store serves on
+    store.close()
