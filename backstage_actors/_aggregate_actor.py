@@ -34,7 +34,6 @@ from thespian.actors import WakeupMessage, WatchMessage
 from supervisors import Failure, SupervisedActor
 
 from . import _lane, _thespian, telemetry
-from ._codec import encode_event
 from ._ids import event_id
 from ._protocol import (
     AppendBatch,
@@ -59,6 +58,7 @@ from .errors import (
     WrongExpectedVersion,
 )
 from .store import AppendRequest, EventStore, RecordedEvent
+from .store._codec import encode_event
 
 __all__ = ["AggregateActor"]
 
@@ -428,14 +428,11 @@ class AggregateActor(SupervisedActor):
         """A command named by its caller (``idempotent``) and stored before is answered, not run
         again."""
         first = event_id(item.command_id, 0)
-        row = self.store.conn.execute(
-            "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",
-            (first, self.stream_id),
-        ).fetchone()
-        if row is None:
+        version = self.store.event_version(first, self.stream_id)
+        if version is None:
             return None
         events = []
-        for event in self.store.read_stream(self.stream_id, from_version=row[0]):
+        for event in self.store.read_stream(self.stream_id, from_version=version):
             if event.metadata.get("command_id") != item.command_id:
                 break
             events.append(event)

@@ -24,7 +24,7 @@ from .errors import (
     StorageError,
     SystemNotRunning,
 )
-from .store import EventStore
+from .store import EventStore, store_kind
 
 EXIT_FAILED, EXIT_INPUT, EXIT_NOT_RUNNING, EXIT_TIMEOUT, EXIT_STORAGE = 1, 2, 3, 4, 5
 
@@ -289,7 +289,7 @@ def open_store(port: int, database: str | None) -> Any:
                 EXIT_NOT_RUNNING,
             )
         database = state["database"]
-    if not os.path.exists(database):
+    if store_kind(database) == "sqlite" and not os.path.exists(database):
         fail(f"no such database: {database}", EXIT_STORAGE)
     try:
         return EventStore(database)

@@ -22,7 +22,7 @@ from typing import Any
 from . import _security, _thespian
 from .application import Application
 from .errors import BackstageError, StorageError, SystemNotRunning
-from .store import EventStore
+from .store import EventStore, normalise, redact
 
 __all__ = [
     "DEFAULT_PORT",
@@ -214,7 +214,7 @@ def start_daemon(
 ) -> DaemonState:
     """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up."""
     app = load_app(app_spec)
-    database = os.path.abspath(database or app.database)
+    database = normalise(database or app.database)
     log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
     pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
     previous = os.umask(0o077)  # every file of the daemon's processes is its owner's alone
@@ -256,7 +256,7 @@ def _check_database(database: str) -> None:
     try:
         EventStore(database).close()
     except BackstageError as exc:
-        raise StorageError(f"cannot open the database {database}: {exc}") from None
+        raise StorageError(f"cannot open the database {redact(database)}: {exc}") from None
 
 
 def _ppid(pid: int) -> int:

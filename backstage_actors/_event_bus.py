@@ -10,12 +10,14 @@ knows where each subscriber lives, restarts included.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from thespian.actors import WatchMessage
 
 import supervisors
 from supervisors import (
@@ -48,6 +50,9 @@ from .errors import BackstageError, ConsistencyTimeout
 from .handler import EventHandler
 from .process_manager import ProcessManager
 from .projection import Projection
+from .store import listen
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RUNTIMES",
@@ -122,6 +127,45 @@ class EventsSupervisor(Supervisor):
         self.router: Any = None
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
+        # PostgreSQL tells of every commit, this application's or another host's (LISTEN): on
+        # the multiproc bases Thespian watches the connection for the bus. (On simpleSystemBase
+        # the subscribers' poll finds another host's events.)
+        self.listener: Any = None
+        self.listen_again_at = 0.0
+        settings: Settings | None = self.args.get("settings")
+        self.listen_to = settings.database if settings and settings.base != "simple" else None
+        self._listen()
+
+    def _listen(self) -> None:
+        if self.listen_to is None or time.monotonic() < self.listen_again_at:
+            return
+        try:
+            self.listener = listen(self.listen_to)
+        except BackstageError as exc:
+            log.warning("events: cannot listen for commits (%s); trying again in 5s", exc)
+            self.listen_again_at = time.monotonic() + 5.0
+            return
+        if self.listener is None:  # a store that does not tell of its commits
+            self.listen_to = None
+
+    def watched(self) -> list[int]:
+        return [self.listener.fileno()] if self.listener is not None else []
+
+    def on_stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        super().on_stop()
+
+    def _notified(self) -> None:
+        """The listening connection is readable: commits happened (or it broke)."""
+        try:
+            if self.listener.drain():
+                self._appended(self.listener.last_position())
+        except Exception as exc:
+            log.warning("events: the listening connection broke (%s); listening again", exc)
+            self.listener.close()
+            self.listener = None
+            self._listen()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -131,8 +175,13 @@ class EventsSupervisor(Supervisor):
         }
 
     def handle(self, message: Any, sender: Any) -> None:
+        if self.listener is None and self.listen_to is not None:
+            self._listen()
         if isinstance(message, Appended):
             self._appended(message.position)
+        elif isinstance(message, WatchMessage):
+            if self.listener is not None and self.listener.fileno() in message.ready:
+                self._notified()
         elif isinstance(message, Progress):
             self._progress(message)
         elif isinstance(message, WaitFor):
@@ -237,7 +286,12 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
         kind="events",
         children=children,
     )
-    return ChildSpec(EVENTS, EventsSupervisor, args={"spec": spec, "strong": strong}, kind="events")
+    return ChildSpec(
+        EVENTS,
+        EventsSupervisor,
+        args={"spec": spec, "strong": strong, "settings": settings},
+        kind="events",
+    )
 
 
 def _bus(endpoint: Any, root: Any) -> Any:

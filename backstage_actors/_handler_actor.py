@@ -28,7 +28,7 @@ class HandlerActor(SubscriberActor):
 
     def open(self) -> None:
         # A handler may keep a little state of its own in the application's database.
-        self.subscriber.db = self.store.db
+        self.subscriber.db = self.store.handle
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
         """Handle a page, or as much of it as fits in :data:`PAGE_TIME`; (still running, cut short).

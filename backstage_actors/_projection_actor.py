@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import sqlite_utils
-
 from . import telemetry
 from ._subscriber import Rebuild, RebuildProgress, SubscriberActor
 from .handler import Metadata
@@ -30,7 +28,7 @@ class ProjectionActor(SubscriberActor):
     subscriber: Projection
 
     def open(self) -> None:
-        self.target: sqlite_utils.Database = self.store.db
+        self.target: Any = self.store.handle  # sqlite_utils.Database, or PostgresHandle
         self.rebuild: Rebuild | None = None
         self.rebuild_total = 0
         self.rebuild_started = 0.0
@@ -38,28 +36,26 @@ class ProjectionActor(SubscriberActor):
         if database:
             # The tables and their checkpoint live together in the projection's own file.
             self.target_store = EventStore(database, self.settings.synchronous)
-            self.target = self.target_store.db
+            self.target = self.target_store.handle
         self.subscriber.init(self.target)
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
         if self._project_quickly(rows):
             return True, False
-        conn = self.target.conn
         position = self.position
         with self.target_store.transaction():
             for row in rows:
                 recorded, meta, error = self._decode(row)
                 if error is None:
-                    conn.execute("SAVEPOINT event")
                     try:
-                        with telemetry.span("handle", self.stats, subscriber=self.name):
+                        with (
+                            self.target_store.savepoint(),
+                            telemetry.span("handle", self.stats, subscriber=self.name),
+                        ):
                             self.subscriber.project(
                                 recorded.data if recorded else None, meta, self.target
                             )
-                        conn.execute("RELEASE event")
                     except Exception as exc:
-                        conn.execute("ROLLBACK TO event")
-                        conn.execute("RELEASE event")
                         error = exc
                 if error is not None and not self._policy(error, recorded, meta, row):
                     break
@@ -102,8 +98,7 @@ class ProjectionActor(SubscriberActor):
 
     def rebuild_from_origin(self, request: Rebuild) -> None:
         with self.target_store.transaction():
-            for table in self.subscriber.tables:
-                self.target[table].drop(ignore=True)
+            self.target_store.drop_tables(self.subscriber.tables)
             self.target_store.delete_checkpoint(self.name)
         self.subscriber.init(self.target)
         self.position = 0

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from .command import CommandItem
-from .store import AppendRequest
+from .store.records import AppendRequest
 
 __all__ = [
     "AppendBatch",

@@ -9,7 +9,6 @@ tree and returns a :class:`RunningSystem`, the handle you dispatch commands thro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from .errors import BackstageError, SystemNotRunning
 from .metrics import serve
 from .middleware import Middleware
 from .router import Router
+from .store import EventStore, is_postgres, normalise
 
 __all__ = ["Application", "RunningSystem"]
 
@@ -58,7 +58,7 @@ class Application:
         handlers: Sequence[type] = (),
         projections: Sequence[type] = (),
         process_managers: Sequence[type] = (),
-        database: str = "backstage.db",
+        database: str | EventStore = "backstage.db",
         synchronous: str = "FULL",
         middleware: Sequence[Middleware] = (),
         lifespan: float | None = 300.0,
@@ -73,7 +73,8 @@ class Application:
         self.handlers = list(handlers)
         self.projections = list(projections)
         self.process_managers = list(process_managers)
-        self.database = database
+        # A store object stands for where it is: every actor process opens its own connection.
+        self.database = database.where if isinstance(database, EventStore) else database
         self.synchronous = synchronous
         self.middleware = list(middleware)
         self.lifespan = lifespan
@@ -91,7 +92,7 @@ class Application:
     def settings(self, base: str, database: str | None = None) -> Settings:
         """What every actor of this application is told when it starts on ``base`` (internal)."""
         return Settings(
-            database=os.path.abspath(database or self.database),
+            database=normalise(database or self.database),
             synchronous=self.synchronous,
             base=base,
             max_retries=self.max_retries,
@@ -150,6 +151,8 @@ class Application:
         tree, in-process from a thread of this process.
         """
         settings = self.settings(base, database)
+        if is_postgres(settings.database):  # an unreachable server is one clear error, now
+            EventStore(settings.database).close()
         spec = self.supervisor_spec(settings)
         metrics_port = self.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or self.metrics_host

@@ -18,7 +18,7 @@ from importlib import metadata
 
 import click
 
-from . import _daemon, _serialization, _thespian, _top
+from . import _copy, _daemon, _serialization, _thespian, _top
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -484,6 +484,9 @@ def shell(session: Session, port: int, as_json: bool) -> None:
     """An interactive prompt with the same verbs, history and tab completion."""
     session.system(port)  # no daemon: the usual error and exit code, not a shell that fails
     Shell(run, cli, session, port, as_json).cmdloop()
+
+
+_copy.register(cli)  # backstage copy SRC DST (its body in _copy.py)
 
 
 def run(args: list[str] | None = None, session: Session | None = None) -> int:

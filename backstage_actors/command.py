@@ -15,7 +15,7 @@ import attrs
 from . import _serialization as ser
 from ._ids import new_id, request_id
 from .errors import InvalidCommand, SerializationError
-from .store import RecordedEvent
+from .store.records import RecordedEvent
 
 __all__ = ["CommandItem", "DispatchResult", "command_from_data", "new_item"]
 

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backstage_actors._schema import SCHEMA
 from backstage_actors.event import event_topic
+from backstage_actors.store._sqlite_schema import SCHEMA
 
 from ._domain import Credited
 from ._report import Row

@@ -87,14 +87,36 @@ def multiproc_system(tmp_path: Any) -> Iterator[Any]:
         system.shutdown()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module whose ``STORES`` names several stores runs its store-using tests on each."""
+    if "store_kind" in metafunc.fixturenames:
+        kinds = getattr(metafunc.module, "STORES", ["sqlite"])
+        metafunc.parametrize("store_kind", kinds, indirect=True)
+
+
 @pytest.fixture
-def start_app(base: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The store an application test runs on: ``sqlite`` unless its module sets ``STORES``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def app_database(store_kind: str, tmp_path: Any, request: pytest.FixtureRequest) -> str:
+    """The test's own database on ``store_kind``: ``tmp_path/app.db``, or a fresh schema on the
+    session's private PostgreSQL server."""
+    if store_kind == "postgres":
+        return str(request.getfixturevalue("pg_dsn"))
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture
+def start_app(base: str, tmp_path: Any, app_database: str) -> Iterator[Callable[..., Any]]:
     """``start_app(app, **options)``: run ``app`` on ``base`` with a database of the test's own
-    (``tmp_path/app.db`` unless ``database=`` is given); every system is stopped at teardown."""
+    (``app_database`` unless ``database=`` is given); every system is stopped at teardown."""
     systems: list[Any] = []
 
     def start(app: Any, **options: Any) -> Any:
-        options.setdefault("database", str(tmp_path / "app.db"))
+        options.setdefault("database", app_database)
         if base == "multiproc":
             options.setdefault("log_defs", thespian_log_defs(str(tmp_path / "actors.log")))
         system = app.start(base=base, **options)
@@ -151,3 +173,7 @@ def run_at_once(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> 
         worker.join(timeout=30)
         assert worker.exitcode == 0
     return reports
+
+
+# The private PostgreSQL server of the session, and a fresh schema on it per test.
+from .pg_fixture import pg_dsn, pg_server  # noqa: E402, F401  (fixtures)

@@ -255,15 +255,36 @@ class HdHandlerError(Exception):
     pass
 
 
-def create_record_tables(db: sqlite_utils.Database) -> None:
-    """What the recording handlers write (IF NOT EXISTS: sibling processes race to create them)."""
+def _key(db: Any) -> str:
+    """An id column that numbers rows by itself, on SQLite or PostgreSQL."""
+    return (
+        "INTEGER PRIMARY KEY" if isinstance(db, sqlite_utils.Database) else "BIGSERIAL PRIMARY KEY"
+    )
+
+
+def create_record_tables(db: Any) -> None:
+    """What the recording handlers write (IF NOT EXISTS: sibling processes race to create them).
+    Plain SQL through ``db.execute``: the same on SQLite and PostgreSQL. PostgreSQL does not
+    serialise two sessions' CREATE TABLE IF NOT EXISTS (one may fail on its catalog's unique
+    index): the loser tries again, and then finds the table."""
+    for attempt in range(3):
+        try:
+            _create_record_tables(db)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+
+
+def _create_record_tables(db: Any) -> None:
     db.execute(
-        "CREATE TABLE IF NOT EXISTS hd_seen (id INTEGER PRIMARY KEY, subscriber TEXT,"
-        " position INTEGER, stream_id TEXT, version INTEGER, type TEXT, data TEXT, pid INTEGER)"
+        f"CREATE TABLE IF NOT EXISTS hd_seen (id {_key(db)}, subscriber TEXT,"
+        " position BIGINT, stream_id TEXT, version BIGINT, type TEXT, data TEXT, pid BIGINT)"
     )
     db.execute(
-        "CREATE TABLE IF NOT EXISTS hd_errors (id INTEGER PRIMARY KEY, subscriber TEXT,"
-        " position INTEGER, failures INTEGER, error_type TEXT)"
+        f"CREATE TABLE IF NOT EXISTS hd_errors (id {_key(db)}, subscriber TEXT,"
+        " position BIGINT, failures BIGINT, error_type TEXT)"
     )
 
 
@@ -287,29 +308,28 @@ class HdRecorder(EventHandler):
             self.attempts[metadata.position] = self.attempts.get(metadata.position, 0) + 1
             if self.fails(event, self.attempts[metadata.position]):
                 raise HdHandlerError(f"{self.name} cannot take {event.text!r}")
-        self.db.table("hd_seen").insert(
-            {
-                "subscriber": self.name,
-                "position": metadata.position,
-                "stream_id": metadata.stream_id,
-                "version": metadata.stream_version,
-                "type": type(event).__name__,
-                "data": json.dumps(attrs.asdict(event)),
-                "pid": os.getpid(),
-            }
+        self.db.execute(
+            "INSERT INTO hd_seen (subscriber, position, stream_id, version, type, data, pid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.name,
+                metadata.position,
+                metadata.stream_id,
+                metadata.stream_version,
+                type(event).__name__,
+                json.dumps(attrs.asdict(event)),
+                os.getpid(),
+            ),
         )
 
     def fails(self, event: HdNoted, attempt: int) -> bool:
         return False
 
     def error(self, exc: BaseException, event: Any, metadata: Metadata, failures: int) -> Any:
-        self.db.table("hd_errors").insert(
-            {
-                "subscriber": self.name,
-                "position": metadata.position,
-                "failures": failures,
-                "error_type": type(exc).__name__,
-            }
+        self.db.execute(
+            "INSERT INTO hd_errors (subscriber, position, failures, error_type)"
+            " VALUES (?, ?, ?, ?)",
+            (self.name, metadata.position, failures, type(exc).__name__),
         )
         return self.policy(exc, event, metadata, failures)
 
@@ -403,30 +423,25 @@ class HdTally(Projection):
     tables = ("hd_tally", "hd_tally_count")
     delay: ClassVar[float] = 0.0
 
-    def init(self, db: sqlite_utils.Database) -> None:
-        db.table("hd_tally").create(
-            {"position": int, "stream_id": str, "version": int, "type": str},
-            pk="position",
-            if_not_exists=True,
+    def init(self, db: Any) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS hd_tally (position BIGINT PRIMARY KEY, stream_id TEXT,"
+            " version BIGINT, type TEXT)"
         )
-        db.table("hd_tally_count").create({"name": str, "n": int}, pk="name", if_not_exists=True)
+        db.execute("CREATE TABLE IF NOT EXISTS hd_tally_count (name TEXT PRIMARY KEY, n BIGINT)")
 
-    def project(self, event: Any, metadata: Metadata, db: sqlite_utils.Database) -> None:
+    def project(self, event: Any, metadata: Metadata, db: Any) -> None:
         if self.delay:
             time.sleep(self.delay)  # keeps the page's transaction open, so that a kill lands in it
         if isinstance(event, HdNoted) and event.text == "slow":
             time.sleep(0.3)
-        db.table("hd_tally").insert(
-            {
-                "position": metadata.position,
-                "stream_id": metadata.stream_id,
-                "version": metadata.stream_version,
-                "type": type(event).__name__,
-            }
+        db.execute(
+            "INSERT INTO hd_tally (position, stream_id, version, type) VALUES (?, ?, ?, ?)",
+            (metadata.position, metadata.stream_id, metadata.stream_version, type(event).__name__),
         )
         db.execute(
             "INSERT INTO hd_tally_count (name, n) VALUES ('events', 1)"
-            " ON CONFLICT (name) DO UPDATE SET n = n + 1"
+            " ON CONFLICT (name) DO UPDATE SET n = hd_tally_count.n + 1"
         )
 
 
@@ -464,13 +479,19 @@ def make_app(
 
 
 def query(system: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` on the application's database (committed data, on either base)."""
-    return list(system.store.conn.execute(sql, params).fetchall())
+    """Rows of ``sql`` on the application's database (committed data, on either base), SQLite
+    or PostgreSQL (the store's handle takes ``?`` placeholders on both)."""
+    return list(system.store.handle.execute(sql, params).fetchall())
 
 
 def seen(system: Any, subscriber: str) -> list[int]:
     """The positions ``subscriber`` recorded, in delivery order (a redelivery appears twice)."""
-    if not query(system, "SELECT 1 FROM sqlite_master WHERE name = 'hd_seen'"):
+    exists = (
+        "SELECT to_regclass('hd_seen') IS NOT NULL"
+        if system.store.kind == "postgres"
+        else "SELECT count(*) FROM sqlite_master WHERE name = 'hd_seen'"
+    )
+    if not query(system, exists)[0][0]:
         return []
     rows = query(
         system, "SELECT position FROM hd_seen WHERE subscriber = ? ORDER BY id", subscriber

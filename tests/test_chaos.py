@@ -19,8 +19,14 @@ COMMANDS = 150
 ACCOUNTS = 12
 
 
-def test_killing_actors_under_load_loses_and_duplicates_nothing(tmp_path: Any) -> None:
-    database = str(tmp_path / "bank.db")
+# The drill runs on SQLite and on the private PostgreSQL server (app_database).
+STORES = ["sqlite", "postgres"]
+
+
+def test_killing_actors_under_load_loses_and_duplicates_nothing(
+    tmp_path: Any, app_database: str
+) -> None:
+    database = app_database
     # A small cap: passivation churns under the load too. A kill every 0.4 s is far more than the
     # default 10 restarts in 10 s that make the root supervisor give up.
     app = make_app(database, max_live=8, restart_intensity=(1000, 10.0))

@@ -57,6 +57,8 @@ from .dispatch_domain import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every test that starts the application runs on SQLite and on the private PostgreSQL server.
+STORES = ["sqlite", "postgres"]
 
 
 # -- routing and identity -------------------------------------------------------------------

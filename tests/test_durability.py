@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 import pytest
 
-from backstage_actors._durability import Turns
 from backstage_actors.store import EventStore
+from backstage_actors.store._durability import Turns
 
 from .conftest import run_at_once
 from .store_conformance import EventStoreConformance

@@ -41,6 +41,10 @@ from .handler_domain import (
 Start = Any  # the start_app fixture: start_app(app, **options) -> RunningSystem
 
 
+# The tests that start an application run on SQLite and on the private PostgreSQL server.
+STORES = ["sqlite", "postgres"]
+
+
 def tally(system: Any, name: str = "hd_tally") -> tuple[list[int], int]:
     """The projection's rows (positions) and its per-event counter."""
     rows = [r[0] for r in query(system, f"SELECT position FROM {name} ORDER BY position")]
@@ -60,7 +64,7 @@ def errors(system: Any, subscriber: str, position: int) -> list[int]:
 
 
 def letters(system: Any, subscriber: str) -> list[dict[str, Any]]:
-    cursor = system.store.conn.execute(
+    cursor = system.store.handle.execute(
         "SELECT * FROM dead_letters WHERE subscriber = ? ORDER BY id", (subscriber,)
     )
     names = [d[0] for d in cursor.description]

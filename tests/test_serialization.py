@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backstage_actors._codec import decode_event, encode_event
 from backstage_actors._serialization import dumps, structure, unstructure
 from backstage_actors.errors import SerializationError
+from backstage_actors.store._codec import decode_event, encode_event
 
 # -- message classes -------------------------------------------------------------------------
 

@@ -19,8 +19,6 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-import sqlite_utils
-
 from backstage_actors import (
     AggregateFailed,
     CommandRejected,
@@ -167,6 +165,8 @@ def verify(
         events = list(store.read_all())
         last = store.last_position()
         checkpoints = {name: store.checkpoint(name) for name in subscribers}
+        # The projection's table through the store's handle: SQLite or PostgreSQL alike.
+        rows = dict(store.handle.execute("SELECT account_id, balance FROM balances").fetchall())
     finally:
         store.close()
     problems: list[str] = []
@@ -190,7 +190,6 @@ def verify(
             f"{len(duplicated)} commands stored events twice, e.g. {duplicated[0]['command_id']}"
         )
     balances = _replayed_balances(events)
-    rows = {r["account_id"]: r["balance"] for r in sqlite_utils.Database(database)["balances"].rows}
     if rows != balances:
         wrong = sorted(k for k in set(rows) | set(balances) if rows.get(k) != balances.get(k))
         problems.append(f"balances projection differs from the events for {wrong[:5]}")

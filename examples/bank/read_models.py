@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from backstage_actors import EventHandler, Metadata, Projection
 
 from .domain import (
@@ -22,33 +20,48 @@ __all__ = ["Balances", "Notifier"]
 
 
 class Balances(Projection):
-    """``balances``: one row per account with its owner, balance and status."""
+    """``balances``: one row per account with its owner, balance and status.
+
+    Plain SQL through ``db.execute``, so it runs on SQLite and on PostgreSQL alike."""
 
     name = "balances"
     tables = ("balances",)
 
-    def init(self, db: sqlite_utils.Database) -> None:
-        db["balances"].create(
-            {"account_id": str, "owner": str, "balance": int, "status": str},
-            pk="account_id",
-            if_not_exists=True,
+    def init(self, db: Any) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, owner TEXT,"
+            " balance BIGINT, status TEXT)"
         )
 
-    def project(self, event: Any, metadata: Metadata, db: sqlite_utils.Database) -> None:
-        table = db["balances"]
+    def project(self, event: Any, metadata: Metadata, db: Any) -> None:
         match event:
             case AccountOpened(account_id, owner):
-                table.insert(
-                    {"account_id": account_id, "owner": owner, "balance": 0, "status": "open"}
+                db.execute(
+                    "INSERT INTO balances (account_id, owner, balance, status)"
+                    " VALUES (?, ?, 0, 'open')",
+                    (account_id, owner),
                 )
             case (
                 MoneyDeposited(account_id=aid, balance=balance)
                 | MoneyWithdrawn(account_id=aid, balance=balance)
                 | TransferRefunded(account_id=aid, balance=balance)
             ):
-                table.update(aid, {"balance": balance})
+                _update(db, "UPDATE balances SET balance = ? WHERE account_id = ?", balance, aid)
             case AccountClosed(account_id):
-                table.update(account_id, {"status": "closed"})
+                _update(
+                    db, "UPDATE balances SET status = 'closed' WHERE account_id = ?", account_id
+                )
+
+
+class NotFoundError(LookupError):
+    """An event about an account the read model has no row for."""
+
+
+def _update(db: Any, sql: str, *params: Any) -> None:
+    """An UPDATE of one account's row; an account without a row is an error (the event is
+    retried, then parked as a dead letter)."""
+    if db.execute(sql, params).rowcount == 0:
+        raise NotFoundError(f"no balances row for account {params[-1]!r}")
 
 
 class Notifier(EventHandler):
@@ -73,12 +86,12 @@ class Notifier(EventHandler):
                 return
         self.log.info(text)
         # self.db is the application's database; the event id as key makes redelivery harmless.
-        self.db["notifications"].insert(
-            {
-                "event_id": metadata.event_id,
-                "account_id": getattr(event, "account_id", ""),
-                "text": text,
-            },
-            pk="event_id",
-            ignore=True,
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS notifications (event_id TEXT PRIMARY KEY,"
+            " account_id TEXT, text TEXT)"
+        )
+        self.db.execute(
+            "INSERT INTO notifications (event_id, account_id, text) VALUES (?, ?, ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (metadata.event_id, getattr(event, "account_id", ""), text),
         )

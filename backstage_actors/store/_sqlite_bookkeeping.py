@@ -1,66 +1,30 @@
-"""The store's bookkeeping beside the events: snapshots, checkpoints, dead letters, and the state
-of process manager instances. Mixed into :class:`~backstage_actors.store.EventStore`; every
-method is one short transaction on the store's connection.
+"""The SQLite recorder's bookkeeping beside the events: snapshots, checkpoints, dead letters, and
+the state of process manager instances. Mixed into :class:`~.sqlite.SQLiteRecorder`; every method
+is one short transaction on the recorder's connection (or joins the open one).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import attrs
+from .records import DeadLetter, RecordedEvent
 
-from . import _serialization as ser
-
-if TYPE_CHECKING:
-    from .store import RecordedEvent
-
-__all__ = ["Bookkeeping", "DeadLetter", "Snapshot"]
-
-
-@attrs.frozen
-class Snapshot:
-    stream_id: str
-    version: int
-    schema_version: int
-    type: str
-    state: Any
-    taken_at: datetime
-
-
-@attrs.frozen
-class DeadLetter:
-    id: int
-    subscriber: str
-    position: int
-    event_id: str
-    stream_id: str
-    version: int
-    type: str
-    error_type: str
-    error: str
-    traceback: str
-    failures: int
-    status: str
-    parked_at: str
+__all__ = ["Bookkeeping"]
 
 
 class Bookkeeping:
     conn: sqlite3.Connection
 
-    def transaction(self) -> AbstractContextManager[Any]:
+    def transaction(self, flush: bool = True) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
     # -- snapshots --------------------------------------------------------------------------
 
     def save_snapshot(
-        self, stream_id: str, version: int, state: Any, schema_version: int = 1, type: str = ""
+        self, stream_id: str, version: int, schema_version: int, type: str, data: str, at: str
     ) -> None:
-        """Store the latest snapshot of ``stream_id`` (replacing an older one)."""
-        text = ser.dumps(state, f"snapshot of {stream_id}")
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO snapshots (stream_id, version, schema_version, type, data, taken_at)"
@@ -68,39 +32,31 @@ class Bookkeeping:
                 " version = excluded.version, schema_version = excluded.schema_version,"
                 " type = excluded.type, data = excluded.data, taken_at = excluded.taken_at"
                 " WHERE excluded.version >= snapshots.version",
-                (stream_id, version, schema_version, type, text, _now()),
+                (stream_id, version, schema_version, type, data, at),
             )
 
-    def load_snapshot(self, stream_id: str, schema_version: int | None = None) -> Snapshot | None:
-        """The latest snapshot, or None (also when it was taken with another ``schema_version``)."""
+    def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
         row = self.conn.execute(
             "SELECT version, schema_version, type, data, taken_at FROM snapshots WHERE stream_id = ?",
             (stream_id,),
         ).fetchone()
-        if row is None or (schema_version is not None and row[1] != schema_version):
-            return None
-        try:
-            state = json.loads(row[3])
-        except ValueError:
-            return None  # a broken snapshot is only a lost shortcut: rebuild from the events
-        return Snapshot(stream_id, row[0], row[1], row[2], state, datetime.fromisoformat(row[4]))
+        return None if row is None else tuple(row)
 
     # -- checkpoints and dead letters -------------------------------------------------------
 
     def checkpoint(self, name: str) -> int:
-        """The last position ``name`` processed (0 if none)."""
         row = self.conn.execute(
             "SELECT position FROM checkpoints WHERE name = ?", (name,)
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def save_checkpoint(self, name: str, position: int) -> None:
+    def save_checkpoint(self, name: str, position: int, at: str) -> None:
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
                 " updated_at = excluded.updated_at",
-                (name, position, _now()),
+                (name, position, at),
             )
 
     def delete_checkpoint(self, name: str) -> None:
@@ -115,9 +71,9 @@ class Bookkeeping:
         error: str,
         traceback: str,
         failures: int,
-        status: str = "parked",
+        status: str,
+        at: str,
     ) -> None:
-        """Record that ``subscriber`` gave up on ``event`` (a dead letter)."""
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO dead_letters (subscriber, position, event_id, stream_id, version, type,"
@@ -139,13 +95,11 @@ class Bookkeeping:
                     traceback,
                     failures,
                     status,
-                    _now(),
+                    at,
                 ),
             )
 
-    def dead_letters(
-        self, subscriber: str | None = None, status: str | None = "parked"
-    ) -> list[DeadLetter]:
+    def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]:
         query = "SELECT * FROM dead_letters WHERE 1 = 1"
         params: list[Any] = []
         if subscriber is not None:
@@ -166,15 +120,14 @@ class Bookkeeping:
 
     # -- process manager instances ----------------------------------------------------------
 
-    def load_process(self, name: str, process_id: str) -> dict[str, Any] | None:
+    def process_state(self, name: str, process_id: str) -> str | None:
         row = self.conn.execute(
             "SELECT state FROM process_managers WHERE name = ? AND process_id = ?",
             (name, process_id),
         ).fetchone()
-        return json.loads(row[0]) if row else None
+        return str(row[0]) if row else None
 
-    def save_process(self, name: str, process_id: str, state: dict[str, Any] | None) -> None:
-        """Save an instance's state (None deletes it: the process stopped)."""
+    def save_process(self, name: str, process_id: str, state: str | None, at: str) -> None:
         with self.transaction():
             if state is None:
                 self.conn.execute(
@@ -186,9 +139,5 @@ class Bookkeeping:
                 "INSERT INTO process_managers (name, process_id, state, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (name, process_id) DO UPDATE SET state = excluded.state,"
                 " updated_at = excluded.updated_at",
-                (name, process_id, ser.dumps(state, f"{name} state"), _now()),
+                (name, process_id, state, at),
             )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()

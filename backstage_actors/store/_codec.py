@@ -17,9 +17,9 @@ from typing import Any
 
 import attrs
 
-from . import _serialization as ser
-from .errors import SerializationError, StoredEventError
-from .event import event_topic, event_type, event_version, registry
+from .. import _serialization as ser
+from ..errors import SerializationError, StoredEventError
+from ..event import event_topic, event_type, event_version, registry
 
 __all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
 

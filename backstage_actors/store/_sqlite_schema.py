@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import sqlite_utils
 
-from . import _security
+from .. import _security
 
 __all__ = ["SCHEMA", "Database", "open_database"]
 

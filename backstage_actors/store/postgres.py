@@ -1,0 +1,600 @@
+"""The PostgreSQL recorder: the events in a PostgreSQL database, through psycopg 3 and a
+``psycopg_pool`` connection pool.
+
+**No reader ever skips an event.** A writer takes ``LOCK TABLE events IN EXCLUSIVE MODE`` before
+it reads versions and inserts, and holds it to its commit: positions (an identity column) are
+handed out one transaction at a time, and a transaction is visible before the next writer gets
+the lock (PostgreSQL marks a commit visible before it releases the commit's locks). A reader that
+sees position N therefore sees every position below N that will ever exist. The cost: one writer
+at a time per database, each holding the lock through its commit's flush. Group commit pays it
+back: every append waiting in this process (the store actor's batch, or threads sharing the
+store) goes into one transaction, one lock and one flush (:meth:`PostgresRecorder.write`).
+Readers take no lock.
+
+Faults: a statement or lock timeout, or any database error, is a
+:class:`~backstage_actors.errors.StorageError` with the driver's error as its cause. A connection
+lost to a server restart is replaced, and the operation retried until ``reconnect_timeout``: reads
+always, an append only when that is safe (it failed before its commit was sent, or every request
+names its event ids, which make a repeat return what the first attempt stored). A server that
+cannot be reached when the store opens is an error at once, naming host and user (never the
+password); no retry loop.
+
+Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel` (no payload:
+a woken reader asks for the last position): :meth:`PostgresRecorder.wait` and the event bus's
+:class:`~._pg_support.Listener` wake on it (any host, any process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.conninfo
+import psycopg.sql
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from ..errors import BackstageError, StorageError, WrongExpectedVersion
+from . import _appending as ap
+from . import _pg_append as pg
+from ._appending import COLUMNS, Failed, Prepared, Results, Row
+from ._pg_bookkeeping import PgBookkeeping
+from ._pg_schema import SCHEMA
+from ._pg_support import Listener, PostgresHandle, describe_url, first_line
+from .recorder import Recorder
+from .records import AppendRequest
+
+__all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
+
+T = TypeVar("T")
+_log = logging.getLogger("backstage_actors.store.postgres")
+
+
+class _Waiting:
+    """An append waiting for a group commit (:meth:`PostgresRecorder.write`)."""
+
+    def __init__(self, prepared: Prepared, results: Results) -> None:
+        self.prepared = prepared
+        self.results = results
+        self.done = threading.Event()
+        self.lead = False
+        self.error: BaseException | None = None
+
+
+class _Local(threading.local):
+    conn: psycopg.Connection[Any] | None = None
+
+
+class PostgresRecorder(PgBookkeeping, Recorder):
+    """A recorder on the PostgreSQL database ``url`` (``postgresql://user:pw@host/db``; libpq
+    URL parameters such as ``?host=/socket/dir&port=5433`` work too).
+
+    ``lock_timeout`` bounds a wait for a lock (another writer), ``statement_timeout`` any
+    statement; ``synchronous="NORMAL"`` commits with ``synchronous_commit = off`` (a crash of the
+    server may lose the last commits, never corrupt). ``pool_size`` connections at most.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        synchronous: str = "FULL",
+        lock_timeout: float = 10.0,
+        statement_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        reconnect_timeout: float = 30.0,
+        pool_size: int = 4,
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "OFF", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.url = url
+        described, _ = describe_url(url)
+        self.location = f"postgresql://{described}"
+        self.reconnect_timeout = reconnect_timeout
+        self._settings = (
+            f"SET lock_timeout = {int(lock_timeout * 1000)};"
+            f" SET statement_timeout = {int(statement_timeout * 1000)};"
+            + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
+        )
+        self._local = _Local()
+        self._group_lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._leading = False
+        self._listener: psycopg.Connection[Any] | None = None
+        # Reach the server once, directly: a wrong address or password is one clear error now.
+        try:
+            probe = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot connect to PostgreSQL as {described.split('@')[0]!r} on "
+                f"{described.split('@', 1)[1]}: {first_line(exc)}"
+            ) from None
+        with probe:
+            self._create_schema(probe)
+            self.schema = str(probe.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
+        self.channel = f"backstage_{self.schema}"[:63]
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "connect_timeout": int(connect_timeout)},
+            configure=self._configure,
+            open=False,
+            name=f"backstage {described}",
+            num_workers=1,
+            reconnect_timeout=reconnect_timeout,
+        )
+        self.pool.open(wait=False)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._settings)
+
+    def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """The tables, created once even when many processes open the store at the same time."""
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.events'))"
+                )
+                conn.execute(SCHEMA)
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot create the event store's tables in {self.location}: {first_line(exc)}"
+            ) from exc
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self.pool.close()
+
+    # -- connections, retries, errors -------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._local.conn is not None:
+            yield self._local.conn
+            return
+        with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+            yield conn
+
+    def _run(
+        self, what: str, work: Callable[[psycopg.Connection[Any]], T], retry: bool = True
+    ) -> T:
+        """``work(conn)``; retried on a fresh connection while the server is away (outside a
+        transaction only), errors as StorageError."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            try:
+                with self._connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if not (retry and self._local.conn is None and _lost(exc)):
+                    raise self._error(what, exc) from exc
+                if time.monotonic() + delay > deadline:
+                    raise self._error(what, exc) from exc
+                _log.warning("%s: connection lost (%s); retrying", self.location, first_line(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except psycopg.Error as exc:
+                raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, pg_errors.QueryCanceled):
+            reason = "a statement ran past statement_timeout"
+        elif isinstance(exc, pg_errors.LockNotAvailable):
+            reason = "a lock was not granted within lock_timeout"
+        else:
+            reason = first_line(exc)
+        return StorageError(f"cannot {what} in {self.location}: {reason}")
+
+    @contextmanager
+    def transaction(self, flush: bool = True) -> Iterator[PostgresRecorder]:
+        if self._local.conn is not None:
+            yield self
+            return
+        try:
+            with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+                conn.execute("BEGIN")
+                self._local.conn = conn
+                try:
+                    yield self
+                except BaseException:
+                    self._local.conn = None
+                    if not conn.closed:
+                        conn.execute("ROLLBACK")
+                    raise
+                self._local.conn = None
+                conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            self._local.conn = None
+            raise self._error("commit a transaction", exc) from exc
+
+    def connection(self) -> psycopg.Connection[Any] | None:
+        """The connection of the transaction open in this thread (projections write on it)."""
+        return self._local.conn
+
+    # -- projections --------------------------------------------------------------------------
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        conn = self._local.conn
+        if conn is None:
+            raise StorageError("a savepoint needs an open transaction")
+        conn.execute("SAVEPOINT event")
+        try:
+            yield
+        except BaseException:
+            if not conn.closed:
+                conn.execute("ROLLBACK TO SAVEPOINT event")
+                conn.execute("RELEASE SAVEPOINT event")
+            raise
+        conn.execute("RELEASE SAVEPOINT event")
+
+    @property
+    def handle(self) -> PostgresHandle:
+        return PostgresHandle(self)
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            self._run(
+                "drop a table",
+                lambda conn, t=table: conn.execute(  # type: ignore[misc]
+                    psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg.sql.Identifier(t))
+                ),
+            )
+
+    # -- appending --------------------------------------------------------------------------
+
+    def write(
+        self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
+    ) -> None:
+        """Group commit across threads: appends that arrive while a commit is under way wait,
+        and the first of them then commits them all in one transaction (one lock, one flush)."""
+        if self._local.conn is not None:  # inside the caller's transaction
+            self._write_now(prepared, results, recorded_at, stamp)
+            return
+        mine = _Waiting(prepared, results)
+        with self._group_lock:
+            self._waiting.append(mine)
+            if self._leading:
+                mine.lead = False
+            else:
+                self._leading = mine.lead = True
+        if not mine.lead:
+            mine.done.wait()
+            if not mine.lead:  # committed by another thread's transaction
+                if mine.error is not None:
+                    raise mine.error
+                return
+        with self._group_lock:
+            group, self._waiting = self._waiting, []
+        try:
+            self._write_group(group, recorded_at, stamp)
+        finally:
+            with self._group_lock:
+                if self._waiting:  # the next leader: the first that arrived meanwhile
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._leading = False
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_group(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
+        prepared = [item for member in group for item in member.prepared]
+        results = [result for member in group for result in member.results]
+        error: BaseException | None = None
+        try:
+            self._write_now(prepared, results, recorded_at, stamp)
+        except BaseException as exc:
+            error = exc
+        at = 0
+        for member in group:
+            member.results[:] = results[at : at + len(member.results)]
+            at += len(member.results)
+            member.error = error
+            if not member.lead:
+                member.done.set()
+
+    def _write_now(
+        self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
+    ) -> None:
+        live = [(i, item) for i, item in enumerate(prepared) if item is not None]
+        # A repeat is harmless when every request names its event ids; otherwise only an
+        # attempt that failed before COMMIT was sent is retried.
+        idempotent = all(request.event_ids for _, (request, _) in live)
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            state = {"committing": False}
+            try:
+                if self._local.conn is not None:
+                    self._write(self._local.conn, live, results, recorded_at, stamp, None)
+                    return
+                with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+                    self._write(conn, live, results, recorded_at, stamp, state)
+                return
+            except psycopg.OperationalError as exc:
+                safe = idempotent or not state["committing"]
+                lost = _lost(exc) and self._local.conn is None
+                if not (lost and safe) or time.monotonic() + delay > deadline:
+                    if lost and not safe:
+                        raise StorageError(
+                            f"cannot append to {self.location}: the connection was lost during"
+                            f" the commit, which may or may not have happened"
+                            f" ({first_line(exc)}); append again with the same event ids"
+                        ) from exc
+                    raise self._error("append", exc) from exc
+                _log.warning(
+                    "%s: connection lost (%s); appending again", self.location, first_line(exc)
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except psycopg.Error as exc:
+                raise self._error("append", exc) from exc
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: Results,
+        recorded_at: datetime,
+        stamp: str,
+        state: dict[str, bool] | None,
+    ) -> None:
+        """One round trip when every append names the version it expects (what aggregates
+        do), else two: BEGIN, the lock and the streams' state; then, decided here, the rows,
+        the NOTIFY and COMMIT. Statements go together as one simple query (client-side
+        binding), the cheapest way through psycopg."""
+        own = state is not None
+        if own and pg.expects_versions(live):
+            assert state is not None
+            if self._write_expected(conn, live, results, recorded_at, stamp, state):
+                return
+            state["committing"] = False
+        cursor = psycopg.ClientCursor(conn)
+        streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
+        named = [i for _, (request, _) in live for i in (request.event_ids or [])]
+        head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", pg.VERSIONS]
+        params: list[Any] = [streams]
+        if named:
+            head.append(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)")
+            params.append(named)
+        try:
+            cursor.execute("; ".join(head), params)
+            sets = pg.result_sets(cursor)
+            stored = {row[1]: row for row in sets[-1]} if named else {}
+            version_rows = sets[-2] if named else sets[-1]
+            versions = {
+                stream_id: ap.stream_state(last_event, kept)
+                for stream_id, last_event, kept in version_rows
+            }
+            planned, rows = self._plan(live, results, versions, stored, stamp)
+            tail: list[str] = []
+            params = []
+            if planned:
+                tail += [pg.INSERT, "SELECT pg_notify(%s, '')"]
+                params += [json.dumps(rows), self.channel]
+            if own:
+                assert state is not None
+                state["committing"] = True
+                tail.append("COMMIT")
+            sets = []
+            if tail:
+                cursor.execute("; ".join(tail), params)
+                sets = pg.result_sets(cursor)
+        except BaseException:
+            if own and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            raise
+        if planned:
+            pg.fill(results, planned, dict((event_id, p) for p, event_id in sets[0]), recorded_at)
+
+    def _write_expected(
+        self,
+        conn: psycopg.Connection[Any],
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: Results,
+        recorded_at: datetime,
+        stamp: str,
+        state: dict[str, bool],
+    ) -> bool:
+        """Appends that each name their stream's version (streams distinct): one call of the
+        schema's ``backstage_append`` function (a prepared statement, its own transaction): the
+        lock, then every row inserted only if every stream is at the version its append expects,
+        and the NOTIFY.
+        False, with nothing stored, when one is not (or an event id exists): then the careful
+        way decides each append on its own."""
+        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        rows: list[tuple[Any, ...]] = []
+        streams: list[str] = []
+        expected: list[int] = []
+        for index, (request, encoded) in live:
+            current = int(request.expected_version)  # type: ignore[arg-type]
+            ids = ap.event_ids(request, len(encoded))
+            try:
+                metadata, meta_text = ap.metadata(request)
+            except BackstageError:
+                return False
+            rows += ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp)
+            planned.append((index, request.stream_id, encoded, ids, current, metadata))
+            streams.append(request.stream_id)
+            expected.append(current)
+        state["committing"] = True
+        try:
+            inserted = conn.execute(
+                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s)",
+                (json.dumps(rows), streams, expected, self.channel),
+            ).fetchall()
+        except pg_errors.UniqueViolation:  # an event id already stored: the careful way
+            return False
+        if len(inserted) != len(rows):
+            return False  # a stream was elsewhere: nothing was stored
+        pg.fill(results, planned, {event_id: p for p, event_id in inserted}, recorded_at)
+        return True
+
+    def _plan(
+        self,
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: Results,
+        versions: dict[str, tuple[bool, int]],
+        stored: dict[str, Row],
+        stamp: str,
+    ) -> tuple[
+        list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]], list[tuple[Any, ...]]
+    ]:
+        """Decide every append under the lock: each outcome that needs no row goes to
+        ``results``; the others come back planned, with the columns of their rows."""
+        failed: Failed = {}
+        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        rows: list[tuple[Any, ...]] = []
+        taken: set[str] = set()
+        for index, (request, encoded) in live:
+            stream_id = request.stream_id
+            if ap.counted_on(failed, request):
+                results[index] = ap.after_failure(failed, request)
+                continue
+            exists, current = versions.get(stream_id, (False, 0))
+            repeat = pg.already_stored(stored, stream_id, request.event_ids)
+            if not ap.version_matches(request.expected_version, exists, current):
+                if repeat is not None:
+                    results[index] = repeat
+                    ap.note_repeat(failed, request, repeat)
+                else:
+                    results[index] = WrongExpectedVersion(
+                        stream_id, request.expected_version, current
+                    )
+                    ap.note_failure(failed, request)
+                continue
+            if not encoded:
+                results[index] = []
+                continue
+            ids = ap.event_ids(request, len(encoded))
+            if len(set(ids)) != len(ids) or any(i in stored or i in taken for i in ids):
+                if repeat is not None:
+                    results[index] = repeat
+                    ap.note_repeat(failed, request, repeat)
+                else:
+                    results[index] = BackstageError(
+                        f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+                    )
+                    ap.note_failure(failed, request)
+                continue
+            try:
+                metadata, meta_text = ap.metadata(request)
+            except BackstageError as exc:
+                results[index] = exc
+                ap.note_failure(failed, request)
+                continue
+            rows += ap.rows(ids, stream_id, current, encoded, meta_text, stamp)
+            taken.update(ids)
+            planned.append((index, stream_id, encoded, ids, current, metadata))
+            versions[stream_id] = (True, current + len(encoded))
+        return planned, rows
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def stream_version(self, stream_id: str) -> int:
+        row = self._one("read a stream's version", pg.VERSION, {"s": stream_id})
+        assert row is not None
+        return ap.stream_state(*row)[1]
+
+    def last_position(self) -> int:
+        row = self._one("read the last position", "SELECT max(position) FROM events")
+        return int(row[0] or 0) if row else 0
+
+    def stream_page(
+        self, stream_id: str, low: int, high: int, limit: int, backward: bool
+    ) -> list[Row]:
+        order = "DESC" if backward else "ASC"
+        return self._all(
+            "read a stream",
+            f"SELECT {COLUMNS} FROM events WHERE stream_id = %s AND version BETWEEN %s AND %s"
+            f" ORDER BY version {order} LIMIT %s",
+            (stream_id, low, high, limit),
+        )
+
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        return self._all(
+            "read a stream",
+            "SELECT version, type, schema_version, topic, data, position FROM events"
+            " WHERE stream_id = %s AND version >= %s ORDER BY version LIMIT %s",
+            (stream_id, low, limit),
+        )
+
+    def events_page(self, from_position: int, limit: int) -> list[Row]:
+        return self._all(
+            "read events",
+            f"SELECT {COLUMNS} FROM events WHERE position >= %s ORDER BY position LIMIT %s",
+            (from_position, limit),
+        )
+
+    def event_row(self, position: int) -> Row | None:
+        return self._one(
+            "read an event", f"SELECT {COLUMNS} FROM events WHERE position = %s", (position,)
+        )
+
+    def event_version(self, event_id: str, stream_id: str) -> int | None:
+        row = self._one(
+            "look up an event",
+            "SELECT version FROM events WHERE event_id = %s AND stream_id = %s",
+            (event_id, stream_id),
+        )
+        return None if row is None else int(row[0])
+
+    def truncate_stream(self, stream_id: str, before_version: int) -> int:
+        with self.transaction():
+            version = self.stream_version(stream_id)
+
+            def work(conn: psycopg.Connection[Any]) -> int:
+                deleted = conn.execute(
+                    "DELETE FROM events WHERE stream_id = %s AND version < %s",
+                    (stream_id, before_version),
+                ).rowcount
+                if version:
+                    conn.execute(
+                        "INSERT INTO streams (stream_id, version, truncated_before)"
+                        " VALUES (%s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET"
+                        " version = greatest(streams.version, excluded.version),"
+                        " truncated_before = greatest(streams.truncated_before,"
+                        " excluded.truncated_before)",
+                        (stream_id, version, before_version),
+                    )
+                return int(deleted)
+
+            return self._run("truncate a stream", work)
+
+    def wait(self, after_position: int, timeout: float) -> bool:
+        """Block until an event past ``after_position`` is committed (a NOTIFY), at most
+        ``timeout`` seconds; True if there is one."""
+        if self.last_position() > after_position:
+            return True
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener.execute(f'LISTEN "{self.channel}"')
+                if self.last_position() > after_position:
+                    return True
+            for notify in self._listener.notifies(timeout=timeout, stop_after=1):
+                return int(notify.payload or 0) > after_position or (
+                    self.last_position() > after_position
+                )
+        except psycopg.OperationalError:
+            self._listener = None
+        return self.last_position() > after_position
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone (server restart, network), not a refusal."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, PoolClosed, PoolTimeout)
+    )

@@ -1,0 +1,101 @@
+"""What the store holds and hands out, apart from how any recorder keeps it: recorded events,
+append requests and expected versions, snapshots and dead letters.
+
+Plain frozen values with no storage behind them, so that the command, protocol and testing layers
+can name them without importing a store.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendRequest",
+    "DeadLetter",
+    "ExpectedVersion",
+    "RecordedEvent",
+    "Snapshot",
+]
+
+
+class ExpectedVersion(enum.Enum):
+    """What an append expects of its stream besides an exact version (an ``int``)."""
+
+    ANY = "any"
+    NO_STREAM = "no stream"
+    STREAM_EXISTS = "stream exists"
+
+
+ANY = ExpectedVersion.ANY
+NO_STREAM = ExpectedVersion.NO_STREAM
+STREAM_EXISTS = ExpectedVersion.STREAM_EXISTS
+
+
+@attrs.frozen
+class RecordedEvent:
+    """An event as stored: ``data`` is the event object (upcast and structured)."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: Any
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+
+@attrs.frozen
+class AppendRequest:
+    """One atomic append: all of ``events`` are stored, or none."""
+
+    stream_id: str
+    events: Sequence[Any]
+    expected_version: ExpectedVersion | int = ANY
+    metadata: Mapping[str, Any] | None = None
+    event_ids: Sequence[str] | None = None
+
+    def answered_elsewhere(self, recorded: Sequence[RecordedEvent]) -> bool:
+        """Whether ``recorded``, this append's answer, holds events an earlier attempt of it
+        stored at other versions than this one expected (it stored nothing itself)."""
+        expected = self.expected_version
+        return bool(recorded) and isinstance(expected, int) and recorded[0].version != expected + 1
+
+
+@attrs.frozen
+class Snapshot:
+    """The state of an aggregate at ``version``, kept to skip replaying the events before it."""
+
+    stream_id: str
+    version: int
+    schema_version: int
+    type: str
+    state: Any
+    taken_at: datetime
+
+
+@attrs.frozen
+class DeadLetter:
+    """An event a subscriber gave up on (parked or skipped), with the error and how often."""
+
+    id: int
+    subscriber: str
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    error_type: str
+    error: str
+    traceback: str
+    failures: int
+    status: str
+    parked_at: str

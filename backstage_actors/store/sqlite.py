@@ -1,0 +1,456 @@
+"""The SQLite recorder: the events in one SQLite file, through sqlite-utils.
+
+Appends take the write lock first (``BEGIN IMMEDIATE``), check the stream's version, insert, and
+commit; several appends can share one transaction and one fsync (the group commit the store actor
+uses), each keeping its own outcome. Positions are SQLite's AUTOINCREMENT rowids: one writer at a
+time, so a position is never handed out to a transaction that commits after a later one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..errors import BackstageError, StorageError, WrongExpectedVersion
+from . import _appending as ap
+from ._appending import COLUMNS as _COLUMNS
+from ._appending import Failed as _Failed
+from ._appending import Prepared as _Prepared
+from ._appending import Results as _Results
+from ._appending import Row
+from ._durability import Turns, WalSync
+from ._sqlite_bookkeeping import Bookkeeping
+from ._sqlite_schema import open_database
+from .recorder import TABLES, Recorder
+from .records import AppendRequest, RecordedEvent
+
+__all__ = ["SQLiteRecorder"]
+
+# The same for many streams at once (a JSON array of stream ids).
+_VERSIONS = (
+    "SELECT ids.value,"
+    " (SELECT max(version) FROM events WHERE stream_id = ids.value),"
+    " (SELECT version FROM streams WHERE stream_id = ids.value)"
+    " FROM json_each(?) AS ids"
+)
+_INSERT = (
+    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data, metadata,"
+    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A stream's version is its last event's, found in the (stream_id, version) index; the streams
+# table keeps it only for a stream whose events were truncated (``truncate_stream``).
+_VERSION = (
+    "SELECT (SELECT max(version) FROM events WHERE stream_id = ?1),"
+    " (SELECT version FROM streams WHERE stream_id = ?1)"
+)
+
+
+class SQLiteRecorder(Bookkeeping, Recorder):
+    """The store in the SQLite file ``path`` (created if missing).
+
+    ``synchronous="FULL"`` (default) fsyncs every commit: an acknowledged event survives a power
+    cut. ``"NORMAL"`` fsyncs only at WAL checkpoints: it survives a crash of the process but may
+    lose the last commits on a power cut, for several times the single-append throughput.
+    ``shared_flush=True`` (for many appending processes, as on multiproc) keeps ``FULL``'s
+    promise with flushes made outside the write lock and shared between processes
+    (``_durability``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        synchronous: str = "FULL",
+        busy_timeout: float = 10.0,
+        shared_flush: bool = False,
+    ) -> None:
+        self.path = self.location = str(path)
+        own_flush = shared_flush and synchronous.upper() == "FULL" and self.path != ":memory:"
+        try:
+            self.db = open_database(self.path, "NORMAL" if own_flush else synchronous, busy_timeout)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the event store {self.path!r}: {exc}") from None
+        self.conn = self.db.conn
+        self._turns = Turns(self.path)
+        self._wal = WalSync(self.path) if own_flush else None
+        self._unflushed = False
+
+    def close(self) -> None:
+        self.conn.close()
+        self._turns.close()
+        if self._wal is not None:
+            self._wal.close()
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, flush: bool = True) -> Iterator[SQLiteRecorder]:
+        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error.
+
+        Nested use joins the outer transaction. The write lock is taken up front, so a busy
+        database is waited for (``busy_timeout``) instead of failing halfway through.
+        ``flush=False`` leaves the commit's flush to disk to a later :meth:`flush`, made once
+        the caller let go of its own locks (with ``shared_flush``; SQLite flushes otherwise).
+        """
+        if self.conn.in_transaction:
+            yield self
+            return
+        self._begin()
+        try:
+            yield self
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+        if flush:
+            self.flush()
+
+    def _commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StorageError(f"cannot commit to {self.path!r}: {exc}") from None
+        self._unflushed = self._wal is not None
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def flush(self, commit: int = 0) -> None:
+        """Make the commits so far durable; ``commit`` is the number :class:`Turns` gave the
+        last one, if any (an earlier flush of another process may have covered it)."""
+        if not self._unflushed or self._wal is None:
+            return
+        self._unflushed = False
+        try:
+            if commit:
+                self._turns.flush(commit, self._wal)
+            else:
+                self._wal()
+        except OSError as exc:
+            raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+
+    def _begin_turn(self) -> None:
+        try:
+            self._turns.begin_turn()
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file beside {self.path!r}: {exc}") from None
+
+    def _begin(self) -> None:
+        for attempt in range(5):
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
+                    raise StorageError(f"cannot write to {self.path!r}: {exc}") from None
+                time.sleep(0.05 * (attempt + 1))
+
+    # -- appending --------------------------------------------------------------------------
+
+    def write(
+        self, prepared: _Prepared, results: _Results, recorded_at: datetime, stamp: str
+    ) -> None:
+        try:
+            self._write_batches(prepared, results, recorded_at, stamp)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot append to {self.path!r}: {exc}") from None
+
+    def _write_batches(
+        self,
+        prepared: _Prepared,
+        results: _Results,
+        recorded_at: datetime,
+        stamp: str,
+    ) -> None:
+        # Written in full rather than with the context managers: this runs for every command.
+        commit = 0
+        self._begin_turn()
+        try:
+            committing = not self.conn.in_transaction
+            if committing:
+                self._begin()
+            try:
+                self._write_each(prepared, results, recorded_at, stamp)
+            except BaseException:
+                if committing:
+                    self._rollback()
+                raise
+            if committing:
+                self._commit()
+                if self._unflushed:
+                    commit = self._turns.committed()
+        finally:
+            self._turns.end_turn()
+        # Flushed once the turn is over: other processes commit while this one waits on the disk.
+        self.flush(commit)
+
+    def _write_each(
+        self,
+        prepared: _Prepared,
+        results: _Results,
+        recorded_at: datetime,
+        stamp: str,
+    ) -> None:
+        live = [(index, item) for index, item in enumerate(prepared) if item is not None]
+        if len(live) > 1 and self._write_together(live, results, recorded_at, stamp):
+            return
+        failed: _Failed = {}
+        for index, (request, encoded) in live:
+            if ap.counted_on(failed, request):
+                results[index] = ap.after_failure(failed, request)
+                continue
+            if len(encoded) == 1:
+                # One event: its INSERT is the append's only write, and SQLite undoes a
+                # statement that fails; the version check comes before it. No savepoint needed.
+                try:
+                    results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
+                except BackstageError as exc:
+                    results[index] = exc
+                    ap.note_failure(failed, request)
+                else:
+                    ap.note_repeat(failed, request, results[index])
+                continue
+            # Several events: a savepoint of their own, so that a failing append is undone alone.
+            self.conn.execute("SAVEPOINT append")
+            try:
+                results[index] = self._append_one(request, encoded, recorded_at, stamp)
+            except BackstageError as exc:
+                results[index] = exc
+                ap.note_failure(failed, request)
+                self.conn.execute("ROLLBACK TO append")
+            else:
+                ap.note_repeat(failed, request, results[index])
+            self.conn.execute("RELEASE append")
+
+    def _write_together(
+        self,
+        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
+        results: _Results,
+        recorded_at: datetime,
+        stamp: str,
+    ) -> bool:
+        """A group commit's appends in three statements: every stream's version in one query,
+        every row in one ``executemany``. Returns False, having written nothing, when an append
+        needs the careful way (one at a time): a version that does not match for an append that
+        names its event ids (it may be a repeat), or an event id that is already stored."""
+        versions = self._versions([request.stream_id for _, (request, _) in live])
+        rows: list[tuple[Any, ...]] = []
+        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
+        failed: _Failed = {}
+        for index, (request, encoded) in live:
+            stream_id = request.stream_id
+            if ap.counted_on(failed, request):
+                results[index] = ap.after_failure(failed, request)
+                continue
+            exists, current = versions.get(stream_id, (False, 0))
+            if not ap.version_matches(request.expected_version, exists, current):
+                if request.event_ids:
+                    return False
+                results[index] = WrongExpectedVersion(stream_id, request.expected_version, current)
+                ap.note_failure(failed, request)
+                continue
+            if not encoded:
+                results[index] = []
+                continue
+            ids = ap.event_ids(request, len(encoded))
+            try:
+                metadata, meta_text = ap.metadata(request)
+            except BackstageError as exc:
+                results[index] = exc
+                ap.note_failure(failed, request)
+                continue
+            rows.extend(ap.rows(ids, stream_id, current, encoded, meta_text, stamp))
+            planned.append((index, stream_id, encoded, ids, current, metadata))
+            versions[stream_id] = (True, current + len(encoded))
+        if rows:
+            self.conn.execute("SAVEPOINT together")
+            try:
+                self.conn.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError:
+                self.conn.execute("ROLLBACK TO together")
+                return False
+            finally:
+                self.conn.execute("RELEASE together")
+            position = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows)
+            for index, stream_id, encoded, ids, current, metadata in planned:
+                results[index] = ap.recorded(
+                    ids, stream_id, current, position + 1, encoded, metadata, recorded_at
+                )
+                position += len(encoded)
+        return True
+
+    def _versions(self, stream_ids: list[str]) -> dict[str, tuple[bool, int]]:
+        """``(exists, version)`` of each of ``stream_ids``, in one query."""
+        rows = self.conn.execute(_VERSIONS, (json.dumps(list(dict.fromkeys(stream_ids))),))
+        return {
+            stream_id: ap.stream_state(last_event, kept) for stream_id, last_event, kept in rows
+        }
+
+    def _append_one(
+        self,
+        request: AppendRequest,
+        encoded: list[Any],
+        recorded_at: datetime,
+        stamp: str,
+        savepoint: bool = True,
+    ) -> list[RecordedEvent]:
+        stream_id = request.stream_id
+        exists, current = ap.stream_state(*self.conn.execute(_VERSION, (stream_id,)).fetchone())
+        expected = request.expected_version
+        if not ap.version_matches(expected, exists, current):
+            if request.event_ids:
+                existing = self._already_stored(stream_id, request.event_ids)
+                if existing is not None:
+                    return existing
+            raise WrongExpectedVersion(stream_id, expected, current)
+        if not encoded:
+            return []
+        ids = ap.event_ids(request, len(encoded))
+        metadata, meta_text = ap.metadata(request)
+        rows = ap.rows(ids, stream_id, current, encoded, meta_text, stamp)
+        try:
+            if len(rows) == 1:
+                last = int(self.conn.execute(_INSERT, rows[0]).lastrowid or 0)
+            else:
+                self.conn.executemany(_INSERT, rows)
+                last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        except sqlite3.IntegrityError:
+            # Undo this append's rows before looking: they must not pass for an earlier attempt.
+            if savepoint:
+                self.conn.execute("ROLLBACK TO append")
+            existing = self._already_stored(stream_id, ids) if request.event_ids else None
+            if existing is not None:
+                return existing
+            raise BackstageError(
+                f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+            ) from None
+        return ap.recorded(
+            ids, stream_id, current, last - len(rows) + 1, encoded, metadata, recorded_at
+        )
+
+    def _already_stored(
+        self, stream_id: str, event_ids: Sequence[str]
+    ) -> list[RecordedEvent] | None:
+        marks = ",".join("?" * len(event_ids))
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks}) ORDER BY position",
+            list(event_ids),
+        ).fetchall()
+        if len(rows) == len(event_ids) and all(r[2] == stream_id for r in rows):
+            return [ap.decode_row(r) for r in rows]
+        return None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def stream_version(self, stream_id: str) -> int:
+        return ap.stream_state(*self.conn.execute(_VERSION, (stream_id,)).fetchone())[1]
+
+    def last_position(self) -> int:
+        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def stream_page(
+        self, stream_id: str, low: int, high: int, limit: int, backward: bool
+    ) -> list[Row]:
+        order = "DESC" if backward else "ASC"
+        return self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ?"
+            f" ORDER BY version {order} LIMIT ?",
+            (stream_id, low, high, limit),
+        ).fetchall()
+
+    def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            "SELECT version, type, schema_version, topic, data, position FROM events"
+            " WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?",
+            (stream_id, low, limit),
+        ).fetchall()
+
+    def events_page(self, from_position: int, limit: int) -> list[Row]:
+        return self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
+            (from_position, limit),
+        ).fetchall()
+
+    def event_row(self, position: int) -> Row | None:
+        row: Row | None = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
+        ).fetchone()
+        return row
+
+    def event_version(self, event_id: str, stream_id: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT version FROM events WHERE event_id = ? AND stream_id = ?",
+            (event_id, stream_id),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    # -- truncation -------------------------------------------------------------------------
+
+    def truncate_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events below ``before_version``; its version stays. Returns the count."""
+        with self.transaction():
+            version = self.stream_version(stream_id)
+            deleted = self.conn.execute(
+                "DELETE FROM events WHERE stream_id = ? AND version < ?",
+                (stream_id, before_version),
+            ).rowcount
+            if version:  # the version must outlive the events
+                self.conn.execute(
+                    "INSERT INTO streams (stream_id, version, truncated_before) VALUES (?, ?, ?)"
+                    " ON CONFLICT (stream_id) DO UPDATE SET version = max(version, excluded.version),"
+                    " truncated_before = max(truncated_before, excluded.truncated_before)",
+                    (stream_id, version, before_version),
+                )
+        return int(deleted)
+
+    # -- projections --------------------------------------------------------------------------
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT event")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO event")
+            self.conn.execute("RELEASE event")
+            raise
+        self.conn.execute("RELEASE event")
+
+    @property
+    def handle(self) -> Any:
+        return self.db
+
+    def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            self.db[table].drop(ignore=True)
+
+    # -- copying ----------------------------------------------------------------------------
+
+    def count(self, table: str) -> int:
+        return int(self.conn.execute(f"SELECT count(*) FROM {_table(table)}").fetchone()[0])
+
+    def export(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
+        columns = TABLES[_table(table)]
+        cursor = self.conn.execute(
+            f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}"
+        )
+        while rows := cursor.fetchmany(1000):
+            yield rows
+
+    def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        columns = TABLES[_table(table)]
+        marks = ", ".join("?" * len(columns))
+        self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
+def _table(name: str) -> str:
+    if name not in TABLES:
+        raise ValueError(f"no table {name!r} in a store")
+    return name

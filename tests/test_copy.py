@@ -1,0 +1,91 @@
+"""``backstage copy``: a whole store SQLite -> PostgreSQL -> SQLite (and memory), intact."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backstage_actors._copy import copy_store
+from backstage_actors.errors import BackstageError
+from backstage_actors.store import EventStore
+from backstage_actors.store.recorder import TABLES
+
+from .store_conformance import ConfDeposited
+
+BACKSTAGE = str(Path(sys.executable).with_name("backstage"))
+
+
+def fill(where: str) -> None:
+    with EventStore(where) as store:
+        for n in range(1, 8):
+            store.append(f"acct-{n % 3}", [ConfDeposited(f"a{n}", n)] * 2, metadata={"n": n})
+        store.truncate_stream("acct-1", before_version=3)
+        store.save_snapshot("acct-0", 4, {"balance": 12}, 2, "Acct")
+        store.save_checkpoint("balances", 9)
+        [event] = list(store.read_all(from_position=5, limit=1))
+        store.park("notifier", event, "ValueError", "boom", "Traceback...", 3)
+        store.park("notifier", store.event_at(6), "KeyError", "x", "tb", 1, status="skipped")  # type: ignore[arg-type]
+        store.save_process("transfers", "t-1", {"step": "withdrawn", "amount": 5})
+
+
+def dump(where: str) -> dict[str, list[tuple[Any, ...]]]:
+    with EventStore(where) as store:
+        return {t: [tuple(r) for rows in store.recorder.export(t) for r in rows] for t in TABLES}
+
+
+def test_a_store_goes_to_postgres_and_back_intact(tmp_path: Path, pg_dsn: str) -> None:
+    source = str(tmp_path / "source.db")
+    fill(source)
+    before = dump(source)
+    assert all(before[t] for t in TABLES)  # every table has something to copy
+
+    seen: list[tuple[int, int]] = []
+    copied = copy_store(source, pg_dsn, lambda done, total: seen.append((done, total)))
+    assert copied == {t: len(rows) for t, rows in before.items()}
+    assert seen[-1] == (sum(copied.values()), sum(copied.values()))
+    assert dump(pg_dsn) == before
+
+    back = str(tmp_path / "back.db")
+    copy_store(pg_dsn, back)
+    assert dump(back) == before
+    with EventStore("memory:copy-test"):  # (a store in memory lives while one is open)
+        copy_store(back, "memory:copy-test")
+        assert dump("memory:copy-test") == before
+
+    # The copies go on where the source stopped: positions, versions and ids continue.
+    for where in (pg_dsn, back):
+        with EventStore(where) as store:
+            [event] = store.append("acct-1", [ConfDeposited("z", 1)], expected_version=6)
+            assert event.position == before["events"][-1][0] + 1
+            store.park("x", event, "E", "e", "tb", 1)
+            assert max(d.id for d in store.dead_letters(None, None)) == 3
+
+
+def test_a_destination_that_is_not_empty_is_refused(tmp_path: Path, pg_dsn: str) -> None:
+    source = str(tmp_path / "source.db")
+    fill(source)
+    with EventStore(pg_dsn) as store:
+        store.save_checkpoint("old", 1)
+    with pytest.raises(BackstageError, match=r"is not empty \(1 checkpoints\)"):
+        copy_store(source, pg_dsn)
+    assert dump(pg_dsn)["events"] == []
+
+
+def test_the_cli_copies_and_refuses_with_exit_codes(tmp_path: Path, pg_dsn: str) -> None:
+    source = str(tmp_path / "source.db")
+    fill(source)
+    copy = [BACKSTAGE, "copy", source, pg_dsn]
+    done = subprocess.run(copy, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"copied {source} to postgresql://postgres:***@")
+    assert ": 12 events, 1 streams," in done.stdout  # 14 appended, 2 truncated
+
+    again = subprocess.run(copy, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "is not empty" in again.stderr
+    missing = [BACKSTAGE, "copy", str(tmp_path / "nope.db"), str(tmp_path / "x.db")]
+    gone = subprocess.run(missing, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 5 and "no such database" in gone.stderr
