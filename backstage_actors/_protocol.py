@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from .command import CommandItem
+from .limits import DEFAULT_LIMITS, Limits
 from .store import AppendRequest
 
 __all__ = [
@@ -33,6 +34,7 @@ class Settings:
     lifespan: float | None = None
     max_live: int = 1000
     page_size: int = 1000
+    limits: Limits = DEFAULT_LIMITS  # what commands and events may hold (see limits.py)
 
     @property
     def append_via(self) -> str:

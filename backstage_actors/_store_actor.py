@@ -36,7 +36,7 @@ from ._protocol import (
 )
 from ._shared import shared_store
 from .command import DispatchResult
-from .errors import BackstageError, WrongExpectedVersion
+from .errors import BackstageError, StorageError, WrongExpectedVersion
 from .store import AppendRequest, EventStore
 
 __all__ = ["StoreActor"]
@@ -105,8 +105,10 @@ class StoreActor(SupervisedActor):
         try:
             with telemetry.span("append", self.stats, appends=len(requests)):
                 results: list[Any] = self.store.append_batches(requests)
-        except BackstageError as exc:
+        except Exception as exc:  # every appender hears of it; none waits for a timeout
             log().error("group commit of %d appends failed: %s", len(requests), exc)
+            if not isinstance(exc, BackstageError):
+                exc = StorageError(f"the group commit failed: {type(exc).__name__}: {exc}")
             results = [exc] * len(requests)
         self.commits += 1
         self.appends += len(requests)

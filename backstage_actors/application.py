@@ -19,6 +19,7 @@ from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
 from ._store_actor import StoreActor
+from .limits import DEFAULT_LIMITS, Limits
 from .middleware import Middleware
 from .router import Router, RouterActor
 
@@ -38,6 +39,8 @@ class Application:
     ``restart_intensity`` is the root supervisor's ``(max_restarts, within)``: more crashes of the
     store, the router or the events supervisor than that within ``within`` seconds stop the
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
+    ``limits`` bounds what commands, events and metadata may hold (:class:`Limits`): checked at
+    every way in, before any actor sees a command.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Application:
         max_live: int | None = None,
         max_retries: int = 3,
         restart_intensity: tuple[int, float] = (10, 10.0),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.name = name
         self.router = router
@@ -67,6 +71,7 @@ class Application:
         self.max_live = max_live
         self.max_retries = max_retries
         self.restart_intensity = restart_intensity
+        self.limits = limits
 
     @property
     def subscribers(self) -> list[type]:
@@ -80,6 +85,7 @@ class Application:
             max_retries=self.max_retries,
             lifespan=self.lifespan,
             max_live=self.max_live or DEFAULT_MAX_LIVE[base],
+            limits=self.limits,
         )
 
     def supervisor_spec(self, settings: Settings) -> SupervisorSpec:

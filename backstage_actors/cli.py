@@ -173,10 +173,17 @@ def stop(session: Session, port: int, force: bool, timeout: float) -> None:
     "--file",
     "path",
     type=click.Path(dir_okay=False),
-    help='JSON lines: {"command": ..., "data": {...}}.',
+    help='JSON lines: {"command": ..., "data": {...}} (optionally "command_id": ...). Each '
+    "command is named after the file's content and its line (or its command_id): sending the "
+    "same file again applies nothing twice.",
 )
 @click.option("--strong", is_flag=True, help="Return once the handlers processed the events.")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for answers [default: 10; with --file, per batch: 10, or 1 per 100].",
+)
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -193,7 +200,7 @@ def send(
     data: str | None,
     path: str | None,
     strong: bool,
-    timeout: float,
+    timeout: float | None,
     batch: int,
     as_json: bool,
     port: int,
@@ -209,7 +216,7 @@ def send(
     try:
         message = command_from_data(cls, parse_json(data or "{}"))
         result = system.dispatch(
-            message, consistency="strong" if strong else "eventual", timeout=timeout
+            message, consistency="strong" if strong else "eventual", timeout=timeout or 10.0
         )
     except (CommandRejected, AggregateFailed) as exc:
         fail(str(exc), EXIT_FAILED)

@@ -24,7 +24,8 @@ from ._aggregate_actor import AggregateActor
 from ._protocol import AppendFailed, Execute, Executed, Listeners, Settings, Touched
 from .aggregate import Aggregate
 from .command import CommandItem
-from .errors import InvalidCommand, UnregisteredCommand
+from .errors import AggregateFailed, InvalidCommand, UnregisteredCommand
+from .limits import DEFAULT_LIMITS, Limits, check_identity
 
 __all__ = ["Route", "Router", "RouterActor"]
 
@@ -83,8 +84,11 @@ class Router:
             raise UnregisteredCommand(f"no route for command {type(command).__name__}")
         return route
 
-    def stream_of(self, command: Any) -> tuple[Route, str, str]:
-        """``(route, stream_id, identity)`` for ``command``; errors name the field."""
+    def stream_of(
+        self, command: Any, limits: Limits = DEFAULT_LIMITS
+    ) -> tuple[Route, str, str]:
+        """``(route, stream_id, identity)`` for ``command``; errors name the field (an identity
+        no database can store, or too long for ``limits``, is an :class:`InvalidCommand`)."""
         route = self.route(command)
         value = getattr(command, route.identity, None)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -92,6 +96,7 @@ class Router:
                 f"{type(command).__name__}: identity field {route.identity!r} is missing or empty"
             )
         identity = str(value)
+        check_identity(identity, f"{type(command).__name__}: $.{route.identity}", limits)
         return route, f"{route.aggregate.__name__}-{identity}", identity
 
     def command_class(self, name: str) -> type | None:
@@ -187,7 +192,9 @@ class RouterActor(Supervisor):
         errors: list[tuple[str, Any]] = []
         for item in execute.items:
             try:
-                route, stream_id, identity = self.router.stream_of(item.command)
+                route, stream_id, identity = self.router.stream_of(
+                    item.command, self.settings.limits
+                )
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
@@ -282,6 +289,21 @@ class RouterActor(Supervisor):
         self.lifespans.pop(child.name, None)
         waiting = child.bounced + child.pending
         child.bounced, child.pending = [], []
+        if child.gave_up:
+            # It crashed in its start twice in a row: its commands fail, rather than start it
+            # again and again (a later command tries once more).
+            failure = child.last_failure
+            error = AggregateFailed(
+                f"{child.name} cannot start: "
+                + (f"{failure.error_type}: {failure.message}" if failure else "it crashed")
+            )
+            for message, sender in waiting:
+                failed = _commands_of(message, sender)
+                if failed is not None and failed.reply_to is not None:
+                    self.send(
+                        failed.reply_to, Executed([(i.request_id, error) for i in failed.items])
+                    )
+            return
         if waiting and self._mode in ("running", "starting"):
             for message, sender in waiting:
                 again = _commands_of(message, sender)

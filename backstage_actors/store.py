@@ -26,6 +26,7 @@ from ._durability import Turns, WalSync
 from ._ids import event_id, new_id
 from ._schema import open_database
 from .errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
+from .limits import UNSTORABLE, check_request, unstorable
 
 __all__ = [
     "ANY",
@@ -263,6 +264,7 @@ class EventStore(Bookkeeping):
                 continue
             try:
                 _check_expected(request.expected_version)
+                check_request(request.stream_id, request.metadata)
                 prepared.append((request, [encode_event(e, self.validate) for e in request.events]))
                 results.append([])
             except BackstageError as exc:
@@ -328,8 +330,8 @@ class EventStore(Bookkeeping):
                 # statement that fails; the version check comes before it. No savepoint needed.
                 try:
                     results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
-                except BackstageError as exc:
-                    results[index] = exc
+                except (BackstageError, *UNSTORABLE) as exc:
+                    results[index] = unstorable(request.stream_id, exc)
                     _note_failure(failed, request)
                 else:
                     _note_repeat(failed, request, results[index])
@@ -338,8 +340,8 @@ class EventStore(Bookkeeping):
             self.conn.execute("SAVEPOINT append")
             try:
                 results[index] = self._append_one(request, encoded, recorded_at, stamp)
-            except BackstageError as exc:
-                results[index] = exc
+            except (BackstageError, *UNSTORABLE) as exc:
+                results[index] = unstorable(request.stream_id, exc)
                 _note_failure(failed, request)
                 self.conn.execute("ROLLBACK TO append")
             else:
@@ -390,7 +392,7 @@ class EventStore(Bookkeeping):
             self.conn.execute("SAVEPOINT together")
             try:
                 self.conn.executemany(_INSERT, rows)
-            except sqlite3.IntegrityError:
+            except (sqlite3.IntegrityError, *UNSTORABLE):  # one at a time: each fails alone
                 self.conn.execute("ROLLBACK TO together")
                 return False
             finally:
