@@ -35,6 +35,10 @@ class Settings:
     max_live: int = 1000
     page_size: int = 1000
     limits: Limits = DEFAULT_LIMITS  # what commands and events may hold (see limits.py)
+    # One running application per database and host (see _owner): who this one is.
+    exclusive: bool = True
+    app_name: str = ""
+    admin_port: int | None = None
 
     @property
     def append_via(self) -> str:

@@ -34,6 +34,7 @@ from ._protocol import (
     Flush,
     Settings,
 )
+from ._owner import OwnerLock
 from ._shared import shared_store
 from .command import DispatchResult
 from .errors import BackstageError, StorageError, WrongExpectedVersion
@@ -51,6 +52,9 @@ class StoreActor(SupervisedActor):
 
     def on_start(self) -> None:
         self.settings: Settings = self.args["settings"]
+        self.owner: OwnerLock | None = None
+        if self.settings.exclusive:  # taken first: a refused start touches nothing
+            self.owner = OwnerLock(self.settings.database, self._who())
         self.store: EventStore = shared_store(self.settings)
         self.buffer: list[tuple[Any, AppendBatch]] = []
         # stream id -> the epoch of a pipelined append that failed: what else that epoch sends
@@ -64,6 +68,17 @@ class StoreActor(SupervisedActor):
         self.stats = telemetry.Stats()
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
+
+    def _who(self) -> dict[str, Any]:
+        settings = self.settings
+        return {"app": settings.app_name, "base": settings.base, "port": settings.admin_port}
+
+    def on_exit(self) -> None:
+        if self.owner is not None:
+            self.owner.release()
+
+    def on_stop(self) -> None:
+        self.on_exit()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+
+import attrs
 from typing import Any
 
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
@@ -18,6 +20,7 @@ from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
+from ._owner import check_free
 from ._store_actor import StoreActor
 from .limits import DEFAULT_LIMITS, Limits
 from .middleware import Middleware
@@ -40,7 +43,9 @@ class Application:
     store, the router or the events supervisor than that within ``within`` seconds stop the
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
     ``limits`` bounds what commands, events and metadata may hold (:class:`Limits`): checked at
-    every way in, before any actor sees a command.
+    every way in, before any actor sees a command. ``exclusive`` (default) refuses to start
+    while another application runs on the same database on this host (its side effects would
+    run twice); False lets several share it (members of one cluster).
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class Application:
         max_retries: int = 3,
         restart_intensity: tuple[int, float] = (10, 10.0),
         limits: Limits = DEFAULT_LIMITS,
+        exclusive: bool = True,
     ) -> None:
         self.name = name
         self.router = router
@@ -72,6 +78,7 @@ class Application:
         self.max_retries = max_retries
         self.restart_intensity = restart_intensity
         self.limits = limits
+        self.exclusive = exclusive
 
     @property
     def subscribers(self) -> list[type]:
@@ -86,6 +93,8 @@ class Application:
             lifespan=self.lifespan,
             max_live=self.max_live or DEFAULT_MAX_LIVE[base],
             limits=self.limits,
+            exclusive=self.exclusive,
+            app_name=self.name,
         )
 
     def supervisor_spec(self, settings: Settings) -> SupervisorSpec:
@@ -137,6 +146,11 @@ class Application:
         ``host:port`` (127.0.0.1 and a free port by default).
         """
         settings = self.settings(base, database)
+        if settings.exclusive:
+            check_free(settings.database)  # (the store actor takes the lock itself)
+        if base != "simple":
+            port = port or _thespian.free_port(host)
+            settings = attrs.evolve(settings, admin_port=port)
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)
         try:
             root = start_supervisor(

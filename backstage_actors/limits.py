@@ -56,9 +56,10 @@ DEFAULT_LIMITS = Limits()
 _MAX_REPORTED = 10  # problems named in one error; the rest are counted
 
 
-def _text_problem(text: str, limits: Limits) -> str | None:
-    """What makes ``text`` unstorable, or None (the common case costs two C-level scans)."""
-    if len(text) > limits.max_string_length:
+def _text_problem(text: str, limits: Limits | None) -> str | None:
+    """What makes ``text`` unstorable (or longer than ``limits`` allow), or None; the common
+    case costs two C-level scans."""
+    if limits is not None and len(text) > limits.max_string_length:
         return f"a string of {len(text):,} characters (at most {limits.max_string_length:,})"
     if "\x00" in text:
         return f"a NUL character at index {text.index(chr(0))} (PostgreSQL text cannot hold it)"
@@ -99,9 +100,9 @@ def problems(value: Any, limits: Limits = DEFAULT_LIMITS, path: str = "$") -> li
                 children = []
                 for key, child in item.items():
                     if type(key) is str:
-                        problem = _text_problem(key, limits)
+                        problem = _text_problem(key, None)
                         if problem:
-                            found.append(f"{where}: a key holds {problem}")
+                            found.append(f"{where}[{key!r:.40}]: a key holds {problem}")
                             continue
                     children.append((child, f"{where}.{key}", depth + 1))
                 stack.extend(reversed(children))
