@@ -417,16 +417,27 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             self.state = "stopped"
             return False
         status = "skipped" if decision == SKIP else "parked"
+        try:
+            self.store.park(
+                self.name,
+                recorded or _placeholder(row),
+                type(error).__name__,
+                str(error),
+                "".join(traceback.format_exception(error)),
+                self.failures,
+                status,
+            )
+        except Exception as exc:  # a full disk, say: the event is not past, it comes again
+            log().error(
+                "%s: could not record the event at %s as %s: %s: %s",
+                self.name,
+                self.last_error,
+                status,
+                type(exc).__name__,
+                exc,
+            )
+            raise
         log().error("%s: %s the event at %s", self.name, status, self.last_error)
-        self.store.park(
-            self.name,
-            recorded or _placeholder(row),
-            type(error).__name__,
-            str(error),
-            "".join(traceback.format_exception(error)),
-            self.failures,
-            status,
-        )
         self.failures = 0
         return True
 

@@ -20,6 +20,7 @@ from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 from . import _thespian
 from ._client import RunningSystem
 from ._protocol import Settings
+from ._admin_watch import with_admin_watch
 from ._owner import check_free
 from ._store_actor import StoreActor
 from .limits import DEFAULT_LIMITS, Limits
@@ -151,6 +152,7 @@ class Application:
         if base != "simple":
             port = port or _thespian.free_port(host)
             settings = attrs.evolve(settings, admin_port=port)
+            log_defs = with_admin_watch(log_defs)  # its logger process dies with the admin
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)
         try:
             root = start_supervisor(

@@ -40,6 +40,7 @@ from .errors import (
     BackstageError,
     CommandRejected,
     StorageError,
+    StoredEventError,
 )
 
 __all__ = [
@@ -317,11 +318,15 @@ def events(
 ) -> None:
     """Stored events: all of them by position, or one STREAM by version."""
     store = open_store(port, database)
+
+    def skip(error: StoredEventError) -> None:  # one line each; the others are shown
+        click.echo(f"warning: skipped the event at position {error.position}: {error}", err=True)
+
     try:
         found = list(
-            store.read_stream(stream, start, limit=limit)
+            store.read_stream(stream, start, limit=limit, on_unreadable=skip)
             if stream
-            else store.read_all(start, limit=limit)
+            else store.read_all(start, limit=limit, on_unreadable=skip)
         )
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))

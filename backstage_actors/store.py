@@ -12,7 +12,7 @@ import enum
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -481,11 +481,14 @@ class EventStore(Bookkeeping):
         to_version: int | None = None,
         limit: int | None = None,
         backward: bool = False,
+        on_unreadable: Callable[[StoredEventError], None] | None = None,
     ) -> Iterator[RecordedEvent]:
         """Events of ``stream_id`` with ``from_version <= version <= to_version``, paged.
 
         Backward reads go from the highest version in that range down, so
-        ``read_stream(s, backward=True, limit=1)`` is the stream's last event.
+        ``read_stream(s, backward=True, limit=1)`` is the stream's last event. An unreadable
+        event raises :class:`StoredEventError`, or with ``on_unreadable`` is passed to it and
+        skipped (tools that show what they can).
         """
         if limit is not None and limit <= 0:
             return
@@ -500,7 +503,7 @@ class EventStore(Bookkeeping):
                 (stream_id, low, high, page),
             ).fetchall()
             for row in rows:
-                yield self.decode_row(row)
+                yield from self._decoded(row, on_unreadable)
             if len(rows) < page:
                 return
             if remaining is not None:
@@ -512,10 +515,29 @@ class EventStore(Bookkeeping):
             else:
                 low = rows[-1][3] + 1
 
-    def read_all(self, from_position: int = 1, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Every event from ``from_position`` on, in commit order, paged."""
+    def read_all(
+        self,
+        from_position: int = 1,
+        limit: int | None = None,
+        on_unreadable: Callable[[StoredEventError], None] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Every event from ``from_position`` on, in commit order, paged (``on_unreadable``: as
+        for :meth:`read_stream`)."""
         for row in self._rows_from(from_position, limit):
+            yield from self._decoded(row, on_unreadable)
+
+    def _decoded(
+        self, row: tuple[Any, ...], on_unreadable: Callable[[StoredEventError], None] | None
+    ) -> Iterator[RecordedEvent]:
+        if on_unreadable is None:
             yield self.decode_row(row)
+            return
+        try:
+            event = self.decode_row(row)
+        except StoredEventError as exc:
+            on_unreadable(exc)
+            return
+        yield event
 
     def read_page(self, from_position: int, limit: int) -> list[tuple[Any, ...]]:
         """Raw rows from ``from_position`` on (decode each with :meth:`decode_row`): subscribers
