@@ -37,7 +37,5 @@ def with_admin_watch(log_defs: dict[str, Any] | None) -> dict[str, Any]:
             "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
             "root": {"handlers": ["stderr"], "level": "WARNING"},
         }
-    defs.setdefault("filters", {})["backstage_die_with_admin"] = {
-        "()": f"{__name__}.DieWithAdmin"
-    }
+    defs.setdefault("filters", {})["backstage_die_with_admin"] = {"()": f"{__name__}.DieWithAdmin"}
     return defs

@@ -53,8 +53,8 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_NOT_RUNNING
     if isinstance(error, StorageError):
         return EXIT_STORAGE
-    if isinstance(error, SerializationError):
-        return EXIT_INPUT
+    if isinstance(error, (SerializationError, InvalidCommand, UnregisteredCommand)):
+        return EXIT_INPUT  # the input cannot be a command: nothing was sent
     return EXIT_FAILED
 
 
@@ -64,10 +64,12 @@ class Session:
     def __init__(self) -> None:
         self.attached: dict[int, tuple[Any, Any]] = {}
 
-    def system(self, port: int) -> tuple[Any, Any]:
-        if port not in self.attached:
+    def system(self, port: int, need_app: bool = True) -> tuple[Any, Any]:
+        """The daemon on ``port``; without ``need_app`` its module need not import here."""
+        known = self.attached.get(port)
+        if known is None or (need_app and getattr(known[0], "stand_in", False)):
             try:
-                self.attached[port] = _daemon.attach(port)
+                self.attached[port] = _daemon.attach(port, need_app)
             except BackstageError as exc:
                 fail(str(exc), exit_code_for(exc))
         return self.attached[port]

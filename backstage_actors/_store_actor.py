@@ -25,6 +25,7 @@ from typing import Any
 from supervisors import ChildAddress, SupervisedActor, WatchChildren
 
 from . import telemetry
+from ._owner import OwnerLock
 from ._protocol import (
     AppendBatch,
     Appended,
@@ -34,7 +35,6 @@ from ._protocol import (
     Flush,
     Settings,
 )
-from ._owner import OwnerLock
 from ._shared import shared_store
 from .command import DispatchResult
 from .errors import BackstageError, StorageError, WrongExpectedVersion

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
-from typing import Any
 
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
-from ._client import RunningSystem
-from ._protocol import Settings
 from ._admin_watch import with_admin_watch
+from ._client import RunningSystem
 from ._owner import check_free
+from ._protocol import Settings
 from ._store_actor import StoreActor
 from .limits import DEFAULT_LIMITS, Limits
 from .middleware import Middleware

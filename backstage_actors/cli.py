@@ -150,7 +150,7 @@ def start(
 def stop(session: Session, port: int, force: bool, timeout: float) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
     if not force:
-        _, system = session.system(port)
+        _, system = session.system(port, need_app=False)
         system.owns_system = True  # this stop is meant to end the actor system
         system.shutdown(timeout=timeout)
         session.forget(port)
@@ -253,7 +253,7 @@ def send(
 @click.pass_obj
 def tree(session: Session, as_json: bool, port: int) -> None:
     """The live supervision tree."""
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         node = system.tree()
     except BackstageError as exc:
@@ -272,7 +272,7 @@ def tree(session: Session, as_json: bool, port: int) -> None:
 @click.pass_obj
 def status(session: Session, as_json: bool, port: int) -> None:
     """Live aggregates, handler positions and lag, restarts."""
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         report = collect_status(system)
     except BackstageError as exc:
@@ -381,7 +381,7 @@ def dead_letters(
                 f"{d.id:>4} {d.subscriber:<16} @{d.position} {d.type} {d.error_type}: {d.error} (x{d.failures})"
             )
         return
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         outcome = system.retry_dead_letters(list(ids) or None)
     except BackstageError as exc:

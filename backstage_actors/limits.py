@@ -16,12 +16,13 @@ The checks walk the data without recursion, so a value nested 50,000 deep is nam
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from .errors import BackstageError, InvalidCommand, SerializationError
+from .errors import BackstageError, InvalidCommand, SerializationError, StorageError
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "check_command", "check_data", "problems"]
 
@@ -189,13 +190,11 @@ def check_identity(identity: str, what: str, limits: Limits = DEFAULT_LIMITS) ->
     """An identity (or stream id) that is not storable is an :class:`InvalidCommand`."""
     problem = _text_problem(identity, limits)
     if problem is None and len(identity) > limits.max_identity_length:
-        problem = f"an identity of {len(identity):,} characters (at most {limits.max_identity_length:,})"
+        problem = (
+            f"an identity of {len(identity):,} characters (at most {limits.max_identity_length:,})"
+        )
     if problem is not None:
         raise InvalidCommand(f"{what}: {problem}")
-
-
-# What a database driver raises for a value it cannot store: such an append fails alone.
-UNSTORABLE: tuple[type[Exception], ...] = (ValueError, OverflowError, TypeError)
 
 
 # Only what no database stores (the application's limits were checked at the way in).
@@ -222,10 +221,12 @@ def check_request(stream_id: str, metadata: Mapping[str, Any] | None) -> None:
         check_data(metadata, f"{stream_id}: metadata", _STORABLE)
 
 
-def unstorable(stream_id: str, error: Exception) -> Exception:
+def unstorable(stream_id: str, error: Exception) -> BackstageError:
     """``error`` as the Backstage error an append that could not be written fails with."""
     if isinstance(error, BackstageError):
         return error
+    if isinstance(error, sqlite3.Error):
+        return StorageError(f"stream {stream_id!r:.80}: cannot be stored: {error}")
     return SerializationError(
         f"stream {stream_id!r:.80}: cannot be stored: {type(error).__name__}: {error}"
     )

@@ -84,9 +84,7 @@ class Router:
             raise UnregisteredCommand(f"no route for command {type(command).__name__}")
         return route
 
-    def stream_of(
-        self, command: Any, limits: Limits = DEFAULT_LIMITS
-    ) -> tuple[Route, str, str]:
+    def stream_of(self, command: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[Route, str, str]:
         """``(route, stream_id, identity)`` for ``command``; errors name the field (an identity
         no database can store, or too long for ``limits``, is an :class:`InvalidCommand`)."""
         route = self.route(command)

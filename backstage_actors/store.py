@@ -26,7 +26,7 @@ from ._durability import Turns, WalSync
 from ._ids import event_id, new_id
 from ._schema import open_database
 from .errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
-from .limits import UNSTORABLE, check_request, unstorable
+from .limits import check_request, unstorable
 
 __all__ = [
     "ANY",
@@ -103,6 +103,19 @@ _VERSION = (
     " (SELECT version FROM streams WHERE stream_id = ?1)"
 )
 
+
+# What fails one append alone (a value the driver cannot store, say); anything else (a read-only
+# or full database) fails the whole group commit as a StorageError.
+_APPEND_ERRORS = (
+    BackstageError,
+    ValueError,
+    OverflowError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+)
 
 # What append_batches works with: each request with its encoded events (None: refused before
 # writing), and each request's outcome.
@@ -330,7 +343,7 @@ class EventStore(Bookkeeping):
                 # statement that fails; the version check comes before it. No savepoint needed.
                 try:
                     results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
-                except (BackstageError, *UNSTORABLE) as exc:
+                except _APPEND_ERRORS as exc:  # this append alone fails
                     results[index] = unstorable(request.stream_id, exc)
                     _note_failure(failed, request)
                 else:
@@ -340,7 +353,7 @@ class EventStore(Bookkeeping):
             self.conn.execute("SAVEPOINT append")
             try:
                 results[index] = self._append_one(request, encoded, recorded_at, stamp)
-            except (BackstageError, *UNSTORABLE) as exc:
+            except _APPEND_ERRORS as exc:  # this append alone fails
                 results[index] = unstorable(request.stream_id, exc)
                 _note_failure(failed, request)
                 self.conn.execute("ROLLBACK TO append")
@@ -392,7 +405,7 @@ class EventStore(Bookkeeping):
             self.conn.execute("SAVEPOINT together")
             try:
                 self.conn.executemany(_INSERT, rows)
-            except (sqlite3.IntegrityError, *UNSTORABLE):  # one at a time: each fails alone
+            except (sqlite3.IntegrityError, ValueError, OverflowError, TypeError):  # one at a time
                 self.conn.execute("ROLLBACK TO together")
                 return False
             finally:

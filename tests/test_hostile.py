@@ -3,7 +3,14 @@ valid commands beside it stored, no crash loop, nothing applied twice, one write
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +30,16 @@ from backstage_actors import (
 from backstage_actors.limits import Limits
 from supervisors import walk
 
+from .conftest import wait_until
 from .hostile_domain import Garble, Overflow, Poke, Write, make_app
+from .test_cli import BACKSTAGE, Backstage, one_error_line, port_open, shut_down
+
+EXIT_INPUT, EXIT_TIMEOUT, EXIT_STORAGE = 2, 4, 5
 
 # -- what a hostile client sends --------------------------------------------------------------
 
 surrogates = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1)
-mixed_scripts = st.text(st.sampled_from("aZ9 éß寿司🙂שלוםمرحبا\u200f\u202e\n\t\"\\"), max_size=30)
+mixed_scripts = st.text(st.sampled_from('aZ9 éß寿司🙂שלוםمرحبا\u200f\u202e\n\t"\\'), max_size=30)
 storable_text = st.one_of(mixed_scripts, st.text(max_size=20).filter(lambda t: "\x00" not in t))
 hostile_text = st.one_of(
     st.tuples(mixed_scripts, surrogates, mixed_scripts).map("".join),  # a lone surrogate inside
@@ -135,8 +146,10 @@ def test_hostile_commands_in_a_batch_fail_alone(pads: Any, base: str) -> None:
     results = pads.dispatch_many(commands, timeout=30)
 
     for command, result in zip(commands, results, strict=True):
-        hostile = (command, True) in cases or isinstance(command, (Garble, Overflow)) or (
-            command.pad_id == "s\ud800"
+        hostile = (
+            (command, True) in cases
+            or isinstance(command, (Garble, Overflow))
+            or (command.pad_id == "s\ud800")
         )
         if hostile:
             assert isinstance(result, (SerializationError, InvalidCommand)), (command, result)
@@ -151,7 +164,9 @@ def test_hostile_commands_in_a_batch_fail_alone(pads: Any, base: str) -> None:
 def test_an_aggregate_producing_an_unstorable_event_fails_that_command_alone(pads: Any) -> None:
     with pytest.raises(SerializationError, match=r"Written: \$\.text: a lone surrogate"):
         pads.dispatch(Garble("q"))
-    with pytest.raises(SerializationError, match=r"\$\.number: 1180591620717411303424 is out of range"):
+    with pytest.raises(
+        SerializationError, match=r"\$\.number: 1180591620717411303424 is out of range"
+    ):
         pads.dispatch(Overflow("q"))
     assert pads.dispatch(Write("q", "fine")).version == 1
 
@@ -208,6 +223,194 @@ def test_a_second_application_on_the_same_database_refuses_to_start(
     start_app(make_app()).dispatch(Write("after", "ok"))
 
 
-@pytest.fixture
-def no_leftovers() -> Iterator[None]:
-    yield
+# -- the command line, against real daemons -------------------------------------------------
+
+HOSTILE_APP = "tests.hostile_domain:app"
+
+
+class HostileDaemon(Backstage):
+    @property
+    def database(self) -> Path:
+        return self.home / "hostile.db"
+
+    def start(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run("start", HOSTILE_APP, "--db", str(self.database), *extra)
+
+    def restarts(self) -> int:
+        tree = self.json("tree")
+        return sum(int(node.get("restarts", 0)) for node in walk(tree))
+
+    def versions(self) -> dict[str, int]:
+        with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
+            return dict(db.execute("SELECT stream_id, max(version) FROM events GROUP BY 1"))
+
+
+@contextlib.contextmanager
+def hostile_daemon(home: Path) -> Iterator[HostileDaemon]:
+    daemon = HostileDaemon(home)
+    try:
+        daemon.started = daemon.start()
+        assert daemon.started.returncode == 0, daemon.started.stderr
+        yield daemon
+    finally:
+        shut_down(daemon)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileDaemon]:
+    with hostile_daemon(tmp_path_factory.mktemp("home")) as running_daemon:
+        yield running_daemon
+
+
+def as_line(command: Write) -> str:
+    data = {"pad_id": command.pad_id, "text": command.text, "number": command.number}
+    data["ratio"] = command.ratio  # type: ignore[assignment]
+    # allow_nan: JSON has no NaN, but Python's parser takes it: the edge must refuse it.
+    digits = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # (10**5000 has more digits than Python prints by default)
+    try:
+        return json.dumps({"command": "Write", "data": data}, allow_nan=True)
+    finally:
+        sys.set_int_max_str_digits(digits)
+
+
+@pytest.mark.process
+def test_the_cli_names_hostile_fields_in_one_line(daemon: HostileDaemon) -> None:
+    before = daemon.restarts()
+    cases = {
+        '{"pad_id": "c", "text": "\\ud800"}': r"\$\.text: a lone surrogate U\+D800",
+        '{"pad_id": "c\\u0000", "text": "x"}': r"\$\.pad_id: a NUL character",
+        '{"pad_id": "c", "text": "x", "ratio": NaN}': r"\$\.ratio: nan is not a finite number",
+        '{"pad_id": "c", "text": "x", "number": 1' + "0" * 5000 + "}": "bad JSON: Exceeds",
+        '{"pad_id": "c", "text": "x", "number": 1' + "0" * 30 + "}": r"\$\.number: .* range",
+    }
+    results = daemon.run_all([("send", "Write", data) for data in cases])
+    for (data, expected), result in zip(cases.items(), results, strict=True):
+        assert result.returncode == EXIT_INPUT, (data[:60], result.stderr)
+        assert re.search(expected, one_error_line(result)), result.stderr
+    assert daemon.send("Write", {"pad_id": "c", "text": "fine"})["version"] == 1
+    assert daemon.restarts() == before
+
+
+@pytest.mark.process
+def test_send_file_reports_hostile_lines_and_stores_the_rest(
+    daemon: HostileDaemon, tmp_path: Path
+) -> None:
+    cases = examples(writes("f"), 25)
+    lines = [as_line(Write(f"fv{i}", "valid")) for i in range(20)]
+    lines += [as_line(command) for command, _ in cases]
+    lines += ['{"command": "Garble", "data": {"pad_id": "fg"}}']
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    before = daemon.restarts()
+
+    result = daemon.run("send", "--file", str(path), "--json")
+
+    report = json.loads(result.stdout)
+    invalid = {entry["line"] for entry in report["invalid"]}
+    expected = {21 + i for i, (_, bad) in enumerate(cases) if bad} | {len(lines)}
+    assert invalid == expected, report["invalid"]
+    assert all(entry["reason"] for entry in report["invalid"])
+    assert report["accepted"] == len(lines) - len(expected) and not report["unknown"]
+    versions = daemon.versions()
+    assert all(versions[f"Pad-fv{i}"] == 1 for i in range(20))
+    assert versions.get("Pad-f", 0) == sum(1 for _, bad in cases if not bad)
+    assert daemon.restarts() == before
+
+
+@pytest.mark.process
+def test_the_same_file_sent_twice_after_timeouts_is_stored_once(
+    daemon: HostileDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "bulk.jsonl"
+    lines = [as_line(Write(f"t{i % 10}", f"line {i}")) for i in range(300)]
+    lines.append(
+        '{"command": "Write", "command_id": "mine", "data": {"pad_id": "t0", "text": "x"}}'
+    )
+    path.write_text("\n".join(lines) + "\n")
+
+    first = daemon.run("send", "--file", str(path), "--timeout", "0.05", "--batch", "50", "--json")
+    assert first.returncode == EXIT_TIMEOUT, first.stderr  # some answers did not come in time
+    assert json.loads(first.stdout)["unknown"]
+    second = daemon.run("send", "--file", str(path), "--json")
+    third = daemon.run("send", "--file", str(path), "--json")
+
+    for again in (second, third):
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["accepted"] == len(lines)
+    versions = daemon.versions()
+    assert sum(versions[f"Pad-t{i}"] for i in range(10)) == len(lines)  # each line once
+
+
+@pytest.mark.process
+def test_a_second_daemon_on_the_same_database_refuses_to_start(daemon: HostileDaemon) -> None:
+    other = HostileDaemon(daemon.home)
+    result = other.start()
+    try:
+        assert result.returncode == EXIT_STORAGE, result.stderr
+        line = one_error_line(result)
+        assert "application 'hostile' (multiproc on port " + str(daemon.port) in line
+    finally:
+        if result.returncode == 0:
+            shut_down(other)
+
+
+@pytest.mark.process
+def test_verbs_that_only_look_inside_need_no_app_module(
+    daemon: HostileDaemon, tmp_path: Path
+) -> None:
+    elsewhere = subprocess.run(
+        [BACKSTAGE, "status", "--json", "--port", str(daemon.port)],
+        cwd=tmp_path,  # tests.hostile_domain does not import from here
+        env=daemon.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert json.loads(elsewhere.stdout)["application"] == "backstage:hostile"
+    for verb in (["tree"], ["events", "--limit", "1"]):
+        result = subprocess.run(
+            [BACKSTAGE, *verb, "--port", str(daemon.port)],
+            cwd=tmp_path,
+            env=daemon.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (verb, result.stderr)
+
+
+@pytest.mark.process
+def test_events_skips_a_corrupt_row_and_shows_the_rest(start_app: Any, tmp_path: Path) -> None:
+    database = tmp_path / "app.db"
+    system = start_app(make_app(), database=str(database))
+    for i in range(5):
+        system.dispatch(Write("e", f"event {i}"))
+    system.stop()
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE events SET data = '{broken' WHERE position = 3")
+
+    for extra in ([], ["--json"], ["Pad-e"]):
+        result = subprocess.run(
+            [BACKSTAGE, "events", *extra, "--db", str(database)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        warnings = result.stderr.splitlines()
+        assert len(warnings) == 1 and warnings[0].startswith("warning: skipped the event at")
+        assert "position 3" in warnings[0]
+        if extra == ["--json"]:
+            assert [e["position"] for e in json.loads(result.stdout)] == [1, 2, 4, 5]
+        else:
+            assert [int(line.split()[0]) for line in result.stdout.splitlines()] == [1, 2, 4, 5]
+
+
+@pytest.mark.process
+def test_after_an_admin_sigkill_its_port_is_refused_at_once(tmp_path: Path) -> None:
+    with hostile_daemon(tmp_path) as own:
+        admin = own.state()["admin_pid"]
+        os.kill(admin, signal.SIGKILL)
+        wait_until(lambda: not port_open(own.port), timeout=2.0, what="the admin's port to close")
