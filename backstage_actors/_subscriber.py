@@ -220,12 +220,9 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             if self.state == "retrying":
                 self.state = "running"
                 self._process()
-        elif (
-            isinstance(payload, _DispatchDue)
-            and self.dispatching is not None
-            and self.dispatching["attempt"] == payload.attempt
-        ):
-            self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
+        elif isinstance(payload, _DispatchDue):
+            error = TimeoutError("the dispatched commands were not answered in time")
+            self._dispatch_failed(error, payload.attempt)
 
     def _kick(self) -> None:
         if self.continue_pending:
@@ -264,9 +261,9 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
     def _process(self) -> None:
         if self.state != "running" or self.dispatching is not None:
             return
-        rows = self.store.read_page(self.position + 1, self.page_size)
+        rows = self.store.read_page(self._read_from(), self.page_size)
         if not rows:
-            self._report(idle=True)
+            self._report(idle=not self._in_flight())
             return
         more = len(rows) == self.page_size
         if isinstance(self.subscriber, Projection):
@@ -281,7 +278,7 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
                 self._report(idle=False)
                 self._kick()  # the next page after whatever else is in the mailbox
             else:
-                self._report(idle=True)
+                self._report(idle=not self._in_flight())
         elif self.state in ("retrying", "stopped"):
             self._report(idle=self.state == "stopped")
 
