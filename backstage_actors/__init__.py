@@ -23,6 +23,7 @@ from .errors import (
     WrongExpectedVersion,
 )
 from .event import register_event, upcaster
+from .limits import Limits
 from .middleware import Middleware, Pipeline
 from .router import Router
 from .store import ANY, NO_STREAM, STREAM_EXISTS, EventStore, RecordedEvent, Snapshot
@@ -41,6 +42,7 @@ __all__ = [
     "DispatchTimeout",
     "EventStore",
     "InvalidCommand",
+    "Limits",
     "Middleware",
     "Pipeline",
     "RecordedEvent",

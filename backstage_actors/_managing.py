@@ -8,7 +8,7 @@ same commands under the same names, and the aggregates answer them from the stor
 from __future__ import annotations
 
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +22,8 @@ from .store import EventStore, RecordedEvent
 __all__ = ["ProcessManaging"]
 
 _COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
-MAX_IN_FLIGHT = 32  # events whose commands are in flight at once (different instances)
+MAX_IN_FLIGHT = 8  # default of ProcessManager.max_in_flight
+MAX_KNOWN = 1000  # aggregate addresses a process manager keeps, most recently used
 
 
 class _DispatchDue:
@@ -67,7 +68,7 @@ class _Step:
 class ProcessManaging:
     """Mixed into the subscriber actor (annotations: what it provides).
 
-    Events are handled in log order, and the commands of up to ``MAX_IN_FLIGHT`` of them are in
+    Events are handled in log order, and the commands of up to ``max_in_flight`` of them are in
     flight at once, as long as they belong to different process instances: throughput is not
     one round trip per event. (One event at a time, a process manager behind a busy router fell
     thousands of events behind.) An instance's next event waits until its previous one is
@@ -94,6 +95,7 @@ class ProcessManaging:
     _process: Callable[[], None]
     _report: Callable[..., None]
     _pm_steps: deque[_Step]
+    _pm_aggregates: OrderedDict[str, Any]
 
     @property
     def _steps(self) -> deque[_Step]:
@@ -102,6 +104,9 @@ class ProcessManaging:
             steps = deque()
             self._pm_steps = steps
         return steps
+
+    def _window(self) -> int:
+        return max(1, int(getattr(self.cls, "max_in_flight", MAX_IN_FLIGHT)))
 
     def _in_flight(self) -> bool:
         """Whether steps of a process manager wait for answers (it is not idle then)."""
@@ -119,7 +124,7 @@ class ProcessManaging:
         for row in rows:
             if row[0] <= (steps[-1].position if steps else self.position):
                 continue
-            if sum(1 for step in steps if not step.done) >= MAX_IN_FLIGHT:
+            if sum(1 for step in steps if not step.done) >= self._window():
                 self.dispatching = {"blocked": "in flight"}
                 return False
             recorded, meta, error = self._decode(row)
@@ -182,11 +187,52 @@ class ProcessManaging:
             items.append(CommandItem(str(uuid.uuid4()), command, metadata, idempotent=True))
         self.attempt += 1
         step.attempt, step.waiting, step.done = self.attempt, {i.request_id for i in items}, False
-        self.send(self.router, Execute(items, self.myAddress))
+        self.send(*self._way(items))
         self.wakeupAfter(manager.dispatch_timeout, _DispatchDue(self.attempt))
         return True
 
+    def _way(self, items: list[CommandItem]) -> tuple[Any, Execute]:
+        """Where to send ``items``: straight to their aggregate when one aggregate takes them
+        all and it answered before (so a router busy starting aggregates does not hold up
+        commands for live ones), else to the router. A message to an aggregate that is gone
+        comes back to the router as a dead letter, and one that moved is handed to it."""
+        routes = self.args.get("routes")  # type: ignore[attr-defined]
+        known = self._aggregates
+        if routes is not None and known:
+            try:
+                streams = {routes.stream_of(item.command)[1] for item in items}
+            except Exception:
+                streams = set()
+            if len(streams) == 1:
+                [stream_id] = streams
+                address = known.get(stream_id)
+                if address is not None:
+                    return address, Execute(items, self.myAddress, False, stream_id)
+        return self.router, Execute(items, self.myAddress)
+
+    @property
+    def _aggregates(self) -> OrderedDict[str, Any]:
+        known: OrderedDict[str, Any] | None = getattr(self, "_pm_aggregates", None)
+        if known is None:
+            known = OrderedDict()
+            self._pm_aggregates = known
+        return known
+
+    def _learn(self, reply: Executed) -> None:
+        if reply.source is None or not reply.results:
+            return
+        stream_id, address, _ = reply.source
+        if not all(isinstance(answer, DispatchResult) for _, answer in reply.results):
+            self._aggregates.pop(stream_id, None)
+            return
+        known = self._aggregates
+        known[stream_id] = address
+        known.move_to_end(stream_id)
+        while len(known) > MAX_KNOWN:
+            known.popitem(last=False)
+
     def _on_dispatched(self, reply: Executed) -> None:
+        self._learn(reply)
         answered = False
         for request_id, answer in reply.results:
             step = next((s for s in self._steps if request_id in s.waiting), None)
@@ -202,6 +248,7 @@ class ProcessManaging:
 
     def _dispatch_failed(self, error: BaseException, attempt: int | None = None) -> None:
         """The commands of the step sent at ``attempt`` were not answered in time."""
+        self._aggregates.clear()  # some may be gone: the router knows the way
         for step in self._steps:
             if step.attempt == attempt and not step.done:
                 step.error, step.done, step.waiting = error, True, set()

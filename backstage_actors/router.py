@@ -20,7 +20,7 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
-from ._aggregate_actor import AggregateActor
+from ._aggregate_actor import TOUCH_EVERY, AggregateActor
 from ._protocol import AppendFailed, Execute, Executed, Listeners, Settings, Touched
 from .aggregate import Aggregate
 from .command import CommandItem
@@ -156,7 +156,11 @@ class RouterActor(Supervisor):
             )
         elif isinstance(message, Touched):
             if message.stream_id in self.recent:
-                self.recent[message.stream_id] = time.monotonic()
+                # In use, as far as the router can know, until its next Touched is due: an
+                # aggregate busy by lane must not look older than one used once since.
+                lifespan = self.lifespans.get(message.stream_id)
+                every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
+                self.recent[message.stream_id] = time.monotonic() + every
                 self.recent.move_to_end(message.stream_id)
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
@@ -204,7 +208,8 @@ class RouterActor(Supervisor):
         for stream_id, items in groups.items():
             route, identity = routes[stream_id]
             self._ensure(stream_id, route, identity)
-            self.recent[stream_id] = now
+            # (a Touched may have told of use until later: keep the later of the two)
+            self.recent[stream_id] = max(now, self.recent.get(stream_id, now))
             self.recent.move_to_end(stream_id)
             grouped = execute.grouped or len(execute.items) > 1
             message = Execute(items, execute.reply_to, grouped)
@@ -245,7 +250,7 @@ class RouterActor(Supervisor):
         excess = len(live) + 1 - self.settings.max_live
         if excess <= 0:
             return
-        for name in list(self.recent):
+        for name in sorted(self.recent, key=self.recent.__getitem__):  # least recent first
             if excess <= 0:
                 break
             child = self.children.get(name)

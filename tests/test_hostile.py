@@ -24,14 +24,14 @@ from backstage_actors import (
     AggregateFailed,
     DispatchResult,
     InvalidCommand,
+    Limits,
     SerializationError,
     StorageError,
 )
-from backstage_actors.limits import Limits
 from supervisors import walk
 
 from .conftest import wait_until
-from .hostile_domain import Garble, Overflow, Poke, Write, make_app
+from .hostile_domain import Garble, Overflow, Poke, Write, Written, make_app
 from .test_cli import BACKSTAGE, Backstage, one_error_line, port_open, shut_down
 
 EXIT_INPUT, EXIT_TIMEOUT, EXIT_STORAGE = 2, 4, 5
@@ -414,3 +414,36 @@ def test_after_an_admin_sigkill_its_port_is_refused_at_once(tmp_path: Path) -> N
         admin = own.state()["admin_pid"]
         os.kill(admin, signal.SIGKILL)
         wait_until(lambda: not port_open(own.port), timeout=2.0, what="the admin's port to close")
+
+
+# -- the store: what cannot be written fails alone --------------------------------------------
+
+
+def test_an_append_that_cannot_be_written_fails_alone_in_its_group_commit(tmp_path: Path) -> None:
+    from backstage_actors._codec import EncodedEvent
+    from backstage_actors.store import AppendRequest, EventStore
+
+    store = EventStore(str(tmp_path / "store.db"))
+    try:
+        good = [Written("p", "fine")]
+        # Encoded by hand, past every check: only the database can refuse it.
+        smuggled = [EncodedEvent("Written", 1, "", '{"text": "\ud800"}')]
+        requests = [
+            AppendRequest("Pad-a", good),
+            AppendRequest("Pad-b", smuggled),
+            AppendRequest("Pad-c\ud800", good),
+            AppendRequest("Pad-d", good, metadata={"note": "x\x00"}),
+            AppendRequest("Pad-e", good * 2),
+        ]
+        results = store.append_batches(requests)
+        assert [type(r).__name__ for r in results] == [
+            "list",
+            "SerializationError",
+            "InvalidCommand",
+            "SerializationError",
+            "list",
+        ]
+        assert "cannot be stored" in str(results[1])
+        assert [e.stream_id for e in store.read_all()] == ["Pad-a", "Pad-e", "Pad-e"]
+    finally:
+        store.close()
