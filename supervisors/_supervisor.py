@@ -492,7 +492,8 @@ class Supervisor(TreeGathering, SupervisedActor):
                 elif what == "whereis":
                     self.send(who, ChildAddress(child.name, None, request_id))
                 else:
-                    self.send(who, Failure(child.name, "ChildStopped", "stopped", "", None))
+                    why = str(child.last_failure) if child.gave_up else "stopped"
+                    self.send(who, Failure(child.name, "ChildStopped", why, "", None, request_id))
             child.waiters = []
         if child.name not in self._start_set:
             if child.dynamic and (child.failed_starts or child.recent):
