@@ -15,6 +15,7 @@ from typing import Any
 from ._protocol import Execute, Executed
 from .aggregate import events_of
 from .command import CommandItem, DispatchResult
+from .errors import CommandRejected
 from .handler import Metadata, Subscriber
 from .process_manager import ProcessManager
 from .store import EventStore, RecordedEvent
@@ -22,7 +23,7 @@ from .store import EventStore, RecordedEvent
 __all__ = ["ProcessManaging"]
 
 _COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
-MAX_IN_FLIGHT = 8  # default of ProcessManager.max_in_flight
+MAX_IN_FLIGHT = 16  # default of ProcessManager.max_in_flight
 MAX_KNOWN = 1000  # aggregate addresses a process manager keeps, most recently used
 
 
@@ -222,7 +223,7 @@ class ProcessManaging:
         if reply.source is None or not reply.results:
             return
         stream_id, address, _ = reply.source
-        if not all(isinstance(answer, DispatchResult) for _, answer in reply.results):
+        if not all(isinstance(a, (DispatchResult, CommandRejected)) for _, a in reply.results):
             self._aggregates.pop(stream_id, None)
             return
         known = self._aggregates
@@ -248,9 +249,9 @@ class ProcessManaging:
 
     def _dispatch_failed(self, error: BaseException, attempt: int | None = None) -> None:
         """The commands of the step sent at ``attempt`` were not answered in time."""
-        self._aggregates.clear()  # some may be gone: the router knows the way
         for step in self._steps:
             if step.attempt == attempt and not step.done:
+                self._aggregates.clear()  # some may be gone: the router knows the way
                 step.error, step.done, step.waiting = error, True, set()
                 self._resume()
                 return

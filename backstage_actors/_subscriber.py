@@ -58,6 +58,9 @@ def log() -> logging.Logger:
 # -- messages -----------------------------------------------------------------------------------
 
 
+BOOKKEEPING_SYNC = "NORMAL"  # a subscriber's own commits (see SubscriberActor.on_start)
+
+
 class Notify:
     """New events are stored up to ``position``."""
 
@@ -133,7 +136,11 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         self.cls: type[Subscriber] = self.args["subscriber"]
         self.kind = self.cls.kind
         self.subscriber = self.cls()
-        self.store = EventStore(self.settings.database, self.settings.synchronous)
+        # A subscriber's commits (checkpoint, projection rows, process state) need no fsync of
+        # their own: WAL keeps each atomic, and one lost to a power cut is replayed from the
+        # events, which were fsynced when appended (handlers are at-least-once anyway; a
+        # process manager's commands are named after the event and run once).
+        self.store = EventStore(self.settings.database, BOOKKEEPING_SYNC)
         self.page_size = self.settings.page_size
         self.target: sqlite_utils.Database = self.store.db
         self.target_store = self.store
@@ -164,7 +171,7 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
         assert isinstance(self.subscriber, Projection)
         if self.cls.database:  # type: ignore[attr-defined]
             # The tables and their checkpoint live together in the projection's own file.
-            self.target_store = EventStore(self.cls.database, self.settings.synchronous)  # type: ignore[attr-defined]
+            self.target_store = EventStore(self.cls.database, BOOKKEEPING_SYNC)  # type: ignore[attr-defined]
             self.target = self.target_store.db
         self.subscriber.init(self.target)
 
@@ -263,7 +270,8 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             return
         rows = self.store.read_page(self._read_from(), self.page_size)
         if not rows:
-            self._report(idle=not self._in_flight())
+            if not self._in_flight():
+                self._report(idle=True)
             return
         more = len(rows) == self.page_size
         if isinstance(self.subscriber, Projection):
@@ -274,11 +282,14 @@ class SubscriberActor(ProcessManaging, SupervisedActor):
             done, cut_short = self._handle(rows)
             more = more or cut_short
         if self.state == "running" and self.dispatching is None:
+            # A process manager reports where it is only once nothing it dispatched is in
+            # flight: a strong dispatch then also waits for the commands its events led to.
             if done and more:
-                self._report(idle=False)
+                if not self._in_flight():
+                    self._report(idle=False)
                 self._kick()  # the next page after whatever else is in the mailbox
-            else:
-                self._report(idle=not self._in_flight())
+            elif not self._in_flight():
+                self._report(idle=True)
         elif self.state in ("retrying", "stopped"):
             self._report(idle=self.state == "stopped")
 
