@@ -372,7 +372,7 @@ class AggregateActor(SupervisedActor):
                 )
                 continue
             try:
-                encoded = [encode_event(event) for event in events]
+                encoded = [encode_event(e, True, self.settings.limits) for e in events]
             except BackstageError as exc:
                 answers[item.request_id] = exc
                 continue

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from .command import CommandItem
+from .limits import DEFAULT_LIMITS, Limits
 from .store.records import AppendRequest
 
 __all__ = [
@@ -34,6 +35,11 @@ class Settings:
     lifespan: float | None = None
     max_live: int = 1000
     page_size: int = 1000
+    limits: Limits = DEFAULT_LIMITS  # what commands and events may hold (see limits.py)
+    # One running application per database and host (see _owner): who this one is.
+    exclusive: bool = True
+    app_name: str = ""
+    admin_port: int | None = None
 
     @property
     def append_via(self) -> str:

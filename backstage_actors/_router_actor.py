@@ -17,7 +17,7 @@ from thespian.actors import DeadEnvelope, WakeupMessage
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from . import telemetry
-from ._aggregate_actor import AggregateActor
+from ._aggregate_actor import TOUCH_EVERY, AggregateActor
 from ._names import EVENTS, STORE
 from ._protocol import (
     AppendFailed,
@@ -29,7 +29,7 @@ from ._protocol import (
     Touched,
 )
 from .command import CommandItem
-from .errors import InvalidCommand, UnregisteredCommand
+from .errors import AggregateFailed, InvalidCommand, UnregisteredCommand
 from .router import Route, Router
 
 __all__ = ["RouterActor"]
@@ -85,7 +85,11 @@ class RouterActor(Supervisor):
             )
         elif isinstance(message, Touched):
             if message.stream_id in self.recent:
-                self.recent[message.stream_id] = time.monotonic()
+                # In use, as far as the router can know, until its next Touched is due: an
+                # aggregate busy by lane must not look older than one used once since.
+                lifespan = self.lifespans.get(message.stream_id)
+                every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
+                self.recent[message.stream_id] = time.monotonic() + every
                 self.recent.move_to_end(message.stream_id)
         elif isinstance(message, CommandStats):
             self.meters.setdefault(message.aggregate, telemetry.CommandMeter()).add(message.delta)
@@ -121,7 +125,9 @@ class RouterActor(Supervisor):
         errors: list[tuple[str, Any]] = []
         for item in execute.items:
             try:
-                route, stream_id, identity = self.router.stream_of(item.command)
+                route, stream_id, identity = self.router.stream_of(
+                    item.command, self.settings.limits
+                )
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
@@ -133,7 +139,8 @@ class RouterActor(Supervisor):
         for stream_id, items in groups.items():
             route, identity = routes[stream_id]
             self._ensure(stream_id, route, identity)
-            self.recent[stream_id] = now
+            # (a Touched may have told of use until later: keep the later of the two)
+            self.recent[stream_id] = max(now, self.recent.get(stream_id, now))
             self.recent.move_to_end(stream_id)
             grouped = execute.grouped or len(execute.items) > 1
             message = Execute(items, execute.reply_to, grouped)
@@ -174,7 +181,7 @@ class RouterActor(Supervisor):
         excess = len(live) + 1 - self.settings.max_live
         if excess <= 0:
             return
-        for name in list(self.recent):
+        for name in sorted(self.recent, key=self.recent.__getitem__):  # least recent first
             if excess <= 0:
                 break
             child = self.children.get(name)
@@ -216,6 +223,21 @@ class RouterActor(Supervisor):
         self.lifespans.pop(child.name, None)
         waiting = child.bounced + child.pending
         child.bounced, child.pending = [], []
+        if child.gave_up:
+            # It crashed in its start twice in a row: its commands fail, rather than start it
+            # again and again (a later command tries once more).
+            failure = child.last_failure
+            error = AggregateFailed(
+                f"{child.name} cannot start: "
+                + (f"{failure.error_type}: {failure.message}" if failure else "it crashed")
+            )
+            for message, sender in waiting:
+                failed = _commands_of(message, sender)
+                if failed is not None and failed.reply_to is not None:
+                    self.send(
+                        failed.reply_to, Executed([(i.request_id, error) for i in failed.items])
+                    )
+            return
         if waiting and self._mode in ("running", "starting"):
             for message, sender in waiting:
                 again = _commands_of(message, sender)

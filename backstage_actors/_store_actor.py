@@ -26,6 +26,7 @@ from supervisors import ChildAddress, SupervisedActor, WatchChildren
 
 from . import telemetry
 from ._names import EVENTS
+from ._owner import OwnerLock
 from ._protocol import (
     AppendBatch,
     Appended,
@@ -37,7 +38,7 @@ from ._protocol import (
 )
 from ._shared import shared_store
 from .command import DispatchResult
-from .errors import BackstageError, WrongExpectedVersion
+from .errors import BackstageError, StorageError, WrongExpectedVersion
 from .store import AppendRequest, EventStore
 
 __all__ = ["StoreActor"]
@@ -52,6 +53,9 @@ class StoreActor(SupervisedActor):
 
     def on_start(self) -> None:
         self.settings: Settings = self.args["settings"]
+        self.owner: OwnerLock | None = None
+        if self.settings.exclusive:  # taken first: a refused start touches nothing
+            self.owner = OwnerLock(self.settings.database, self._who())
         self.store: EventStore = shared_store(self.settings)
         self.buffer: list[tuple[Any, AppendBatch]] = []
         # stream id -> the epoch of a pipelined append that failed: what else that epoch sends
@@ -66,6 +70,17 @@ class StoreActor(SupervisedActor):
         self.meter = telemetry.CommandMeter()  # commit batch sizes
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
+
+    def _who(self) -> dict[str, Any]:
+        settings = self.settings
+        return {"app": settings.app_name, "base": settings.base, "port": settings.admin_port}
+
+    def on_exit(self) -> None:
+        if self.owner is not None:
+            self.owner.release()
+
+    def on_stop(self) -> None:
+        self.on_exit()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -108,8 +123,10 @@ class StoreActor(SupervisedActor):
         try:
             with telemetry.span("append", self.stats, appends=len(requests)):
                 results: list[Any] = self.store.append_batches(requests)
-        except BackstageError as exc:
+        except Exception as exc:  # every appender hears of it; none waits for a timeout
             log().error("group commit of %d appends failed: %s", len(requests), exc)
+            if not isinstance(exc, BackstageError):
+                exc = StorageError(f"the group commit failed: {type(exc).__name__}: {exc}")
             results = [exc] * len(requests)
         self.commits += 1
         self.appends += len(requests)
