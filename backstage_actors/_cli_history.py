@@ -23,7 +23,6 @@ from ._cli_support import (
     EXIT_INPUT,
     EXIT_NOT_RUNNING,
     EXIT_STORAGE,
-    exit_code_for,
     fail,
     open_store,
 )
@@ -59,16 +58,14 @@ def register(cli: click.Group) -> None:
 
 
 def _guard(work: Callable[[], Any]) -> Any:
-    """``work()`` with store and history errors as the CLI's one-line errors."""
+    """``work()`` with store errors (exit 5) and history errors (bad input, exit 2) as the
+    CLI's one-line errors."""
     try:
         return work()
     except StorageError as exc:
         fail(str(exc), EXIT_STORAGE)
-    except BackstageError as exc:
-        fail(
-            str(exc),
-            exit_code_for(exc) if not isinstance(exc, history.HistoryError) else EXIT_INPUT,
-        )
+    except BackstageError as exc:  # what the query asked for is wrong or not there
+        fail(str(exc), EXIT_INPUT)
 
 
 def _store(port: int, database: str | None) -> EventStore:
