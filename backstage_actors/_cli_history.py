@@ -187,6 +187,10 @@ def events(
         click.echo("no events")
     for e in found:
         data = json.dumps(_serialization.unstructure(e.data), ensure_ascii=False)
+        if not filtered:
+            click.echo(f"{e.position:>6} {e.stream_id}@{e.version} {e.type} {data}")
+            continue
+        # An audit's view: when, and who (the metadata's user) when the dispatch said.
         user = f" by {e.metadata['user']}" if "user" in e.metadata else ""
         when = e.recorded_at.isoformat(timespec="seconds")
         click.echo(f"{e.position:>6} {when} {e.stream_id}@{e.version} {e.type}{user} {data}")
