@@ -254,8 +254,8 @@ def trace(store: EventStore, ident: str) -> dict[str, Any]:
     correlation id or an event id: ``{"correlation_id", "roots": [command nodes], ...}``.
 
     A command node: ``kind="command"``, ``command_id``, ``command`` (type name), ``stream_id``,
-    ``outcome`` (``ok``, ``rejected`` or ``failed``), ``error``, ``process_manager``,
-    ``recorded_at``, ``children`` (its events). An event node: ``kind="event"``, ``event_id``,
+    ``outcome`` (``ok``, ``rejected`` or ``failed``), ``error``, ``refusals`` (every refused
+    attempt), ``process_manager``, ``user`` (the metadata's), ``recorded_at``, ``children`` (its events). An event node: ``kind="event"``, ``event_id``,
     ``stream_id``, ``version``, ``position``, ``type``, ``recorded_at``, ``children`` (the
     commands it caused, through process managers).
     """
@@ -357,6 +357,7 @@ def _command_node(command_id: str, meta: dict[str, Any], stream_id: str, at: str
         "outcome": "ok",
         "error": None,
         "process_manager": meta.get("process_manager"),
+        "user": meta.get("user"),
         "recorded_at": at,
         "causation_id": None if causation == command_id else causation,
         "refusals": [],
@@ -401,6 +402,7 @@ def _render(node: Mapping[str, Any], depth: int) -> Iterator[str]:
         )
     else:
         via = f" (by {node['process_manager']})" if node["process_manager"] else ""
+        via += f" [user {node['user']}]" if node.get("user") else ""
         outcome = node["outcome"] + (f": {node['error']}" if node["error"] else "")
         yield f"{pad}{node['command']} -> {node['stream_id']}{via}  {outcome}  {time}"
         for refusal in node["refusals"] if node["children"] else []:
