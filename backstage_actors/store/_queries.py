@@ -1,7 +1,7 @@
 """The SQL of history queries, shared by the SQLite and PostgreSQL recorders.
 
 A metadata field is read with the same expression the indexes were built on
-(``json_extract(metadata, '$.correlation_id')`` on SQLite, ``(metadata::jsonb ->>
+(``json_extract(CASE WHEN json_valid(metadata) ...``, '$.correlation_id')`` on SQLite, ``(metadata::jsonb ->>
 'correlation_id')`` on PostgreSQL), so that a filter on an indexed field uses its index. Field names
 go into the SQL text (an index matches only a literal path), hence :func:`check_field`.
 """
@@ -35,7 +35,9 @@ def field_sql(dialect: str, name: str) -> str:
     """The expression that reads metadata field ``name`` (index-compatible)."""
     check_field(name)
     if dialect == "sqlite":
-        return f"json_extract(metadata, '$.{name}')"
+        # json_valid first: json_extract raises on a malformed document, and an index on it
+        # would then refuse to store (or copy) an event whose metadata is broken.
+        return f"json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.{name}')"
     return f"((metadata::jsonb) ->> '{name}')"
 
 

@@ -30,8 +30,11 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE INDEX IF NOT EXISTS rejections_correlation ON rejections (correlation_id);
 CREATE INDEX IF NOT EXISTS rejections_command ON rejections (command_id);
 -- A trace finds a request's events by these two metadata fields.
-CREATE INDEX IF NOT EXISTS events_correlation ON events (json_extract(metadata, '$.correlation_id'));
-CREATE INDEX IF NOT EXISTS events_causation ON events (json_extract(metadata, '$.causation_id'));
+-- (The expressions of _queries.field_sql, to the letter: a query uses an index only then.)
+CREATE INDEX IF NOT EXISTS events_correlation
+    ON events (json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.correlation_id'));
+CREATE INDEX IF NOT EXISTS events_causation
+    ON events (json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.causation_id'));
 """
 
 _REJECTION_COLUMNS = (
