@@ -174,7 +174,7 @@ def test_cli_state_diff_trace_events_export(
     assert run(["trace", "r-9", "--db", bank_db]) == 0
     text = capsys.readouterr().out
     assert (
-        "Withdraw -> Account-bob  rejected: Withdraw rejected: ValueError: account bob is closed"
+        "Withdraw -> Account-bob [user ada]  rejected: Withdraw rejected: ValueError: account bob is closed"
         in text
     )
 
