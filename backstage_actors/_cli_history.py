@@ -28,7 +28,7 @@ from ._cli_support import (
 )
 from ._export import FORMATS, export_events
 from .aggregate import Aggregate
-from .errors import BackstageError, StorageError
+from .errors import BackstageError, StorageError, StoredEventError
 from .store import EventStore
 from .store._queries import check_field
 from .store.records import EventQuery
@@ -169,7 +169,7 @@ def events(
         if filtered:
             skip = after if stream else max(after, start - 1)
             rows = _guard(lambda: list(_filtered(store, query, skip, stream, start, limit)))
-            found = [store.decode_row(row) for row in rows]
+            found = list(_readable(store, rows))
         else:
             found = _guard(
                 lambda: list(
@@ -194,6 +194,15 @@ def events(
         user = f" by {e.metadata['user']}" if "user" in e.metadata else ""
         when = e.recorded_at.isoformat(timespec="seconds")
         click.echo(f"{e.position:>6} {when} {e.stream_id}@{e.version} {e.type}{user} {data}")
+
+
+def _readable(store: EventStore, rows: list[tuple[Any, ...]]) -> Any:
+    """The rows as events; an unreadable one is skipped with a warning line naming it."""
+    for row in rows:
+        try:
+            yield store.decode_row(row)
+        except StoredEventError as error:
+            click.echo(f"warning: skipped the event at position {row[0]}: {error}", err=True)
 
 
 def _filtered(
