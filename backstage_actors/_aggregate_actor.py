@@ -47,6 +47,7 @@ from ._protocol import (
     Settings,
     Touched,
 )
+from ._rejections import note_refusals
 from ._shared import shared_store
 from .aggregate import Aggregate, decide
 from .command import CommandItem, DispatchResult
@@ -565,6 +566,7 @@ class AggregateActor(SupervisedActor):
         self._hand_back_queue()
 
     def _reply(self, execute: Execute, answers: dict[str, Any], partial: bool = False) -> None:
+        note_refusals(self.store, self.stream_id, execute.items, answers)  # for backstage trace
         results = [
             (item.request_id, answers[item.request_id])
             for item in execute.items

@@ -18,7 +18,7 @@ from importlib import metadata
 
 import click
 
-from . import _copy, _daemon, _serialization, _thespian, _top
+from . import _cli_history, _copy, _daemon, _serialization, _thespian, _top
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -46,7 +46,6 @@ from .errors import (
     BackstageError,
     CommandRejected,
     StorageError,
-    StoredEventError,
 )
 
 __all__ = [
@@ -350,65 +349,6 @@ def status(session: Session, as_json: bool, port: int) -> None:
         click.echo(f"dead letters: {report['dead_letters']} (backstage dead-letters)")
 
 
-@cli.command()
-@click.argument("stream", required=False)
-@click.option(
-    "--from",
-    "start",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Version (with STREAM) or position.",
-)
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--db", "database", help="Read this database instead of the daemon's.")
-@click.option("--json", "as_json", is_flag=True)
-@port_option
-def events(
-    stream: str | None, start: int, limit: int, database: str | None, as_json: bool, port: int
-) -> None:
-    """Stored events: all of them by position, or one STREAM by version."""
-    store = open_store(port, database)
-
-    def skip(error: StoredEventError) -> None:  # one line each; the others are shown
-        click.echo(f"warning: skipped the event at position {error.position}: {error}", err=True)
-
-    try:
-        found = list(
-            store.read_stream(stream, start, limit=limit, on_unreadable=skip)
-            if stream
-            else store.read_all(start, limit=limit, on_unreadable=skip)
-        )
-    except BackstageError as exc:
-        fail(str(exc), exit_code_for(exc))
-    finally:
-        store.close()
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "position": e.position,
-                        "stream_id": e.stream_id,
-                        "version": e.version,
-                        "type": e.type,
-                        "data": _serialization.unstructure(e.data),
-                        "metadata": e.metadata,
-                        "recorded_at": e.recorded_at.isoformat(),
-                    }
-                    for e in found
-                ],
-                indent=2,
-            )
-        )
-        return
-    if not found:
-        click.echo("no events")
-    for e in found:
-        data = json.dumps(_serialization.unstructure(e.data), ensure_ascii=False)
-        click.echo(f"{e.position:>6} {e.stream_id}@{e.version} {e.type} {data}")
-
-
 @cli.command("dead-letters")
 @click.argument("action", type=click.Choice(["list", "retry"]), default="list")
 @click.argument("ids", type=int, nargs=-1)
@@ -499,6 +439,7 @@ def shell(session: Session, port: int, as_json: bool) -> None:
 
 
 _copy.register(cli)  # backstage copy SRC DST (its body in _copy.py)
+_cli_history.register(cli)  # events, state, diff, trace, export (in _cli_history.py)
 
 
 def run(args: list[str] | None = None, session: Session | None = None) -> int:

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -28,10 +29,11 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _async, _lane, _shared, _thespian, telemetry
+from . import _async, _lane, _shared, _thespian, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
+from .aggregate import Aggregate
 from .command import CommandItem, DispatchResult, new_item
 from .errors import (
     BackstageError,
@@ -437,6 +439,21 @@ class RunningSystem:
         if self._store is None:
             self._store = EventStore(self.settings.database, self.settings.synchronous)
         return self._store
+
+    def state_of(
+        self,
+        cls: type[Aggregate],
+        identity: str,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> Aggregate:
+        """``cls``'s state after ``version`` (or at time ``at``), rebuilt from the store without
+        asking the live aggregate: :func:`backstage_actors.history.state_of`."""
+        return history.state_of(self.store, cls, identity, version=version, at=at)
+
+    def trace(self, ident: str) -> dict[str, Any]:
+        """The commands and events one request caused: :func:`backstage_actors.history.trace`."""
+        return history.trace(self.store, ident)
 
     def settle(self, timeout: float = 10.0) -> int:
         """Wait until every subscriber processed every stored event, including the events that

@@ -34,6 +34,8 @@ from backstage_actors.store import (
     RecordedEvent,
 )
 
+from .history_conformance import HistoryConformance
+
 __all__ = ["EventStoreConformance"]
 
 
@@ -110,7 +112,7 @@ def aware(year: int, minute: int = 0, offset_hours: int = 0) -> datetime:
 # -- the suite -------------------------------------------------------------------------------
 
 
-class EventStoreConformance(abc.ABC):
+class EventStoreConformance(HistoryConformance, abc.ABC):
     """The event store contract; a subclass provides the store."""
 
     @abc.abstractmethod

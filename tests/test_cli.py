@@ -730,7 +730,7 @@ def test_shell_completes_verbs_and_command_names(
     monkeypatch.delenv("THESPIAN_BASE_IPADDR", raising=False)
     shell = Shell(run, cli, Session(), bank.port)
 
-    assert shell.completenames("st") == ["start", "status", "stop"]
+    assert shell.completenames("st") == ["start", "state", "status", "stop"]
     assert shell.completenames("") == sorted([*VERBS, "exit", "help"])
     assert shell.completedefault("Dep", "send Dep", 5, 8) == ["Deposit", "DepositForTransfer"]
     routed = ["OpenAccount", "Deposit", "Withdraw", "CloseAccount", "WithdrawForTransfer"]

@@ -30,6 +30,7 @@ def fill(where: str) -> None:
         store.park("notifier", event, "ValueError", "boom", "Traceback...", 3)
         store.park("notifier", store.event_at(6), "KeyError", "x", "tb", 1, status="skipped")  # type: ignore[arg-type]
         store.save_process("transfers", "t-1", {"step": "withdrawn", "amount": 5})
+        store.record_rejection("acct-1", {"command_id": "c-9", "command": "Pay"}, ValueError("no"))
 
 
 def dump(where: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -25,7 +25,9 @@ LAZY_IMPORTS = {
     ("_thespian.py", "thespian.system"),
     ("_thespian.py", "logging"),
     ("_thespian.py", "thespian.actors"),
-    ("client.py", "thespian.actors"),  # ExternalContext, with the internal read auth moves
+    ("client.py", "thespian.actors"),
+    ("_export.py", "pyarrow"),  # the optional extra `export`, needed for Parquet only
+    ("_export.py", "pyarrow.parquet"),  # ExternalContext, with the internal read auth moves
 }
 
 

@@ -334,6 +334,27 @@ class EventStore:
             return None  # a broken snapshot is only a lost shortcut: rebuild from the events
         return Snapshot(stream_id, row[0], row[1], row[2], state, _datetime(row[4]))
 
+    # -- history ----------------------------------------------------------------------------
+
+    def record_rejection(
+        self, stream_id: str, metadata: Mapping[str, Any], error: BaseException
+    ) -> None:
+        """Keep a command of ``stream_id`` that was refused or failed with ``error``
+        (``metadata``: the command's, with its command, correlation and causation ids), so that
+        ``backstage trace`` shows it beside the events of its request."""
+        command_id = str(metadata.get("command_id", ""))
+        self.recorder.record_rejection(
+            command_id,
+            str(metadata.get("correlation_id") or command_id),
+            str(metadata.get("causation_id") or command_id),
+            stream_id,
+            str(metadata.get("command", "")),
+            type(error).__name__,
+            str(error),
+            json.dumps(dict(metadata), default=str),
+            _now(),
+        )
+
     # -- checkpoints, dead letters, process managers ----------------------------------------
 
     def checkpoint(self, name: str) -> int:

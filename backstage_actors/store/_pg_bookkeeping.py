@@ -193,7 +193,7 @@ class PgBookkeeping:
                 cursor.executemany(
                     f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
                 )
-            if table in ("events", "dead_letters"):
+            if table in ("events", "dead_letters", "rejections"):
                 key = columns[0]
                 conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', '{key}'),"

@@ -16,13 +16,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import attrs
 import sqlite_utils
 
 from ..errors import BackstageError, WrongExpectedVersion
 from . import _appending as ap
 from ._appending import Failed, Prepared, Results, Row
+from ._memory_history import MemoryHistory
 from .recorder import TABLES, Recorder
-from .records import AppendRequest, DeadLetter, RecordedEvent
+from .records import AppendRequest, DeadLetter, RecordedEvent, Rejection
 
 __all__ = ["MemoryRecorder"]
 
@@ -43,6 +45,7 @@ class _State:
         self.checkpoints: dict[str, tuple[int, str]] = {}
         self.letters: dict[int, DeadLetter] = {}
         self.processes: dict[tuple[str, str], tuple[str, str]] = {}
+        self.rejections: dict[int, Rejection] = {}
         self.undo: list[Callable[[], None]] | None = None  # while a transaction is open
         self.tables: sqlite_utils.Database | None = None
 
@@ -63,7 +66,7 @@ _states: dict[str, _State] = {}
 _states_lock = threading.Lock()
 
 
-class MemoryRecorder(Recorder):
+class MemoryRecorder(MemoryHistory, Recorder):
     """A recorder on the in-memory store ``name`` of this process."""
 
     def __init__(self, name: str = "memory:") -> None:
@@ -375,6 +378,8 @@ class MemoryRecorder(Recorder):
                 ]
             elif table == "process_managers":
                 rows = [(*k, *v) for k, v in sorted(state.processes.items())]
+            elif table == "rejections":
+                rows = [attrs.astuple(r) for _, r in sorted(state.rejections.items())]
             else:
                 raise ValueError(f"no table {table!r} in a store")
         for start in range(0, len(rows), 1000):
@@ -395,5 +400,7 @@ class MemoryRecorder(Recorder):
                 self._set(state.letters, row[0], DeadLetter(*row))
             elif table == "process_managers":
                 self._set(state.processes, (row[0], row[1]), (row[2], row[3]))
+            elif table == "rejections":
+                self._set(state.rejections, row[0], Rejection(*row))
             else:
                 raise ValueError(f"no table {table!r} in a store")

@@ -47,6 +47,7 @@ from . import _appending as ap
 from . import _pg_append as pg
 from ._appending import COLUMNS, Failed, Prepared, Results, Row
 from ._pg_bookkeeping import PgBookkeeping
+from ._pg_history import HISTORY_SCHEMA, PgHistory
 from ._pg_schema import SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
 from .recorder import Recorder
@@ -73,7 +74,7 @@ class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None
 
 
-class PostgresRecorder(PgBookkeeping, Recorder):
+class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
     """A recorder on the PostgreSQL database ``url`` (``postgresql://user:pw@host/db``; libpq
     URL parameters such as ``?host=/socket/dir&port=5433`` work too).
 
@@ -144,6 +145,7 @@ class PostgresRecorder(PgBookkeeping, Recorder):
                     "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.events'))"
                 )
                 conn.execute(SCHEMA)
+                conn.execute(HISTORY_SCHEMA)
         except psycopg.Error as exc:
             raise StorageError(
                 f"cannot create the event store's tables in {self.location}: {first_line(exc)}"

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from ._appending import Prepared, Results, Row
-from .records import DeadLetter, RecordedEvent
+from .records import DeadLetter, EventQuery, RecordedEvent, Rejection
 
 __all__ = ["TABLES", "Recorder"]
 
@@ -58,6 +58,18 @@ TABLES: dict[str, tuple[str, ...]] = {
         "parked_at",
     ),
     "process_managers": ("name", "process_id", "state", "updated_at"),
+    "rejections": (
+        "id",
+        "command_id",
+        "correlation_id",
+        "causation_id",
+        "stream_id",
+        "command",
+        "error_type",
+        "error",
+        "metadata",
+        "recorded_at",
+    ),
 }
 
 
@@ -180,6 +192,41 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     def save_process(self, name: str, process_id: str, state: str | None, at: str) -> None:
         """Save an instance's JSON state; None deletes it."""
+
+    # -- history (``backstage_actors.history``) ---------------------------------------------
+
+    @abc.abstractmethod
+    def query_page(self, after: int, limit: int, query: EventQuery) -> list[Row]:
+        """Rows with ``position > after`` that match ``query``, by position, at most ``limit``.
+        A filter on ``correlation_id`` or ``causation_id`` uses an index; other metadata fields
+        are read row by row."""
+
+    @abc.abstractmethod
+    def version_at(self, stream_id: str, at: str) -> int:
+        """The stream's last version recorded at or before ``at`` (ISO 8601, UTC); 0 if none."""
+
+    @abc.abstractmethod
+    def event_by_id(self, event_id: str) -> Row | None: ...
+
+    @abc.abstractmethod
+    def record_rejection(
+        self,
+        command_id: str,
+        correlation_id: str,
+        causation_id: str,
+        stream_id: str,
+        command: str,
+        error_type: str,
+        error: str,
+        metadata: str,
+        at: str,
+    ) -> None:
+        """Keep a refused or failed command (its own short transaction)."""
+
+    @abc.abstractmethod
+    def rejections(self, field: str, value: str) -> list[Rejection]:
+        """Rejections whose ``field`` (``correlation_id`` or ``command_id``) is ``value``, in
+        the order they were recorded."""
 
     # -- copying a whole store --------------------------------------------------------------
 

@@ -20,8 +20,10 @@ __all__ = [
     "STREAM_EXISTS",
     "AppendRequest",
     "DeadLetter",
+    "EventQuery",
     "ExpectedVersion",
     "RecordedEvent",
+    "Rejection",
     "Snapshot",
 ]
 
@@ -99,3 +101,32 @@ class DeadLetter:
     failures: int
     status: str
     parked_at: str
+
+
+@attrs.frozen
+class EventQuery:
+    """Which events a history query (``backstage events --where``, ``export``) wants; every
+    condition given must hold. ``since`` is an ISO 8601 UTC time (``recorded_at >= since``),
+    ``metadata`` pairs of a metadata field and the value it must have (compared as text)."""
+
+    since: str | None = None
+    types: tuple[str, ...] = ()
+    stream_prefix: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class Rejection:
+    """A command that was refused (its aggregate raised) or failed, kept so that a trace of its
+    request can show it: the events of a request say what happened, this says what did not."""
+
+    id: int
+    command_id: str
+    correlation_id: str
+    causation_id: str
+    stream_id: str
+    command: str
+    error_type: str
+    error: str
+    metadata: str
+    recorded_at: str

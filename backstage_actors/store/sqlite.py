@@ -26,6 +26,7 @@ from ._appending import Results as _Results
 from ._appending import Row
 from ._durability import Turns, WalSync
 from ._sqlite_bookkeeping import Bookkeeping
+from ._sqlite_history import SQLiteHistory, ensure_history_schema
 from ._sqlite_schema import open_database
 from .recorder import TABLES, Recorder
 from .records import AppendRequest, RecordedEvent
@@ -65,7 +66,7 @@ _APPEND_ERRORS = (
 )
 
 
-class SQLiteRecorder(Bookkeeping, Recorder):
+class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
     """The store in the SQLite file ``path`` (created if missing).
 
     ``synchronous="FULL"`` (default) fsyncs every commit: an acknowledged event survives a power
@@ -87,6 +88,7 @@ class SQLiteRecorder(Bookkeeping, Recorder):
         own_flush = shared_flush and synchronous.upper() == "FULL" and self.path != ":memory:"
         try:
             self.db = open_database(self.path, "NORMAL" if own_flush else synchronous, busy_timeout)
+            ensure_history_schema(self.db.conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the event store {self.path!r}: {exc}") from None
         self.conn = self.db.conn

@@ -1,0 +1,220 @@
+"""``backstage export``: events with their metadata to a file for analysis (JSON lines or Parquet).
+
+An export reads the store in pages by position and writes each page before it reads the next:
+memory stays constant whatever the store holds. Events are written as stored: ``data`` and
+``metadata`` are the stored JSON (not upcast; ``schema_version`` says which shape a payload has).
+
+JSON lines need nothing more. Each page is written and flushed whole, so the file always ends at
+an event (or inside the last one, after a crash: ``--resume`` cuts that partial line and goes on
+after the last complete one). Parquet needs ``pyarrow`` (``pip install backstage-actors[export]``);
+it is written to ``FILE.partial`` and renamed at the end, so ``FILE`` is never half a file. A
+Parquet file cannot be appended to: resume a Parquet export with ``--since`` into a new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from . import _security
+from .errors import BackstageError
+from .history import query_rows
+from .store import EventStore
+from .store.records import EventQuery
+
+__all__ = ["FORMATS", "ExportResult", "export_events", "last_exported_position"]
+
+FORMATS = ("jsonl", "parquet")
+
+Progress = Callable[[int, int], None]  # (position reached, last position of the store)
+
+_PAGE = 5000  # rows per read and per write: the memory an export holds
+
+
+@attrs.frozen
+class ExportResult:
+    """What an export wrote: ``count`` events, the last at ``last_position`` (0 if none)."""
+
+    path: str
+    format: str
+    count: int
+    last_position: int
+    resumed_after: int
+
+
+def export_events(
+    store: EventStore,
+    path: str,
+    format: str = "jsonl",
+    query: EventQuery | None = None,
+    after: int = 0,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the events past position ``after`` that match ``query`` to ``path``.
+
+    ``resume=True`` (JSON lines) appends to ``path`` after the last event it holds, so that an
+    interrupted export finishes without duplicating or skipping an event."""
+    if format not in FORMATS:
+        raise BackstageError(f"unknown export format {format!r}: use {' or '.join(FORMATS)}")
+    query = query or EventQuery()
+    if format == "parquet":
+        if resume:
+            raise BackstageError(
+                "--resume works with jsonl only (a Parquet file cannot be appended to);"
+                " export the rest with --since POSITION into a new file"
+            )
+        return _export_parquet(store, path, query, after, progress)
+    start = after
+    if resume and os.path.exists(path):
+        start = max(after, last_exported_position(path, cut=True))
+    count, last = _export_jsonl(store, path, query, start, resume, progress)
+    return ExportResult(path, format, count, last or start, start if resume else after)
+
+
+def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
+    """Pages of rows past ``after`` matching ``query``."""
+    page: list[tuple[Any, ...]] = []
+    for row in query_rows(store, query, after):
+        page.append(row)
+        if len(page) >= _PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _json_line(row: tuple[Any, ...]) -> str:
+    position, event_id, stream_id, version, type_name, schema_version, _, data, meta, at = row
+    # The stored JSON goes in as it is (no parse and dump); a payload on several lines (copied
+    # from elsewhere) is made compact, so one event stays one line.
+    if "\n" in data:
+        data = json.dumps(json.loads(data))
+    if "\n" in meta:
+        meta = json.dumps(json.loads(meta))
+    stamp = at if isinstance(at, str) else at.isoformat()
+    return (
+        f'{{"position": {position}, "event_id": {json.dumps(event_id)}, "stream_id": '
+        f'{json.dumps(stream_id)}, "version": {version}, "type": {json.dumps(type_name)}, '
+        f'"schema_version": {schema_version}, "data": {data}, "metadata": {meta}, '
+        f'"recorded_at": "{stamp}"}}\n'
+    )
+
+
+def _export_jsonl(
+    store: EventStore,
+    path: str,
+    query: EventQuery,
+    after: int,
+    append: bool,
+    progress: Progress | None,
+) -> tuple[int, int]:
+    flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+    count, last = 0, 0
+    total = store.last_position()
+    with os.fdopen(_security.open_private(path, flags), "w", encoding="utf-8") as file:
+        for page in _rows(store, query, after):
+            file.write("".join(_json_line(row) for row in page))
+            file.flush()
+            count += len(page)
+            last = page[-1][0]
+            if progress:
+                progress(last, total)
+    if progress:
+        progress(total, total)
+    return count, last
+
+
+def last_exported_position(path: str, cut: bool = False) -> int:
+    """The position of the last complete event in the JSON lines file ``path`` (0 if none);
+    ``cut=True`` removes a partial last line (an export interrupted mid-write)."""
+    with open(path, "rb+" if cut else "rb") as file:
+        end = file.seek(0, os.SEEK_END)
+        tail, step = b"", 4096
+        while end > 0:
+            start = max(0, end - step)
+            file.seek(start)
+            tail = file.read(end - start) + tail
+            end = start
+            if tail.count(b"\n") >= 2 or (end == 0 and b"\n" in tail):
+                break
+        complete = tail[: tail.rfind(b"\n") + 1] if b"\n" in tail else b""
+        if cut:
+            file.truncate(end + len(complete))
+    lines = complete.splitlines()
+    if not lines:
+        return 0
+    try:
+        return int(json.loads(lines[-1])["position"])
+    except (ValueError, KeyError, TypeError):
+        raise BackstageError(
+            f"{path} does not end with an exported event: cannot resume it"
+        ) from None
+
+
+# -- Parquet ------------------------------------------------------------------------------------
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        # Lazy: pyarrow is the optional extra `export`, needed only for Parquet.
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise BackstageError(
+            "Parquet export needs pyarrow: pip install 'backstage-actors[export]'"
+        ) from None
+    return pyarrow, pyarrow.parquet
+
+
+def _export_parquet(
+    store: EventStore, path: str, query: EventQuery, after: int, progress: Progress | None
+) -> ExportResult:
+    pa, pq = _pyarrow()
+    schema = pa.schema(
+        [
+            ("position", pa.int64()),
+            ("event_id", pa.string()),
+            ("stream_id", pa.string()),
+            ("version", pa.int64()),
+            ("type", pa.string()),
+            ("schema_version", pa.int32()),
+            ("data", pa.string()),
+            ("metadata", pa.string()),
+            ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    partial = f"{path}.partial"
+    _security.create_private(partial)
+    count, last = 0, 0
+    total = store.last_position()
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            for page in _rows(store, query, after):
+                columns = list(zip(*page, strict=True))
+                stamps = [
+                    at if isinstance(at, datetime) else datetime.fromisoformat(at)
+                    for at in columns[9]
+                ]
+                values = [*columns[0:6], columns[7], columns[8], stamps]
+                batch = pa.record_batch(
+                    [pa.array(v, type=f.type) for v, f in zip(values, schema, strict=True)],
+                    schema=schema,
+                )
+                writer.write_batch(batch)
+                count += len(page)
+                last = page[-1][0]
+                if progress:
+                    progress(last, total)
+    except BaseException:
+        os.unlink(partial)
+        raise
+    os.replace(partial, path)
+    if progress:
+        progress(total, total)
+    return ExportResult(path, "parquet", count, last or after, after)

@@ -1,0 +1,140 @@
+"""History figures: ``state_of`` deep in a long stream, export throughput against raw sqlite3 +
+json.dumps, and ``trace`` of a saga in a large store. Run: ``python -m bench.bench_history``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from backstage_actors import EventStore
+from backstage_actors._export import export_events
+from backstage_actors.history import query_rows, state_of, trace
+from backstage_actors.store.records import EventQuery
+from tests.history_domain import Credited, SnapLedger
+
+
+def _best(work: Any, rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bench_state_of(directory: str) -> dict[str, float]:
+    with EventStore(os.path.join(directory, "state.db")) as store:
+        for _ in range(10):
+            store.append("SnapLedger-x", [Credited(1, "n", {}) for _ in range(1000)])
+        # Snapshots every 100 as the live aggregate takes them: only the latest (10,000) is kept.
+        store.save_snapshot(
+            "SnapLedger-x", 10_000, {"balance": 10_000, "count": 10_000, "notes": []}
+        )
+        at_5000 = _best(lambda: state_of(store, SnapLedger, "x", version=5000))
+        # What a kept history of snapshots would give: the one at 4,900 (proposed, not built).
+        store.recorder.conn.execute("DELETE FROM snapshots")
+        store.save_snapshot("SnapLedger-x", 4_900, {"balance": 4_900, "count": 4_900, "notes": []})
+        near = _best(lambda: state_of(store, SnapLedger, "x", version=5000))
+    return {
+        "state_of_v5000_latest_snapshot_ms": at_5000 * 1000,
+        "state_of_v5000_snapshot_4900_ms": near * 1000,
+    }
+
+
+def _fill(store: EventStore, count: int, saga_every: int = 0) -> str:
+    """``count`` events in streams of 100; returns the correlation id of one 50-event saga."""
+    saga = str(uuid.uuid4())
+    conn = store.recorder.conn
+    stamp = datetime.now(UTC).isoformat()
+    rows = []
+    for n in range(count):
+        correlation = saga if 500_000 <= n < 500_050 else f"c{n // 10}"
+        meta = json.dumps(
+            {
+                "command_id": f"k{n}",
+                "correlation_id": correlation,
+                "causation_id": f"k{n}",
+                "command": "Credit",
+                "user": f"u{n % 100}",
+            }
+        )
+        rows.append(
+            (
+                str(uuid.uuid4()),
+                f"s-{n // 100}",
+                n % 100 + 1,
+                "Credited",
+                2,
+                "tests.history_domain:Credited",
+                '{"amount": 1, "note": "n", "live": {}}',
+                meta,
+                stamp,
+            )
+        )
+        if len(rows) == 50_000:
+            with store.transaction():
+                conn.executemany(
+                    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic,"
+                    " data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            rows = []
+    return saga
+
+
+def bench_export_and_trace(directory: str, count: int) -> dict[str, float]:
+    path = os.path.join(directory, "big.db")
+    with EventStore(path) as store:
+        saga = _fill(store, count)
+        started = time.perf_counter()
+        export_events(store, os.path.join(directory, "out.jsonl"))
+        ours = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        conn = sqlite3.connect(path)
+        with open(os.path.join(directory, "raw.jsonl"), "w") as out:
+            for row in conn.execute(
+                "SELECT position, event_id, stream_id, version, type, schema_version,"
+                " data, metadata, recorded_at FROM events ORDER BY position"
+            ):
+                out.write(json.dumps(row) + "\n")
+        raw = count / (time.perf_counter() - started)
+        conn.close()
+        tree_ms = _best(lambda: trace(store, saga)) * 1000
+        assert trace(store, saga)["events"] == 50
+        started = time.perf_counter()
+
+        found = sum(1 for _ in query_rows(store, EventQuery(metadata=(("user", "u7"),))))
+        where_s = time.perf_counter() - started
+        started = time.perf_counter()
+        by_corr = sum(
+            1 for _ in query_rows(store, EventQuery(metadata=(("correlation_id", "c77"),)))
+        )
+        corr_ms = (time.perf_counter() - started) * 1000
+    return {
+        "export_events_per_s": ours,
+        "raw_sqlite_json_events_per_s": raw,
+        "export_ratio": ours / raw,
+        "trace_50_event_saga_ms": tree_ms,
+        "where_user_scan_s": where_s,
+        "where_user_found": found,
+        "where_correlation_ms": corr_ms,
+        "where_correlation_found": by_corr,
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        figures = bench_state_of(directory)
+        figures.update(bench_export_and_trace(directory, 1_000_000))
+    for name, value in figures.items():
+        print(f"{name:<36} {value:>14,.2f}")
+
+
+if __name__ == "__main__":
+    main()
