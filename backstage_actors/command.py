@@ -58,32 +58,35 @@ class CommandItem:
 def new_item(
     command: Any,
     metadata: Mapping[str, Any] | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     identity: str | None = None,
 ) -> CommandItem:
     """Wrap ``command``: generate its id, and correlation/causation ids unless given.
 
-    The command's fields (and its ``identity`` field, when named) and the metadata are checked
-    against ``limits``: every bad field is named in one :class:`SerializationError` (or an
-    :class:`InvalidCommand` for an identity), before anything is sent.
+    With ``limits`` (every way in passes the application's), the command's fields (and its
+    ``identity`` field, when named) and the metadata are checked: every bad field is named in
+    one :class:`SerializationError` (or an :class:`InvalidCommand` for an identity), before
+    anything is sent.
     """
     if not ser.is_message_class(type(command)):
         raise InvalidCommand(
             f"a command must be an attrs class or dataclass instance, not {type(command).__name__}"
         )
-    check_command(command, identity, limits)
+    if limits is not None:
+        check_command(command, identity, limits)
     meta = dict(metadata or {})
     if meta:
         name = type(command).__name__
-        check_data(meta, f"{name} metadata", limits)
+        check_data(meta, f"{name} metadata", limits or DEFAULT_LIMITS)
         try:  # what the caller gave must be storable with the events
             text = ser.dumps(ser.unstructure(meta), "metadata")
         except SerializationError as exc:
             raise SerializationError(f"{name} metadata: {exc}", exc.path) from None
-        if len(text.encode("utf-8")) > limits.max_metadata_bytes:
+        size = len(text.encode("utf-8"))
+        if size > (limits or DEFAULT_LIMITS).max_metadata_bytes:
             raise SerializationError(
-                f"{name} metadata: {len(text.encode('utf-8')):,} bytes of JSON "
-                f"(at most {limits.max_metadata_bytes:,})"
+                f"{name} metadata: {size:,} bytes of JSON "
+                f"(at most {(limits or DEFAULT_LIMITS).max_metadata_bytes:,})"
             )
     given_id = meta.get("command_id")
     command_id = str(given_id) if given_id else new_id()
