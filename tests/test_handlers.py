@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
+import sqlite3
 import threading
 from typing import Any
 
@@ -465,3 +467,53 @@ def test_telemetry_reports_each_handled_event(start_app: Start) -> None:
     for measurements, metadata in handled:
         assert metadata["subscriber"] == "hd-recorder"
         assert 0 <= measurements["duration"] < 5
+
+
+def test_a_park_that_fails_is_logged_as_failed_and_the_event_comes_again(tmp_path: Any) -> None:
+    """A full disk, say, while parking: the log says the park failed (not "parked"), the
+    checkpoint stays before the event, and once parking works again the event is parked."""
+    database = str(tmp_path / "park.db")
+    logged = _Lines()
+    logger = logging.getLogger("backstage_actors")
+    logger.addHandler(logged)
+    try:
+        with make_app(handlers=[HdParker]).start(base="simple", database=database) as system:
+            # A real fault of the database, not a mock: every insert into dead_letters fails.
+            with sqlite3.connect(database) as conn:
+                conn.execute(
+                    "CREATE TRIGGER no_room BEFORE INSERT ON dead_letters "
+                    "BEGIN SELECT RAISE(ABORT, 'no room to park'); END"
+                )
+            poison = system.dispatch(HdNote("c1", "poison")).position
+            failed = f"could not record the event at position {poison}"
+            # (asking for the tree runs the in-process actors meanwhile)
+            wait_until(lambda: system.tree() and failed in logged.text(), what="the failed park")
+            assert f"parked the event at position {poison}" not in logged.text()
+            assert "no room to park" in logged.text()
+            assert letters(system, "hd-parker") == []
+            assert checkpoint(system, "hd-parker") < poison
+
+            with sqlite3.connect(database) as conn:
+                conn.execute("DROP TRIGGER no_room")
+            later = system.dispatch(HdIncrement("c1")).position
+            system.settle(timeout=30.0)
+
+            assert [x["position"] for x in letters(system, "hd-parker")] == [poison]
+            assert seen(system, "hd-parker") == [later]
+            assert f"parked the event at position {poison}" in logged.text()
+    finally:
+        logger.removeHandler(logged)
+
+
+class _Lines(logging.Handler):
+    """The log records of a logger, as text (Thespian's simple base keeps pytest's caplog out)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
