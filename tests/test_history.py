@@ -3,9 +3,11 @@ request (refused commands included), on both bases and on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from backstage_actors import EventStore
@@ -120,12 +122,23 @@ def test_state_of_between_two_snapshots_starts_from_the_one_at_or_before(
         assert state_of(store, SnapLedger, "x").balance == -300 + 10
 
 
-def test_a_database_made_before_the_snapshot_history_gets_it_on_open(tmp_path: Any) -> None:
-    database = str(tmp_path / "old.db")
+def _drop_snapshot_history(database: str) -> None:
+    """Make ``database`` as a release before the snapshot history left it."""
+    if database.startswith("postgresql:"):
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("DROP TABLE snapshot_history")
+    else:
+        with sqlite3.connect(database) as conn:
+            conn.execute("DROP TABLE snapshot_history")
+        conn.close()
+
+
+def test_a_database_made_before_the_snapshot_history_gets_it_on_open(app_database: str) -> None:
+    database = app_database
     with EventStore(database) as store:
         store.append("SnapLedger-x", [Credited_(n) for n in range(1, 6)])
         store.save_snapshot("SnapLedger-x", 3, {"balance": -1, "count": 3, "notes": []})
-        store.recorder.conn.execute("DROP TABLE snapshot_history")  # as an older release made it
+    _drop_snapshot_history(database)
     with EventStore(database) as store:  # the latest snapshot starts the history
         assert state_of(store, SnapLedger, "x", version=4).balance == -1 + 4
         store.save_snapshot("SnapLedger-x", 5, {"balance": -50, "count": 5, "notes": []})
