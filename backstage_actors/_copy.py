@@ -2,8 +2,9 @@
 back, or to and from ``memory:``).
 
 Every table is copied row for row, in one transaction on the destination: events keep their
-positions and ids, streams their versions (and truncation marks), snapshots, checkpoints, dead
-letters (with their ids) and process manager state arrive as they were. A destination that holds
+positions and ids, streams their versions (and truncation marks), snapshots (the latest and
+their history), checkpoints, dead letters (with their ids) and process manager state arrive as
+they were. A destination that holds
 anything is refused: a copy never merges two histories. Stop the application writing to SRC
 first; a copy is a snapshot of SRC as its reads find it.
 """

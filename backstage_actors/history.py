@@ -9,10 +9,11 @@ versions, and the causal trace of one request. Usable on a bare store (no runnin
 ``RunningSystem.state_of`` and ``RunningSystem.trace`` call these on the system's store; neither
 ever asks the live aggregate (its actor may be busy, passivated or on another host).
 
-**Snapshots.** The store keeps only the latest snapshot of a stream. ``state_of`` starts from it
-when its version is at or before the one asked for (and it was taken with the class's
-``snapshot_version``), and replays the events from the first version otherwise: the state at a
-version far behind the stream's head costs a replay of that many events.
+**Snapshots.** The store keeps every snapshot of a stream in its snapshot history (not only the
+latest, which the live aggregate loads). ``state_of`` starts from the latest one at or before the
+version asked for that was taken with the class's ``snapshot_version``, then replays the events
+after it: with a snapshot every N events, any past state costs one index seek and fewer than N
+events (the events from the first version when no snapshot is kept at or before it).
 """
 
 from __future__ import annotations
@@ -114,13 +115,13 @@ def state_of(
 ) -> Aggregate:
     """A new ``cls`` instance in the state it had after ``version`` (or the last event recorded
     at or before ``at``; the latest without either), rebuilt from the store alone: the latest
-    snapshot when it is at or before that version, then the events up to it. Its ``id`` and
+    kept snapshot at or before that version, then the events up to it. Its ``id`` and
     ``version`` are set. Naive ``at`` is UTC."""
     stream_id = stream_id_of(cls, identity)
     target = target_version(store, stream_id, version, at)
     aggregate = _fresh(cls, identity)
-    snapshot = store.load_snapshot(stream_id, cls.snapshot_version)
-    if snapshot is not None and snapshot.version <= target:
+    snapshot = store.load_snapshot_at(stream_id, target, cls.snapshot_version)
+    if snapshot is not None:
         try:
             aggregate.restore_snapshot(snapshot.state)
             aggregate.version = snapshot.version

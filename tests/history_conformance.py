@@ -112,3 +112,68 @@ class HistoryConformance:
         assert alone.correlation_id == alone.causation_id == "c3"
         assert store.recorder.count("rejections") == 2
         assert len([r for page in store.recorder.export("rejections") for r in page]) == 2
+
+    # -- the snapshot history ---------------------------------------------------------------
+
+    def test_every_snapshot_is_kept_and_found_at_or_before_a_version(
+        self, store: EventStore
+    ) -> None:
+        for version in (3, 6, 9):
+            store.save_snapshot("acct", version, {"at": version}, 1, "Acct")
+        store.save_snapshot("acct", 4, {"at": 4}, 1, "Acct")  # late and older: history only
+        store.save_snapshot("other", 5, {"at": "other"})
+
+        def at(version: int, schema: int | None = None) -> object:
+            found = store.load_snapshot_at("acct", version, schema)
+            return None if found is None else (found.version, found.state["at"], found.type)
+
+        assert [at(v) for v in (2, 3, 4, 5, 8, 9, 100)] == [
+            None,
+            (3, 3, "Acct"),
+            (4, 4, "Acct"),
+            (4, 4, "Acct"),
+            (6, 6, "Acct"),
+            (9, 9, "Acct"),
+            (9, 9, "Acct"),
+        ]
+        latest = store.load_snapshot("acct")  # the latest is still the latest
+        assert latest is not None and latest.version == 9
+        store.save_snapshot("acct", 6, {"at": "again"}, 1, "Acct")  # same version: replaced
+        assert at(7) == (6, "again", "Acct")
+        # One of another schema_version is passed over for the one before it.
+        store.save_snapshot("acct", 12, {"at": 12}, 2, "Acct")
+        assert at(20, 1) == (9, 9, "Acct")
+        assert at(20, 2) == (12, 12, "Acct")
+        assert at(11, 2) is None
+        assert at(20) == (12, 12, "Acct")
+        assert store.load_snapshot_at("nothing", 10) is None
+        assert store.recorder.count("snapshot_history") == 6
+        rows = [r for page in store.recorder.export("snapshot_history") for r in page]
+        assert [(r[0], r[1]) for r in rows] == [("acct", n) for n in (3, 4, 6, 9, 12)] + [
+            ("other", 5)
+        ]
+
+    def test_a_snapshot_rolled_back_is_kept_nowhere(self, store: EventStore) -> None:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.save_snapshot("acct", 3, {"at": 3})
+            raise RuntimeError("undo")
+        assert store.load_snapshot("acct") is None
+        assert store.load_snapshot_at("acct", 3) is None
+
+    def test_truncation_drops_the_snapshots_no_kept_event_follows(self, store: EventStore) -> None:
+        from .store_conformance import deposits
+
+        store.append("s", deposits(10))
+        store.append("t", deposits(3))
+        for version in (2, 4, 5, 8):
+            store.save_snapshot("s", version, {"at": version})
+        store.save_snapshot("t", 1, {"at": 1})
+        store.truncate_stream("s", before_version=6)
+        kept = [r[:2] for page in store.recorder.export("snapshot_history") for r in page]
+        # Version 5 stays: from it the events 6.. rebuild every later state.
+        assert kept == [("s", 5), ("s", 8), ("t", 1)]
+        assert store.load_snapshot_at("s", 4) is None
+        found = store.load_snapshot_at("s", 7)
+        assert found is not None and found.version == 5
+        latest = store.load_snapshot("s")
+        assert latest is not None and latest.version == 8

@@ -24,6 +24,7 @@ def fill(where: str) -> None:
         for n in range(1, 8):
             store.append(f"acct-{n % 3}", [ConfDeposited(f"a{n}", n)] * 2, metadata={"n": n})
         store.truncate_stream("acct-1", before_version=3)
+        store.save_snapshot("acct-0", 2, {"balance": 3}, 2, "Acct")  # kept in its history
         store.save_snapshot("acct-0", 4, {"balance": 12}, 2, "Acct")
         store.save_checkpoint("balances", 9)
         [event] = list(store.read_all(from_position=5, limit=1))
@@ -57,9 +58,12 @@ def test_a_store_goes_to_postgres_and_back_intact(tmp_path: Path, pg_dsn: str) -
         copy_store(back, "memory:copy-test")
         assert dump("memory:copy-test") == before
 
+    assert len(before["snapshot_history"]) == 2
     # The copies go on where the source stopped: positions, versions and ids continue.
     for where in (pg_dsn, back):
         with EventStore(where) as store:
+            earlier = store.load_snapshot_at("acct-0", 3)
+            assert earlier is not None and (earlier.version, earlier.state) == (2, {"balance": 3})
             [event] = store.append("acct-1", [ConfDeposited("z", 1)], expected_version=6)
             assert event.position == before["events"][-1][0] + 1
             store.park("x", event, "E", "e", "tb", 1)

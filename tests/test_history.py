@@ -3,9 +3,11 @@ request (refused commands included), on both bases and on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from backstage_actors import EventStore
@@ -97,6 +99,51 @@ def test_a_snapshot_is_used_only_at_or_before_the_version_asked(tmp_path: Any) -
         assert state_of(store, SnapLedger, "x", version=2).balance == 3  # replayed: 1 + 2
         assert state_of(store, SnapLedger, "x", version=3).balance == -1  # the snapshot
         assert state_of(store, SnapLedger, "x", version=5).balance == -1 + 4 + 5
+
+
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_state_of_between_two_snapshots_starts_from_the_one_at_or_before(
+    tmp_path: Any, where: str
+) -> None:
+    database = str(tmp_path / "s.db") if where == "sqlite" else "memory:between"
+    with EventStore(database) as store:
+        store.append("SnapLedger-x", [Credited_(n) for n in range(1, 11)])
+        # Markers no replay could produce: each proves which snapshot a state started from.
+        store.save_snapshot("SnapLedger-x", 3, {"balance": -100, "count": 3, "notes": []})
+        store.save_snapshot("SnapLedger-x", 6, {"balance": -200, "count": 6, "notes": []})
+        store.save_snapshot("SnapLedger-x", 9, {"balance": -300, "count": 9, "notes": []})
+        # One of another schema_version is passed over, as the live aggregate does.
+        store.save_snapshot("SnapLedger-x", 8, {"balance": 0}, schema_version=99)
+        assert state_of(store, SnapLedger, "x", version=2).balance == 1 + 2  # none before: replay
+        assert state_of(store, SnapLedger, "x", version=3).balance == -100
+        assert state_of(store, SnapLedger, "x", version=5).balance == -100 + 4 + 5
+        assert state_of(store, SnapLedger, "x", version=8).balance == -200 + 7 + 8
+        assert state_of(store, SnapLedger, "x", version=10).balance == -300 + 10
+        assert state_of(store, SnapLedger, "x").balance == -300 + 10
+
+
+def _drop_snapshot_history(database: str) -> None:
+    """Make ``database`` as a release before the snapshot history left it."""
+    if database.startswith("postgresql:"):
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("DROP TABLE snapshot_history")
+    else:
+        with sqlite3.connect(database) as conn:
+            conn.execute("DROP TABLE snapshot_history")
+        conn.close()
+
+
+def test_a_database_made_before_the_snapshot_history_gets_it_on_open(app_database: str) -> None:
+    database = app_database
+    with EventStore(database) as store:
+        store.append("SnapLedger-x", [Credited_(n) for n in range(1, 6)])
+        store.save_snapshot("SnapLedger-x", 3, {"balance": -1, "count": 3, "notes": []})
+    _drop_snapshot_history(database)
+    with EventStore(database) as store:  # the latest snapshot starts the history
+        assert state_of(store, SnapLedger, "x", version=4).balance == -1 + 4
+        store.save_snapshot("SnapLedger-x", 5, {"balance": -50, "count": 5, "notes": []})
+        assert state_of(store, SnapLedger, "x", version=4).balance == -1 + 4
+        assert state_of(store, SnapLedger, "x", version=5).balance == -50
 
 
 def Credited_(n: int) -> Any:

@@ -319,7 +319,8 @@ class EventStore:
     def save_snapshot(
         self, stream_id: str, version: int, state: Any, schema_version: int = 1, type: str = ""
     ) -> None:
-        """Store the latest snapshot of ``stream_id`` (replacing an older one)."""
+        """Store the latest snapshot of ``stream_id`` (replacing an older one) and keep it in the
+        stream's snapshot history (:meth:`load_snapshot_at`)."""
         text = ser.dumps(state, f"snapshot of {stream_id}")
         self.recorder.save_snapshot(stream_id, version, schema_version, type, text, _now())
 
@@ -328,11 +329,16 @@ class EventStore:
         row = self.recorder.snapshot_row(stream_id)
         if row is None or (schema_version is not None and row[1] != schema_version):
             return None
-        try:
-            state = json.loads(row[3])
-        except ValueError:
-            return None  # a broken snapshot is only a lost shortcut: rebuild from the events
-        return Snapshot(stream_id, row[0], row[1], row[2], state, _datetime(row[4]))
+        return _snapshot(stream_id, row)
+
+    def load_snapshot_at(
+        self, stream_id: str, version: int, schema_version: int | None = None
+    ) -> Snapshot | None:
+        """The latest snapshot of ``stream_id`` at or before ``version`` in the stream's
+        snapshot history (of ``schema_version`` when given: one taken with another is passed
+        over), or None. What rebuilding a past state starts from (``history.state_of``)."""
+        row = self.recorder.snapshot_row_at(stream_id, version, schema_version)
+        return None if row is None else _snapshot(stream_id, row)
 
     # -- history ----------------------------------------------------------------------------
 
@@ -432,3 +438,11 @@ def _decoded(
         on_unreadable(exc)
         return
     yield event
+
+
+def _snapshot(stream_id: str, row: tuple[int, int, str, str, str]) -> Snapshot | None:
+    try:
+        state = json.loads(row[3])
+    except ValueError:
+        return None  # a broken snapshot is only a lost shortcut: rebuild from the events
+    return Snapshot(stream_id, row[0], row[1], row[2], state, _datetime(row[4]))

@@ -45,12 +45,18 @@ class PgBookkeeping:
     ) -> None:
         self._write_one(
             "save a snapshot",
-            "INSERT INTO snapshots (stream_id, version, schema_version, type, data, taken_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET"
+            # one statement, so one transaction: the latest and its place in the history
+            "WITH latest AS (INSERT INTO snapshots"
+            " (stream_id, version, schema_version, type, data, taken_at)"
+            " VALUES (%(s)s, %(v)s, %(sv)s, %(t)s, %(d)s, %(at)s) ON CONFLICT (stream_id) DO UPDATE SET"
             " version = excluded.version, schema_version = excluded.schema_version,"
             " type = excluded.type, data = excluded.data, taken_at = excluded.taken_at"
-            " WHERE excluded.version >= snapshots.version",
-            (stream_id, version, schema_version, type, data, at),
+            " WHERE excluded.version >= snapshots.version)"
+            " INSERT INTO snapshot_history (stream_id, version, schema_version, type, data, taken_at)"
+            " VALUES (%(s)s, %(v)s, %(sv)s, %(t)s, %(d)s, %(at)s) ON CONFLICT (stream_id, version)"
+            " DO UPDATE SET schema_version = excluded.schema_version, type = excluded.type,"
+            " data = excluded.data, taken_at = excluded.taken_at",
+            {"s": stream_id, "v": version, "sv": schema_version, "t": type, "d": data, "at": at},
         )
 
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
@@ -59,6 +65,19 @@ class PgBookkeeping:
             "SELECT version, schema_version, type, data, taken_at FROM snapshots"
             " WHERE stream_id = %s",
             (stream_id,),
+        )
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+
+    def snapshot_row_at(
+        self, stream_id: str, version: int, schema_version: int | None
+    ) -> tuple[int, int, str, str, str] | None:
+        row = self._one(
+            "load a snapshot",
+            "SELECT version, schema_version, type, data, taken_at FROM snapshot_history"
+            " WHERE stream_id = %(s)s AND version <= %(v)s"
+            " AND (%(sv)s::integer IS NULL OR schema_version = %(sv)s::integer)"
+            " ORDER BY version DESC LIMIT 1",
+            {"s": stream_id, "v": version, "sv": schema_version},
         )
         return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
@@ -172,6 +191,9 @@ class PgBookkeeping:
         if table == "process_managers":  # one row per running process: small
             yield self._all("export rows", f"{select} ORDER BY name, process_id")
             return
+        if table == "snapshot_history":  # keyed by (stream_id, version)
+            yield from self._export_by_two(select)
+            return
         key = columns[0]
         rows = self._all("export rows", f"{select} ORDER BY {key} LIMIT 1000")
         while rows:
@@ -182,6 +204,19 @@ class PgBookkeeping:
                 "export rows",
                 f"{select} WHERE {key} > %s ORDER BY {key} LIMIT 1000",
                 (rows[-1][0],),
+            )
+
+    def _export_by_two(self, select: str) -> Iterator[list[Row]]:
+        rows = self._all("export rows", f"{select} ORDER BY stream_id, version LIMIT 1000")
+        while rows:
+            yield rows
+            if len(rows) < 1000:
+                return
+            rows = self._all(
+                "export rows",
+                f"{select} WHERE (stream_id, version) > (%s, %s)"
+                " ORDER BY stream_id, version LIMIT 1000",
+                (rows[-1][0], rows[-1][1]),
             )
 
     def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:

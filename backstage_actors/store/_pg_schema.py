@@ -37,6 +37,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
     data TEXT NOT NULL,
     taken_at TEXT NOT NULL
 );
+-- Every snapshot kept, beside the latest (history.state_of starts from the one at or before a
+-- version). A store made before it existed gets it here, with its latest snapshots as the start.
+CREATE TABLE IF NOT EXISTS snapshot_history (
+    stream_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
+INSERT INTO snapshot_history (stream_id, version, schema_version, type, data, taken_at)
+    SELECT stream_id, version, schema_version, type, data, taken_at FROM snapshots
+    WHERE NOT EXISTS (SELECT 1 FROM snapshot_history)
+    ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT PRIMARY KEY,
     position BIGINT NOT NULL,

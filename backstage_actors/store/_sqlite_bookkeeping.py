@@ -34,11 +34,28 @@ class Bookkeeping:
                 " WHERE excluded.version >= snapshots.version",
                 (stream_id, version, schema_version, type, data, at),
             )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO snapshot_history"
+                " (stream_id, version, schema_version, type, data, taken_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (stream_id, version, schema_version, type, data, at),
+            )
 
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
         row = self.conn.execute(
             "SELECT version, schema_version, type, data, taken_at FROM snapshots WHERE stream_id = ?",
             (stream_id,),
+        ).fetchone()
+        return None if row is None else tuple(row)
+
+    def snapshot_row_at(
+        self, stream_id: str, version: int, schema_version: int | None
+    ) -> tuple[int, int, str, str, str] | None:
+        row = self.conn.execute(
+            "SELECT version, schema_version, type, data, taken_at FROM snapshot_history"
+            " WHERE stream_id = ? AND version <= ? AND (? IS NULL OR schema_version = ?)"
+            " ORDER BY version DESC LIMIT 1",
+            (stream_id, version, schema_version, schema_version),
         ).fetchone()
         return None if row is None else tuple(row)
 

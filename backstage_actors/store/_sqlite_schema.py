@@ -10,7 +10,7 @@ import sqlite_utils
 
 from .. import _security
 
-__all__ = ["SCHEMA", "Database", "open_database"]
+__all__ = ["SCHEMA", "SNAPSHOT_HISTORY", "Database", "open_database"]
 
 SCHEMA = """
 -- Every event ever appended, in the order it was committed. `position` is global and never reused
@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     data TEXT NOT NULL,
     taken_at TEXT NOT NULL
 );
+-- Every snapshot kept, beside the latest: `state_of` a past version starts from the one at or
+-- before it. (Also in SNAPSHOT_HISTORY, which creates it in a database made before it existed.)
+CREATE TABLE IF NOT EXISTS snapshot_history (
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
 -- How far each handler, projection and process manager has processed `events`.
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT PRIMARY KEY,
@@ -75,6 +86,24 @@ CREATE TABLE IF NOT EXISTS process_managers (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (name, process_id)
 );
+"""
+
+# Run on open when the table is missing: a database made before it existed gets it, with the
+# latest snapshot of each stream as the start of its history (idempotent, in one transaction).
+SNAPSHOT_HISTORY = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS snapshot_history (
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
+INSERT OR IGNORE INTO snapshot_history (stream_id, version, schema_version, type, data, taken_at)
+    SELECT stream_id, version, schema_version, type, data, taken_at FROM snapshots;
+COMMIT;
 """
 
 
@@ -130,4 +159,6 @@ def open_database(
     db = Database(conn)
     if not db["process_managers"].exists():
         conn.executescript(SCHEMA)
+    elif not db["snapshot_history"].exists():
+        conn.executescript(SNAPSHOT_HISTORY)
     return db

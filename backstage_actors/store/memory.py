@@ -42,6 +42,8 @@ class _State:
         self.kept: dict[str, tuple[int, int]] = {}  # the streams table: (version, truncated_before)
         self.next_position = 1
         self.snapshots: dict[str, tuple[int, int, str, str, str]] = {}
+        # the snapshot_history table: stream -> version -> (schema_version, type, data, taken_at)
+        self.snapshot_history: dict[str, dict[int, tuple[int, str, str, str]]] = {}
         self.checkpoints: dict[str, tuple[int, str]] = {}
         self.letters: dict[int, DeadLetter] = {}
         self.processes: dict[tuple[str, str], tuple[str, str]] = {}
@@ -243,6 +245,9 @@ class MemoryRecorder(MemoryHistory, Recorder):
                 self._set(
                     self.state.kept, stream_id, (max(old[0], version), max(old[1], before_version))
                 )
+            kept = self.state.snapshot_history.get(stream_id, {})
+            for number in [n for n in kept if n < before_version - 1]:
+                self._set(kept, number, None)
         return len(doomed)
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -256,9 +261,23 @@ class MemoryRecorder(MemoryHistory, Recorder):
                 self._set(
                     self.state.snapshots, stream_id, (version, schema_version, type, data, at)
                 )
+            kept = self.state.snapshot_history.setdefault(stream_id, {})
+            self._set(kept, version, (schema_version, type, data, at))
 
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
         return self.state.snapshots.get(stream_id)
+
+    def snapshot_row_at(
+        self, stream_id: str, version: int, schema_version: int | None
+    ) -> tuple[int, int, str, str, str] | None:
+        with self.state.lock:
+            kept = self.state.snapshot_history.get(stream_id, {})
+            found = [
+                n
+                for n, row in kept.items()
+                if n <= version and (schema_version is None or row[0] == schema_version)
+            ]
+            return None if not found else (max(found), *kept[max(found)])
 
     def checkpoint(self, name: str) -> int:
         found = self.state.checkpoints.get(name)
@@ -369,6 +388,12 @@ class MemoryRecorder(MemoryHistory, Recorder):
                 rows = [(s, v, t) for s, (v, t) in sorted(state.kept.items())]
             elif table == "snapshots":
                 rows = [(s, *v) for s, v in sorted(state.snapshots.items())]
+            elif table == "snapshot_history":
+                rows = [
+                    (s, n, *v)
+                    for s, kept in sorted(state.snapshot_history.items())
+                    for n, v in sorted(kept.items())
+                ]
             elif table == "checkpoints":
                 rows = [(n, *v) for n, v in sorted(state.checkpoints.items())]
             elif table == "dead_letters":
@@ -394,6 +419,9 @@ class MemoryRecorder(MemoryHistory, Recorder):
                 self._set(state.kept, row[0], (row[1], row[2]))
             elif table == "snapshots":
                 self._set(state.snapshots, row[0], tuple(row[1:]))
+            elif table == "snapshot_history":
+                kept = state.snapshot_history.setdefault(row[0], {})
+                self._set(kept, row[1], tuple(row[2:]))
             elif table == "checkpoints":
                 self._set(state.checkpoints, row[0], (row[1], row[2]))
             elif table == "dead_letters":

@@ -571,6 +571,11 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                         " excluded.truncated_before)",
                         (stream_id, version, before_version),
                     )
+                # What no kept event can follow goes with the events (the latest stays).
+                conn.execute(
+                    "DELETE FROM snapshot_history WHERE stream_id = %s AND version < %s",
+                    (stream_id, before_version - 1),
+                )
                 return int(deleted)
 
             return self._run("truncate a stream", work)

@@ -41,6 +41,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "streams": ("stream_id", "version", "truncated_before"),
     "snapshots": ("stream_id", "version", "schema_version", "type", "data", "taken_at"),
+    "snapshot_history": ("stream_id", "version", "schema_version", "type", "data", "taken_at"),
     "checkpoints": ("name", "position", "updated_at"),
     "dead_letters": (
         "id",
@@ -152,11 +153,20 @@ class Recorder(abc.ABC):
     def save_snapshot(
         self, stream_id: str, version: int, schema_version: int, type: str, data: str, at: str
     ) -> None:
-        """Replace the stream's snapshot unless the stored one is of a later version."""
+        """Replace the stream's snapshot unless the stored one is of a later version, and keep
+        it in the stream's snapshot history (replacing one of the same version), in one
+        transaction."""
 
     @abc.abstractmethod
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
         """``(version, schema_version, type, data, taken_at)``."""
+
+    @abc.abstractmethod
+    def snapshot_row_at(
+        self, stream_id: str, version: int, schema_version: int | None
+    ) -> tuple[int, int, str, str, str] | None:
+        """The snapshot history's latest row of ``stream_id`` at or before ``version`` (of
+        ``schema_version`` when given), as :meth:`snapshot_row`; one index seek."""
 
     @abc.abstractmethod
     def checkpoint(self, name: str) -> int: ...

@@ -411,7 +411,8 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
     # -- truncation -------------------------------------------------------------------------
 
     def truncate_stream(self, stream_id: str, before_version: int) -> int:
-        """Delete the stream's events below ``before_version``; its version stays. Returns the count."""
+        """Delete the stream's events below ``before_version``, and the history's snapshots
+        below ``before_version - 1``; its version stays. Returns the count of events."""
         with self.transaction():
             version = self.stream_version(stream_id)
             deleted = self.conn.execute(
@@ -425,6 +426,11 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
                     " truncated_before = max(truncated_before, excluded.truncated_before)",
                     (stream_id, version, before_version),
                 )
+            # What no kept event can follow goes with the events (the latest snapshot stays).
+            self.conn.execute(
+                "DELETE FROM snapshot_history WHERE stream_id = ? AND version < ?",
+                (stream_id, before_version - 1),
+            )
         return int(deleted)
 
     # -- projections --------------------------------------------------------------------------
