@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from .errors import StorageError
+from .store import store_kind
 
 __all__ = ["OwnerLock", "check_free", "owner_path"]
 
@@ -39,8 +40,8 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 def owner_path(database: str) -> str | None:
     """The lock file of ``database`` (None for databases that are not files)."""
-    if database == ":memory:" or "://" in database:
-        return None
+    if database == ":memory:" or "://" in database or store_kind(database) != "sqlite":
+        return None  # (PostgreSQL takes its writers' turns itself; memory is one process's)
     return database + ".owner"
 
 

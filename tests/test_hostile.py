@@ -223,6 +223,16 @@ def test_a_second_application_on_the_same_database_refuses_to_start(
     start_app(make_app()).dispatch(Write("after", "ok"))
 
 
+def test_a_store_that_is_no_file_takes_no_lock_file(
+    start_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-writer lock guards SQLite files: a memory store leaves no ``memory:X.owner``
+    file in the working directory (PostgreSQL orders its writers itself)."""
+    monkeypatch.chdir(tmp_path)
+    start_app(make_app(), database="memory:hostile").dispatch(Write("w", "ok"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".owner")) == []
+
+
 # -- the command line, against real daemons -------------------------------------------------
 
 HOSTILE_APP = "tests.hostile_domain:app"
