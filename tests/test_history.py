@@ -155,11 +155,15 @@ def Credited_(n: int) -> Any:
 # -- trace --------------------------------------------------------------------------------------
 
 
+def _label(node: dict[str, Any]) -> str:
+    return str(node["type"] if node["kind"] == "event" else node["command"])
+
+
 def _walk(node: dict[str, Any], depth: int = 0) -> list[tuple[int, str, str]]:
-    label = node["type"] if node["kind"] == "event" else node["command"]
-    outcome = node.get("outcome", "")
-    found = [(depth, label, outcome)]
-    for child in node["children"]:
+    """The tree depth first; siblings by name (commands one event caused at once go to
+    different aggregates, so their positions come in either order)."""
+    found = [(depth, _label(node), node.get("outcome", ""))]
+    for child in sorted(node["children"], key=_label):
         found += _walk(child, depth + 1)
     return found
 
@@ -186,10 +190,10 @@ def test_trace_of_a_refunded_transfer_shows_the_whole_saga(start_app: Start) -> 
         (3, "MoneyWithdrawn", ""),
         (4, "DepositForTransfer", "ok"),
         (5, "TransferDepositRefused", ""),
-        (6, "RefundTransfer", "ok"),
-        (7, "TransferRefunded", ""),
         (6, "FailTransfer", "ok"),
         (7, "TransferFailed", ""),
+        (6, "RefundTransfer", "ok"),
+        (7, "TransferRefunded", ""),
     ]
     withdraw = root["children"][0]["children"][0]
     assert withdraw["stream_id"] == "Account-alice" and withdraw["process_manager"] == "transfers"
