@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .command import CommandItem, DispatchResult
-from .errors import BackstageError
 from .store import EventStore
 
 __all__ = ["note_refusals"]
@@ -30,5 +29,7 @@ def note_refusals(
             continue
         try:
             store.record_rejection(stream_id, item.metadata, answer)
-        except BackstageError as exc:
-            _log.warning("%s: a refused command was not recorded: %s", stream_id, exc)
+        except Exception as exc:  # a read-only or full database, say: the answer still goes
+            _log.warning(
+                "%s: a refused command was not recorded: %s: %s", stream_id, type(exc).__name__, exc
+            )
