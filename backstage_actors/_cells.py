@@ -92,9 +92,11 @@ class Cell:
         "broken",
         "cls",
         "identity",
+        "last_failure",
         "last_used",
         "lifespan",
         "mailbox",
+        "restarts",
         "snapshot_at",
         "state",
         "stream_id",
@@ -112,6 +114,25 @@ class Cell:
         self.broken: str | None = None
         self.snapshot_at: int | None = None
         self.last_used = 0.0
+        self.restarts = 0  # crashes of its ``apply`` (each rebuilt it from the store)
+        self.last_failure: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Its node in ``tree`` (under its shard)."""
+        node: dict[str, Any] = {
+            "name": self.stream_id,
+            "kind": "aggregate",
+            "status": "running",
+            "restarts": self.restarts,
+            "version": self.state.version if self.state is not None else None,
+            "queued": len(self.mailbox),
+            "children": [],
+        }
+        if self.broken:
+            node["broken"] = self.broken
+        if self.last_failure:
+            node["last_failure"] = self.last_failure
+        return node
 
 
 class Cells:
@@ -261,6 +282,8 @@ class Cells:
         )
         log().error("%s", message, exc_info=exc)
         self.restarts += 1
+        cell.restarts += 1
+        cell.last_failure = message
         cell.state = None
         return AggregateFailed(message)
 
@@ -445,8 +468,15 @@ class Cells:
                 del self.cells[stream_id]
                 self.passivated += 1
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, window: int = 50) -> dict[str, Any]:
+        """The shard's counts, and its ``window`` most recently used aggregates as children."""
+        recent = []
+        for cell in reversed(self.cells.values()):
+            if len(recent) >= window:
+                break
+            recent.append(cell.describe())
         return {
+            "children": recent,
             "live": len(self.cells),
             "max_live": self.max_live,
             "passivated": self.passivated,

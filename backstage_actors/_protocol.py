@@ -20,6 +20,7 @@ __all__ = [
     "Flush",
     "Listeners",
     "Settings",
+    "ShardLoad",
 ]
 
 
@@ -32,8 +33,9 @@ class Settings:
     base: str = "multiproc"  # the Thespian base: "simple" or "multiproc"
     max_retries: int = 3
     lifespan: float | None = None
-    max_live: int = 1000
+    max_live: int = 1000  # live aggregates, all shards together
     page_size: int = 1000
+    shards: int = 1  # shard actors hosting the aggregates (see _shard)
 
     @property
     def append_via(self) -> str:
@@ -61,8 +63,8 @@ class Executed:
     """Answers: ``(request_id, DispatchResult | BackstageError)`` pairs."""
 
     results: list[tuple[str, Any]]
-    # ``(stream_id, address, lane)`` of the aggregate that answered: where to send its next
-    # commands (``lane``: the name of its local socket, or None; see ``_lane``).
+    # ``(stream_id, address, lane)`` of the shard that answered for that one stream: where to
+    # send its next commands (``lane``: the name of its local socket, or None; see ``_lane``).
     source: tuple[str, Any, str | None] | None = None
 
 
@@ -80,6 +82,16 @@ class CommandStats:
 
     aggregate: str
     delta: dict[str, Any]
+
+
+@attrs.frozen
+class ShardLoad:
+    """A shard's live aggregates and its totals so far, for the router (``tree``, ``top``)."""
+
+    shard: str
+    live: int
+    passivated: int
+    restarts: int
 
 
 @attrs.frozen

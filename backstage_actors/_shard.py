@@ -150,7 +150,7 @@ class ShardActor(SupervisedActor):
             return
         errors = self.cells.submit(execute.items, reply_to)
         if errors:
-            self._deliver(errors)
+            self._send_answers(errors)
         if self.cells.ready and not self.round_due:
             self.round_due = True
             self.send(self.myAddress, Round())
@@ -170,7 +170,7 @@ class ShardActor(SupervisedActor):
         """Decide, commit, answer (see ``_cells``); tell the event bus; go on if work is left."""
         self.rounds += 1
         before = self.cells.last_position
-        self._deliver(self.cells.run_round())
+        self._send_answers(self.cells.run_round())
         if self.cells.last_position > before:
             for listener in self.listeners:
                 self.send(listener, Appended(self.cells.last_position))
@@ -179,7 +179,7 @@ class ShardActor(SupervisedActor):
             self.send(self.myAddress, Round())
         self._schedule_wakeup()
 
-    def _deliver(self, answers: list[Answer]) -> None:
+    def _send_answers(self, answers: list[Answer]) -> None:
         """One :class:`Executed` per caller; it names the shard as the stream's home when all
         its answers are of one stream."""
         callers: list[tuple[Any, list[tuple[str, Any]], set[str | None]]] = []

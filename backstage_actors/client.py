@@ -5,7 +5,7 @@
 leaves running. Dispatch commands, wait for consistency, look at the tree, rebuild projections.
 
 
-Commands go to the router as :class:`Execute` messages; each aggregate answers the caller directly
+Commands go to the router as :class:`Execute` messages; each shard answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
 next, stale answers of timed-out requests included). On simpleSystemBase the actors run inside
 these calls, so calls from several threads take turns; on multiproc each thread gets its own
@@ -32,6 +32,7 @@ from . import _async, _lane, _shared, _thespian, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
+from ._shard import shard_name, shard_of
 from .command import CommandItem, DispatchResult, new_item
 from .errors import (
     BackstageError,
@@ -360,9 +361,9 @@ class RunningSystem:
                 answers[index] = answer
 
     def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
-        """``(address, stream id, lane)`` of the aggregate a single command may go straight to:
-        one that answered before, or on multiproc any live one, by the lane its stream's name
-        gives (``address`` is then None, and a refused connection means: ask the router)."""
+        """``(address, stream id, lane)`` of the shard a single command may go straight to: the
+        one that answered for its stream before, or on multiproc the lane its shard's name gives
+        (``address`` is then None, and a refused connection means: ask the router)."""
         if len(items) != 1:
             return None
         try:
@@ -373,7 +374,8 @@ class RunningSystem:
         if known is not None:
             return (known[0], stream_id, known[1])
         if self._system_key is not None:
-            name = _lane.name_for(self._system_key, self.settings.database, stream_id)
+            shard = shard_name(shard_of(stream_id, self.settings.shards))
+            name = _lane.name_for(self._system_key, self.settings.database, shard)
             return (None, stream_id, name)
         return None
 

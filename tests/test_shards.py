@@ -86,7 +86,7 @@ def family(pid: int) -> set[int]:
 
 @pytest.mark.parametrize("base", ["multiproc"], indirect=True)
 def test_many_aggregates_run_in_the_shards_processes(start_app: Any) -> None:
-    system = start_app(make_counters(), shards=2)
+    system = start_app(make_counters(shards=2))
     system.dispatch(Add("first", 1))
     admin = psutil.Process(shard_nodes(system)[0]["pid"]).parent()
     while admin.parent() is not None and "python" in " ".join(admin.parent().cmdline()):
@@ -131,7 +131,7 @@ def _named_adds(port: int, prefix: str, count: int, barrier: Any, results: Any) 
 
 @pytest.mark.parametrize("base", ["multiproc"], indirect=True)
 def test_sigkill_of_a_shard_under_load_loses_and_doubles_nothing(start_app: Any) -> None:
-    system = start_app(make_counters(), shards=2)
+    system = start_app(make_counters(shards=2))
     port = system.admin_port
     system.dispatch(Add("warm", 1))
     victim = shard_nodes(system)[0]["pid"]
@@ -164,7 +164,7 @@ def _adds(port: int, prefix: str, count: int, barrier: Any, results: Any) -> Non
 
 @pytest.mark.parametrize("base", ["multiproc"], indirect=True)
 def test_eight_client_processes_share_flushes(start_app: Any) -> None:
-    system = start_app(make_counters(), shards=2)
+    system = start_app(make_counters(shards=2))
     system.dispatch(Add("warm", 1))
     confirmed = run_at_once(_adds, [(system.admin_port, f"p{n}", 40) for n in range(8)])
     assert confirmed == [40] * 8
