@@ -145,13 +145,14 @@ class Cells:
         max_retries: int = 3,
         max_live: int = 10_000,
         lifespan: float | None = None,
+        defer_flush: bool = False,
     ) -> None:
         self.store = store
         self.router = router
         self.max_retries = max_retries
         self.max_live = max(1, max_live)
         self.lifespan = lifespan
-        self.writer = Writer(store)
+        self.writer = Writer(store, defer_flush)
         self.cells: OrderedDict[str, Cell] = OrderedDict()  # least recently used first
         self.ready: dict[str, Cell] = {}  # cells with work, in arrival order
         self.passivated = 0

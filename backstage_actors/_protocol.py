@@ -66,6 +66,9 @@ class Executed:
     # ``(stream_id, address, lane)`` of the shard that answered for that one stream: where to
     # send its next commands (``lane``: the name of its local socket, or None; see ``_lane``).
     source: tuple[str, Any, str | None] | None = None
+    # In-process: the commit the caller must see flushed to disk before it takes these answers
+    # as given (see ``_writer``; 0: nothing to wait for).
+    durable_at: int = 0
 
 
 @attrs.frozen

@@ -1,8 +1,8 @@
 """The router actor: the supervisor of the shards, a fixed pool that hosts every aggregate.
 
 Each command goes to the shard its stream id hashes to (:func:`~._shard.shard_of`); the shard
-finds or makes the aggregate (see ``_shard`` and ``_cells``). Shards start on their first
-command and are restarted when they crash or are killed; a command sent to a shard whose
+finds or makes the aggregate (see ``_shard`` and ``_cells``). Shards start with the router
+and are restarted when they crash or are killed; a command sent to a shard whose
 process just died comes back as a dead letter and is routed again. Which aggregate a command
 goes to is the :class:`~backstage_actors.router.Router`'s answer.
 """
@@ -43,6 +43,8 @@ class RouterActor(Supervisor):
         # A command forwarded to a shard whose process just died (before the router heard of
         # it) comes back as a dead letter: route it again instead of losing it.
         self.handleDeadLetters(startHandling=True)
+        for index in range(self.settings.shards):  # a fixed pool, started at once
+            self._ensure(index)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -77,6 +77,7 @@ class ShardActor(SupervisedActor):
             self.settings.max_retries,
             per_shard,
             self.settings.lifespan,
+            defer_flush=self.settings.base == "simple",
         )
         self.round_due = False
         self.wakeup_due = False
@@ -195,7 +196,7 @@ class ShardActor(SupervisedActor):
         for reply_to, results, streams in callers:
             stream = next(iter(streams)) if len(streams) == 1 else None
             source = (stream, self.myAddress, self.lane_name) if stream is not None else None
-            message = Executed(results, source)
+            message = Executed(results, source, self.cells.writer.durable_at)
             if isinstance(reply_to, _lane.LaneConnection):
                 if self.lanes is not None:
                     self.lanes.answer(reply_to, message)

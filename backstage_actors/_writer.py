@@ -8,6 +8,11 @@ that within a transaction), so no append is ever stored on a state that is not.
 
 A storage error that fails the whole transaction is every append's outcome: nothing of it is
 stored, and each caller hears of it (or has its command decided again, see ``_cells``).
+
+In-process (SQLite), the commit's flush to disk is left to the callers: each waits for it
+(``durable_at``, :meth:`SQLiteRecorder.flush_through`) after it let go of the running system's
+lock, so the next callers' commits are written while it waits, and one fdatasync covers them
+all. No caller returns an answer before the flush that covers its commit has ended.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 from typing import Any
 
 from . import telemetry
-from .errors import BackstageError
+from .errors import BackstageError, StorageError
 from .store import AppendRequest, EventStore
 
 __all__ = ["Writer"]
@@ -29,8 +34,17 @@ def log() -> logging.Logger:
 class Writer:
     """Commits a round's appends for one shard, and counts its commits (for ``tree``/``top``)."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, defer_flush: bool = False) -> None:
         self.store = store
+        # In-process: the flush of a commit is left to the callers of its answers (see
+        # ``durable_at``), so that threads waiting on the disk do not hold up the next round.
+        self.recorder: Any = store.recorder
+        self.defers = defer_flush and hasattr(self.recorder, "flush_through")
+        if self.defers:
+            self.recorder.defer_flush = True
+        # The last commit left to the callers to flush: every answer from now on may count on
+        # it (even one without an append), so each carries it (0: none).
+        self.durable_at = 0
         self.commits = 0
         self.appends = 0
         self.stats = telemetry.Stats()
@@ -43,10 +57,14 @@ class Writer:
         try:
             with telemetry.span("append", self.stats, appends=len(requests)):
                 results: list[Any] = self.store.append_batches(requests)
-        except BackstageError as exc:
+        except Exception as exc:  # every appender hears of it; none waits for a timeout
             log().error("group commit of %d appends failed: %s", len(requests), exc)
+            if not isinstance(exc, BackstageError):
+                exc = StorageError(f"the group commit failed: {type(exc).__name__}: {exc}")
             results = [exc] * len(requests)
         self.commits += 1
+        if self.defers and self.recorder.deferred:
+            self.durable_at, self.recorder.deferred = self.recorder.deferred, 0
         self.appends += len(requests)
         self.meter.batch(len(requests))
         return results
@@ -55,7 +73,7 @@ class Writer:
         return {
             "commits": self.commits,
             "appends": self.appends,
-            "flushes": getattr(self.store.recorder, "flushes", None),
+            "flushes": getattr(self.recorder, "flushes", None),
             "batch_sizes": self.meter.batches,
             "telemetry": self.stats.summary(),
         }

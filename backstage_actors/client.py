@@ -301,6 +301,7 @@ class RunningSystem:
                 lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
                 direct = None
         router = self.router_address()
+        durable_at = 0
         with self._endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:
@@ -329,6 +330,7 @@ class RunningSystem:
                     reply = endpoint.listen(self._wait_step(step))
                 if isinstance(reply, Executed):
                     self._take(reply, waiting, answers)
+                    durable_at = max(durable_at, reply.durable_at)
                 elif isinstance(reply, PoisonMessage):
                     self._router = None  # the router moved; the next call looks it up again
                     break
@@ -337,6 +339,8 @@ class RunningSystem:
                 if self._sent >= 10_000:  # (under the lock: no actor runs meanwhile)
                     self._sent = 0
                     _thespian.compact_registry(self.actor_system)
+        if durable_at:
+            self._await_flush(durable_at, answers)
         if waiting:
             # No answer: the router may live elsewhere now; look it up again next time.
             self._router = None
@@ -347,6 +351,15 @@ class RunningSystem:
                 f"{name}: no answer within {timeout}s; it may or may not have been executed"
             )
         return answers
+
+    def _await_flush(self, commit: int, answers: list[Any]) -> None:
+        """In-process: the answers count on commit number ``commit``; flush it to disk (or
+        find it flushed by another caller) now that other callers may go on (see ``_writer``).
+        If the flush fails, no answer is given: each becomes the storage error."""
+        try:
+            _shared.shared_store(self.settings).recorder.flush_through(commit)
+        except BackstageError as exc:
+            answers[:] = [exc if answer is not None else None for answer in answers]
 
     def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives."""

@@ -16,7 +16,7 @@ import pytest
 
 from backstage_actors import AggregateFailed, CommandRejected, DispatchResult, DispatchTimeout
 
-from .conftest import process_alive, run_at_once, wait_until
+from .conftest import free_port, process_alive, run_at_once, wait_until
 from .dispatch_domain import Add, Explode
 from .dispatch_domain import make_app as make_counters
 from .shards_domain import Open, OpenRacing, make_app
@@ -131,8 +131,8 @@ def _named_adds(port: int, prefix: str, count: int, barrier: Any, results: Any) 
 
 @pytest.mark.parametrize("base", ["multiproc"], indirect=True)
 def test_sigkill_of_a_shard_under_load_loses_and_doubles_nothing(start_app: Any) -> None:
-    system = start_app(make_counters(shards=2))
-    port = system.admin_port
+    port = free_port()
+    system = start_app(make_counters(shards=2), port=port)
     system.dispatch(Add("warm", 1))
     victim = shard_nodes(system)[0]["pid"]
     killer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
@@ -164,9 +164,10 @@ def _adds(port: int, prefix: str, count: int, barrier: Any, results: Any) -> Non
 
 @pytest.mark.parametrize("base", ["multiproc"], indirect=True)
 def test_eight_client_processes_share_flushes(start_app: Any) -> None:
-    system = start_app(make_counters(shards=2))
+    port = free_port()
+    system = start_app(make_counters(shards=2), port=port)
     system.dispatch(Add("warm", 1))
-    confirmed = run_at_once(_adds, [(system.admin_port, f"p{n}", 40) for n in range(8)])
+    confirmed = run_at_once(_adds, [(port, f"p{n}", 40) for n in range(8)])
     assert confirmed == [40] * 8
     commits, appends, flushes = wait_until(
         lambda: (c := writer_counts(system))[1] >= 321 and c, what="the shards' counts"
