@@ -471,7 +471,7 @@ class Cells:
 
     def describe(self, window: int = 50) -> dict[str, Any]:
         """The shard's counts, and its ``window`` most recently used aggregates as children."""
-        recent = []
+        recent: list[dict[str, Any]] = []
         for cell in reversed(self.cells.values()):
             if len(recent) >= window:
                 break

@@ -1,4 +1,4 @@
-"""Messages between the client, the router, aggregate actors and the store actor (internal)."""
+"""Messages between the client, the router and the shards (internal)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from typing import Any
 import attrs
 
 from .command import CommandItem
-from .store.records import AppendRequest
 
 __all__ = [
-    "AppendBatch",
-    "AppendFailed",
-    "AppendResults",
     "Appended",
     "CommandStats",
     "Execute",
     "Executed",
-    "Flush",
     "Listeners",
     "Settings",
     "ShardLoad",
@@ -37,12 +32,6 @@ class Settings:
     page_size: int = 1000
     shards: int = 1  # shard actors hosting the aggregates (see _shard)
 
-    @property
-    def append_via(self) -> str:
-        """Who commits a batch's appends: ``"actor"`` (in-process: the store actor, in one group
-        commit) or ``"direct"`` (multiproc: each aggregate process, a hop saved)."""
-        return "actor" if self.base == "simple" else "direct"
-
 
 @attrs.frozen
 class Execute:
@@ -50,8 +39,7 @@ class Execute:
 
     items: list[CommandItem]
     reply_to: Any
-    # Part of a larger batch: other aggregates are appending at the same moment, so the appends
-    # go through the store actor's group commit (in-process; see _aggregate_actor).
+    # Part of a larger batch (several commands sent together).
     grouped: bool = False
     # Set when a client sends straight to the aggregate it believes owns this stream: the
     # aggregate checks it, and hands a misdelivered message to the router.
@@ -69,13 +57,6 @@ class Executed:
     # In-process: the commit the caller must see flushed to disk before it takes these answers
     # as given (see ``_writer``; 0: nothing to wait for).
     durable_at: int = 0
-
-
-@attrs.frozen
-class Touched:
-    """An aggregate was used directly by a client: the router keeps its idle clock right."""
-
-    stream_id: str
 
 
 @attrs.frozen
@@ -98,49 +79,10 @@ class ShardLoad:
 
 
 @attrs.frozen
-class AppendBatch:
-    """Appends for the store actor's next group commit.
-
-    Without ``reply_to`` the sender waits for an :class:`AppendResults` with its ``tag``. With
-    it the sender did not wait (pipelined): the store actor answers ``reply_to`` for each
-    request's command (``items``: the command and its attempt, one per request) and tells the
-    sender only of failures (:class:`AppendFailed`); ``tag`` is then the sender's epoch.
-    """
-
-    requests: list[AppendRequest]
-    tag: Any
-    reply_to: Any = None
-    items: list[tuple[CommandItem, int]] | None = None
-
-
-@attrs.frozen
-class AppendFailed:
-    """Pipelined appends of one epoch that failed, each with its command, attempt and error.
-    With none, the aggregate only rebuilds: a command of that epoch was run on a state that
-    already held its first attempt."""
-
-    epoch: int
-    failures: list[tuple[CommandItem, int, Any]]
-    reply_to: Any
-
-
-@attrs.frozen
-class AppendResults:
-    tag: Any
-    results: list[Any]
-
-
-@attrs.frozen
-class Flush:
-    pass
-
-
-@attrs.frozen
 class Listeners:
-    """Where aggregates announce new events (the event bus), and the store actor's address."""
+    """Where shards announce new events (the event bus)."""
 
     listeners: list[Any]
-    store_actor: Any = None
 
 
 @attrs.frozen

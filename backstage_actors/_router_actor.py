@@ -35,7 +35,7 @@ class RouterActor(Supervisor):
         super().on_start()
         self.router: Router = self.args["router"]
         self.settings: Settings = self.args["settings"]
-        self.listeners = Listeners([], None)
+        self.listeners = Listeners([])
         self.loads: dict[str, ShardLoad] = {}  # shard name -> its last report
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
         if self.supervisor is not None:
@@ -165,7 +165,7 @@ class RouterActor(Supervisor):
     def _sibling_moved(self, message: ChildAddress) -> None:
         if message.name != EVENTS:
             return
-        self.listeners = Listeners([message.address] if message.address else [], None)
+        self.listeners = Listeners([message.address] if message.address else [])
         for child in self.children.values():
             if child.status in ("starting", "running"):
                 self.send(child.address, self.listeners)

@@ -38,10 +38,11 @@ class Writer:
         self.store = store
         # In-process: the flush of a commit is left to the callers of its answers (see
         # ``durable_at``), so that threads waiting on the disk do not hold up the next round.
-        self.recorder: Any = store.recorder
-        self.defers = defer_flush and hasattr(self.recorder, "flush_through")
+        recorder: Any = store.recorder
+        self.recorder = recorder
+        self.defers = defer_flush and hasattr(recorder, "flush_through")
         if self.defers:
-            self.recorder.defer_flush = True
+            recorder.defer_flush = True
         # The last commit left to the callers to flush: every answer from now on may count on
         # it (even one without an append), so each carries it (0: none).
         self.durable_at = 0

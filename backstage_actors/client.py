@@ -356,8 +356,9 @@ class RunningSystem:
         """In-process: the answers count on commit number ``commit``; flush it to disk (or
         find it flushed by another caller) now that other callers may go on (see ``_writer``).
         If the flush fails, no answer is given: each becomes the storage error."""
+        recorder: Any = _shared.shared_store(self.settings).recorder
         try:
-            _shared.shared_store(self.settings).recorder.flush_through(commit)
+            recorder.flush_through(commit)
         except BackstageError as exc:
             answers[:] = [exc if answer is not None else None for answer in answers]
 

@@ -14,10 +14,16 @@ from typing import Any
 import psutil
 import pytest
 
-from backstage_actors import AggregateFailed, CommandRejected, DispatchResult, DispatchTimeout
+from backstage_actors import (
+    AggregateFailed,
+    Application,
+    CommandRejected,
+    DispatchResult,
+    DispatchTimeout,
+)
 
 from .conftest import free_port, process_alive, run_at_once, wait_until
-from .dispatch_domain import Add, Explode
+from .dispatch_domain import Add, Explode, make_router
 from .dispatch_domain import make_app as make_counters
 from .shards_domain import Open, OpenRacing, make_app
 
@@ -106,10 +112,6 @@ def test_many_aggregates_run_in_the_shards_processes(start_app: Any) -> None:
 
 def _named_adds(port: int, prefix: str, count: int, barrier: Any, results: Any) -> None:
     """A client process: ``count`` named commands, each sent again until it is answered."""
-    from backstage_actors import Application  # noqa: PLC0415  (a spawned process)
-
-    from tests.dispatch_domain import make_router  # noqa: PLC0415
-
     app = Application("dispatch", router=make_router())
     system = app.attach(port=port)
     barrier.wait()
@@ -149,10 +151,6 @@ def test_sigkill_of_a_shard_under_load_loses_and_doubles_nothing(start_app: Any)
 
 
 def _adds(port: int, prefix: str, count: int, barrier: Any, results: Any) -> None:
-    from backstage_actors import Application  # noqa: PLC0415  (a spawned process)
-
-    from tests.dispatch_domain import make_router  # noqa: PLC0415
-
     system = Application("dispatch", router=make_router()).attach(port=port)
     barrier.wait()
     try:
