@@ -37,6 +37,7 @@ from .errors import (
 )
 from .event import register_event, upcaster
 from .handler import PARK, SKIP, STOP, EventHandler, Metadata, Retry, Subscriber
+from .limits import Limits
 from .middleware import Middleware, Pipeline
 from .process_manager import ProcessManager
 from .projection import Projection
@@ -65,6 +66,7 @@ __all__ = [
     "EventHandler",
     "EventStore",
     "InvalidCommand",
+    "Limits",
     "Metadata",
     "Middleware",
     "Pipeline",

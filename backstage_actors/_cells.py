@@ -49,6 +49,7 @@ from .errors import (
     UnregisteredCommand,
     WrongExpectedVersion,
 )
+from .limits import DEFAULT_LIMITS, Limits
 from .router import Router
 from .store import AppendRequest, EventStore, RecordedEvent
 from .store._codec import encode_event
@@ -146,12 +147,14 @@ class Cells:
         max_live: int = 10_000,
         lifespan: float | None = None,
         defer_flush: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.router = router
         self.max_retries = max_retries
         self.max_live = max(1, max_live)
         self.lifespan = lifespan
+        self.limits = limits
         self.writer = Writer(store, defer_flush)
         self.cells: OrderedDict[str, Cell] = OrderedDict()  # least recently used first
         self.ready: dict[str, Cell] = {}  # cells with work, in arrival order
@@ -171,7 +174,7 @@ class Cells:
         began = time.perf_counter()
         for item in items:
             try:
-                route, stream_id, identity = self.router.stream_of(item.command)
+                route, stream_id, identity = self.router.stream_of(item.command, self.limits)
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((reply_to, item.request_id, exc, None))
                 continue
@@ -261,7 +264,7 @@ class Cells:
                 ),
             )
         try:
-            encoded = [encode_event(event) for event in events]
+            encoded = [encode_event(event, True, self.limits) for event in events]
         except BackstageError as exc:
             return Decision(work, exc)
         expected = state.version

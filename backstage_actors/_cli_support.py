@@ -3,6 +3,7 @@ and rendering (``cli.py`` holds the verbs themselves)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -20,9 +21,11 @@ from .errors import (
     BackstageError,
     ConsistencyTimeout,
     DispatchTimeout,
+    InvalidCommand,
     SerializationError,
     StorageError,
     SystemNotRunning,
+    UnregisteredCommand,
 )
 from .store import EventStore, store_kind
 
@@ -61,8 +64,8 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_NOT_RUNNING
     if isinstance(error, StorageError):
         return EXIT_STORAGE
-    if isinstance(error, SerializationError):
-        return EXIT_INPUT
+    if isinstance(error, (SerializationError, InvalidCommand, UnregisteredCommand)):
+        return EXIT_INPUT  # the input cannot be a command: nothing was sent
     return EXIT_FAILED
 
 
@@ -72,10 +75,12 @@ class Session:
     def __init__(self) -> None:
         self.attached: dict[int, tuple[Any, Any]] = {}
 
-    def system(self, port: int) -> tuple[Any, Any]:
-        if port not in self.attached:
+    def system(self, port: int, need_app: bool = True) -> tuple[Any, Any]:
+        """The daemon on ``port``; without ``need_app`` its module need not import here."""
+        known = self.attached.get(port)
+        if known is None or (need_app and getattr(known[0], "stand_in", False)):
             try:
-                self.attached[port] = _daemon.attach(port)
+                self.attached[port] = _daemon.attach(port, need_app)
             except BackstageError as exc:
                 fail(str(exc), exit_code_for(exc))
         return self.attached[port]
@@ -112,6 +117,8 @@ def parse_json(text: str, where: str = "JSON") -> Any:
             f"bad {where}: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
             EXIT_INPUT,
         )
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        fail(f"bad {where}: {exc}", EXIT_INPUT)
 
 
 def event_line(recorded: Any) -> str:
@@ -119,8 +126,9 @@ def event_line(recorded: Any) -> str:
     return f"  v{recorded.version} @{recorded.position} {recorded.type} {data}"
 
 
-def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
-    """``(line number, command or None, error or None)`` for each non-empty line."""
+def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """``(line number, command or None, its command id or None, error or None)`` for each
+    non-empty line."""
     # Bytes, decoded line by line: a text stream decodes ahead in blocks, so one bad byte would
     # lose the good lines before it and be reported on the wrong line.
     with open(path, "rb") as lines:
@@ -128,7 +136,7 @@ def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")  # a JSON error's column is on this line
             except UnicodeDecodeError as exc:
-                yield number, None, f"invalid UTF-8: {exc.reason} at byte {exc.start + 1}"
+                yield number, None, None, f"invalid UTF-8: {exc.reason} at byte {exc.start + 1}"
                 continue
             if not line.strip():
                 continue
@@ -139,76 +147,123 @@ def _read_lines(app: Any, path: str) -> Iterator[tuple[int, Any, str | None]]:
                 cls = app.router.command_class(str(entry["command"]))
                 if cls is None:
                     raise ValueError(f"unknown command {entry['command']!r}")
-                yield number, command_from_data(cls, entry.get("data", {})), None
+                given = entry.get("command_id")
+                if given is not None and (not isinstance(given, str) or not given.strip()):
+                    raise ValueError("command_id must be a non-empty string")
+                yield number, command_from_data(cls, entry.get("data", {})), given, None
             except json.JSONDecodeError as exc:
-                yield number, None, f"bad JSON: {exc.msg} at column {exc.colno}"
+                yield number, None, None, f"bad JSON: {exc.msg} at column {exc.colno}"
             except RecursionError:
-                yield number, None, "bad JSON: nested too deeply"
+                yield number, None, None, "bad JSON: nested too deeply"
             except (ValueError, BackstageError) as exc:
-                yield number, None, str(exc)
+                yield number, None, None, str(exc)
+
+
+def file_key(path: str) -> str:
+    """What names a file's commands: a hash of its content. The same file sent again (after a
+    timeout, say) names the same commands, so nothing of it is applied twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as content:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+# How send --file sorts each line's outcome (``unknown``: no answer in time; sending the same
+# file again settles it: what was stored is answered, not applied again).
+OUTCOMES = ("accepted", "rejected", "invalid", "unknown")
+
+
+def outcome_of(result: Any) -> str:
+    if not isinstance(result, BaseException):
+        return "accepted"
+    if isinstance(result, (DispatchTimeout, SystemNotRunning)):
+        return "unknown"
+    if isinstance(result, (SerializationError, InvalidCommand, UnregisteredCommand)):
+        return "invalid"
+    return "rejected"
 
 
 def send_file(
-    session: Session, path: str, port: int, batch: int, timeout: float, as_json: bool
+    session: Session, path: str, port: int, batch: int, timeout: float | None, as_json: bool
 ) -> None:
     app, system = session.system(port)
     if not os.path.exists(path):
         fail(f"no such file: {path}", EXIT_INPUT)
+    key = file_key(path)
     with open(path, "rb") as counting:
         total = sum(1 for line in counting if line.strip())
+    found: dict[str, list[tuple[int, str]]] = {name: [] for name in OUTCOMES}
     accepted = 0
-    rejected: list[tuple[int, str]] = []
     started = time.perf_counter()
-    pending: list[tuple[int, Any]] = []
+    pending: list[tuple[int, Any, str]] = []
 
     def flush() -> None:
         nonlocal accepted
         if not pending:
             return
+        wait = timeout if timeout is not None else max(10.0, len(pending) / 100)
         results = system.dispatch_many(
-            [c for _, c in pending], batch_size=batch, timeout=max(timeout, len(pending) / 100)
+            [c for _, c, _ in pending],
+            metadata=[{"command_id": i} for _, _, i in pending],
+            batch_size=batch,
+            timeout=wait,
         )
-        for (number, _), result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                rejected.append((number, str(result)))
-            else:
+        for (number, _, _), result in zip(pending, results, strict=True):
+            outcome = outcome_of(result)
+            if outcome == "accepted":
                 accepted += 1
+            else:
+                found[outcome].append((number, str(result)))
         bar.update(len(pending))
         pending.clear()
 
     with click.progressbar(length=total, label="sending", file=sys.stderr) as bar:
-        for number, command, error in _read_lines(app, path):
+        for number, command, command_id, error in _read_lines(app, path):
             if error is not None:
-                rejected.append((number, error))
+                found["invalid"].append((number, error))
                 bar.update(1)
                 continue
-            pending.append((number, command))
+            pending.append((number, command, command_id or f"{key}:{number}"))
             if len(pending) >= batch * 4:
                 flush()
         flush()
     elapsed = time.perf_counter() - started
-    rate = (accepted + len(rejected)) / elapsed if elapsed > 0 else 0.0
-    rejected.sort()  # refusals come back after the parse errors of later lines
+    _report_file(found, accepted, elapsed, as_json)
+
+
+def _report_file(
+    found: dict[str, list[tuple[int, str]]], accepted: int, elapsed: float, as_json: bool
+) -> None:
+    done = accepted + sum(len(lines) for lines in found.values())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    for lines in found.values():
+        lines.sort()  # refusals come back after the parse errors of later lines
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "accepted": accepted,
-                    "rejected": [{"line": n, "reason": r} for n, r in rejected],
-                    "seconds": round(elapsed, 3),
-                    "commands_per_second": round(rate, 1),
-                }
-            )
-        )
+        report: dict[str, Any] = {"accepted": accepted}
+        for name in OUTCOMES[1:]:
+            report[name] = [{"line": n, "reason": r} for n, r in found[name]]
+        report.update(seconds=round(elapsed, 3), commands_per_second=round(rate, 1))
+        click.echo(json.dumps(report))
     else:
-        click.echo(
-            f"accepted {accepted}, rejected {len(rejected)} in {elapsed:.2f}s ({rate:,.0f} commands/s)"
-        )
-        for number, reason in rejected[:50]:
-            click.echo(f"  line {number}: {reason}")
-        if len(rejected) > 50:
-            click.echo(f"  ... and {len(rejected) - 50} more (use --json for all)")
-    if rejected:
+        counts = ", ".join(f"{name} {len(found[name])}" for name in OUTCOMES[1:])
+        click.echo(f"accepted {accepted}, {counts} in {elapsed:.2f}s ({rate:,.0f} commands/s)")
+        shown = 0
+        for name in OUTCOMES[1:]:
+            for number, reason in found[name]:
+                if shown < 50:
+                    click.echo(f"  line {number}: {name}: {reason}")
+                shown += 1
+        if shown > 50:
+            click.echo(f"  ... and {shown - 50} more (use --json for all)")
+        if found["unknown"]:
+            click.echo(
+                f"  {len(found['unknown'])} without an answer: send the same file again to "
+                "settle them (what was stored is not applied twice)"
+            )
+    if found["unknown"]:
+        sys.exit(EXIT_TIMEOUT)
+    if found["rejected"] or found["invalid"]:
         sys.exit(EXIT_FAILED)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from . import _security, _thespian
 from .application import Application
 from .errors import BackstageError, StorageError, SystemNotRunning
+from .router import Router
 from .store import EventStore, normalise, redact
 
 __all__ = [
@@ -271,8 +272,12 @@ def admin_alive(state: DaemonState | None) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
-def attach(port: int) -> tuple[Any, Any]:
-    """``(app, running_system)`` for the daemon on ``port``; SystemNotRunning if there is none."""
+def attach(port: int, need_app: bool = True) -> tuple[Any, Any]:
+    """``(app, running_system)`` for the daemon on ``port``; SystemNotRunning if there is none.
+
+    Without ``need_app`` (verbs that only look inside or stop: tree, status, stop) the app's
+    module need not import here: a stand-in with the daemon's name and database serves.
+    """
     state = read_state(port)
     # A state file whose admin is gone is a crash, whether or not an orphan still holds the port.
     if state is not None and not admin_alive(state):
@@ -284,9 +289,22 @@ def attach(port: int) -> tuple[Any, Any]:
         raise SystemNotRunning(
             f"no backstage daemon runs on port {port} (start one with `backstage start APP`)"
         )
-    app = load_app(state["app"])
+    try:
+        app = load_app(state["app"])
+    except BackstageError as exc:
+        if need_app:
+            raise BackstageError(f"{exc} (run this where the daemon's app imports)") from None
+        app = stand_in(state)
     try:
         actor_system = _thespian.attach(port, state.get("host", "127.0.0.1"))
     except Exception as exc:
         raise SystemNotRunning(f"cannot attach to the daemon on port {port}: {exc}") from None
     return app, app.attach(actor_system, database=state["database"])
+
+
+def stand_in(state: DaemonState) -> Any:
+    """An application with the daemon's name and database and no routes: enough to find its
+    tree, read its store and stop it from a directory where its module does not import."""
+    app = Application(str(state["name"]), router=Router(), database=str(state["database"]))
+    app.stand_in = True  # type: ignore[attr-defined]
+    return app

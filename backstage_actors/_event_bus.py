@@ -274,7 +274,12 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
         strong[name] = cls.consistency == "strong"
         children.append(
             ChildSpec(
-                name, runtime_of(cls), args={"settings": settings, "subscriber": cls}, kind=cls.kind
+                name,
+                runtime_of(cls),
+                # (a process manager finds the stream of its commands, to send them straight to
+                # the aggregates it heard from)
+                args={"settings": settings, "subscriber": cls, "routes": app.router},
+                kind=cls.kind,
             )
         )
     spec = SupervisorSpec(

@@ -1,6 +1,13 @@
-"""The runtime of a :class:`~backstage_actors.process_manager.ProcessManager`: one event at a time,
-its commands dispatched and answered before the instance's state and the checkpoint are saved
-together.
+"""The runtime of a :class:`~backstage_actors.process_manager.ProcessManager`: events in order,
+the commands of several instances in flight at once, each instance's state and the checkpoint
+saved together.
+
+Events are handled in log order, and the commands of up to ``max_in_flight`` of them are in
+flight at once, as long as they belong to different process instances: throughput is not one
+round trip per event. (One event at a time, a process manager behind a busy router fell
+thousands of events behind.) An instance's next event waits until its previous one is saved.
+Steps are finished strictly in log order, their states and the checkpoint saved in one
+transaction, so a restart replays exactly what was not saved.
 
 Command ids derive from the event's id, so an event delivered again after a crash dispatches the
 same commands under the same names, and the aggregates answer them from the store.
@@ -9,12 +16,14 @@ same commands under the same names, and the aggregates answer them from the stor
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict, deque
 from typing import Any
 
 from ._protocol import Execute, Executed
 from ._subscriber import SubscriberActor
 from .aggregate import events_of
 from .command import CommandItem, DispatchResult
+from .errors import CommandRejected
 from .handler import Metadata
 from .process_manager import ProcessManager
 from .store import RecordedEvent
@@ -22,6 +31,7 @@ from .store import RecordedEvent
 __all__ = ["ProcessManagerActor"]
 
 _COMMAND_NAMESPACE = uuid.UUID("0b9e6a4c-2f1d-4c55-9a43-7d2f1f6f5e21")
+MAX_KNOWN = 1000  # aggregate addresses a process manager keeps, most recently used
 
 
 class _DispatchDue:
@@ -31,6 +41,40 @@ class _DispatchDue:
         self.attempt = attempt
 
 
+class _Step:
+    """One event the process manager has scanned, in log order: passed over (``done`` from the
+    start), or handled with commands in flight, or failed (``error``)."""
+
+    __slots__ = (
+        "action",
+        "attempt",
+        "done",
+        "error",
+        "manager",
+        "meta",
+        "position",
+        "process_id",
+        "recorded",
+        "row",
+        "waiting",
+    )
+
+    def __init__(
+        self, row: tuple[Any, ...], recorded: RecordedEvent | None, meta: Metadata
+    ) -> None:
+        self.row = row
+        self.meta = meta
+        self.position: int = row[0]
+        self.recorded = recorded
+        self.manager: ProcessManager | None = None
+        self.action = ""
+        self.process_id: str | None = None
+        self.waiting: set[str] = set()
+        self.attempt = 0
+        self.error: BaseException | None = None
+        self.done = True
+
+
 class ProcessManagerActor(SubscriberActor):
     """Runs one :class:`ProcessManager`."""
 
@@ -38,9 +82,11 @@ class ProcessManagerActor(SubscriberActor):
     cls: type[ProcessManager]
 
     def open(self) -> None:
-        # The event whose commands are in flight: {"recorded", "manager", "action", "waiting",
-        # "errors", "attempt"}; no page is read meanwhile.
+        # Set while no page may be read: {"blocked": why} (too many in flight, an instance's
+        # previous step not saved yet).
         self.dispatching: dict[str, Any] | None = None
+        self._pm_steps: deque[_Step] = deque()  # scanned, not yet saved, in log order
+        self._pm_aggregates: OrderedDict[str, Any] = OrderedDict()  # stream id -> address
 
     def busy(self) -> bool:
         return self.dispatching is not None
@@ -55,12 +101,9 @@ class ProcessManagerActor(SubscriberActor):
             self._on_dispatched(message)
 
     def wakeup_other(self, payload: Any) -> None:
-        if (
-            isinstance(payload, _DispatchDue)
-            and self.dispatching is not None
-            and self.dispatching["attempt"] == payload.attempt
-        ):
-            self._dispatch_failed(TimeoutError("the dispatched commands were not answered in time"))
+        if isinstance(payload, _DispatchDue):
+            error = TimeoutError("the dispatched commands were not answered in time")
+            self._dispatch_failed(error, payload.attempt)
 
     def redelivery_refusal(self) -> str:
         return "process managers cannot retry a parked event out of order"
@@ -71,41 +114,75 @@ class ProcessManagerActor(SubscriberActor):
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
         return self._manage(rows), False
 
+    @property
+    def _steps(self) -> deque[_Step]:
+        return self._pm_steps
+
+    def _window(self) -> int:
+        return max(1, int(self.cls.max_in_flight))
+
+    def in_flight(self) -> bool:
+        """Whether steps wait for answers or saving (it is not idle then)."""
+        return bool(self._pm_steps)
+
+    def read_from(self) -> int:
+        """The position to read on from: past what is scanned (a process manager's steps may
+        be in flight beyond its checkpoint)."""
+        steps = self._pm_steps
+        return (steps[-1].position if steps else self.position) + 1
+
     def _manage(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Scan ``rows``; False when it must wait (too many in flight, an instance busy)."""
+        steps = self._steps
         for row in rows:
+            if row[0] <= (steps[-1].position if steps else self.position):
+                continue
+            if sum(1 for step in steps if not step.done) >= self._window():
+                self.dispatching = {"blocked": "in flight"}
+                return False
             recorded, meta, error = self._decode(row)
+            step = _Step(row, recorded, meta)
             if error is None and recorded is not None:
                 try:
-                    if self._pm_step(recorded):
-                        return False  # waiting for the router or for the commands' answers
+                    if not self._pm_step(step):
+                        return False  # this instance is busy, or no router yet
                 except Exception as exc:
-                    error = exc
-            if error is not None:
-                if not self._policy(error, recorded, meta, row):
-                    return False
-                self._advance_pm(row[0], None)
-        return True
+                    step.error = exc
+            else:
+                step.error = error
+            steps.append(step)
+        self._finish_steps()
+        return self.state == "running"
 
-    def _pm_step(self, recorded: RecordedEvent) -> bool:
-        """Handle one event; True when it has to wait (commands in flight, no router yet)."""
+    def _pm_step(self, step: _Step) -> bool:
+        """Handle one event; False when it cannot be taken yet (its instance is busy, no
+        router): it is not scanned, and scanning resumes with it."""
+        recorded = step.recorded
+        assert recorded is not None
         manager = self.cls()
+        assert isinstance(manager, ProcessManager)
         interest = manager.interested(recorded.data)
         if interest is None:
-            self._advance_pm(recorded.position, None)
-            return False
+            return True
         action, process_id = interest
+        if any(other.process_id == process_id for other in self._steps):
+            self._finish_steps()  # its earlier step may be finished, only not saved
+            if self.state != "running":
+                return False
+            if any(other.process_id == process_id for other in self._steps):
+                self.dispatching = {"blocked": process_id}  # its state is not saved yet
+                return False
         state = self.store.load_process(self.name, process_id)
         if state is not None:
             manager.restore(state)
         manager.process_id = process_id
         commands = events_of(manager.handle(recorded.data))
-        pending: dict[str, Any] = {"recorded": recorded, "manager": manager, "action": action}
+        step.manager, step.action, step.process_id = manager, action, process_id
         if not commands:
-            self._finish_pm(pending)
-            return False
+            return True
         if self.router is None:
             self.state = "waiting for router"
-            return True
+            return False
         correlation = recorded.metadata.get("correlation_id") or recorded.event_id
         items = []
         for index, command in enumerate(commands):
@@ -122,57 +199,110 @@ class ProcessManagerActor(SubscriberActor):
             }
             items.append(CommandItem(str(uuid.uuid4()), command, metadata, idempotent=True))
         self.attempt += 1
-        pending.update(waiting={item.request_id for item in items}, errors=[], attempt=self.attempt)
-        self.dispatching = pending
-        self.send(self.router, Execute(items, self.myAddress))
+        step.attempt, step.waiting, step.done = self.attempt, {i.request_id for i in items}, False
+        self.send(*self._way(items))
         self.wakeupAfter(manager.dispatch_timeout, _DispatchDue(self.attempt))
         return True
 
-    def _on_dispatched(self, reply: Executed) -> None:
-        pending = self.dispatching
-        if pending is None:
-            return
-        for request_id, answer in reply.results:
-            if request_id in pending["waiting"]:
-                pending["waiting"].discard(request_id)
-                if not isinstance(answer, DispatchResult):
-                    pending["errors"].append(answer)
-        if pending["waiting"]:
-            return
-        self.dispatching = None
-        if pending["errors"]:
-            self._dispatch_failed(pending["errors"][0], pending)
-            return
-        self._finish_pm(pending)
-        self._process()
+    def _way(self, items: list[CommandItem]) -> tuple[Any, Execute]:
+        """Where to send ``items``: straight to their aggregate when one aggregate takes them
+        all and it answered before (so a router busy starting aggregates does not hold up
+        commands for live ones), else to the router. A message to an aggregate that is gone
+        comes back to the router as a dead letter, and one that moved is handed to it."""
+        routes = self.args.get("routes")
+        known = self._aggregates
+        if routes is not None and known:
+            try:
+                streams = {routes.stream_of(item.command)[1] for item in items}
+            except Exception:
+                streams = set()
+            if len(streams) == 1:
+                [stream_id] = streams
+                address = known.get(stream_id)
+                if address is not None:
+                    return address, Execute(items, self.myAddress, False, stream_id)
+        return self.router, Execute(items, self.myAddress)
 
-    def _dispatch_failed(self, error: BaseException, pending: dict[str, Any] | None = None) -> None:
-        pending = pending or self.dispatching
-        self.dispatching = None
-        if pending is None:
+    @property
+    def _aggregates(self) -> OrderedDict[str, Any]:
+        return self._pm_aggregates
+
+    def _learn(self, reply: Executed) -> None:
+        if reply.source is None or not reply.results:
             return
-        recorded: RecordedEvent = pending["recorded"]
-        row = (recorded.position, recorded.event_id, recorded.stream_id, recorded.version)
-        if self._policy(error, recorded, Metadata.of(recorded), row):
-            self._advance_pm(recorded.position, None)
+        stream_id, address, _ = reply.source
+        if not all(isinstance(a, (DispatchResult, CommandRejected)) for _, a in reply.results):
+            self._aggregates.pop(stream_id, None)
+            return
+        known = self._aggregates
+        known[stream_id] = address
+        known.move_to_end(stream_id)
+        while len(known) > MAX_KNOWN:
+            known.popitem(last=False)
+
+    def _on_dispatched(self, reply: Executed) -> None:
+        self._learn(reply)
+        answered = False
+        for request_id, answer in reply.results:
+            step = next((s for s in self._steps if request_id in s.waiting), None)
+            if step is None:
+                continue  # late: its step was given up
+            step.waiting.discard(request_id)
+            if not isinstance(answer, DispatchResult) and step.error is None:
+                step.error = answer
+            if not step.waiting:
+                step.done = answered = True
+        if answered:
+            self._resume()
+
+    def _dispatch_failed(self, error: BaseException, attempt: int | None = None) -> None:
+        """The commands of the step sent at ``attempt`` were not answered in time."""
+        for step in self._steps:
+            if step.attempt == attempt and not step.done:
+                self._aggregates.clear()  # some may be gone: the router knows the way
+                step.error, step.done, step.waiting = error, True, set()
+                self._resume()
+                return
+
+    def _resume(self) -> None:
+        self._finish_steps()
+        if self.state == "running":
+            self.dispatching = None
             self._process()
         elif self.state in ("retrying", "stopped"):
             self._report(idle=self.state == "stopped")
 
-    def _finish_pm(self, pending: dict[str, Any]) -> None:
-        manager: ProcessManager = pending["manager"]
-        recorded: RecordedEvent = pending["recorded"]
-        manager.apply(recorded.data)
-        state = None if pending["action"] == "stop" else manager.state()
-        self._advance_pm(recorded.position, (manager.process_id, state))
-        self.failures = 0
+    def _finish_steps(self) -> None:
+        """Save the finished steps at the head, in order: states and checkpoint together."""
+        steps = self._steps
+        finished: list[_Step] = []
+        while steps and steps[0].done:
+            step = steps[0]
+            if step.error is not None:
+                self._save(finished)
+                finished = []
+                if not self._policy(step.error, step.recorded, step.meta, step.row):
+                    # Retried later from the checkpoint: what is in flight is given up (its
+                    # commands are named: sent again, they are answered from the store).
+                    steps.clear()
+                    self.dispatching = None
+                    return
+                step.error, step.manager = None, None  # parked or skipped: passed over
+            finished.append(steps.popleft())
+        self._save(finished)
 
-    def _advance_pm(
-        self, position: int, instance: tuple[str, dict[str, Any] | None] | None
-    ) -> None:
+    def _save(self, finished: list[_Step]) -> None:
+        if not finished:
+            return
         with self.store.transaction():
-            if instance is not None:
-                self.store.save_process(self.name, instance[0], instance[1])
-            self.store.save_checkpoint(self.name, position)
-        self.position = position
-        self.handled += 1
+            for step in finished:
+                manager = step.manager
+                if manager is None or step.recorded is None:
+                    continue
+                manager.apply(step.recorded.data)
+                state = None if step.action == "stop" else manager.state()
+                self.store.save_process(self.name, manager.process_id, state)
+            self.store.save_checkpoint(self.name, finished[-1].position)
+        self.position = finished[-1].position
+        self.handled += len(finished)
+        self.failures = 0

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import telemetry
-from ._subscriber import Rebuild, RebuildProgress, SubscriberActor
+from ._subscriber import BOOKKEEPING_SYNC, Rebuild, RebuildProgress, SubscriberActor
 from .handler import Metadata
 from .projection import Projection
 from .store import EventStore, RecordedEvent
@@ -35,7 +35,7 @@ class ProjectionActor(SubscriberActor):
         database = self.subscriber.database
         if database:
             # The tables and their checkpoint live together in the projection's own file.
-            self.target_store = EventStore(database, self.settings.synchronous)
+            self.target_store = EventStore(database, BOOKKEEPING_SYNC)
             self.target = self.target_store.handle
         self.subscriber.init(self.target)
 

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from .command import CommandItem
+from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "Appended",
@@ -31,6 +32,11 @@ class Settings:
     max_live: int = 1000  # live aggregates, all shards together
     page_size: int = 1000
     shards: int = 1  # shard actors hosting the aggregates (see _shard)
+    limits: Limits = DEFAULT_LIMITS  # what commands and events may hold (see limits.py)
+    # One running application per database and host (see _owner): who this one is.
+    exclusive: bool = True
+    app_name: str = ""
+    admin_port: int | None = None
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from ._names import EVENTS
 from ._protocol import CommandStats, Execute, Executed, Listeners, Settings, ShardLoad
 from ._shard import ShardActor, shard_name, shard_of
 from .command import CommandItem
-from .errors import InvalidCommand, UnregisteredCommand
+from .errors import AggregateFailed, InvalidCommand, UnregisteredCommand
 from .router import Router
 
 __all__ = ["RouterActor"]
@@ -111,7 +111,7 @@ class RouterActor(Supervisor):
         shards = self.settings.shards
         for item in execute.items:
             try:
-                _, stream_id, _ = self.router.stream_of(item.command)
+                _, stream_id, _ = self.router.stream_of(item.command, self.settings.limits)
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
@@ -156,6 +156,21 @@ class RouterActor(Supervisor):
         instead of being lost."""
         waiting = child.bounced + child.pending
         child.bounced, child.pending = [], []
+        if child.gave_up:
+            # It crashed in its start twice in a row: its commands fail, rather than start it
+            # again and again (a later command tries once more).
+            failure = child.last_failure
+            error = AggregateFailed(
+                f"{child.name} cannot start: "
+                + (f"{failure.error_type}: {failure.message}" if failure else "it crashed")
+            )
+            for message, sender in waiting:
+                failed = _commands_of(message, sender)
+                if failed is not None and failed.reply_to is not None:
+                    self.send(
+                        failed.reply_to, Executed([(i.request_id, error) for i in failed.items])
+                    )
+            return
         if waiting and self._mode in ("running", "starting"):
             for message, sender in waiting:
                 again = _commands_of(message, sender)

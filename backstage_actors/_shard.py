@@ -78,6 +78,7 @@ class ShardActor(SupervisedActor):
             per_shard,
             self.settings.lifespan,
             defer_flush=self.settings.base == "simple",
+            limits=self.settings.limits,
         )
         self.round_due = False
         self.wakeup_due = False

@@ -60,6 +60,9 @@ def log() -> logging.Logger:
 # -- messages -----------------------------------------------------------------------------------
 
 
+BOOKKEEPING_SYNC = "NORMAL"  # a subscriber's own commits (see SubscriberActor.on_start)
+
+
 class Notify:
     """New events are stored up to ``position``."""
 
@@ -131,7 +134,7 @@ class SubscriberActor(SupervisedActor):
     """The shared loop of every subscriber runtime; a subclass per kind says what a page is.
 
     Subclasses implement :meth:`process_page` and :meth:`redeliver`, and may override the hooks
-    :meth:`open`, :meth:`busy`, :meth:`receive_other`, :meth:`wakeup_other`, :meth:`router_known`
+    :meth:`open`, :meth:`busy`, :meth:`in_flight`, :meth:`read_from`, :meth:`receive_other`, :meth:`wakeup_other`, :meth:`router_known`
     and :meth:`after_report`.
     """
 
@@ -142,7 +145,11 @@ class SubscriberActor(SupervisedActor):
         self.cls: type[Subscriber] = self.args["subscriber"]
         self.kind = self.cls.kind
         self.subscriber = self.cls()
-        self.store = EventStore(self.settings.database, self.settings.synchronous)
+        # A subscriber's commits (checkpoint, projection rows, process state) need no fsync of
+        # their own: WAL keeps each atomic, and one lost to a power cut is replayed from the
+        # events, which were fsynced when appended (handlers are at-least-once anyway; a
+        # process manager's commands are named after the event and run once).
+        self.store = EventStore(self.settings.database, BOOKKEEPING_SYNC)
         self.page_size = self.settings.page_size
         self.target_store = self.store  # where the checkpoint lives
         self.open()
@@ -203,6 +210,15 @@ class SubscriberActor(SupervisedActor):
         """True while the subscriber waits for something of its own (a process manager's
         commands): no page is read meanwhile."""
         return False
+
+    def in_flight(self) -> bool:
+        """True while work it started is unfinished (a process manager's commands): it does
+        not report itself idle, so a strong dispatch waits for that work too."""
+        return False
+
+    def read_from(self) -> int:
+        """The position the next page starts at (past the checkpoint by default)."""
+        return self.position + 1
 
     def receive_other(self, message: Any, sender: Any) -> None:
         """A message none of the shared ones: the kind's own (default: ignored)."""
@@ -283,17 +299,21 @@ class SubscriberActor(SupervisedActor):
     def _process(self) -> None:
         if self.state != "running" or self.busy():
             return
-        rows = self.store.read_page(self.position + 1, self.page_size)
+        rows = self.store.read_page(self.read_from(), self.page_size)
         if not rows:
-            self._report(idle=True)
+            if not self.in_flight():
+                self._report(idle=True)
             return
         done, cut_short = self.process_page(rows)
         more = len(rows) == self.page_size or cut_short
         if self.state == "running" and not self.busy():
+            # A process manager reports where it is only once nothing it dispatched is in
+            # flight: a strong dispatch then also waits for the commands its events led to.
             if done and more:
-                self._report(idle=False)
+                if not self.in_flight():
+                    self._report(idle=False)
                 self._kick()  # the next page after whatever else is in the mailbox
-            else:
+            elif not self.in_flight():
                 self._report(idle=True)
         elif self.state in ("retrying", "stopped"):
             self._report(idle=self.state == "stopped")
@@ -340,16 +360,27 @@ class SubscriberActor(SupervisedActor):
             self.state = "stopped"
             return False
         status = "skipped" if decision == SKIP else "parked"
+        try:
+            self.store.park(
+                self.name,
+                recorded or _placeholder(row),
+                type(error).__name__,
+                str(error),
+                "".join(traceback.format_exception(error)),
+                self.failures,
+                status,
+            )
+        except Exception as exc:  # a full disk, say: the event is not past, it comes again
+            log().error(
+                "%s: could not record the event at %s as %s: %s: %s",
+                self.name,
+                self.last_error,
+                status,
+                type(exc).__name__,
+                exc,
+            )
+            raise
         log().error("%s: %s the event at %s", self.name, status, self.last_error)
-        self.store.park(
-            self.name,
-            recorded or _placeholder(row),
-            type(error).__name__,
-            str(error),
-            "".join(traceback.format_exception(error)),
-            self.failures,
-            status,
-        )
         self.failures = 0
         return True
 

@@ -19,14 +19,17 @@ import supervisors
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
+from ._admin_watch import with_admin_watch
 from ._event_bus import events_supervisor_spec
 from ._metrics_actor import MetricsActor
 from ._names import ROUTER, STORE
+from ._owner import check_free
 from ._protocol import Settings
 from ._router_actor import RouterActor
 from ._store_actor import StoreActor
 from .client import RunningSystem
 from .errors import BackstageError, SystemNotRunning
+from .limits import DEFAULT_LIMITS, Limits
 from .metrics import serve
 from .middleware import Middleware
 from .router import Router
@@ -56,6 +59,10 @@ class Application:
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
     ``metrics_port`` serves Prometheus metrics on ``http://metrics_host:metrics_port/metrics``
     (127.0.0.1 by default; see :mod:`backstage_actors.metrics`); ``start()`` takes it too.
+    ``limits`` bounds what commands, events and metadata may hold (:class:`Limits`): checked at
+    every way in, before any actor sees a command. ``exclusive`` (default) refuses to start
+    while another application runs on the same SQLite database on this host (its side effects
+    would run twice); False lets several share it.
     """
 
     def __init__(
@@ -72,9 +79,11 @@ class Application:
         max_live: int | None = None,
         max_retries: int = 3,
         restart_intensity: tuple[int, float] = (10, 10.0),
-        shards: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        limits: Limits = DEFAULT_LIMITS,
+        exclusive: bool = True,
+        shards: int | None = None,
     ) -> None:
         self.name = name
         self.router = router
@@ -94,6 +103,8 @@ class Application:
         self.shards = shards
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
+        self.limits = limits
+        self.exclusive = exclusive
 
     @property
     def subscribers(self) -> list[type]:
@@ -110,6 +121,9 @@ class Application:
             lifespan=self.lifespan,
             max_live=self.max_live or DEFAULT_MAX_LIVE[base],
             shards=1 if base == "simple" else (self.shards or default_shards(base)),
+            limits=self.limits,
+            exclusive=self.exclusive,
+            app_name=self.name,
         )
 
     def supervisor_spec(self, settings: Settings) -> SupervisorSpec:
@@ -165,6 +179,12 @@ class Application:
         settings = self.settings(base, database)
         if is_postgres(settings.database):  # an unreachable server is one clear error, now
             EventStore(settings.database).close()
+        elif settings.exclusive:
+            check_free(settings.database)  # (the store actor takes the lock itself)
+        if base != "simple":
+            port = port or _thespian.free_port(host)
+            settings = attrs.evolve(settings, admin_port=port)
+            log_defs = with_admin_watch(log_defs)  # its logger process dies with the admin
         spec = self.supervisor_spec(settings)
         metrics_port = self.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or self.metrics_host
@@ -172,7 +192,7 @@ class Application:
             if metrics_port and _thespian.port_in_use(metrics_port, metrics_host):
                 raise BackstageError(f"the metrics port {metrics_host}:{metrics_port} is in use")
             if base == "multiproc":
-                port = port or _thespian.free_port(host)
+                assert port is not None  # (chosen above for every base but simple)
                 child = self._metrics_child(port, host, metrics_port, metrics_host)
                 spec = attrs.evolve(spec, children=[*spec.children, child])
         actor_system = _thespian.start_actor_system(base, port, host, log_defs)

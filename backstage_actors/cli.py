@@ -46,6 +46,7 @@ from .errors import (
     BackstageError,
     CommandRejected,
     StorageError,
+    StoredEventError,
 )
 
 __all__ = [
@@ -197,7 +198,7 @@ def start(
 def stop(session: Session, port: int, force: bool, timeout: float, as_json: bool) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
     if not force:
-        _, system = session.system(port)
+        _, system = session.system(port, need_app=False)
         system.owns_system = True  # this stop is meant to end the actor system
         system.shutdown(timeout=timeout)
         session.forget(port)
@@ -224,10 +225,17 @@ def stop(session: Session, port: int, force: bool, timeout: float, as_json: bool
     "--file",
     "path",
     type=click.Path(dir_okay=False),
-    help='JSON lines: {"command": ..., "data": {...}}.',
+    help='JSON lines: {"command": ..., "data": {...}} (optionally "command_id": ...). Each '
+    "command is named after the file's content and its line (or its command_id): sending the "
+    "same file again applies nothing twice.",
 )
 @click.option("--strong", is_flag=True, help="Return once the handlers processed the events.")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for answers [default: 10; with --file, per batch: 10, or 1 per 100].",
+)
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -244,7 +252,7 @@ def send(
     data: str | None,
     path: str | None,
     strong: bool,
-    timeout: float,
+    timeout: float | None,
     batch: int,
     as_json: bool,
     port: int,
@@ -260,7 +268,7 @@ def send(
     try:
         message = command_from_data(cls, parse_json(data or "{}"))
         result = system.dispatch(
-            message, consistency="strong" if strong else "eventual", timeout=timeout
+            message, consistency="strong" if strong else "eventual", timeout=timeout or 10.0
         )
     except (CommandRejected, AggregateFailed) as exc:
         fail(str(exc), EXIT_FAILED)
@@ -296,7 +304,7 @@ def send(
 @click.pass_obj
 def tree(session: Session, as_json: bool, port: int) -> None:
     """The live supervision tree."""
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         node = system.tree()
     except BackstageError as exc:
@@ -315,7 +323,7 @@ def tree(session: Session, as_json: bool, port: int) -> None:
 @click.pass_obj
 def status(session: Session, as_json: bool, port: int) -> None:
     """Live aggregates, handler positions and lag, restarts."""
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         report = collect_status(system)
     except BackstageError as exc:
@@ -361,11 +369,15 @@ def events(
 ) -> None:
     """Stored events: all of them by position, or one STREAM by version."""
     store = open_store(port, database)
+
+    def skip(error: StoredEventError) -> None:  # one line each; the others are shown
+        click.echo(f"warning: skipped the event at position {error.position}: {error}", err=True)
+
     try:
         found = list(
-            store.read_stream(stream, start, limit=limit)
+            store.read_stream(stream, start, limit=limit, on_unreadable=skip)
             if stream
-            else store.read_all(start, limit=limit)
+            else store.read_all(start, limit=limit, on_unreadable=skip)
         )
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
@@ -420,7 +432,7 @@ def dead_letters(
                 f"{d.id:>4} {d.subscriber:<16} @{d.position} {d.type} {d.error_type}: {d.error} (x{d.failures})"
             )
         return
-    _, system = session.system(port)
+    _, system = session.system(port, need_app=False)
     try:
         outcome = system.retry_dead_letters(list(ids) or None)
     except BackstageError as exc:

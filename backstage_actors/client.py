@@ -172,7 +172,7 @@ class RunningSystem:
             with telemetry.span(
                 "dispatch", command=type(command).__name__, consistency=consistency
             ):
-                item = new_item(command, pipeline.metadata)
+                item = self._item(command, pipeline.metadata)
                 [answer] = self._send([item], timeout)
                 if isinstance(answer, BaseException):
                     raise answer
@@ -221,32 +221,38 @@ class RunningSystem:
     def dispatch_many(
         self,
         commands: Sequence[Any],
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         timeout: float | None = None,
         batch_size: int = 1000,
     ) -> list[DispatchResult | BaseException]:
         """Send many commands in few messages; their appends are group-committed.
 
         Returns one entry per command, in order: its :class:`DispatchResult`, or the error it met
-        (rejections do not stop the others). Middleware runs for each command.
+        (rejections do not stop the others). Middleware runs for each command. ``metadata`` is
+        one mapping for every command, or a sequence of one per command (a ``command_id`` in it
+        names the command: sent again, it is answered, not run again).
         """
         answers: list[DispatchResult | BaseException | None] = [None] * len(commands)
         items: list[tuple[int, CommandItem, Pipeline | None]] = []
         chain = self.app.middleware
+        each = metadata if isinstance(metadata, Sequence) else [metadata] * len(commands)
+        if len(each) != len(commands):
+            raise ValueError(f"{len(each)} metadata for {len(commands)} commands")
         for index, command in enumerate(commands):
+            given = each[index]
             if not chain:  # nothing to tell: no pipeline either
                 try:
-                    items.append((index, new_item(command, metadata), None))
+                    items.append((index, self._item(command, given), None))
                 except BaseException as exc:
                     answers[index] = exc
                 continue
-            pipeline = Pipeline(command, dict(metadata or {}), "eventual")
+            pipeline = Pipeline(command, dict(given or {}), "eventual")
             try:
                 for middleware in chain:
                     middleware.before_dispatch(pipeline)
                     if pipeline.halted:
                         raise pipeline.error or BackstageError("halted")
-                items.append((index, new_item(command, pipeline.metadata), pipeline))
+                items.append((index, self._item(command, pipeline.metadata), pipeline))
             except BaseException as exc:
                 pipeline.error = exc
                 answers[index] = exc
@@ -267,6 +273,13 @@ class RunningSystem:
             for middleware in chain:
                 getattr(middleware, hooks)(sent)
         return [answer for answer in answers if answer is not None]
+
+    def _item(self, command: Any, metadata: Mapping[str, Any] | None) -> CommandItem:
+        """``command`` wrapped for sending, once checked against the application's limits (every
+        way in comes here: the API, the CLI, the shell, ``send --file``)."""
+        route = self.app.router.routes.get(type(command))
+        identity = route.identity if route is not None else None
+        return new_item(command, metadata, self.settings.limits, identity)
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
         """Send ``items`` in ``Execute`` messages and gather one answer per item.

@@ -15,6 +15,7 @@ import attrs
 from . import _serialization as ser
 from ._ids import new_id, request_id
 from .errors import InvalidCommand, SerializationError
+from .limits import DEFAULT_LIMITS, Limits, check_command, check_data
 from .store.records import RecordedEvent
 
 __all__ = ["CommandItem", "DispatchResult", "command_from_data", "new_item"]
@@ -54,20 +55,36 @@ class CommandItem:
         return str(self.metadata.get("correlation_id", ""))
 
 
-def new_item(command: Any, metadata: Mapping[str, Any] | None = None) -> CommandItem:
-    """Wrap ``command``: generate its id, and correlation/causation ids unless given."""
+def new_item(
+    command: Any,
+    metadata: Mapping[str, Any] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    identity: str | None = None,
+) -> CommandItem:
+    """Wrap ``command``: generate its id, and correlation/causation ids unless given.
+
+    The command's fields (and its ``identity`` field, when named) and the metadata are checked
+    against ``limits``: every bad field is named in one :class:`SerializationError` (or an
+    :class:`InvalidCommand` for an identity), before anything is sent.
+    """
     if not ser.is_message_class(type(command)):
         raise InvalidCommand(
             f"a command must be an attrs class or dataclass instance, not {type(command).__name__}"
         )
+    check_command(command, identity, limits)
     meta = dict(metadata or {})
     if meta:
+        name = type(command).__name__
+        check_data(meta, f"{name} metadata", limits)
         try:  # what the caller gave must be storable with the events
-            ser.dumps(ser.unstructure(meta), "metadata")
+            text = ser.dumps(ser.unstructure(meta), "metadata")
         except SerializationError as exc:
+            raise SerializationError(f"{name} metadata: {exc}", exc.path) from None
+        if len(text.encode("utf-8")) > limits.max_metadata_bytes:
             raise SerializationError(
-                f"{type(command).__name__} metadata: {exc}", exc.path
-            ) from None
+                f"{name} metadata: {len(text.encode('utf-8')):,} bytes of JSON "
+                f"(at most {limits.max_metadata_bytes:,})"
+            )
     given_id = meta.get("command_id")
     command_id = str(given_id) if given_id else new_id()
     meta["command_id"] = command_id

@@ -6,6 +6,7 @@ None of them leaves the system in a broken state: after any of them it keeps ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -111,14 +112,17 @@ class ConsistencyTimeout(BackstageError, TimeoutError):
 
 
 class SerializationError(BackstageError, TypeError):
-    """A command, event or snapshot does not fit its class; ``path`` names the field (``$.a.b``)."""
+    """A command, event or snapshot does not fit its class, or holds what no database stores
+    (see :class:`~backstage_actors.limits.Limits`); ``path`` names the (first) field (``$.a.b``),
+    ``paths`` every field found wrong."""
 
-    def __init__(self, message: str, path: str = "$") -> None:
+    def __init__(self, message: str, path: str = "$", paths: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.path = path
+        self.paths = list(paths) or [path]
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.args[0], self.path))
+        return (type(self), (self.args[0], self.path, self.paths))
 
 
 class StoredEventError(BackstageError):

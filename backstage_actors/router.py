@@ -16,6 +16,7 @@ import attrs
 
 from .aggregate import Aggregate
 from .errors import InvalidCommand, UnregisteredCommand
+from .limits import DEFAULT_LIMITS, Limits, check_identity
 
 __all__ = ["Route", "Router"]
 
@@ -77,8 +78,9 @@ class Router:
             raise UnregisteredCommand(f"no route for command {type(command).__name__}")
         return route
 
-    def stream_of(self, command: Any) -> tuple[Route, str, str]:
-        """``(route, stream_id, identity)`` for ``command``; errors name the field."""
+    def stream_of(self, command: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[Route, str, str]:
+        """``(route, stream_id, identity)`` for ``command``; errors name the field (an identity
+        no database can store, or too long for ``limits``, is an :class:`InvalidCommand`)."""
         route = self.route(command)
         value = getattr(command, route.identity, None)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -86,6 +88,7 @@ class Router:
                 f"{type(command).__name__}: identity field {route.identity!r} is missing or empty"
             )
         identity = str(value)
+        check_identity(identity, f"{type(command).__name__}: $.{route.identity}", limits)
         return route, f"{route.aggregate.__name__}-{identity}", identity
 
     def command_class(self, name: str) -> type | None:

@@ -54,7 +54,9 @@ def drill(
             elapsed = time.perf_counter() - started
             if killer:
                 killer.stop()
+            settling = time.perf_counter()
             system.settle(timeout=120)
+            settled = time.perf_counter() - settling
             outcomes = [o for path in paths for o in json.loads(Path(path).read_text())]
             names = [s.subscriber_name() for s in app.subscribers]
             report = chaos.verify(database, outcomes, clients * commands, names)
@@ -66,6 +68,7 @@ def drill(
     recoveries = [k["recovery_ms"] for k in kills if k["recovery_ms"] is not None]
     report.update(
         seconds=elapsed,
+        settle_seconds=settled,
         kills=len(kills),
         recovery_median_ms=statistics.median(recoveries) if recoveries else None,
         recovery_max_ms=max(recoveries) if recoveries else None,
@@ -115,6 +118,14 @@ def rows(quick: bool = False) -> list[Row]:
             "ms",
             "max",
             storm["recovery_max_ms"],
+            higher_is_better=False,
+        ),
+        Row(
+            "chaos: subscribers settled after the load (calm / under kills)",
+            calm["settle_seconds"],
+            "s",
+            "under kills",
+            storm["settle_seconds"],
             higher_is_better=False,
         ),
         Row(

@@ -33,6 +33,10 @@ class Child:
     bounced: list[tuple[Any, Any]] = attrs.Factory(list)
     recent: deque[float] = attrs.Factory(deque)
     waiters: list[tuple[Any, Any, str]] = attrs.Factory(list)  # (who, request_id, what)
+    # Crashes in a row before reaching "running" (reset once it runs); a dynamic child that
+    # fails to start twice in a row is not restarted: it would fail the same way forever.
+    failed_starts: int = 0
+    gave_up: bool = False  # stopped for failing to start (``last_failure`` says why)
 
     @property
     def name(self) -> str:

@@ -51,6 +51,9 @@ from ._spec import ChildSpec, SupervisorSpec
 
 __all__ = ["Child", "Supervisor"]
 
+MAX_FAILED_STARTS = 2  # a dynamic child crashing this often in a row in its start is given up
+MAX_HISTORY = 1000  # dynamic children whose recent crashes are remembered after they end
+
 
 def log() -> logging.Logger:
     # Looked up at each use: Thespian replaces the logging root in every actor process it forks,
@@ -94,6 +97,8 @@ class Supervisor(TreeGathering, SupervisedActor):
         self._shutdown_reason: Failure | None = None
         self._start_queue: list[str] = []
         self._liveness_due = False
+        # name -> (when, recent restarts, failed starts) of dynamic children that ended crashed
+        self._history: dict[str, tuple[float, deque[float], int]] = {}
         for spec in self.spec.children:
             self.children[spec.name] = Child(spec)
         self._start_in_order(list(self.children))
@@ -223,6 +228,10 @@ class Supervisor(TreeGathering, SupervisedActor):
         if child is not None and child.status != "stopped":
             return child
         child = Child(spec, dynamic=True)
+        before = self._history.pop(spec.name, None)
+        if before is not None and before[0] > time.monotonic() - max(self.spec.within, 60.0):
+            # Started again on demand: its recent crashes still count (backoff, failed starts).
+            child.recent, child.failed_starts = before[1], before[2]
         self.children[spec.name] = child
         self._start(child)
         return child
@@ -262,6 +271,7 @@ class Supervisor(TreeGathering, SupervisedActor):
         if child is None or started.request_id != child.generation or child.status != "starting":
             return
         child.status = "running"
+        child.failed_starts = 0
         child.pid = started.pid
         child.forked = is_child_process(started.pid)
         child.address = sender
@@ -295,6 +305,8 @@ class Supervisor(TreeGathering, SupervisedActor):
         child = self._child_at(sender)
         if child is None:
             return
+        if child.status == "starting" and exiting.crash is not None:
+            child.failed_starts += 1
         if child.status in LIVE:
             child.status = "exiting"
         child.failure = exiting.crash
@@ -323,6 +335,8 @@ class Supervisor(TreeGathering, SupervisedActor):
         failure = child.failure
         if was != "exiting":
             failure = Failure(child.name, "Killed", "the actor's process died")
+            if was == "starting":
+                child.failed_starts += 1
         self._ended(child, failure)
 
     def _ended(self, child: Child, failure: Failure | None) -> None:
@@ -334,6 +348,19 @@ class Supervisor(TreeGathering, SupervisedActor):
             child.spec.restart == "transient" and failure is not None
         )
         if self._mode in ("shutdown", "escalating") or not restart:
+            child.status = "stopped"
+            self._stopped(child)
+            return
+        if child.dynamic and child.failed_starts >= MAX_FAILED_STARTS:
+            # Started on demand and crashing in its start: the same input would crash it again.
+            log().error(
+                "%s: child %s failed to start %d times in a row; not restarted: %s",
+                self.name,
+                child.name,
+                child.failed_starts,
+                failure,
+            )
+            child.gave_up = True
             child.status = "stopped"
             self._stopped(child)
             return
@@ -465,15 +492,24 @@ class Supervisor(TreeGathering, SupervisedActor):
                 elif what == "whereis":
                     self.send(who, ChildAddress(child.name, None, request_id))
                 else:
-                    self.send(who, Failure(child.name, "ChildStopped", "stopped", "", None))
+                    why = str(child.last_failure) if child.gave_up else "stopped"
+                    self.send(who, Failure(child.name, "ChildStopped", why, "", None, request_id))
             child.waiters = []
         if child.name not in self._start_set:
+            if child.dynamic and (child.failed_starts or child.recent):
+                self._remember_history(child)
             if child.dynamic or child.spec.restart == "temporary":
                 self.children.pop(child.name, None)
             for watcher in self._watchers:
                 self.send(watcher, ChildAddress(child.name, None))
             self.child_ended(child)
         self._advance()
+
+    def _remember_history(self, child: Child) -> None:
+        """Keep a dynamic child's recent crashes for its next start on demand (bounded)."""
+        self._history[child.name] = (time.monotonic(), child.recent, child.failed_starts)
+        while len(self._history) > MAX_HISTORY:
+            del self._history[next(iter(self._history))]
 
     def _on_wakeup(self, payload: Any) -> None:
         if isinstance(payload, _RestartDue):

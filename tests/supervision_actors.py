@@ -34,6 +34,7 @@ class Worker(SupervisedActor):
     def on_start(self) -> None:
         self.count = 0
         if self.args.get("fail_start"):
+            self.report("attempt")
             raise RuntimeError("cannot start")
         self.report("start")
 

@@ -485,15 +485,16 @@ def test_send_file_reports_every_bad_line_and_stores_the_good_ones(
 
     assert result.returncode == 1, result.stderr  # some lines were refused
     summary, *rejected = result.stdout.splitlines()
-    assert summary.startswith("accepted 4, rejected 7 in ")
+    assert summary.startswith("accepted 4, rejected 1, invalid 6, unknown 0 in ")
     assert rejected == [
-        f"  line 3: bad JSON: Expecting value at column {len(truncated) + 1}",
-        "  line 4: unknown command 'Deposet'",
-        "  line 6: Deposit: required field missing at $.amount",
-        "  line 7: Deposit: invalid value for type, expected int at $.amount",
-        "  line 8: Withdraw rejected: ValueError: insufficient funds: balance 100, asked 1000",
-        '  line 10: expected {"command": NAME, "data": {...}}',
-        "  line 12: Deposit: extra fields found (memo) at $",
+        "  line 8: rejected: Withdraw rejected: ValueError: insufficient funds: balance 100, "
+        "asked 1000",
+        f"  line 3: invalid: bad JSON: Expecting value at column {len(truncated) + 1}",
+        "  line 4: invalid: unknown command 'Deposet'",
+        "  line 6: invalid: Deposit: required field missing at $.amount",
+        "  line 7: invalid: Deposit: invalid value for type, expected int at $.amount",
+        '  line 10: invalid: expected {"command": NAME, "data": {...}}',
+        "  line 12: invalid: Deposit: extra fields found (memo) at $",
     ]
     assert "sending" in result.stderr  # the progress bar, off stdout
 
@@ -519,7 +520,7 @@ def test_send_file_names_the_line_with_invalid_utf8(bank: Backstage, tmp_path: P
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["accepted"] == 2
-    assert report["rejected"] == [
+    assert report["invalid"] == [
         {"line": 2, "reason": f"invalid UTF-8: invalid start byte at byte {bad.index(0xFF) + 1}"}
     ]
     # The lines around the bad one still went through.

@@ -220,10 +220,10 @@ def test_the_lanes_of_ended_threads_are_closed(start_app: Any) -> None:
 
 @pytest.mark.parametrize("base", ["multiproc"])
 def test_two_systems_on_one_database_keep_to_their_own_aggregates(start_app: Any) -> None:
-    one = start_app(make_app(name="one"))
+    one = start_app(make_app(name="one", exclusive=False))
     one.dispatch(Add("x", 1))
     one.dispatch(Add("x", 1))
-    two = start_app(make_app(name="two"), database=one.settings.database)
+    two = start_app(make_app(name="two", exclusive=False), database=one.settings.database)
 
     for _ in range(3):
         two.dispatch(Add("x", 1))

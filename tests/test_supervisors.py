@@ -111,6 +111,25 @@ def test_on_start_failure_is_a_crash(actor_system: Any, probe: Any) -> None:
         start_supervisor(actor_system, spec, timeout=20)
 
 
+def test_a_dynamic_child_that_fails_to_start_twice_is_given_up(
+    actor_system: Any, probe: Any
+) -> None:
+    """Started on demand, it would fail the same way forever: after two failed starts in a row it
+    is stopped (whoever waits hears of it), and the supervisor serves on. Started on demand
+    again, its recent failures still count: one more attempt, not two."""
+    root = start_supervisor(actor_system, SupervisorSpec(max_restarts=100, within=60))
+    spec = worker("bad", probe, restart="transient", fail_start=True)
+
+    with pytest.raises(SupervisionError, match="ChildStopped"):
+        start_child(actor_system, root, spec)
+    with pytest.raises(SupervisionError, match="ChildStopped"):
+        start_child(actor_system, root, spec)
+
+    assert len(events(actor_system, probe, "attempt")) == 3
+    assert tree(actor_system, root)["children"] == []
+    assert actor_system.ask(start_child(actor_system, root, worker("good", probe)), "inc", 5) == 1
+
+
 @pytest.mark.process
 def test_sigkill_of_a_worker_process_restarts_it(multiproc_system: Any) -> None:
     asys = multiproc_system

@@ -14,6 +14,7 @@ from typing import Any
 from .. import _serialization as ser
 from .._ids import event_id, new_id
 from ..errors import BackstageError, StoredEventError, WrongExpectedVersion
+from ..limits import check_request
 from ._codec import EncodedEvent, decode_event, encode_event
 from .records import ANY, NO_STREAM, STREAM_EXISTS, AppendRequest, ExpectedVersion, RecordedEvent
 
@@ -45,6 +46,7 @@ def prepare(requests: Sequence[AppendRequest], validate: bool) -> tuple[Prepared
             continue
         try:
             check_expected(request.expected_version)
+            check_request(request.stream_id, request.metadata)
             prepared.append((request, [encode_event(e, validate) for e in request.events]))
             results.append([])
         except BackstageError as exc:

@@ -20,11 +20,12 @@ import attrs
 from .. import _serialization as ser
 from ..errors import SerializationError, StoredEventError
 from ..event import event_topic, event_type, event_version, registry
+from ..limits import DEFAULT_LIMITS, Limits, check_data
 
 __all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
 
 _PLAIN = (int, str, float, bool, type(None))
-MAX_EVENT_BYTES = 4 * 1024 * 1024
+MAX_EVENT_BYTES = DEFAULT_LIMITS.max_event_bytes
 
 
 @attrs.frozen
@@ -39,8 +40,11 @@ class EncodedEvent:
 _encoders: dict[type, tuple[str, int, str]] = {}
 
 
-def encode_event(event: Any, validate: bool = True) -> EncodedEvent:
-    """The row fields of ``event``; :class:`SerializationError` names what does not fit."""
+def encode_event(
+    event: Any, validate: bool = True, limits: Limits = DEFAULT_LIMITS
+) -> EncodedEvent:
+    """The row fields of ``event``; :class:`SerializationError` names what does not fit its
+    class or ``limits`` (every bad field: text no database stores, numbers out of range...)."""
     if isinstance(event, EncodedEvent):
         return event
     cls = type(event)
@@ -51,11 +55,13 @@ def encode_event(event: Any, validate: bool = True) -> EncodedEvent:
         _encoders[cls] = known
     name, version, topic = known
     data = ser.unstructure(event)
+    check_data(data, name, limits)  # before dumps: it names a value nested too deeply
     text = ser.dumps(data, name)
-    if len(text) > MAX_EVENT_BYTES:
+    if len(text) > limits.max_event_bytes:
         raise SerializationError(
-            f"{name} is {len(text):,} bytes of JSON; an event may hold at most {MAX_EVENT_BYTES:,} "
-            "(keep large blobs outside the event store and record a reference)"
+            f"{name} is {len(text):,} bytes of JSON; an event may hold at most "
+            f"{limits.max_event_bytes:,} (keep large blobs outside the event store and record "
+            "a reference)"
         )
     if validate:
         check = _checks.get(cls, _UNKNOWN)

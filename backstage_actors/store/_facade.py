@@ -12,13 +12,13 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import _serialization as ser
-from ..errors import BackstageError
+from ..errors import BackstageError, StoredEventError
 from . import _appending as ap
 from ._codec import decode_event
 from .memory import MemoryRecorder
@@ -215,11 +215,14 @@ class EventStore:
         to_version: int | None = None,
         limit: int | None = None,
         backward: bool = False,
+        on_unreadable: Callable[[StoredEventError], None] | None = None,
     ) -> Iterator[RecordedEvent]:
         """Events of ``stream_id`` with ``from_version <= version <= to_version``, paged.
 
         Backward reads go from the highest version in that range down, so
-        ``read_stream(s, backward=True, limit=1)`` is the stream's last event.
+        ``read_stream(s, backward=True, limit=1)`` is the stream's last event. An unreadable
+        event raises :class:`StoredEventError`, or with ``on_unreadable`` is passed to it and
+        skipped (tools that show what they can).
         """
         if limit is not None and limit <= 0:
             return
@@ -229,7 +232,7 @@ class EventStore:
             page = self.page_size if remaining is None else min(self.page_size, remaining)
             rows = self.recorder.stream_page(stream_id, low, high, page, backward)
             for row in rows:
-                yield ap.decode_row(row)
+                yield from _decoded(row, on_unreadable)
             if len(rows) < page:
                 return
             if remaining is not None:
@@ -241,8 +244,14 @@ class EventStore:
             else:
                 low = rows[-1][3] + 1
 
-    def read_all(self, from_position: int = 1, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Every event from ``from_position`` on, in commit order, paged."""
+    def read_all(
+        self,
+        from_position: int = 1,
+        limit: int | None = None,
+        on_unreadable: Callable[[StoredEventError], None] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Every event from ``from_position`` on, in commit order, paged (``on_unreadable``: as
+        for :meth:`read_stream`)."""
         if limit is not None and limit <= 0:
             return
         position, remaining = from_position, limit
@@ -250,7 +259,7 @@ class EventStore:
             page = self.page_size if remaining is None else min(self.page_size, remaining)
             rows = self.recorder.events_page(position, page)
             for row in rows:
-                yield ap.decode_row(row)
+                yield from _decoded(row, on_unreadable)
             if len(rows) < page:
                 return
             position = rows[-1][0] + 1
@@ -387,3 +396,18 @@ def _now() -> str:
 
 def _datetime(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _decoded(
+    row: tuple[Any, ...], on_unreadable: Callable[[StoredEventError], None] | None
+) -> Iterator[RecordedEvent]:
+    """The row's event; an unreadable one raises, or goes to ``on_unreadable`` and is skipped."""
+    if on_unreadable is None:
+        yield ap.decode_row(row)
+        return
+    try:
+        event = ap.decode_row(row)
+    except StoredEventError as exc:
+        on_unreadable(exc)
+        return
+    yield event

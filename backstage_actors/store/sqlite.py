@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackstageError, StorageError, WrongExpectedVersion
+from ..limits import unstorable
 from . import _appending as ap
 from ._appending import COLUMNS as _COLUMNS
 from ._appending import Failed as _Failed
@@ -48,6 +49,20 @@ _INSERT = (
 _VERSION = (
     "SELECT (SELECT max(version) FROM events WHERE stream_id = ?1),"
     " (SELECT version FROM streams WHERE stream_id = ?1)"
+)
+
+
+# What fails one append alone (a value the driver cannot store, say); anything else (a read-only
+# or full database) fails the whole group commit as a StorageError.
+_APPEND_ERRORS = (
+    BackstageError,
+    ValueError,
+    OverflowError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
 )
 
 
@@ -233,8 +248,8 @@ class SQLiteRecorder(Bookkeeping, Recorder):
                 # statement that fails; the version check comes before it. No savepoint needed.
                 try:
                     results[index] = self._append_one(request, encoded, recorded_at, stamp, False)
-                except BackstageError as exc:
-                    results[index] = exc
+                except _APPEND_ERRORS as exc:  # this append alone fails
+                    results[index] = unstorable(request.stream_id, exc)
                     ap.note_failure(failed, request)
                 else:
                     ap.note_repeat(failed, request, results[index])
@@ -243,8 +258,8 @@ class SQLiteRecorder(Bookkeeping, Recorder):
             self.conn.execute("SAVEPOINT append")
             try:
                 results[index] = self._append_one(request, encoded, recorded_at, stamp)
-            except BackstageError as exc:
-                results[index] = exc
+            except _APPEND_ERRORS as exc:  # this append alone fails
+                results[index] = unstorable(request.stream_id, exc)
                 ap.note_failure(failed, request)
                 self.conn.execute("ROLLBACK TO append")
             else:
@@ -295,7 +310,7 @@ class SQLiteRecorder(Bookkeeping, Recorder):
             self.conn.execute("SAVEPOINT together")
             try:
                 self.conn.executemany(_INSERT, rows)
-            except sqlite3.IntegrityError:
+            except (sqlite3.IntegrityError, ValueError, OverflowError, TypeError):  # one at a time
                 self.conn.execute("ROLLBACK TO together")
                 return False
             finally:
