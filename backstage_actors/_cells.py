@@ -369,6 +369,10 @@ class Cells:
                 cell.state = self._rebuild(cell)
             except BackstageError as exc:
                 return None, exc
+            except Exception as exc:  # its class cannot even be made: no use retrying now
+                message = f"{cell.stream_id} cannot start: {type(exc).__name__}: {exc}"
+                log().error("%s", message, exc_info=exc)
+                return None, AggregateFailed(message)
         if cell.broken is not None:
             return None, AggregateFailed(cell.broken)
         return cell.state, None
