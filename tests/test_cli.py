@@ -439,13 +439,17 @@ def test_send_errors_are_one_line_with_an_exit_code(bank: Backstage, case: str) 
 
 
 def test_send_times_out(bank: Backstage) -> None:
-    # No reply crosses the router and an aggregate process in a millisecond (measured: it never
-    # did in dozens of tries). The account does not exist: if the command runs late it is
-    # rejected, so it changes nothing.
-    result = bank.run("send", "Deposit", '{"account_id": "tim", "amount": 1}', "--timeout", "0.001")
+    # No reply crosses to a shard process and back in a tenth of a millisecond (a rejection by
+    # lane can take less than a millisecond). The account does not exist: if the command runs
+    # late it is rejected, so it changes nothing.
+    result = bank.run(
+        "send", "Deposit", '{"account_id": "tim", "amount": 1}', "--timeout", "0.0001"
+    )
 
     assert result.returncode == 4, result.stderr
-    assert "no answer within 0.001s; it may or may not have been executed" in one_error_line(result)
+    assert "no answer within 0.0001s; it may or may not have been executed" in one_error_line(
+        result
+    )
 
 
 def test_daemon_serves_after_every_error(bank: Backstage) -> None:
