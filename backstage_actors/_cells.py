@@ -45,6 +45,7 @@ from .errors import (
     BackstageError,
     CommandRejected,
     InvalidCommand,
+    StorageError,
     UnhandledCommand,
     UnregisteredCommand,
     WrongExpectedVersion,
@@ -400,13 +401,13 @@ class Cells:
             for version, event in self.store.stream_events(cell.stream_id, aggregate.version):
                 aggregate.apply(event)
                 aggregate.version = version
-        except BackstageError:
-            raise
+        except StorageError:
+            raise  # the store cannot be read now: the next command tries again
         except Exception as exc:
-            # A stored event this code cannot apply: answer errors rather than crash-loop.
+            # A stored event this code cannot read or apply: answer errors, no crash loop.
             cell.broken = (
-                f"{cell.stream_id}: cannot rebuild: applying the event at version "
-                f"{aggregate.version + 1} raised {type(exc).__name__}: {exc}"
+                f"{cell.stream_id}: cannot rebuild: the event at version "
+                f"{aggregate.version + 1}: {type(exc).__name__}: {exc}"
             )
             log().error("%s", cell.broken, exc_info=exc)
         return aggregate
