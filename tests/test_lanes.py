@@ -61,17 +61,18 @@ def test_commands_to_a_known_aggregate_go_by_its_lane(start_app: Any, base: str)
     if base == "simple":
         assert "lane" not in node  # in-process every message is a call already
     else:
-        # The first went by the router, which started the aggregate; it named its lane.
-        assert node["lane"]["commands"] == 4
+        # Every one went by the shard's lane (the first by the router if the shard was not up
+        # yet: its answer named the lane).
+        assert node["lane"]["commands"] in (4, 5)
         assert node["lane"]["connections"] == 1
         assert node["lane"]["socket"].startswith("@backstage-lane-")
-        # Another client finds a live aggregate's lane by the stream's name, without the router.
+        # Another client finds the shard's lane by the stream's name, without the router.
         other = make_app().attach(system.actor_system, database=system.settings.database)
         try:
             assert other.dispatch(Add("l", 1)).version == 6
         finally:
             other.stop()
-        assert described(system, "Counter-l")["lane"]["commands"] == 5
+        assert described(system, "Counter-l")["lane"]["commands"] == node["lane"]["commands"] + 1
 
 
 @pytest.mark.parametrize("base", ["multiproc"])
@@ -228,9 +229,11 @@ def test_two_systems_on_one_database_keep_to_their_own_aggregates(start_app: Any
     for _ in range(3):
         two.dispatch(Add("x", 1))
 
-    assert described(one, "Counter-x")["lane"]["commands"] == 1
+    # Every command went by its own system's shard's lane (the first, unless it came before
+    # the shard was up, by the router): none crossed over.
+    assert described(one, "Counter-x")["lane"]["commands"] in (1, 2)
     assert router_node(two)["live"] == 1
-    assert described(two, "Counter-x")["lane"]["commands"] == 2
+    assert described(two, "Counter-x")["lane"]["commands"] in (2, 3)
     assert [e.version for e in stored(one, "Counter-x")] == [1, 2, 3, 4, 5]
 
 
@@ -241,11 +244,11 @@ def test_a_client_that_takes_no_answer_is_cut_off(start_app: Any) -> None:
     system.dispatch(Add("z", 1))
     lanes = system._lane_client()
     calls = lanes.calls
-    big = Execute([new_item(Reject("z", "x" * 4_000_000))], None, False, "Counter-z")
+    big = Execute([new_item(Reject("z", "x" * 900_000))], None, False, "Counter-z")
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
         stuck.connect(lane_socket(described(system, "Counter-z")))
-        stuck.sendall(_lane.frame(big))  # and never reads the 4 MB rejection
+        stuck.sendall(_lane.frame(big))  # and never reads the 0.9 MB rejection
         # The aggregate gives up on that answer well within the second a lane client waits:
         # this command is answered by lane, not after a detour through the router.
         after = system.dispatch(Add("z", 1), timeout=20)
