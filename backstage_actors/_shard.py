@@ -18,6 +18,7 @@ commit.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import zlib
 from typing import Any
@@ -116,6 +117,10 @@ class ShardActor(SupervisedActor):
 
     def describe(self) -> dict[str, Any]:
         node = {"shard": self.index, "rounds": self.rounds, **self.cells.describe()}
+        # Where each aggregate's commands go, and the process that hosts it: its shard's.
+        address, pid = str(self.myAddress), os.getpid()
+        for aggregate in node["children"]:
+            aggregate.update(address=address, pid=pid)
         node["telemetry"] = self.cells.stats.summary()
         if self.lanes is not None:
             node["lane"] = self.lanes.describe()
