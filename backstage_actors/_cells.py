@@ -229,7 +229,11 @@ class Cells:
                 if first is not None:
                     decisions.append(Decision(work, same_as=first))
                     continue
-                stored = self._already_done(cell, item)
+                try:
+                    stored = self._already_done(cell, item)
+                except BackstageError as exc:  # cannot tell now: not run, the caller hears why
+                    decisions.append(Decision(work, exc))
+                    continue
                 if stored is not None:
                     decisions.append(Decision(work, stored))
                     continue
