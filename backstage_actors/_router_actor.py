@@ -37,6 +37,7 @@ class RouterActor(Supervisor):
         self.settings: Settings = self.args["settings"]
         self.listeners = Listeners([])
         self.loads: dict[str, ShardLoad] = {}  # shard name -> its last report
+        self.held: dict[str, list[Execute]] = {}  # shard name -> commands for it, not running
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
@@ -125,7 +126,9 @@ class RouterActor(Supervisor):
             if child.status == "running":
                 self.send(child.address, message)  # the hot path: no envelope, nothing held
             else:
-                self.forward(name, message, self.myAddress)
+                # Held until it runs, then sent before anything newer: Thespian may deliver
+                # what was sent to an actor still starting after what is sent once it runs.
+                self.held.setdefault(name, []).append(message)
 
     def _ensure(self, index: int) -> Child:
         name = shard_name(index)
@@ -150,11 +153,14 @@ class RouterActor(Supervisor):
     def child_started(self, child: Child) -> None:
         if self.listeners.listeners:
             self.send(child.address, self.listeners)
+        for message in self.held.pop(child.name, []):
+            self.send(child.address, message)
 
     def child_ended(self, child: Child) -> None:
         """A shard stopped for good: commands that were waiting for it start a fresh one
         instead of being lost."""
         waiting = child.bounced + child.pending
+        waiting += [(message, None) for message in self.held.pop(child.name, [])]
         child.bounced, child.pending = [], []
         if child.gave_up:
             # It crashed in its start twice in a row: its commands fail, rather than start it
