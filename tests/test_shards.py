@@ -103,7 +103,7 @@ def test_many_aggregates_run_in_the_shards_processes(start_app: Any) -> None:
 
     results = system.dispatch_many([Add(f"many-{i}", 1) for i in range(10_000)], timeout=120)
 
-    assert all(isinstance(r, DispatchResult) for r in results)
+    assert [r for r in results if not isinstance(r, DispatchResult)][:3] == []
     assert family(admin.pid) == before
     shards = shard_nodes(system)
     assert len(shards) == 2
