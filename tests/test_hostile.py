@@ -423,9 +423,8 @@ def test_after_an_admin_sigkill_its_port_is_refused_at_once(tmp_path: Path) -> N
 
 
 def test_an_append_that_cannot_be_written_fails_alone_in_its_group_commit(tmp_path: Path) -> None:
-    from backstage_actors.store._codec import EncodedEvent
-
     from backstage_actors.store import AppendRequest, EventStore
+    from backstage_actors.store._codec import EncodedEvent
 
     store = EventStore(str(tmp_path / "store.db"))
     try:
