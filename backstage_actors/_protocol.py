@@ -1,4 +1,4 @@
-"""Messages between the client, the router, aggregate actors and the store actor (internal)."""
+"""Messages between the client, the router and the shards (internal)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,15 @@ import attrs
 
 from .command import CommandItem
 from .limits import DEFAULT_LIMITS, Limits
-from .store.records import AppendRequest
 
 __all__ = [
-    "AppendBatch",
-    "AppendFailed",
-    "AppendResults",
     "Appended",
     "CommandStats",
     "Execute",
     "Executed",
-    "Flush",
     "Listeners",
     "Settings",
+    "ShardLoad",
 ]
 
 
@@ -33,19 +29,14 @@ class Settings:
     base: str = "multiproc"  # the Thespian base: "simple" or "multiproc"
     max_retries: int = 3
     lifespan: float | None = None
-    max_live: int = 1000
+    max_live: int = 1000  # live aggregates, all shards together
     page_size: int = 1000
+    shards: int = 1  # shard actors hosting the aggregates (see _shard)
     limits: Limits = DEFAULT_LIMITS  # what commands and events may hold (see limits.py)
     # One running application per database and host (see _owner): who this one is.
     exclusive: bool = True
     app_name: str = ""
     admin_port: int | None = None
-
-    @property
-    def append_via(self) -> str:
-        """Who commits a batch's appends: ``"actor"`` (in-process: the store actor, in one group
-        commit) or ``"direct"`` (multiproc: each aggregate process, a hop saved)."""
-        return "actor" if self.base == "simple" else "direct"
 
 
 @attrs.frozen
@@ -54,8 +45,7 @@ class Execute:
 
     items: list[CommandItem]
     reply_to: Any
-    # Part of a larger batch: other aggregates are appending at the same moment, so the appends
-    # go through the store actor's group commit (in-process; see _aggregate_actor).
+    # Part of a larger batch (several commands sent together).
     grouped: bool = False
     # Set when a client sends straight to the aggregate it believes owns this stream: the
     # aggregate checks it, and hands a misdelivered message to the router.
@@ -67,16 +57,12 @@ class Executed:
     """Answers: ``(request_id, DispatchResult | BackstageError)`` pairs."""
 
     results: list[tuple[str, Any]]
-    # ``(stream_id, address, lane)`` of the aggregate that answered: where to send its next
-    # commands (``lane``: the name of its local socket, or None; see ``_lane``).
+    # ``(stream_id, address, lane)`` of the shard that answered for that one stream: where to
+    # send its next commands (``lane``: the name of its local socket, or None; see ``_lane``).
     source: tuple[str, Any, str | None] | None = None
-
-
-@attrs.frozen
-class Touched:
-    """An aggregate was used directly by a client: the router keeps its idle clock right."""
-
-    stream_id: str
+    # In-process: the commit the caller must see flushed to disk before it takes these answers
+    # as given (see ``_writer``; 0: nothing to wait for).
+    durable_at: int = 0
 
 
 @attrs.frozen
@@ -89,49 +75,20 @@ class CommandStats:
 
 
 @attrs.frozen
-class AppendBatch:
-    """Appends for the store actor's next group commit.
+class ShardLoad:
+    """A shard's live aggregates and its totals so far, for the router (``tree``, ``top``)."""
 
-    Without ``reply_to`` the sender waits for an :class:`AppendResults` with its ``tag``. With
-    it the sender did not wait (pipelined): the store actor answers ``reply_to`` for each
-    request's command (``items``: the command and its attempt, one per request) and tells the
-    sender only of failures (:class:`AppendFailed`); ``tag`` is then the sender's epoch.
-    """
-
-    requests: list[AppendRequest]
-    tag: Any
-    reply_to: Any = None
-    items: list[tuple[CommandItem, int]] | None = None
-
-
-@attrs.frozen
-class AppendFailed:
-    """Pipelined appends of one epoch that failed, each with its command, attempt and error.
-    With none, the aggregate only rebuilds: a command of that epoch was run on a state that
-    already held its first attempt."""
-
-    epoch: int
-    failures: list[tuple[CommandItem, int, Any]]
-    reply_to: Any
-
-
-@attrs.frozen
-class AppendResults:
-    tag: Any
-    results: list[Any]
-
-
-@attrs.frozen
-class Flush:
-    pass
+    shard: str
+    live: int
+    passivated: int
+    restarts: int
 
 
 @attrs.frozen
 class Listeners:
-    """Where aggregates announce new events (the event bus), and the store actor's address."""
+    """Where shards announce new events (the event bus)."""
 
     listeners: list[Any]
-    store_actor: Any = None
 
 
 @attrs.frozen

@@ -1,78 +1,62 @@
-"""The router actor: the supervisor whose dynamic children are the aggregate actors, one per stream.
+"""The router actor: the supervisor of the shards, a fixed pool that hosts every aggregate.
 
-It starts an aggregate on its first command, forwards each command to it (a restarting aggregate
-gets the command when it is back), and stops the idle and the least recently used ones so that a
-few hundred processes, not one per aggregate ever seen, stay alive. Which aggregate a command goes
-to is the :class:`~backstage_actors.router.Router`'s answer.
+Each command goes to the shard its stream id hashes to (:func:`~._shard.shard_of`); the shard
+finds or makes the aggregate (see ``_shard`` and ``_cells``). Shards start with the router
+and are restarted when they crash or are killed; a command sent to a shard whose
+process just died comes back as a dead letter and is routed again. Which aggregate a command
+goes to is the :class:`~backstage_actors.router.Router`'s answer.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from typing import Any
 
-from thespian.actors import DeadEnvelope, WakeupMessage
+from thespian.actors import DeadEnvelope
 
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from . import telemetry
-from ._aggregate_actor import TOUCH_EVERY, AggregateActor
-from ._names import EVENTS, STORE
-from ._protocol import (
-    AppendFailed,
-    CommandStats,
-    Execute,
-    Executed,
-    Listeners,
-    Settings,
-    Touched,
-)
+from ._names import EVENTS
+from ._protocol import CommandStats, Execute, Executed, Listeners, Settings, ShardLoad
+from ._shard import ShardActor, shard_name, shard_of
 from .command import CommandItem
 from .errors import AggregateFailed, InvalidCommand, UnregisteredCommand
-from .router import Route, Router
+from .router import Router
 
 __all__ = ["RouterActor"]
 
 
 class RouterActor(Supervisor):
-    """Supervises one actor per live aggregate; ``self.args`` holds the router and settings."""
+    """Supervises the shards; ``self.args`` holds the router and settings."""
 
     kind = "router"
-    tree_window = 50
-    describe_aggregates = False  # the router knows enough; asking hundreds of actors is slow
 
     def on_start(self) -> None:
         super().on_start()
         self.router: Router = self.args["router"]
         self.settings: Settings = self.args["settings"]
-        self.listeners = Listeners([], None)
-        self.recent: OrderedDict[str, float] = OrderedDict()
-        self.lifespans: dict[str, float] = {}
-        self.passivated = 0
+        self.listeners = Listeners([])
+        self.loads: dict[str, ShardLoad] = {}  # shard name -> its last report
+        self.held: dict[str, list[Execute]] = {}  # shard name -> commands for it, not running
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
-        self.sweep_due = False
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
-        # A command forwarded to an aggregate whose process just died (before the router heard
-        # of it) comes back as a dead letter: route it again instead of losing it.
+        # A command forwarded to a shard whose process just died (before the router heard of
+        # it) comes back as a dead letter: route it again instead of losing it.
         self.handleDeadLetters(startHandling=True)
+        for index in range(self.settings.shards):  # a fixed pool, started at once
+            self._ensure(index)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "live": sum(1 for c in self.children.values() if c.status in ("starting", "running")),
+            "shards": self.settings.shards,
+            "live": sum(load.live for load in self.loads.values()),
             "max_live": self.settings.max_live,
-            "passivated": self.passivated,
-            "aggregate_restarts": sum(c.restarts for c in self.children.values()),
+            "passivated": sum(load.passivated for load in self.loads.values()),
+            "aggregate_restarts": sum(load.restarts for load in self.loads.values()),
+            "shard_restarts": sum(c.restarts for c in self.children.values()),
             "commands": {name: meter.summary() for name, meter in self.meters.items()},
         }
-
-    def describe_child(self, child: Child) -> bool:
-        return self.describe_aggregates
-
-    def tree_children(self) -> list[Child]:
-        names = list(self.recent)[-self.tree_window :]
-        return [self.children[n] for n in reversed(names) if n in self.children]
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -83,27 +67,29 @@ class RouterActor(Supervisor):
                 if message.reply_to is not None
                 else Execute(message.items, sender, message.grouped)
             )
-        elif isinstance(message, Touched):
-            if message.stream_id in self.recent:
-                # In use, as far as the router can know, until its next Touched is due: an
-                # aggregate busy by lane must not look older than one used once since.
-                lifespan = self.lifespans.get(message.stream_id)
-                every = min(TOUCH_EVERY, lifespan / 4) if lifespan else TOUCH_EVERY
-                self.recent[message.stream_id] = time.monotonic() + every
-                self.recent.move_to_end(message.stream_id)
         elif isinstance(message, CommandStats):
             self.meters.setdefault(message.aggregate, telemetry.CommandMeter()).add(message.delta)
+        elif isinstance(message, ShardLoad):
+            self.loads[message.shard] = message
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
-        elif isinstance(message, WakeupMessage):
-            self._sweep()
         elif isinstance(message, DeadEnvelope):
             self._dead_letter(message.deadMessage)
         else:
             super().handle(message, sender)
 
+    def _on_description(self, reply: Any) -> None:
+        """A shard's node for ``tree``: its counts are the newest there are (the router's own
+        node, made once every shard answered, sums them)."""
+        node, request = getattr(reply, "node", None), getattr(reply, "request_id", None)
+        if isinstance(node, dict) and "shard" in node and isinstance(request, tuple):
+            self.loads[request[1]] = ShardLoad(
+                request[1], node["live"], node["passivated"], node["aggregate_restarts"]
+            )
+        super()._on_description(reply)
+
     def lost(self, message: Any, sender: Any) -> None:
-        """Handed back by an aggregate that is gone (passivated meanwhile): route it again."""
+        """Handed back by a shard that is gone: route it again."""
         again = _commands_of(message, sender)
         if again is not None:
             self._dead_letter(again)
@@ -112,7 +98,7 @@ class RouterActor(Supervisor):
 
     def _dead_letter(self, message: Any) -> None:
         if self._mode not in ("running", "starting"):
-            return  # stopping: no aggregate is started again
+            return  # stopping: no shard is started again
         again = _commands_of(message.message if isinstance(message, Envelope) else message)
         if again is not None and all(
             type(item.command) in self.router.routes for item in again.items
@@ -120,108 +106,61 @@ class RouterActor(Supervisor):
             self._execute(again)
 
     def _execute(self, execute: Execute) -> None:
-        groups: dict[str, list[CommandItem]] = {}
-        routes: dict[str, tuple[Route, str]] = {}
+        """Split the commands by shard (those that name no stream are answered here)."""
+        groups: dict[int, list[CommandItem]] = {}
         errors: list[tuple[str, Any]] = []
+        shards = self.settings.shards
         for item in execute.items:
             try:
-                route, stream_id, identity = self.router.stream_of(
-                    item.command, self.settings.limits
-                )
+                _, stream_id, _ = self.router.stream_of(item.command, self.settings.limits)
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
-            groups.setdefault(stream_id, []).append(item)
-            routes[stream_id] = (route, identity)
+            groups.setdefault(shard_of(stream_id, shards), []).append(item)
         if errors:
             self.send(execute.reply_to, Executed(errors))
-        now = time.monotonic()
-        for stream_id, items in groups.items():
-            route, identity = routes[stream_id]
-            self._ensure(stream_id, route, identity)
-            # (a Touched may have told of use until later: keep the later of the two)
-            self.recent[stream_id] = max(now, self.recent.get(stream_id, now))
-            self.recent.move_to_end(stream_id)
-            grouped = execute.grouped or len(execute.items) > 1
-            message = Execute(items, execute.reply_to, grouped)
-            child = self.children[stream_id]
+        for index, items in groups.items():
+            name = shard_name(index)
+            child = self._ensure(index)
+            message = Execute(items, execute.reply_to, execute.grouped or len(items) > 1)
             if child.status == "running":
                 self.send(child.address, message)  # the hot path: no envelope, nothing held
             else:
-                self.forward(stream_id, message, self.myAddress)
+                # Held until it runs, then sent before anything newer: Thespian may deliver
+                # what was sent to an actor still starting after what is sent once it runs.
+                self.held.setdefault(name, []).append(message)
 
-    def _ensure(self, stream_id: str, route: Route, identity: str) -> None:
-        child = self.children.get(stream_id)
+    def _ensure(self, index: int) -> Child:
+        name = shard_name(index)
+        child = self.children.get(name)
         if child is not None and child.status != "stopped":
-            return
-        self._make_room()
-        lifespan = route.lifespan if route.lifespan is not None else self.settings.lifespan
+            return child
         spec = ChildSpec(
-            stream_id,
-            AggregateActor,
-            restart="transient",
+            name,
+            ShardActor,
+            restart="permanent",
             args={
                 "settings": self.settings,
-                "aggregate": route.aggregate,
-                "stream_id": stream_id,
-                "identity": identity,
-                "store_actor": self.listeners.store_actor,
+                "router": self.router,
+                "index": index,
                 "listeners": self.listeners.listeners,
-                "lifespan": lifespan,
             },
         )
-        self.start_child(spec)
-        if lifespan:
-            self.lifespans[stream_id] = lifespan
-            self._schedule_sweep(lifespan)
+        return self.start_child(spec)
 
-    def _make_room(self) -> None:
-        """Stop least recently used aggregates until one more fits under ``max_live``."""
-        live = [n for n, c in self.children.items() if c.status in ("starting", "running")]
-        excess = len(live) + 1 - self.settings.max_live
-        if excess <= 0:
-            return
-        for name in sorted(self.recent, key=self.recent.__getitem__):  # least recent first
-            if excess <= 0:
-                break
-            child = self.children.get(name)
-            if child is not None and child.status in ("starting", "running"):
-                self._passivate(name)
-                excess -= 1
+    # -- lifecycle of shards ----------------------------------------------------------------
 
-    def _passivate(self, name: str) -> None:
-        self.passivated += 1
-        self.recent.pop(name, None)
-        self.lifespans.pop(name, None)
-        self.terminate_child(name)
-
-    # -- idle passivation -------------------------------------------------------------------
-
-    def _schedule_sweep(self, lifespan: float) -> None:
-        if not self.sweep_due:
-            self.sweep_due = True
-            self.wakeupAfter(min(5.0, max(0.05, lifespan / 2)))
-
-    def _sweep(self) -> None:
-        self.sweep_due = False
-        now = time.monotonic()
-        for name, last in list(self.recent.items()):
-            lifespan = self.lifespans.get(name)
-            if lifespan and now - last >= lifespan:
-                child = self.children.get(name)
-                if child is not None and child.status == "running" and not child.pending:
-                    self._passivate(name)
-        if self.lifespans:
-            self._schedule_sweep(min(self.lifespans.values()))
-
-    # -- lifecycle of aggregates ------------------------------------------------------------
+    def child_started(self, child: Child) -> None:
+        if self.listeners.listeners:
+            self.send(child.address, self.listeners)
+        for message in self.held.pop(child.name, []):
+            self.send(child.address, message)
 
     def child_ended(self, child: Child) -> None:
-        """An aggregate stopped (passivated or crashed for good): commands that were waiting
-        for it start a fresh instance instead of being lost."""
-        self.recent.pop(child.name, None)
-        self.lifespans.pop(child.name, None)
+        """A shard stopped for good: commands that were waiting for it start a fresh one
+        instead of being lost."""
         waiting = child.bounced + child.pending
+        waiting += [(message, None) for message in self.held.pop(child.name, [])]
         child.bounced, child.pending = [], []
         if child.gave_up:
             # It crashed in its start twice in a row: its commands fail, rather than start it
@@ -245,24 +184,16 @@ class RouterActor(Supervisor):
                     self._execute(again)
 
     def _sibling_moved(self, message: ChildAddress) -> None:
-        if message.name == EVENTS:
-            self.listeners = Listeners(
-                [message.address] if message.address else [], self.listeners.store_actor
-            )
-        elif message.name == STORE:
-            self.listeners = Listeners(self.listeners.listeners, message.address)
-        else:
+        if message.name != EVENTS:
             return
+        self.listeners = Listeners([message.address] if message.address else [])
         for child in self.children.values():
             if child.status in ("starting", "running"):
                 self.send(child.address, self.listeners)
 
 
 def _commands_of(message: Any, sender: Any = None) -> Execute | None:
-    """The commands a message for an aggregate that is gone carries, to be routed again: an
-    ``Execute``, or pipelined appends that failed after their aggregate stopped (run afresh)."""
+    """The commands a message for a shard that is gone carries, to be routed again."""
     if isinstance(message, Execute):
         return Execute(message.items, message.reply_to or sender, message.grouped)
-    if isinstance(message, AppendFailed):
-        return Execute([item for item, _, _ in message.failures], message.reply_to, True)
     return None

@@ -26,12 +26,12 @@ def shared_store(settings: Settings) -> EventStore:
     key = (os.getpid(), settings.database, settings.synchronous)
     store = _stores.get(key)
     if store is None:
-        # Many processes append at once on multiproc: they share their flushes to disk.
+        # Shards (processes on multiproc, callers' threads in-process) share their flushes.
         store = EventStore(
             settings.database,
             settings.synchronous,
             page_size=settings.page_size,
-            shared_flush=settings.append_via == "direct",
+            shared_flush=True,
         )
         _stores[key] = store
     return store

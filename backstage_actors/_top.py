@@ -181,7 +181,7 @@ class TopView:
     def _tree(self, sample: Sample, now: float) -> RenderableType:
         def grow(branch: Tree, node: dict[str, Any], path: str) -> None:
             children = node.get("children", [])
-            if node.get("kind") == "router":
+            if node.get("kind") == "shard":
                 hot = [c for c in children if f"{path}/{c['name']}" in self.highlight_until]
                 children = hot + [c for c in children if c not in hot][: MAX_AGGREGATES - len(hot)]
                 hidden = int(node.get("live", 0)) - len(children)

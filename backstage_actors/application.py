@@ -9,6 +9,7 @@ tree and returns a :class:`RunningSystem`, the handle you dispatch commands thro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +37,13 @@ from .store import EventStore, is_postgres, normalise
 
 __all__ = ["Application", "RunningSystem"]
 
-#: Live aggregate actors per base: each one is a process on multiproc (4-6 MiB each).
-DEFAULT_MAX_LIVE = {"simple": 2_000, "multiproc": 300}
+#: Live aggregates, all shards together (a live aggregate is its state and a mailbox in a shard).
+DEFAULT_MAX_LIVE = {"simple": 20_000, "multiproc": 20_000}
+
+
+def default_shards(base: str) -> int:
+    """Shards on ``base``: one in-process, one per core on multiproc."""
+    return 1 if base == "simple" else max(1, os.cpu_count() or 1)
 
 
 class Application:
@@ -45,8 +51,9 @@ class Application:
 
     ``database`` is the SQLite file of the event store (and, by default, of the projections).
     ``synchronous`` is ``"FULL"`` (every commit fsynced) or ``"NORMAL"``. ``lifespan`` is how long
-    an idle aggregate actor lives by default (None: until the cap pushes it out); ``max_live``
-    caps live aggregate actors (default: 2,000 in-process, 300 on multiproc).
+    an idle aggregate stays live by default (None: until the cap pushes it out); ``max_live``
+    caps live aggregates (default: 20,000). ``shards`` is how many shard actors host them
+    (on multiproc each is a process; default: one per core there, one in-process).
     ``restart_intensity`` is the root supervisor's ``(max_restarts, within)``: more crashes of the
     store, the router or the events supervisor than that within ``within`` seconds stop the
     application (aggregates and subscribers crash under their own, more tolerant supervisors).
@@ -76,6 +83,7 @@ class Application:
         metrics_host: str = "127.0.0.1",
         limits: Limits = DEFAULT_LIMITS,
         exclusive: bool = True,
+        shards: int | None = None,
     ) -> None:
         self.name = name
         self.router = router
@@ -90,6 +98,9 @@ class Application:
         self.max_live = max_live
         self.max_retries = max_retries
         self.restart_intensity = restart_intensity
+        if shards is not None and shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards!r}")
+        self.shards = shards
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.limits = limits
@@ -109,6 +120,7 @@ class Application:
             max_retries=self.max_retries,
             lifespan=self.lifespan,
             max_live=self.max_live or DEFAULT_MAX_LIVE[base],
+            shards=1 if base == "simple" else (self.shards or default_shards(base)),
             limits=self.limits,
             exclusive=self.exclusive,
             app_name=self.name,
@@ -122,7 +134,7 @@ class Application:
                 ROUTER,
                 RouterActor,
                 args={
-                    # Aggregates crash independently: many restarts must not take the router down.
+                    # Shards are restarted (killed, crashed) without taking the router down.
                     "spec": SupervisorSpec(max_restarts=10_000, within=1.0, kind="router"),
                     "router": self.router,
                     "settings": settings,

@@ -5,7 +5,7 @@
 leaves running. Dispatch commands, wait for consistency, look at the tree, rebuild projections.
 
 
-Commands go to the router as :class:`Execute` messages; each aggregate answers the caller directly
+Commands go to the router as :class:`Execute` messages; each shard answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
 next, stale answers of timed-out requests included). On simpleSystemBase the actors run inside
 these calls, so calls from several threads take turns; on multiproc each thread gets its own
@@ -33,6 +33,7 @@ from . import _async, _lane, _shared, _thespian, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
+from ._shard import shard_name, shard_of
 from .aggregate import Aggregate
 from .command import CommandItem, DispatchResult, new_item
 from .errors import (
@@ -67,6 +68,31 @@ class _Locked:
 
     def __exit__(self, *exc_info: object) -> None:
         self.lock.release()
+
+
+class _Call:
+    """One ``_send``: its items, their answers so far, and its clock."""
+
+    __slots__ = (
+        "answers",
+        "deadline",
+        "detour_at",
+        "direct",
+        "durable_at",
+        "items",
+        "timeout",
+        "waiting",
+    )
+
+    def __init__(self, items: list[CommandItem], timeout: float) -> None:
+        self.items = items
+        self.timeout = timeout
+        self.waiting = {item.request_id: index for index, item in enumerate(items)}
+        self.answers: list[Any] = [None] * len(items)
+        self.deadline = time.monotonic() + timeout
+        self.direct: str | None = None  # sent straight to this stream's shard, by message
+        self.detour_at = 0.0  # when to ask the router instead
+        self.durable_at = 0  # in-process: the commit to see flushed first (see _writer)
 
 
 class RunningSystem:
@@ -283,84 +309,119 @@ class RunningSystem:
         return new_item(command, metadata, self.settings.limits, identity)
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
-        """Send ``items`` in ``Execute`` messages and gather one answer per item.
+        """Send ``items`` in ``Execute`` messages and gather one answer per item, in four steps:
+        by lane, by message, the wait for the flush, the timeouts.
 
-        A single command to an aggregate this system has heard from goes straight to it (two
-        messages instead of three: on multiproc every hop is a TCP round trip), by its lane
-        when it has one (see ``_lane``); anything else, and anything whose aggregate moved,
-        goes through the router.
+        A single command for a stream this system has heard from goes straight to its shard
+        (two messages instead of three: on multiproc every hop is a TCP round trip), by the
+        shard's lane when it has one (see ``_lane``); anything else, and anything whose shard
+        moved, goes through the router.
         """
         if not items:
             return []
-        waiting = {item.request_id: index for index, item in enumerate(items)}
-        answers: list[Any] = [None] * len(items)
-        deadline = time.monotonic() + timeout
+        call = _Call(items, timeout)
         self._check_running()
         direct = self._direct_address(items)
         if direct is not None and self.base != "simple":
             # Named, so that a detour through the router can never run it twice. (In-process
             # the answer is there when tell() returns: no detour, no need.)
-            items = [attrs.evolve(item, idempotent=True) for item in items]
-            _, stream_id, lane = direct
-            if lane is not None:
-                lanes = self._lane_client()
-                request = Execute(items, None, False, stream_id)
-                reply = lanes.call(lane, request, min(DIRECT_PATIENCE, timeout / 2))
-                if isinstance(reply, Executed):
-                    self._take(reply, waiting, answers)
-                if not waiting:
-                    return answers
-                # It stopped, crashed, moved or is slow: the router knows the way.
-                self._forget(stream_id)
-                lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
-                direct = None
+            call.items = [attrs.evolve(item, idempotent=True) for item in items]
+            direct = self._by_lane(call, direct)
+            if not call.waiting:
+                return call.answers
+        self._by_message(call, direct, batch_size)
+        if call.durable_at:
+            self._await_flush(call.durable_at, call.answers)
+        self._time_out(call)
+        return call.answers
+
+    def _by_lane(
+        self, call: _Call, direct: tuple[Any, str, str | None]
+    ) -> tuple[Any, str, str | None] | None:
+        """Try the shard's lane, if it has one; what is left to send by message, and where."""
+        _, stream_id, lane = direct
+        if lane is None:
+            return direct
+        lanes = self._lane_client()
+        request = Execute(call.items, None, False, stream_id)
+        reply = lanes.call(lane, request, min(DIRECT_PATIENCE, call.timeout / 2))
+        if isinstance(reply, Executed):
+            self._take(reply, call.waiting, call.answers)
+        if call.waiting:
+            # It stopped, crashed, moved or is slow: the router knows the way.
+            self._forget(stream_id)
+            lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
+        return None
+
+    def _by_message(
+        self, call: _Call, direct: tuple[Any, str, str | None] | None, batch_size: int
+    ) -> None:
+        """Send by Thespian message (to the shard ``direct`` names, or the router) and listen
+        for the answers until the deadline."""
         router = self.router_address()
         with self._endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:
                 address, stream_id, _ = direct
-                endpoint.tell(address, Execute(items, me, False, stream_id))
-                detour_at = time.monotonic() + min(DIRECT_PATIENCE, timeout / 2)
+                endpoint.tell(address, Execute(call.items, me, False, stream_id))
+                call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
+                call.direct = stream_id
             else:
-                direct = None
-                pending = [item for item in items if item.request_id in waiting]
+                pending = [item for item in call.items if item.request_id in call.waiting]
                 for start in range(0, len(pending), batch_size):
                     endpoint.tell(router, Execute(pending[start : start + batch_size], me))
-            while waiting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if direct is not None and time.monotonic() >= detour_at:
-                    # The aggregate may have been stopping as the command reached it: ask the
-                    # router, which starts it again if need be.
-                    self._forget(direct[1])
-                    endpoint.tell(router, Execute([items[i] for i in waiting.values()], me))
-                    direct = None
-                    continue
-                reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
-                if reply is None:
-                    step = remaining if direct is None else max(0.0, detour_at - time.monotonic())
-                    reply = endpoint.listen(self._wait_step(step))
-                if isinstance(reply, Executed):
-                    self._take(reply, waiting, answers)
-                elif isinstance(reply, PoisonMessage):
-                    self._router = None  # the router moved; the next call looks it up again
-                    break
+            self._listen(endpoint, call, router, me)
             if self.base == "simple":
-                self._sent += len(items)
+                self._sent += len(call.items)
                 if self._sent >= 10_000:  # (under the lock: no actor runs meanwhile)
                     self._sent = 0
                     _thespian.compact_registry(self.actor_system)
-        if waiting:
-            # No answer: the router may live elsewhere now; look it up again next time.
-            self._router = None
-        for index in waiting.values():
-            name = type(items[index].command).__name__
+
+    def _listen(self, endpoint: Any, call: _Call, router: Any, me: Any) -> None:
+        while call.waiting:
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if call.direct is not None and time.monotonic() >= call.detour_at:
+                # The shard may have been stopping as the command reached it: ask the router,
+                # which starts it again if need be.
+                self._forget(call.direct)
+                waiting = [call.items[i] for i in call.waiting.values()]
+                endpoint.tell(router, Execute(waiting, me))
+                call.direct = None
+                continue
+            reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
+            if reply is None:
+                step = remaining if call.direct is None else call.detour_at - time.monotonic()
+                reply = endpoint.listen(self._wait_step(max(0.0, step)))
+            if isinstance(reply, Executed):
+                self._take(reply, call.waiting, call.answers)
+                call.durable_at = max(call.durable_at, reply.durable_at)
+            elif isinstance(reply, PoisonMessage):
+                self._router = None  # the router moved; the next call looks it up again
+                return
+
+    def _time_out(self, call: _Call) -> None:
+        """What is still waiting gets :class:`DispatchTimeout`."""
+        if not call.waiting:
+            return
+        self._router = None  # the router may live elsewhere now; look it up again next time
+        for index in call.waiting.values():
+            name = type(call.items[index].command).__name__
             telemetry.emit("timeout", {"count": 1.0}, {"command": name})
-            answers[index] = DispatchTimeout(
-                f"{name}: no answer within {timeout}s; it may or may not have been executed"
+            call.answers[index] = DispatchTimeout(
+                f"{name}: no answer within {call.timeout}s; it may or may not have been executed"
             )
-        return answers
+
+    def _await_flush(self, commit: int, answers: list[Any]) -> None:
+        """In-process: the answers count on commit number ``commit``; flush it to disk (or
+        find it flushed by another caller) now that other callers may go on (see ``_writer``).
+        If the flush fails, no answer is given: each becomes the storage error."""
+        recorder: Any = _shared.shared_store(self.settings).recorder
+        try:
+            recorder.flush_through(commit)
+        except BackstageError as exc:
+            answers[:] = [exc if answer is not None else None for answer in answers]
 
     def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives."""
@@ -375,9 +436,9 @@ class RunningSystem:
                 answers[index] = answer
 
     def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
-        """``(address, stream id, lane)`` of the aggregate a single command may go straight to:
-        one that answered before, or on multiproc any live one, by the lane its stream's name
-        gives (``address`` is then None, and a refused connection means: ask the router)."""
+        """``(address, stream id, lane)`` of the shard a single command may go straight to: the
+        one that answered for its stream before, or on multiproc the lane its shard's name gives
+        (``address`` is then None, and a refused connection means: ask the router)."""
         if len(items) != 1:
             return None
         try:
@@ -388,7 +449,8 @@ class RunningSystem:
         if known is not None:
             return (known[0], stream_id, known[1])
         if self._system_key is not None:
-            name = _lane.name_for(self._system_key, self.settings.database, stream_id)
+            shard = shard_name(shard_of(stream_id, self.settings.shards))
+            name = _lane.name_for(self._system_key, self.settings.database, shard)
             return (None, stream_id, name)
         return None
 

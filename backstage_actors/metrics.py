@@ -153,8 +153,8 @@ class TreeCollector(Collector):
                             entry["latency"],
                             telemetry.LATENCY_BUCKETS,
                         )
-            elif node.get("kind") == "store" and "batch_sizes" in node:
-                total.add({"batch_sizes": node["batch_sizes"]})
+            elif node.get("kind") == "shard" and "writer" in node:
+                total.add({"batch_sizes": node["writer"]["batch_sizes"]})
         for command, count in sorted((self.timeouts.snapshot() if self.timeouts else {}).items()):
             commands.add_metric([self.command_owner(command), command, "timeout"], count)
         appends.add_metric([], total.appends)
@@ -197,9 +197,9 @@ class TreeCollector(Collector):
             labels=["kind"],
         )
         by_kind: dict[str, int] = {}
-        live = GaugeMetricFamily("backstage_aggregates_live", "Live aggregate actors")
+        live = GaugeMetricFamily("backstage_aggregates_live", "Live aggregates (all shards)")
         passivated = CounterMetricFamily(
-            "backstage_aggregates_passivated", "Aggregate actors stopped for idleness or the cap"
+            "backstage_aggregates_passivated", "Aggregates dropped for idleness or the cap"
         )
         for node in nodes:
             kind = str(node.get("kind", "?"))
@@ -209,7 +209,7 @@ class TreeCollector(Collector):
                 )
                 live.add_metric([], node.get("live", 0))
                 passivated.add_metric([], node.get("passivated", 0))
-            if kind != "aggregate":  # (the router's window of them: counted above)
+            if kind != "aggregate":  # (the shards' windows of them: counted above)
                 by_kind[kind] = by_kind.get(kind, 0) + int(node.get("restarts", 0))
         for kind, count in sorted(by_kind.items()):
             restarts.add_metric([kind], count)

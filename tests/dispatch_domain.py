@@ -257,8 +257,13 @@ def router_node(system: Any) -> dict[str, Any]:
 
 
 def aggregate_nodes(system: Any) -> dict[str, dict[str, Any]]:
-    """The aggregate actors the router shows (its most recently used ones), by stream id."""
-    return {c["name"]: c for c in router_node(system)["children"]}
+    """The aggregates the shards show (their most recently used ones), by stream id; each with
+    its shard's process id."""
+    return {
+        aggregate["name"]: {**aggregate, "pid": shard.get("pid")}
+        for shard in router_node(system)["children"]
+        for aggregate in shard["children"]
+    }
 
 
 def stored(system: Any, stream_id: str) -> list[Any]:

@@ -115,7 +115,7 @@ def test_given_correlation_and_causation_ids_are_kept(start_app: Any) -> None:
     assert result.command_id not in ("corr-7", "event-6")  # the command still has its own id
 
 
-def test_one_actor_per_aggregate_instance(start_app: Any) -> None:
+def test_each_aggregate_instance_lives_in_its_shard(start_app: Any) -> None:
     system = start_app(make_app())
     system.dispatch(Add("x", 1))
     system.dispatch(Add("y", 1))
@@ -124,19 +124,20 @@ def test_one_actor_per_aggregate_instance(start_app: Any) -> None:
 
     assert set(nodes) == {"Counter-x", "Counter-y"}
     assert {n["kind"] for n in nodes.values()} == {"aggregate"}
-    assert nodes["Counter-x"]["address"] != nodes["Counter-y"]["address"]
     assert router_node(system)["live"] == 2
+    shards = {s["name"]: s for s in router_node(system)["children"]}
+    assert {s["kind"] for s in shards.values()} == {"shard"}
     if system.base == "multiproc":
-        # One OS process each, neither the caller's nor the router's.
-        pids = {nodes["Counter-x"]["pid"], nodes["Counter-y"]["pid"]}
-        assert len(pids) == 2 and os.getpid() not in pids
-        assert router_node(system)["pid"] not in pids
-    # Later commands find the same actor again.
+        # In the shards' processes: neither the caller's nor the router's, one per shard.
+        pids = {n["pid"] for n in nodes.values()}
+        assert os.getpid() not in pids and router_node(system)["pid"] not in pids
+        assert pids <= {s["pid"] for s in shards.values()}
+    # Later commands find the same aggregate again, in the same shard.
     for _ in range(3):
         system.dispatch(Add("x", 1))
     again = aggregate_nodes(system)
-    assert again["Counter-x"]["address"] == nodes["Counter-x"]["address"]
-    assert again["Counter-x"]["restarts"] == 0
+    assert again["Counter-x"]["pid"] == nodes["Counter-x"]["pid"]
+    assert (again["Counter-x"]["restarts"], again["Counter-x"]["version"]) == (0, 4)
     assert set(again) == {"Counter-x", "Counter-y"}
 
 
@@ -280,24 +281,26 @@ def test_apply_failure_restarts_the_aggregate_and_loses_nothing_queued(start_app
     assert system.dispatch(Add("boom", 10)).events[0].data == Added("boom", 10, 18)
 
 
-def test_apply_failure_in_a_batch_fails_only_that_aggregates_commands(start_app: Any) -> None:
+def test_apply_failure_in_a_batch_fails_only_that_command(start_app: Any) -> None:
     system = start_app(make_app())
 
-    # One message: the crashing aggregate's commands of the batch share its fate (their events
-    # were applied in memory but none is stored); another aggregate's commands are unaffected.
+    # One message: what the crashing aggregate decided before the crash is stored; the crash
+    # fails its own command only, and the command after it runs on the state rebuilt from the
+    # store. Another aggregate's commands are unaffected.
     results = system.dispatch_many(
         [Add("batch", 1), Add("bystander", 1), Explode("batch"), Add("batch", 2)]
     )
 
     assert [type(r).__name__ for r in results] == [
-        "AggregateFailed",
+        "DispatchResult",
         "DispatchResult",
         "AggregateFailed",
-        "AggregateFailed",
+        "DispatchResult",
     ]
-    assert stored(system, "Counter-batch") == []
+    assert [e.data.total for e in stored(system, "Counter-batch")] == [1, 3]
     assert len(stored(system, "Counter-bystander")) == 1
-    assert system.dispatch(Add("batch", 5)).events[0].data == Added("batch", 5, 5)
+    assert system.dispatch(Add("batch", 5)).events[0].data == Added("batch", 5, 8)
+    assert aggregate_nodes(system)["Counter-batch"]["restarts"] == 1
 
 
 def test_stored_event_that_cannot_be_applied_fails_without_crash_looping(
@@ -324,7 +327,7 @@ def test_stored_event_that_cannot_be_applied_fails_without_crash_looping(
 
 @pytest.mark.process
 @pytest.mark.parametrize("base", ["multiproc"])
-def test_sigkill_of_an_aggregate_process_loses_no_acknowledged_event(start_app: Any) -> None:
+def test_sigkill_of_a_shard_process_loses_no_acknowledged_event(start_app: Any) -> None:
     system = start_app(make_app())
     acknowledged = [system.dispatch(Add("k", 1)) for _ in range(5)]
     old = aggregate_nodes(system)["Counter-k"]
@@ -334,11 +337,15 @@ def test_sigkill_of_an_aggregate_process_loses_no_acknowledged_event(start_app: 
     after = system.dispatch(Add("k", 10), timeout=10)
 
     assert (after.version, after.events[0].data) == (6, Added("k", 10, 15))
-    new = wait_until(
-        lambda: (n := aggregate_nodes(system)["Counter-k"])["restarts"] == 1 and n,
-        what="the restart of Counter-k",
+    shard = wait_until(
+        lambda: next(
+            (s for s in router_node(system)["children"] if s["restarts"] == 1 and s.get("pid")),
+            None,
+        ),
+        what="the restart of Counter-k's shard",
     )
-    assert new["pid"] != old["pid"] and new["address"] != old["address"]
+    new = aggregate_nodes(system)["Counter-k"]
+    assert new["pid"] == shard["pid"] != old["pid"]  # rebuilt in the new shard process
     assert not process_alive(old["pid"])
     ids = [e.event_id for e in stored(system, "Counter-k")]
     assert ids[:5] == [r.events[0].event_id for r in acknowledged]
@@ -460,7 +467,7 @@ def test_middleware_can_halt_and_sees_every_outcome(start_app: Any) -> None:
     with pytest.raises(Denied, match="mallory may not Add"):
         system.dispatch(Add("m", 1), metadata={"user": "mallory"})
     assert stored(system, "Counter-m") == []
-    assert router_node(system)["children"] == []  # halted before anything was sent
+    assert aggregate_nodes(system) == {}  # halted before anything was sent
 
     ok = system.dispatch(Add("m", 2), metadata={"user": "ada"})
     with pytest.raises(CommandRejected) as rejected:

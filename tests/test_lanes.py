@@ -1,5 +1,5 @@
-"""Lanes: on multiproc a client sends its commands for an aggregate it knows over the aggregate
-process's local socket (``backstage_actors._lane``) instead of a Thespian TCP message.
+"""Lanes: on multiproc a client sends its commands for an aggregate over its shard process's
+local socket (``backstage_actors._lane``; one per shard) instead of a Thespian TCP message.
 
 Whatever goes wrong on a lane, the command takes the router's way, named, so that it runs once.
 """
@@ -19,6 +19,7 @@ import pytest
 
 from backstage_actors import _lane
 from backstage_actors._protocol import Execute, Executed
+from backstage_actors._shard import shard_of
 from backstage_actors.command import new_item
 from supervisors._messages import TreeNode, _Describe
 
@@ -36,8 +37,8 @@ from .dispatch_domain import (
 
 
 def described(system: Any, stream_id: str) -> dict[str, Any]:
-    """What the aggregate actor says of itself (the router's tree leaves its aggregates out):
-    asked at the address the client learnt from its answers."""
+    """What the shard hosting ``stream_id`` says of itself: asked at the address the client
+    learnt from its answers."""
     address = system._aggregates[stream_id][0]
     reply = system.actor_system.ask(address, _Describe(stream_id, 5.0), 5.0)
     assert isinstance(reply, TreeNode), reply
@@ -45,7 +46,7 @@ def described(system: Any, stream_id: str) -> dict[str, Any]:
 
 
 def lane_socket(node: dict[str, Any]) -> str:
-    """The abstract socket name of an aggregate's lane, from its description (``@name``)."""
+    """The abstract socket name of a shard's lane, from its description (``@name``)."""
     return "\0" + node["lane"]["socket"][1:]
 
 
@@ -60,22 +61,23 @@ def test_commands_to_a_known_aggregate_go_by_its_lane(start_app: Any, base: str)
     if base == "simple":
         assert "lane" not in node  # in-process every message is a call already
     else:
-        # The first went by the router, which started the aggregate; it named its lane.
-        assert node["lane"]["commands"] == 4
+        # Every one went by the shard's lane (the first by the router if the shard was not up
+        # yet: its answer named the lane).
+        assert node["lane"]["commands"] in (4, 5)
         assert node["lane"]["connections"] == 1
         assert node["lane"]["socket"].startswith("@backstage-lane-")
-        # Another client finds a live aggregate's lane by the stream's name, without the router.
+        # Another client finds the shard's lane by the stream's name, without the router.
         other = make_app().attach(system.actor_system, database=system.settings.database)
         try:
             assert other.dispatch(Add("l", 1)).version == 6
         finally:
             other.stop()
-        assert described(system, "Counter-l")["lane"]["commands"] == 5
+        assert described(system, "Counter-l")["lane"]["commands"] == node["lane"]["commands"] + 1
 
 
 @pytest.mark.parametrize("base", ["multiproc"])
 def test_a_lane_cuts_off_what_is_not_a_request_and_serves_on(start_app: Any) -> None:
-    system = start_app(make_app())
+    system = start_app(make_app(shards=2))
     system.dispatch(Add("g", 1))
     name = lane_socket(described(system, "Counter-g"))
 
@@ -86,8 +88,15 @@ def test_a_lane_cuts_off_what_is_not_a_request_and_serves_on(start_app: Any) -> 
             sock.sendall(garbage)
             assert sock.recv(16) == b"", "the aggregate should close the connection"
 
-    # A request for another aggregate is answered with nothing: its client asks the router.
-    elsewhere = Execute([new_item(Add("other", 1))], None, False, "Counter-other")
+    # A request for an aggregate of another shard is answered with nothing: its client asks
+    # the router.
+    shards = system.settings.shards
+    other = next(
+        f"other-{n}"
+        for n in range(100)
+        if shard_of(f"Counter-other-{n}", shards) != shard_of("Counter-g", shards)
+    )
+    elsewhere = Execute([new_item(Add(other, 1))], None, False, f"Counter-{other}")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(name)
@@ -101,7 +110,7 @@ def test_a_lane_cuts_off_what_is_not_a_request_and_serves_on(start_app: Any) -> 
     node = described(system, "Counter-g")
     assert aggregate_nodes(system)["Counter-g"]["restarts"] == 0
     assert node["lane"]["commands"] == 2  # the misdirected request and the last Add
-    assert stored(system, "Counter-other") == []
+    assert stored(system, f"Counter-{other}") == []
 
 
 def send_and_read(name: str, request: bytes) -> int:
@@ -168,8 +177,8 @@ def test_a_killed_aggregates_lane_sends_the_next_command_by_the_router(start_app
     assert (after.version, later.version) == (3, 4)
     assert [e.data.total for e in stored(system, "Counter-k")] == [1, 2, 12, 112]
     wait_until(
-        lambda: aggregate_nodes(system)["Counter-k"]["restarts"] == 1,
-        what="the restart of Counter-k",
+        lambda: sum(s["restarts"] for s in router_node(system)["children"]) == 1,
+        what="the restart of Counter-k's shard",
     )
     # `later` came by the new instance's lane; `after` found the old one closed.
     assert described(system, "Counter-k")["lane"]["commands"] == 1
@@ -220,9 +229,11 @@ def test_two_systems_on_one_database_keep_to_their_own_aggregates(start_app: Any
     for _ in range(3):
         two.dispatch(Add("x", 1))
 
-    assert described(one, "Counter-x")["lane"]["commands"] == 1
+    # Every command went by its own system's shard's lane (the first, unless it came before
+    # the shard was up, by the router): none crossed over.
+    assert described(one, "Counter-x")["lane"]["commands"] in (1, 2)
     assert router_node(two)["live"] == 1
-    assert described(two, "Counter-x")["lane"]["commands"] == 2
+    assert described(two, "Counter-x")["lane"]["commands"] in (2, 3)
     assert [e.version for e in stored(one, "Counter-x")] == [1, 2, 3, 4, 5]
 
 
@@ -233,11 +244,11 @@ def test_a_client_that_takes_no_answer_is_cut_off(start_app: Any) -> None:
     system.dispatch(Add("z", 1))
     lanes = system._lane_client()
     calls = lanes.calls
-    big = Execute([new_item(Reject("z", "x" * 4_000_000))], None, False, "Counter-z")
+    big = Execute([new_item(Reject("z", "x" * 900_000))], None, False, "Counter-z")
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
         stuck.connect(lane_socket(described(system, "Counter-z")))
-        stuck.sendall(_lane.frame(big))  # and never reads the 4 MB rejection
+        stuck.sendall(_lane.frame(big))  # and never reads the 0.9 MB rejection
         # The aggregate gives up on that answer well within the second a lane client waits:
         # this command is answered by lane, not after a detour through the router.
         after = system.dispatch(Add("z", 1), timeout=20)

@@ -1,7 +1,8 @@
-"""Passivation (idle time, cap on live actors) and snapshots, on both Thespian bases.
+"""Passivation (idle time, cap on live aggregates) and snapshots, on both Thespian bases.
 
-A passivated aggregate's actor (its process, on multiproc) is stopped; the next command for it
-starts a fresh one that rebuilds the state from the store, from the latest usable snapshot on.
+A passivated aggregate leaves its shard (its state and mailbox are dropped; the shard's process
+stays); the next command for it rebuilds the state from the store, from the latest usable
+snapshot on. The cap is divided among the shards: these tests run one shard.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from backstage_actors import DispatchResult
 
-from .conftest import process_alive, wait_until
+from .conftest import wait_until
 from .dispatch_domain import (
     Add,
     Added,
@@ -26,22 +27,19 @@ from .dispatch_domain import (
 )
 
 
-def wait_for_exit(system: Any, pids: list[int]) -> None:
-    """On multiproc, a passivated aggregate's process ends (on simple, all actors share ours)."""
-    if system.base == "multiproc":
-        wait_until(
-            lambda: not any(process_alive(p) for p in pids), what=f"exit of processes {pids}"
-        )
+def shard_pids(system: Any) -> set[int]:
+    """The shards' processes: passivation never ends one."""
+    return {s.get("pid", 0) for s in router_node(system)["children"]}
 
 
 # -- passivation ----------------------------------------------------------------------------
 
 
 def test_idle_aggregates_are_passivated_and_rebuilt(start_app: Any) -> None:
-    system = start_app(make_app(lifespan=0.3))
+    system = start_app(make_app(lifespan=0.3, shards=1))
     system.dispatch(Add("idle-1", 1))
     system.dispatch(Add("idle-2", 2))
-    pids = [n["pid"] for n in aggregate_nodes(system).values()]
+    pids = shard_pids(system)
 
     # Polling the tree also drives simpleSystemBase, whose timers fire only inside later calls.
     router = wait_until(
@@ -49,8 +47,8 @@ def test_idle_aggregates_are_passivated_and_rebuilt(start_app: Any) -> None:
     )
 
     assert router["passivated"] == 2
-    assert router["children"] == []
-    wait_for_exit(system, pids)
+    assert aggregate_nodes(system) == {}
+    assert shard_pids(system) == pids
     again = system.dispatch(Add("idle-1", 10))
     assert (again.version, again.events[0].data) == (2, Added("idle-1", 10, 11))
     assert system.dispatch(Add("idle-2", 10)).events[0].data == Added("idle-2", 10, 12)
@@ -58,7 +56,7 @@ def test_idle_aggregates_are_passivated_and_rebuilt(start_app: Any) -> None:
 
 def test_a_route_can_set_its_own_lifespan(start_app: Any) -> None:
     # No idle passivation by default; the Tally route says 0.3 s.
-    system = start_app(make_app(lifespan=None, tally_lifespan=0.3))
+    system = start_app(make_app(lifespan=None, tally_lifespan=0.3, shards=1))
     system.dispatch(Add("stays", 1))
     system.dispatch(Count("goes", 1))
 
@@ -66,15 +64,15 @@ def test_a_route_can_set_its_own_lifespan(start_app: Any) -> None:
         lambda: (r := router_node(system))["passivated"] == 1 and r, what="route lifespan"
     )
 
-    assert [c["name"] for c in router["children"]] == ["Counter-stays"]
+    assert list(aggregate_nodes(system)) == ["Counter-stays"]
     assert router["live"] == 1
     assert system.dispatch(Count("goes", 2)).events[0].data == Counted("goes", 2, 3)
 
 
 def test_an_aggregate_in_use_is_not_passivated(start_app: Any) -> None:
-    """Commands sent straight to the aggregate bypass the router: the aggregate tells it that it
-    is in use often enough for its lifespan (here 0.3 s), so it is not stopped while busy."""
-    system = start_app(make_app(lifespan=0.3))
+    """Commands sent straight to the shard bypass the router: the shard keeps the aggregate's
+    idle clock, so it is not passivated while busy (lifespan here 0.3 s)."""
+    system = start_app(make_app(lifespan=0.3, shards=1))
     system.dispatch(Add("busy", 1))
     deadline = time.monotonic() + 1.5
 
@@ -87,21 +85,21 @@ def test_an_aggregate_in_use_is_not_passivated(start_app: Any) -> None:
 
 
 def test_the_cap_passivates_the_least_recently_used(start_app: Any) -> None:
-    system = start_app(make_app(max_live=3))
+    system = start_app(make_app(max_live=3, shards=1))
     for i in range(3):
         system.dispatch(Add(f"cap-{i}", i + 1))
-    first_pids = [n["pid"] for n in aggregate_nodes(system).values()]
+    pids = shard_pids(system)
     for i in range(3, 6):
         system.dispatch(Add(f"cap-{i}", i + 1))
 
     router = router_node(system)
     assert (router["max_live"], router["live"], router["passivated"]) == (3, 3, 3)
-    assert {c["name"] for c in router["children"]} == {
+    assert set(aggregate_nodes(system)) == {
         "Counter-cap-3",
         "Counter-cap-4",
         "Counter-cap-5",
     }
-    wait_for_exit(system, first_pids)
+    assert shard_pids(system) == pids
 
     # Every one of them comes back with its state rebuilt from the store.
     for i in range(6):
@@ -114,7 +112,7 @@ def test_the_cap_passivates_the_least_recently_used(start_app: Any) -> None:
 def test_commands_racing_a_passivation_are_not_lost(start_app: Any) -> None:
     # One live aggregate at most, and commands alternating between two of them, one message
     # each: every command evicts the other aggregate while commands for it are on their way.
-    system = start_app(make_app(max_live=1))
+    system = start_app(make_app(max_live=1, shards=1))
     commands = [Add("ping" if i % 2 == 0 else "pong", i) for i in range(1, 25)]
 
     results = system.dispatch_many(commands, batch_size=1, timeout=30)
@@ -135,10 +133,9 @@ def test_commands_racing_a_passivation_are_not_lost(start_app: Any) -> None:
 
 
 def test_a_batch_for_more_aggregates_than_the_cap_is_answered(start_app: Any) -> None:
-    # One message for five aggregates with room for two: the router passivates aggregates it
-    # has just handed commands to (on simple, while their appends wait for the store actor's
-    # group commit). Every command is still answered, and stored once.
-    system = start_app(make_app(max_live=2))
+    # One message for five aggregates with room for two: the shard passivates aggregates as
+    # soon as their commands are answered. Every command is still answered, and stored once.
+    system = start_app(make_app(max_live=2, shards=1))
     commands = [Add(f"wide-{i % 5}", 1) for i in range(10)]
 
     results = system.dispatch_many(commands, timeout=10)
@@ -155,13 +152,14 @@ def test_a_batch_for_more_aggregates_than_the_cap_is_answered(start_app: Any) ->
 
 
 def evict(system: Any, stream_id: str) -> None:
-    """With ``max_live=1``: a command to another aggregate passivates ``stream_id``'s actor."""
+    """With ``max_live=1`` and one shard: a command to another aggregate passivates
+    ``stream_id``."""
     system.dispatch(Add("evictor", 1))
     assert stream_id not in aggregate_nodes(system)
 
 
 def test_snapshots_are_stored_and_the_rebuild_starts_from_them(start_app: Any) -> None:
-    system = start_app(make_app(max_live=1))
+    system = start_app(make_app(max_live=1, shards=1))
     for amount in range(1, 8):
         system.dispatch(Count("t", amount))
     assert system.store.load_snapshot("Tally-t").version == 5  # snapshot_every = 5
@@ -192,7 +190,7 @@ def test_an_unusable_snapshot_is_ignored(
 ) -> None:
     # A snapshot of another snapshot_version (the class changed its state's shape since), or
     # of this version but with a state that no longer restores: both are only a lost shortcut.
-    system = start_app(make_app(max_live=1))
+    system = start_app(make_app(max_live=1, shards=1))
     for amount in range(1, 8):
         system.dispatch(Count("t", amount))
     system.store.save_snapshot("Tally-t", 7, state, schema_version, "Tally")

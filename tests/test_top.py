@@ -90,9 +90,14 @@ def daemon(home: Path) -> Iterator[Backstage]:
         shut_down(backstage)
 
 
-def aggregate_pid(backstage: Backstage, stream_id: str) -> int:
-    nodes = walk(backstage.json("tree"))
-    return int(next(n["pid"] for n in nodes if n["name"] == stream_id))
+def shard_of(backstage: Backstage, stream_id: str) -> tuple[str, int]:
+    """The name and process id of the shard hosting ``stream_id``."""
+    shard = next(
+        n
+        for n in walk(backstage.json("tree"))
+        if n["kind"] == "shard" and any(c["name"] == stream_id for c in n["children"])
+    )
+    return shard["name"], int(shard["pid"])
 
 
 def test_top_in_a_terminal_shows_the_tree_counts_restarts_and_quits(tmp_path: Path) -> None:
@@ -109,11 +114,12 @@ def test_top_in_a_terminal_shows_the_tree_counts_restarts_and_quits(tmp_path: Pa
             wait_until(lambda: terminal.shows(r"Account\s*│[^│]*│\s*4\s*│\s*1\s*│\s*0\s*│"), 10)
             assert terminal.shows(r"balances\s*│\s*projection\s*│\s*running\s*│\s*4\s*│\s*0")
 
-            # A killed aggregate is restarted by the router: top says so.
+            # A killed shard is restarted by the router: top says so.
             mark = terminal.mark()
-            os.kill(aggregate_pid(backstage, "Account-ada"), signal.SIGKILL)
+            shard, pid = shard_of(backstage, "Account-ada")
+            os.kill(pid, signal.SIGKILL)
             wait_until(
-                lambda: terminal.shows(r"Account-ada[^\n]*restarts 1 \(restarted just now\)", mark),
+                lambda: terminal.shows(shard + r"[^\n]*restarts 1 \(restarted just now\)", mark),
                 20,
                 what="the restart in top",
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,6 +96,12 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
         self._turns = Turns(self.path)
         self._wal = WalSync(self.path) if own_flush else None
         self._unflushed = False
+        # Set by an in-process shard (see _writer): an append's commit is flushed later, by
+        # the caller waiting for it, outside the lock other callers wait on (flush_through).
+        self.defer_flush = False
+        self.deferred = 0  # the number of the last commit left to flush_through
+        self.flushes = 0  # fdatasyncs this connection made (shared flushes skipped count none)
+        self._flushing = threading.Lock()
 
     def close(self) -> None:
         self.conn.close()
@@ -145,12 +152,25 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
             return
         self._unflushed = False
         try:
-            if commit:
-                self._turns.flush(commit, self._wal)
-            else:
+            if not commit:
                 self._wal()
+                self.flushes += 1
+            elif self._turns.flush(commit, self._wal):
+                self.flushes += 1
         except OSError as exc:
             raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+
+    def flush_through(self, commit: int) -> None:
+        """Return once commit number ``commit`` (see ``deferred``) is on disk; from any thread.
+        Callers take turns here: one fdatasync covers every commit written before it began."""
+        if self._wal is None or not commit:
+            return
+        with self._flushing:
+            try:
+                if self._turns.flush(commit, self._wal):
+                    self.flushes += 1
+            except OSError as exc:
+                raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
 
     def _begin_turn(self) -> None:
         try:
@@ -205,7 +225,10 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
         finally:
             self._turns.end_turn()
         # Flushed once the turn is over: other processes commit while this one waits on the disk.
-        self.flush(commit)
+        if self.defer_flush and commit:
+            self.deferred = commit  # (by its caller, once it let go of its locks)
+        else:
+            self.flush(commit)
 
     def _write_each(
         self,

@@ -1,8 +1,11 @@
-"""In-process aggregates pipeline their appends through the store actor (see _aggregate_actor):
-whatever reaches them, in whatever order, nothing is stored on a state that was never stored,
-and every caller gets an answer.
+"""A shard decides ahead: an aggregate runs every command in its mailbox on the state the ones
+before it made, and the round's appends are committed together (see _cells). Whatever reaches
+it, in whatever order (single commands and batches, straight to the shard, named repeats,
+another writer in between, a crash), nothing is stored on a state that was never stored,
+no answer is given from one, and every caller gets an answer.
 
-simpleSystemBase only: on multiprocTCPBase each aggregate commits its own appends and waits.
+simpleSystemBase: the senders are actors of the test's own process (the shard's address is the
+one the client learnt from its first answer).
 """
 
 from __future__ import annotations

@@ -1,0 +1,80 @@
+"""The shard's writer: one transaction for every append its aggregates decided in one round.
+
+A shard decides the commands that reached its aggregates together, then hands all their appends
+to :func:`commit`, which stores them in one ``append_batches`` call (one transaction, one flush
+to disk) and gives back one outcome per append: its recorded events, or the error that refused
+it. An append that counted on a refused one of the same stream is refused too (the store does
+that within a transaction), so no append is ever stored on a state that is not.
+
+A storage error that fails the whole transaction is every append's outcome: nothing of it is
+stored, and each caller hears of it (or has its command decided again, see ``_cells``).
+
+In-process (SQLite), the commit's flush to disk is left to the callers: each waits for it
+(``durable_at``, :meth:`SQLiteRecorder.flush_through`) after it let go of the running system's
+lock, so the next callers' commits are written while it waits, and one fdatasync covers them
+all. No caller returns an answer before the flush that covers its commit has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import telemetry
+from .errors import BackstageError, StorageError
+from .store import AppendRequest, EventStore
+
+__all__ = ["Writer"]
+
+
+def log() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+class Writer:
+    """Commits a round's appends for one shard, and counts its commits (for ``tree``/``top``)."""
+
+    def __init__(self, store: EventStore, defer_flush: bool = False) -> None:
+        self.store = store
+        # In-process: the flush of a commit is left to the callers of its answers (see
+        # ``durable_at``), so that threads waiting on the disk do not hold up the next round.
+        recorder: Any = store.recorder
+        self.recorder = recorder
+        self.defers = defer_flush and hasattr(recorder, "flush_through")
+        if self.defers:
+            recorder.defer_flush = True
+        # The last commit left to the callers to flush: every answer from now on may count on
+        # it (even one without an append), so each carries it (0: none).
+        self.durable_at = 0
+        self.commits = 0
+        self.appends = 0
+        self.stats = telemetry.Stats()
+        self.meter = telemetry.CommandMeter()  # commit batch sizes
+
+    def commit(self, requests: list[AppendRequest]) -> list[Any]:
+        """Store ``requests`` in one transaction; one outcome per request, in order."""
+        if not requests:
+            return []
+        try:
+            with telemetry.span("append", self.stats, appends=len(requests)):
+                results: list[Any] = self.store.append_batches(requests)
+        except Exception as exc:  # every appender hears of it; none waits for a timeout
+            log().error("group commit of %d appends failed: %s", len(requests), exc)
+            if not isinstance(exc, BackstageError):
+                exc = StorageError(f"the group commit failed: {type(exc).__name__}: {exc}")
+            results = [exc] * len(requests)
+        self.commits += 1
+        if self.defers and self.recorder.deferred:
+            self.durable_at, self.recorder.deferred = self.recorder.deferred, 0
+        self.appends += len(requests)
+        self.meter.batch(len(requests))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "commits": self.commits,
+            "appends": self.appends,
+            "flushes": getattr(self.recorder, "flushes", None),
+            "batch_sizes": self.meter.batches,
+            "telemetry": self.stats.summary(),
+        }
