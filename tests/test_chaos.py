@@ -15,7 +15,7 @@ from .conftest import free_port, thespian_log_defs
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 CLIENTS = 3
-COMMANDS = 150
+COMMANDS = 300
 ACCOUNTS = 12
 
 
@@ -27,13 +27,13 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(
     tmp_path: Any, app_database: str
 ) -> None:
     database = app_database
-    # A small cap: passivation churns under the load too. A kill every 0.4 s is far more than the
+    # A small cap: passivation churns under the load too. A kill every 0.2 s is far more than the
     # default 10 restarts in 10 s that make the root supervisor give up.
     app = make_app(database, max_live=8, restart_intensity=(1000, 10.0))
     system = app.start(
         base="multiproc", port=free_port(), log_defs=thespian_log_defs(str(tmp_path / "actors.log"))
     )
-    killer = chaos.Killer(system, interval=0.4, seed=7)
+    killer = chaos.Killer(system, interval=0.2, seed=7)
     clients: list[Any] = []
     try:
         chaos.open_accounts(system, ACCOUNTS)
