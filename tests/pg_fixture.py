@@ -95,6 +95,10 @@ class PrivateServer:
         pwfile.unlink()
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr}")
+        self._start()
+
+    def _start(self) -> None:
+        """``pg_ctl start`` on the private socket only (no TCP listener), waiting until ready."""
         options = (
             f"-c listen_addresses='' -c unix_socket_directories={self.dir} -p {self.port}"
             " -c max_connections=200 -c shared_buffers=32MB"
@@ -122,24 +126,7 @@ class PrivateServer:
     def restart(self) -> None:
         """Stop the server (closing every connection) and start it again on the same socket."""
         self.stop()
-        options = (
-            f"-c listen_addresses='' -c unix_socket_directories={self.dir} -p {self.port}"
-            " -c max_connections=200 -c shared_buffers=32MB"
-        )
-        started = self._run(
-            "pg_ctl",
-            "start",
-            "-w",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            options,
-        )
-        if started.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {started.stderr}{self.log()}")
-        self.running = True
+        self._start()
 
     def log(self) -> str:
         try:
