@@ -112,7 +112,12 @@ def test_top_in_a_terminal_shows_the_tree_counts_restarts_and_quits(tmp_path: Pa
             wait_until(lambda: terminal.shows(r"Account-ada \[aggregate\] running"), 30)
             assert terminal.shows(r"router \[router\] running\s+live 1\s+passivated 0")
             wait_until(lambda: terminal.shows(r"Account\s*│[^│]*│\s*4\s*│\s*1\s*│\s*0\s*│"), 10)
-            assert terminal.shows(r"balances\s*│\s*projection\s*│\s*running\s*│\s*4\s*│\s*0")
+            # The projection reads on its own schedule: wait for it to reach the 4 events.
+            wait_until(
+                lambda: terminal.shows(r"balances\s*│\s*projection\s*│\s*running\s*│\s*4\s*│\s*0"),
+                10,
+                what="the projection at position 4 in top",
+            )
 
             # A killed shard is restarted by the router: top says so.
             mark = terminal.mark()
