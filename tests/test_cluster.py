@@ -21,6 +21,7 @@ import pytest
 from backstage_actors import Application
 from backstage_actors._cluster import members_of
 from backstage_actors._thespian import free_port
+from backstage_actors._thespian.convention import is_loopback
 from backstage_actors.errors import BackstageError
 from examples.bank import make_app as make_bank
 from examples.bank.domain import Deposit, OpenAccount
@@ -156,3 +157,8 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_a_loopback_address_other_than_127_0_0_1_is_not_remote() -> None:
+    assert is_loopback("127.0.0.3") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("10.0.0.5") and not is_loopback("0.0.0.0")
