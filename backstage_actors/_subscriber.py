@@ -32,6 +32,7 @@ from thespian.actors import WakeupMessage
 from supervisors import SupervisedActor
 
 from . import telemetry
+from ._lease import RETRY_INTERVAL, lease_for
 from ._protocol import Settings
 from .handler import PARK, SKIP, STOP, Metadata, Retry, Subscriber
 from .store import EventStore, RecordedEvent
@@ -118,6 +119,10 @@ class _Continue:
     """Read the next page (a message to itself, or a wakeup on multiproc)."""
 
 
+class _LeaseRetry:
+    """Standing by: time to try the lease again."""
+
+
 class _Poll:
     """The slow poll that covers a lost notice."""
 
@@ -153,11 +158,17 @@ class SubscriberActor(SupervisedActor):
         self.page_size = self.settings.page_size
         self.target_store = self.store  # where the checkpoint lives
         self.open()
+        # -- cluster: the lease gate (issue 19). On PostgreSQL a subscriber runs only while it
+        # holds its lease; without it, it stands by and tries again every RETRY_INTERVAL.
+        self.lease = lease_for(self.settings, self.name)
+        self.state = "running" if self.lease is None or self.lease.try_acquire() else "standby"
         self.position = self.target_store.checkpoint(self.name)
-        if self.position == 0 and self.cls.start_from == "current":
+        if self.state == "standby":
+            self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
+        # -- end of the lease gate
+        elif self.position == 0 and self.cls.start_from == "current":
             self.position = self.store.last_position()
             self.target_store.save_checkpoint(self.name, self.position)
-        self.state = "running"
         self.failures = 0
         self.attempt = 0
         self.last_error = ""
@@ -170,6 +181,8 @@ class SubscriberActor(SupervisedActor):
         self.wakeupAfter(POLL_INTERVAL, _Poll())
 
     def on_stop(self) -> None:
+        if self.lease is not None:
+            self.lease.close()
         self.store.close()
         if self.target_store is not self.store:
             self.target_store.close()
@@ -244,6 +257,9 @@ class SubscriberActor(SupervisedActor):
         elif isinstance(message, RouterAt):
             self.router = message.address
             self.router_known()
+        elif isinstance(message, Rebuild) and self.state == "standby":  # (the lease gate)
+            reason = f"{self.name} runs on another member (this one does not hold its lease)"
+            self.send(message.reply_to, RebuildProgress(message.request_id, 0, 0, True, reason))
         elif isinstance(message, Rebuild):
             self.rebuild_from_origin(message)
         elif isinstance(message, RetryLetters):
@@ -263,8 +279,13 @@ class SubscriberActor(SupervisedActor):
         if isinstance(payload, _Continue):
             self.continue_pending = False
             self._process()
+        elif isinstance(payload, _LeaseRetry):
+            self._retry_lease()
         elif isinstance(payload, _Poll):
             self.wakeupAfter(POLL_INTERVAL, _Poll())
+            if self.lease is not None and self.state != "standby" and not self.lease.still_held():
+                self.state = "standby"  # lost with its connection: another member may run it
+                self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
             if self.state == "running" and not self.continue_pending and not self.busy():
                 self._process()
         elif isinstance(payload, _RetryDue):
@@ -273,6 +294,26 @@ class SubscriberActor(SupervisedActor):
                 self._process()
         else:
             self.wakeup_other(payload)
+
+    def _retry_lease(self) -> None:
+        """Standing by: take the lease if its holder is gone, and resume from the checkpoint
+        the holder left; meanwhile report the holder's checkpoint, so a strong dispatch on this
+        member waits for the member that runs the subscriber."""
+        if self.state != "standby" or self.lease is None:
+            return
+        self.position = self.target_store.checkpoint(self.name)
+        if not self.lease.try_acquire():
+            self._report(idle=True)
+            self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
+            return
+        self.position = self.target_store.checkpoint(self.name)  # (after the lease: final)
+        self.state = "running"
+        self.resumed()
+        self._report(idle=False)
+        self._kick()
+
+    def resumed(self) -> None:
+        """Called when this member took the lease over and resumes from the checkpoint."""
 
     def _kick(self) -> None:
         if self.continue_pending:

@@ -20,9 +20,10 @@ from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
 from ._admin_watch import with_admin_watch
+from ._cluster import cluster_capabilities, introduce
 from ._event_bus import events_supervisor_spec
 from ._metrics_actor import MetricsActor
-from ._names import ROUTER, STORE
+from ._names import EVENTS, ROUTER, STORE
 from ._owner import check_free
 from ._protocol import Settings
 from ._router_actor import RouterActor
@@ -168,8 +169,14 @@ class Application:
         timeout: float = 60.0,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
+        join: str | None = None,
+        roles: Sequence[str] = ("aggregates", "subscribers"),
     ) -> RunningSystem:
         """Start an actor system and this application's tree; use the result as a context manager.
+
+        ``join="HOST:PORT"`` (multiproc, a PostgreSQL store) makes this system a member of a
+        cluster whose leader's admin is there (the leader joins itself); ``roles`` say what it
+        hosts: ``aggregates``, ``subscribers`` or both (see ``_cluster``).
 
         ``base="multiproc"`` runs every actor in its own process with the admin on
         ``host:port`` (127.0.0.1 and a free port by default). ``metrics_port`` (default: the
@@ -186,6 +193,11 @@ class Application:
             settings = attrs.evolve(settings, admin_port=port)
             log_defs = with_admin_watch(log_defs)  # its logger process dies with the admin
         spec = self.supervisor_spec(settings)
+        capabilities = None
+        if join is not None:  # -- cluster (issue 19)
+            capabilities = cluster_capabilities(base, settings.database, host, port, join, roles)
+            if "subscribers" not in roles:
+                spec = attrs.evolve(spec, children=[c for c in spec.children if c.name != EVENTS])
         metrics_port = self.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or self.metrics_host
         if metrics_port is not None:
@@ -195,9 +207,13 @@ class Application:
                 assert port is not None  # (chosen above for every base but simple)
                 child = self._metrics_child(port, host, metrics_port, metrics_host)
                 spec = attrs.evolve(spec, children=[*spec.children, child])
-        actor_system = _thespian.start_actor_system(base, port, host, log_defs)
+        actor_system = _thespian.start_actor_system(
+            base, port, host, log_defs, capabilities=capabilities
+        )
         try:
             root = start_supervisor(actor_system, spec, name=self.root_name, timeout=timeout)
+            if capabilities is not None:
+                introduce(actor_system, capabilities)
         except BaseException:
             actor_system.shutdown()
             raise

@@ -40,6 +40,7 @@ from ._cli_support import (
     send_file,
 )
 from ._shell import Shell
+from ._thespian.convention import is_loopback
 from .command import command_from_data
 from .errors import (
     AggregateFailed,
@@ -137,12 +138,12 @@ def start(
     as_json: bool,
 ) -> None:
     """Start APP (module:attribute naming an Application) as a daemon; return once it is ready."""
-    if host not in ("127.0.0.1", "localhost") and not allow_remote:
+    if not is_loopback(host) and not allow_remote:  # 127.0.0.0/8 and ::1 stay on this machine
         fail(
             f"binding to {host} exposes the actor system: add --allow-remote if you mean it",
             EXIT_INPUT,
         )
-    if host not in ("127.0.0.1", "localhost"):
+    if not is_loopback(host):
         click.echo(
             f"warning: connections to {host}:{port} are authenticated (the secret in "
             "$BACKSTAGE_HOME) but not encrypted: keep the port on a private network",

@@ -11,6 +11,7 @@
 | simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
 | simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
+| ``admin.convention.CONVENTION_REREGISTRATION_PERIOD``, ``CONVENTION_RESTART_PERIOD`` (``convention``, a cluster member only) | 2 s instead of 7 min 22 s and 3 min 22 s | a dead member is seen after 3 missed registrations (6 s); a member's first check comes before the leader drops it | failure detection | the admins of cluster members |
 | reads: ``_systemBase``, ``actorRegistry``, ``System:ExternalRequester``, ``transport.myAddress``, ``adminAddr``, ``_myRef._adminAddr``, ``external_clone()`` | none | answers already delivered, own address, a system's identity, a context per thread | read | - |
 
 Thespian's behaviour Backstage relies on without patching it (tested in
@@ -82,8 +83,11 @@ def start_actor_system(
     secret: bytes | None = None,
     thespian_log: str | None = None,
     authenticate: bool = True,
+    capabilities: dict[str, Any] | None = None,
 ) -> Any:
     """A new actor system: ``simple`` in this thread, or ``multiproc`` (TCP admin on host:port).
+
+    ``capabilities`` are added to the admin's (a cluster member's: see ``convention``).
 
     On multiproc every connection is authenticated with ``secret`` (default: ``_security.secret()``,
     from the environment or ``$BACKSTAGE_HOME/secret``) and Thespian's own log goes to
@@ -98,7 +102,7 @@ def start_actor_system(
         raise ValueError(f"refusing to listen on {host} without authentication")
     use_poll_selector()
     terse_messages()
-    capabilities = {"Admin Port": port or free_port(host)}
+    capabilities = {**(capabilities or {}), "Admin Port": port or free_port(host)}
     return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
 
 

@@ -1,0 +1,223 @@
+"""A Backstage cluster: members of one application on several hosts, joined by Thespian.
+
+Membership is Thespian's: each member's admin joins the leader's convention (see
+``_thespian/convention.py``), and the :class:`ClusterRegistry`, an actor that runs only where
+the ``Backstage Registry`` capability is (the leader), learns who is in from Thespian's
+``ActorSystemConventionUpdate`` notifications. There is no membership protocol of our own: a
+client or member that wants the view finds the registry the Thespian way, by asking its own
+admin for the actor named :data:`REGISTRY_NAME` that needs that capability (the convention
+forwards the request to the leader, whose admin answers with the one registry it holds), and
+asks it.
+
+The view is advisory. Who owns an aggregate follows from it (``_placement``), but no correctness
+rests on members agreeing: the store's expected versions refuse a stale owner's append, and a
+subscriber runs only under its lease (``_lease``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import attrs
+from thespian.actors import Actor, ActorSystemConventionUpdate
+
+from . import _thespian
+from ._thespian.convention import (
+    REGISTRY,
+    ROLE_CAPABILITY,
+    STARTED,
+    member_capabilities,
+    shorten_registration_period,
+)
+from .errors import BackstageError
+from .store import is_postgres
+
+__all__ = [
+    "REGISTRY_NAME",
+    "ClusterRegistry",
+    "Introduce",
+    "Member",
+    "MembersQuery",
+    "MembersView",
+    "MembershipActor",
+    "cluster_capabilities",
+    "find_registry",
+    "introduce",
+    "members_of",
+    "parse_join",
+]
+
+REGISTRY_NAME = "backstage-cluster-registry"
+MEMBERSHIP_NAME = "backstage-membership"
+
+
+def log() -> logging.Logger:
+    return logging.getLogger("backstage.cluster")
+
+
+@attrs.frozen
+class Member:
+    """One member as the convention knows it: its admin's address, roles and start time."""
+
+    address: str
+    roles: tuple[str, ...]
+    started: float
+    leader: bool = False
+
+    @classmethod
+    def from_capabilities(cls, address: str, capabilities: dict[str, Any]) -> Member:
+        roles = tuple(role for role, name in ROLE_CAPABILITY.items() if capabilities.get(name))
+        return cls(
+            address=address,
+            roles=roles,
+            started=float(capabilities.get(STARTED, 0.0)),
+            leader=bool(capabilities.get(REGISTRY)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "roles": list(self.roles),
+            "uptime": round(max(0.0, time.time() - self.started), 1) if self.started else None,
+            "leader": self.leader,
+        }
+
+
+@attrs.frozen
+class Introduce:
+    """The leader's application tells the registry about its own system (the convention only
+    tells a leader about the others)."""
+
+    address: str
+    capabilities: dict[str, Any]
+
+
+@attrs.frozen
+class MembersQuery:
+    """Ask the registry for the live members."""
+
+
+@attrs.frozen
+class MembersView:
+    members: tuple[Member, ...]
+
+
+class ClusterRegistry(Actor):
+    """The live members, kept from Thespian's convention notifications; runs on the leader."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:
+        return bool(capabilities.get(REGISTRY))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.members: dict[str, Member] = {}
+        self.notified = False
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:
+        if not self.notified:
+            self.notifyOnSystemRegistrationChanges(True)  # Thespian replays the members it knows
+            self.notified = True
+        if isinstance(message, ActorSystemConventionUpdate):
+            address = str(message.remoteAdminAddress)
+            if message.remoteAdded:
+                self.members[address] = Member.from_capabilities(
+                    address, dict(message.remoteCapabilities or {})
+                )
+                log().info("member %s joined", address)
+            else:
+                self.members.pop(address, None)
+                log().warning("member %s left (or was declared dead)", address)
+        elif isinstance(message, Introduce):
+            self.members[message.address] = Member.from_capabilities(
+                message.address, message.capabilities
+            )
+        elif isinstance(message, MembersQuery):
+            view = tuple(sorted(self.members.values(), key=lambda m: m.address))
+            self.send(sender, MembersView(view))
+
+
+class MembershipActor(Actor):
+    """This member's way to the registry (one per member, a local global name).
+
+    Why not ask the registry from outside: Thespian answers a global-name lookup forwarded by
+    a member's admin to that admin, not to an external asker, so a client would wait in vain.
+    Asked from inside an actor, the answer reaches the actor; this one relays the views.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry: Any = None
+        self.waiting: list[Any] = []
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:
+        if isinstance(message, (MembersQuery, Introduce)):
+            if self.registry is None:
+                self.registry = self.createActor(
+                    ClusterRegistry,
+                    targetActorRequirements={REGISTRY: True},
+                    globalName=REGISTRY_NAME,
+                )
+            if isinstance(message, MembersQuery):
+                self.waiting.append(sender)
+            self.send(self.registry, message)
+        elif isinstance(message, MembersView) and self.waiting:
+            self.send(self.waiting.pop(0), message)
+
+
+def find_registry(endpoint: Any) -> Any:
+    """This member's :class:`MembershipActor`, the way to the registry, from ``endpoint``."""
+    return endpoint.createActor(MembershipActor, globalName=MEMBERSHIP_NAME)
+
+
+def members_of(endpoint: Any, timeout: float = 5.0) -> list[Member]:
+    """The live members, as the registry knows them."""
+    registry = find_registry(endpoint)
+    reply = endpoint.ask(registry, MembersQuery(), timeout)
+    if not isinstance(reply, MembersView):
+        raise TimeoutError(f"the cluster registry did not answer within {timeout}s")
+    return list(reply.members)
+
+
+def parse_join(join: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` of the leader's admin; a clear error otherwise."""
+    host, _, port = join.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BackstageError(f"--join wants HOST:PORT of the leader's admin, not {join!r}")
+    return host, int(port)
+
+
+def cluster_capabilities(
+    base: str, database: str, host: str, port: int | None, join: str, roles: Any
+) -> dict[str, Any]:
+    """The admin capabilities of a member on ``host:port`` joining ``join``; every reason it
+    cannot be a member at once."""
+    problems = []
+    if base != "multiproc":
+        problems.append("a cluster member runs on base='multiproc'")
+    if not is_postgres(database):
+        problems.append("a cluster member needs a PostgreSQL store every member reaches")
+    if port is None:
+        problems.append("a cluster member needs its admin port")
+    try:
+        parse_join(join)
+    except BackstageError as exc:
+        problems.append(str(exc))
+    try:
+        capabilities = member_capabilities(host, port or 0, join, tuple(roles))
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise BackstageError("; ".join(problems))
+    shorten_registration_period()
+    return capabilities
+
+
+def introduce(endpoint: Any, capabilities: dict[str, Any]) -> None:
+    """On the leader, tell the registry about this very system (Thespian tells it only of the
+    others); on a member, nothing to do: the convention carries its capabilities."""
+    if capabilities.get(REGISTRY):
+        address = _thespian.system_key(endpoint) or ""
+        endpoint.tell(find_registry(endpoint), Introduce(address, capabilities))

@@ -1,0 +1,126 @@
+"""A subscriber's lease in PostgreSQL: a session-level advisory lock keyed by its name.
+
+Why a lock and not a table of leases: the lock lives exactly as long as the connection that
+took it. A member that dies (SIGKILL, power cut) loses its connection and with it every lease,
+at once and without a timeout of our own; the server forgets it. A member partitioned from the
+server loses it when the server's TCP keepalive gives up (set below: about 10 s), and notices
+itself at its next :meth:`Lease.still_held` check, which fails on a dead connection.
+
+The invariant: at most one connection holds the lock of a ``(schema, application, subscriber)``,
+so at most one live member runs that subscriber's loop against the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+from ._protocol import Settings
+from .store import is_postgres
+
+try:
+    import psycopg
+except ImportError:  # the optional extra `postgres`: leases exist only on PostgreSQL stores
+    psycopg = None  # type: ignore[assignment]
+
+__all__ = ["RETRY_INTERVAL", "Lease", "lease_for", "lease_key"]
+
+RETRY_INTERVAL = 0.5  # seconds between attempts of a member that does not hold the lease
+
+
+def log() -> logging.Logger:
+    return logging.getLogger("backstage.lease")
+
+
+def lease_key(schema: str, app_name: str, name: str) -> int:
+    """The advisory lock's key: a signed 64-bit hash of where and whose the subscriber is."""
+    digest = hashlib.blake2b(f"{schema}\x00{app_name}\x00{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lease_for(settings: Settings, name: str) -> Lease | None:
+    """The lease a subscriber must hold to run, or None where there is none to hold (SQLite
+    and memory stores have one writer per database: that application runs every subscriber)."""
+    if not is_postgres(settings.database):
+        return None
+    return Lease(settings.database, settings.app_name, name)
+
+
+class Lease:
+    """The right to run the subscriber ``name`` of ``app_name`` on the database ``url``.
+
+    :meth:`try_acquire` never blocks (``pg_try_advisory_lock``); a member that does not get it
+    calls again later. :meth:`release` gives it up (or :meth:`close`, which also drops the
+    connection). Errors reaching the server count as "not held": a member that cannot reach the
+    store cannot run the subscriber anyway.
+    """
+
+    def __init__(self, url: str, app_name: str, name: str) -> None:
+        self.url = url
+        self.app_name = app_name
+        self.name = name
+        self.held = False
+        self._conn: psycopg.Connection[Any] | None = None
+        self._key: int | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+            )
+            row = self._conn.execute("SELECT current_schema()").fetchone()
+            self._key = lease_key(row[0] if row else "public", self.app_name, self.name)
+        return self._conn
+
+    def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it; True if this member holds it now."""
+        if self.held:
+            return self.still_held()
+        try:
+            conn = self._connection()
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        except psycopg.Error as exc:
+            log().warning("lease %s: cannot reach the store: %s", self.name, exc)
+            self._drop()
+            return False
+        self.held = bool(row and row[0])
+        if self.held:
+            log().info("lease %s taken", self.name)
+        return self.held
+
+    def still_held(self) -> bool:
+        """Whether the connection holding the lease is still alive (one round trip)."""
+        if not self.held or self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            log().warning("lease %s lost: its connection to the store failed", self.name)
+            self._drop()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.held and self._conn is not None:
+            with contextlib.suppress(psycopg.Error):  # gone: the lock went with it
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        self.held = False
+
+    def close(self) -> None:
+        self.held = False
+        self._drop()
+
+    def _drop(self) -> None:
+        self.held = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

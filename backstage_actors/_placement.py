@@ -1,0 +1,37 @@
+"""Which member owns an aggregate: rendezvous (highest random weight) hashing of its stream id.
+
+Every member computes the owner alone, from the stream id and the members it knows to be alive
+with the ``aggregates`` role; no agreement is needed. When a member joins or leaves, only the
+streams whose highest-weighted member changed move (about ``1/n`` of them), which is why HRW is
+used rather than ``hash % n``. Two members with different views may both think they own a
+stream for a while: the store's expected versions keep that safe (a stale owner's append fails
+and is retried), so placement is about locality, never about correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+__all__ = ["owner", "weight"]
+
+
+def weight(stream_id: str, member: str) -> int:
+    """The rendezvous weight of ``member`` for ``stream_id`` (a stable 64-bit integer)."""
+    digest = hashlib.blake2b(
+        f"{member}\x00{stream_id}".encode(), digest_size=8, person=b"backstage-hrw"
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(stream_id: str, members: Iterable[str]) -> str | None:
+    """The member that owns ``stream_id`` among ``members`` (None if there are none).
+
+    Ties (astronomically rare) go to the greatest member name, so every caller agrees.
+    """
+    best: tuple[int, str] | None = None
+    for member in members:
+        candidate = (weight(stream_id, member), member)
+        if best is None or candidate > best:
+            best = candidate
+    return None if best is None else best[1]
