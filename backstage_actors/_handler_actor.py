@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import telemetry
 from ._subscriber import SubscriberActor
 from .handler import EventHandler, Metadata
 from .store import RecordedEvent
@@ -38,18 +37,9 @@ class HandlerActor(SubscriberActor):
         cut_at = time.monotonic() + PAGE_TIME
         cut_short = False
         for index, row in enumerate(rows):
-            recorded, meta, error = self._decode(row)
-            if error is None:
-                try:
-                    with telemetry.span("handle", self.stats, subscriber=self.name):
-                        self.subscriber.handle(recorded.data if recorded else None, meta)
-                except Exception as exc:
-                    error = exc
-            if error is not None and not self._policy(error, recorded, meta, row):
+            if not self._give(row, self.subscriber.handle):
                 break
             position = row[0]
-            self.handled += 1
-            self.failures = 0  # "failures" counts in a row, on one event
             if index + 1 < len(rows) and time.monotonic() >= cut_at:
                 cut_short = True
                 break

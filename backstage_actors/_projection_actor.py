@@ -45,27 +45,18 @@ class ProjectionActor(SubscriberActor):
         position = self.position
         with self.target_store.transaction():
             for row in rows:
-                recorded, meta, error = self._decode(row)
-                if error is None:
-                    try:
-                        with (
-                            self.target_store.savepoint(),
-                            telemetry.span("handle", self.stats, subscriber=self.name),
-                        ):
-                            self.subscriber.project(
-                                recorded.data if recorded else None, meta, self.target
-                            )
-                    except Exception as exc:
-                        error = exc
-                if error is not None and not self._policy(error, recorded, meta, row):
+                if not self._give(row, self._project_in_savepoint):
                     break
                 position = row[0]
-                self.handled += 1
-                self.failures = 0
             if position != self.position:
                 self.target_store.save_checkpoint(self.name, position)
         self.position = position
         return self.state == "running", False
+
+    def _project_in_savepoint(self, data: Any, meta: Metadata) -> None:
+        """One event in a savepoint of the page's transaction: a failure undoes only its rows."""
+        with self.target_store.savepoint():
+            self.subscriber.project(data, meta, self.target)
 
     def _project_quickly(self, rows: list[tuple[Any, ...]]) -> bool:
         """The whole page without savepoints; False (and nothing written) if any event failed."""

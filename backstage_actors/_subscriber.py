@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -358,6 +359,24 @@ class SubscriberActor(SupervisedActor):
                 self._report(idle=True)
         elif self.state in ("retrying", "stopped"):
             self._report(idle=self.state == "stopped")
+
+    def _give(self, row: tuple[Any, ...], deliver: Callable[[Any, Metadata], None]) -> bool:
+        """Decode one row and give it to ``deliver`` (data, metadata), under the failure policy.
+
+        True if the subscriber moves past the event (delivered, skipped or parked); False if it
+        must stop at it (stopped, or retrying later)."""
+        recorded, meta, error = self._decode(row)
+        if error is None:
+            try:
+                with telemetry.span("handle", self.stats, subscriber=self.name):
+                    deliver(recorded.data if recorded else None, meta)
+            except Exception as exc:
+                error = exc
+        if error is not None and not self._policy(error, recorded, meta, row):
+            return False
+        self.handled += 1
+        self.failures = 0  # "failures" counts in a row, on one event
+        return True
 
     def _decode(
         self, row: tuple[Any, ...]
