@@ -9,13 +9,19 @@ thousands of events behind.) An instance's next event waits until its previous o
 Steps are finished strictly in log order, their states and the checkpoint saved in one
 transaction, so a restart replays exactly what was not saved.
 
+What costs per event is kept constant: the rest of a page read is kept until it is scanned (a
+window held up scans a row or two per answer), the commands of the steps scanned in one go leave
+in one message per destination, and one wakeup at a time watches the earliest deadline.
+
 Command ids derive from the event's id, so an event delivered again after a crash dispatches the
 same commands under the same names, and the aggregates answer them from the store.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -35,10 +41,7 @@ MAX_KNOWN = 1000  # aggregate addresses a process manager keeps, most recently u
 
 
 class _DispatchDue:
-    """The answers to the commands of dispatch ``attempt`` are overdue."""
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
+    """Time to look for steps whose answers are overdue (one such wakeup is pending at most)."""
 
 
 class _Step:
@@ -47,7 +50,7 @@ class _Step:
 
     __slots__ = (
         "action",
-        "attempt",
+        "deadline",
         "done",
         "error",
         "manager",
@@ -70,7 +73,7 @@ class _Step:
         self.action = ""
         self.process_id: str | None = None
         self.waiting: set[str] = set()
-        self.attempt = 0
+        self.deadline = 0.0  # monotonic time by which its commands must be answered
         self.error: BaseException | None = None
         self.done = True
 
@@ -87,6 +90,16 @@ class ProcessManagerActor(SubscriberActor):
         self.dispatching: dict[str, Any] | None = None
         self._pm_steps: deque[_Step] = deque()  # scanned, not yet saved, in log order
         self._pm_aggregates: OrderedDict[str, Any] = OrderedDict()  # stream id -> address
+        # Rows read but not scanned yet: a contiguous read that started at _pm_ahead_from, so
+        # any suffix of it is what the store holds from that suffix's first position on. A
+        # process manager held up by its window scans a row or two per answer; without this it
+        # read (and dropped) a whole page per answer.
+        self._pm_ahead: list[tuple[Any, ...]] = []
+        self._pm_ahead_from = 0
+        # Commands of the steps scanned in one go, by destination, sent together at the end of
+        # the scan: one message per shard or aggregate rather than one per event.
+        self._pm_outbox: list[tuple[Any, str | None, list[CommandItem]]] = []
+        self._pm_timer = False  # a _DispatchDue wakeup is pending
 
     def busy(self) -> bool:
         return self.dispatching is not None
@@ -102,8 +115,8 @@ class ProcessManagerActor(SubscriberActor):
 
     def wakeup_other(self, payload: Any) -> None:
         if isinstance(payload, _DispatchDue):
-            error = TimeoutError("the dispatched commands were not answered in time")
-            self._dispatch_failed(error, payload.attempt)
+            self._pm_timer = False
+            self._overdue(time.monotonic())
 
     def redelivery_refusal(self) -> str:
         return "process managers cannot retry a parked event out of order"
@@ -131,8 +144,27 @@ class ProcessManagerActor(SubscriberActor):
         steps = self._pm_steps
         return (steps[-1].position if steps else self.position) + 1
 
+    def next_page(self) -> tuple[list[tuple[Any, ...]], bool]:
+        """The unscanned rest of the last page when it is still ahead, else a new page. Rows
+        from the rest count as "more may follow": the store is read again once they are gone."""
+        start = self.read_from()
+        ahead = self._pm_ahead
+        if ahead and self._pm_ahead_from <= start <= ahead[-1][0]:
+            del ahead[: bisect_left(ahead, start, key=lambda row: row[0])]
+            self._pm_ahead_from = start
+            return list(ahead), True
+        rows = self.store.read_page(start, self.page_size)
+        self._pm_ahead, self._pm_ahead_from = list(rows), start
+        return rows, len(rows) == self.page_size
+
     def _manage(self, rows: list[tuple[Any, ...]]) -> bool:
         """Scan ``rows``; False when it must wait (too many in flight, an instance busy)."""
+        try:
+            return self._scan(rows)
+        finally:
+            self._send_outbox()
+
+    def _scan(self, rows: list[tuple[Any, ...]]) -> bool:
         steps = self._steps
         for row in rows:
             if row[0] <= (steps[-1].position if steps else self.position):
@@ -147,7 +179,7 @@ class ProcessManagerActor(SubscriberActor):
                     if not self._pm_step(step):
                         return False  # this instance is busy, or no router yet
                 except Exception as exc:
-                    step.error = exc
+                    step.error, step.done = exc, True
             else:
                 step.error = error
             steps.append(step)
@@ -198,17 +230,32 @@ class ProcessManagerActor(SubscriberActor):
                 "process_id": process_id,
             }
             items.append(CommandItem(str(uuid.uuid4()), command, metadata, idempotent=True))
-        self.attempt += 1
-        step.attempt, step.waiting, step.done = self.attempt, {i.request_id for i in items}, False
-        self.send(*self._way(items))
-        self.wakeupAfter(manager.dispatch_timeout, _DispatchDue(self.attempt))
+        step.waiting, step.done = {i.request_id for i in items}, False
+        step.deadline = time.monotonic() + manager.dispatch_timeout
+        address, stream_id = self._way(items)
+        for parcel in self._pm_outbox:  # a few destinations at most (addresses do not hash)
+            if parcel[1] == stream_id and parcel[0] == address:
+                parcel[2].extend(items)
+                break
+        else:
+            self._pm_outbox.append((address, stream_id, items))
+        if not self._pm_timer:
+            self._pm_timer = True
+            self.wakeupAfter(manager.dispatch_timeout, _DispatchDue())
         return True
 
-    def _way(self, items: list[CommandItem]) -> tuple[Any, Execute]:
-        """Where to send ``items``: straight to their aggregate when one aggregate takes them
-        all and it answered before (so a router busy starting aggregates does not hold up
-        commands for live ones), else to the router. A message to an aggregate that is gone
-        comes back to the router as a dead letter, and one that moved is handed to it."""
+    def _send_outbox(self) -> None:
+        """Send the commands the scan gathered: one message per destination."""
+        outbox, self._pm_outbox = self._pm_outbox, []
+        for address, stream_id, items in outbox:
+            self.send(address, Execute(items, self.myAddress, len(items) > 1, stream_id))
+
+    def _way(self, items: list[CommandItem]) -> tuple[Any, str | None]:
+        """Where to send ``items`` (an address, and the stream it is for when that is an
+        aggregate's): straight to their aggregate when one aggregate takes them all and it
+        answered before (so a router busy starting aggregates does not hold up commands for
+        live ones), else to the router. A message to an aggregate that is gone comes back to
+        the router as a dead letter, and one that moved is handed to it."""
         routes = self.args.get("routes")
         known = self._aggregates
         if routes is not None and known:
@@ -220,8 +267,8 @@ class ProcessManagerActor(SubscriberActor):
                 [stream_id] = streams
                 address = known.get(stream_id)
                 if address is not None:
-                    return address, Execute(items, self.myAddress, False, stream_id)
-        return self.router, Execute(items, self.myAddress)
+                    return address, stream_id
+        return self.router, None
 
     @property
     def _aggregates(self) -> OrderedDict[str, Any]:
@@ -255,14 +302,19 @@ class ProcessManagerActor(SubscriberActor):
         if answered:
             self._resume()
 
-    def _dispatch_failed(self, error: BaseException, attempt: int | None = None) -> None:
-        """The commands of the step sent at ``attempt`` were not answered in time."""
-        for step in self._steps:
-            if step.attempt == attempt and not step.done:
-                self._aggregates.clear()  # some may be gone: the router knows the way
-                step.error, step.done, step.waiting = error, True, set()
-                self._resume()
-                return
+    def _overdue(self, now: float) -> None:
+        """Fail the steps whose answers are overdue; wake up again for the next deadline."""
+        late = [s for s in self._steps if not s.done and s.deadline <= now]
+        for step in late:
+            self._aggregates.clear()  # some may be gone: the router knows the way
+            error = TimeoutError("the dispatched commands were not answered in time")
+            step.error, step.done, step.waiting = error, True, set()
+        pending = [s.deadline for s in self._steps if not s.done]
+        if pending:
+            self._pm_timer = True
+            self.wakeupAfter(max(0.0, min(pending) - now) + 0.001, _DispatchDue())
+        if late:
+            self._resume()
 
     def _resume(self) -> None:
         self._finish_steps()

@@ -234,6 +234,12 @@ class SubscriberActor(SupervisedActor):
         """The position the next page starts at (past the checkpoint by default)."""
         return self.position + 1
 
+    def next_page(self) -> tuple[list[tuple[Any, ...]], bool]:
+        """The rows to process next and whether the store may hold more after them (by
+        default: a page read from :meth:`read_from`; full when it has ``page_size`` rows)."""
+        rows = self.store.read_page(self.read_from(), self.page_size)
+        return rows, len(rows) == self.page_size
+
     def receive_other(self, message: Any, sender: Any) -> None:
         """A message none of the shared ones: the kind's own (default: ignored)."""
 
@@ -341,13 +347,13 @@ class SubscriberActor(SupervisedActor):
     def _process(self) -> None:
         if self.state != "running" or self.busy():
             return
-        rows = self.store.read_page(self.read_from(), self.page_size)
+        rows, full = self.next_page()
         if not rows:
             if not self.in_flight():
                 self._report(idle=True)
             return
         done, cut_short = self.process_page(rows)
-        more = len(rows) == self.page_size or cut_short
+        more = full or cut_short
         if self.state == "running" and not self.busy():
             # A process manager reports where it is only once nothing it dispatched is in
             # flight: a strong dispatch then also waits for the commands its events led to.

@@ -31,7 +31,7 @@ class ProcessManager(Subscriber):
     dispatch_timeout: ClassVar[float] = 10.0
     # Events whose commands may be in flight at once, for different instances (an instance's
     # events are always handled one after the other); 1: one event at a time.
-    max_in_flight: ClassVar[int] = 16
+    max_in_flight: ClassVar[int] = 64
 
     process_id: str
 
