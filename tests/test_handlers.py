@@ -432,6 +432,7 @@ def test_the_bus_forgets_a_waiter_that_timed_out(start_app: Start) -> None:
 
     with pytest.raises(ConsistencyTimeout):
         system.wait_for(10**9, deadline_in=0.5)  # a position no event will reach
+
     # The next progress of a subscriber past the waiter's deadline (the bus's clock: it heard
     # of the waiter a little after the client did) finds it given up, and drops it.
     def progress_drops_it() -> bool:
