@@ -4,6 +4,7 @@ rebuilds. Delivery, crashes, error policies and consistency: test_handlers.py.""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from backstage_actors import EventStore
+from backstage_actors._process_manager_actor import ProcessManagerActor
 from examples.bank import make_app as make_bank
 from examples.bank.domain import CloseAccount, Deposit, OpenAccount
 from examples.bank.transfers import TransferMoney
@@ -70,6 +72,34 @@ def test_process_manager_runs_each_process_by_its_id(start_app: Start) -> None:
     assert stored(system, "HdShipment-o-2")[-1].data.amount == 7
     node = subscriber_nodes(system)["hd-orders"]
     assert (node["position"], node["lag"], node["failures"]) == (system.store.last_position(), 0, 0)
+
+
+class HdOneOrderAtATime(HdOrderSaga):
+    name = "hd-orders-one"
+    max_in_flight = 1
+
+
+@pytest.mark.parametrize("base", ["simple"])  # the process manager runs in the test's process
+def test_a_process_manager_held_up_by_its_window_reads_no_page_per_answer(
+    start_app: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one event in flight at a time it scans one row per answer: it must keep the rest of
+    # the page it read (it read and dropped up to page_size rows per answer before).
+    reads: list[int] = []
+    read_page = EventStore.read_page
+
+    def counted(store: EventStore, from_position: int, limit: int) -> list[tuple[Any, ...]]:
+        if isinstance(sys._getframe(1).f_locals.get("self"), ProcessManagerActor):
+            reads.append(from_position)
+        return read_page(store, from_position, limit)
+
+    monkeypatch.setattr(EventStore, "read_page", counted)
+    system = start_app(make_app(process_managers=[HdOneOrderAtATime]))
+    system.dispatch_many([HdPlaceOrder(f"o-{n}", n + 1) for n in range(100)])
+    system.settle(timeout=30)
+
+    assert len(processes(system, "hd-orders-one")) == 100  # all 100 orders reserved
+    assert len(reads) < 25, f"{len(reads)} page reads for 200 events"
 
 
 def test_bank_saga_refunds_and_a_redelivery_dispatches_nothing_twice(start_app: Start) -> None:
