@@ -50,6 +50,7 @@ from .errors import (
     CommandRejected,
     StorageError,
 )
+from .store import redact
 
 __all__ = [
     "EXIT_FAILED",
@@ -216,7 +217,7 @@ def start(
         return
     click.echo(
         f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
-        f"  database {state['database']}\n  log      {state['log_file']}"
+        f"  database {redact(state['database'])}\n  log      {state['log_file']}"
         + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
         + (f"\n  cluster  {_cli_cluster.joined(host, port, join, state)}" if join else "")
     )

@@ -9,10 +9,12 @@ at the end of the module, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -111,17 +113,11 @@ class Cluster:
         def gone() -> bool:
             left = [pid for sid in self.sessions for pid in session_processes(sid)]
             for pid in left:
-                with_suppressed(os.kill, pid, 9)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             return not left
 
         wait_until(gone, timeout=30, what="every process of every member to end")
-
-
-def with_suppressed(call: Any, *args: Any) -> None:
-    try:
-        call(*args)
-    except OSError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +207,9 @@ def test_send_with_host_reaches_each_member(cluster: Cluster) -> None:
     for index in range(3):
         account = f"acct{index}"
         sent = cluster.json(
-            "send", "OpenAccount", json.dumps({"account_id": account, "owner": "X"}),
+            "send",
+            "OpenAccount",
+            json.dumps({"account_id": account, "owner": "X"}),
             *cluster.at(index),
         )
         assert (sent["stream_id"], sent["version"]) == (f"Account-{account}", 1)
@@ -266,3 +264,38 @@ def test_a_stopped_member_leaves_and_comes_back_when_started_again(cluster: Clus
     assert addresses(back) == sorted(cluster.address(i) for i in range(3))
     uptime = next(m["uptime"] for m in back if m["address"] == cluster.address(1))
     assert uptime < before[cluster.address(1)] + 1  # a new start, not the old member
+
+
+def readme_steps() -> list[tuple[list[str], str]]:
+    """``(arguments, the first line the README shows after them)`` of each command but
+    ``start`` in the cluster walkthrough."""
+    section = README.split("\n## Running a cluster\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"^```\n(.*?)^```", section, flags=re.S | re.M)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    return [
+        (shlex.split(line[2:]), lines[i + 1])
+        for i, line in enumerate(lines)
+        if line.startswith("$ ") and not line.startswith("$ backstage start")
+    ]
+
+
+def test_the_readme_walkthrough_shows_what_the_readme_says(cluster: Cluster) -> None:
+    settled_members(cluster, 0)
+    steps = readme_steps()
+    assert [args[1] for args, _ in steps] == ["send", "members", "tree", "stop", "members"]
+    for args, first in steps:
+
+        def shown(args: list[str] = args) -> str:
+            result = cluster.run(*cluster.localised(args)[1:])
+            assert result.returncode == 0, (args, result.stderr)
+            line = result.stdout.splitlines()[0]
+            return re.sub(r"(127\.0\.0\.\d):\d+", r"\1:1900", line)
+
+        # The member stopped leaves the leader's view at once, but not within the same instant.
+        wait_until(
+            lambda shown=shown, first=first: shown() == first,
+            timeout=30,
+            interval=0.5,
+            what=f"{args[1]} to show {first!r}",
+        )
