@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from backstage_actors._thespian import free_port
@@ -299,3 +300,76 @@ def test_the_readme_walkthrough_shows_what_the_readme_says(cluster: Cluster) -> 
             interval=0.5,
             what=f"{args[1]} to show {first!r}",
         )
+
+
+def test_a_killed_member_leaves_members_and_leaves_nothing_behind(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A fourth member in a PID namespace of its own, SIGKILLed with everything in it: the
+    leader drops it after its missed registrations; meanwhile `members` lists it without
+    hanging, as not answering."""
+    settled_members(cluster, 0)
+    host, port = "127.0.0.5", free_port("127.0.0.5")
+    cluster.ports[host] = port
+    env = {
+        **cluster.env(),
+        "BACKSTAGE_HOME": str(tmp_path),  # its state holds the namespace's pids: its own
+        "BACKSTAGE_SECRET_FILE": str(cluster.home / "secret"),  # the cluster's secret
+    }
+    start = [BACKSTAGE, "start", "examples.bank:app", "--db", cluster.dsn, "--host", host]
+    start += ["--port", str(port), "--join", cluster.address(0), "--role", "subscribers"]
+    member = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "sh",
+            "-c",
+            f"{shlex.join(start)} --json && exec sleep 600",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    inside: list[psutil.Process] = []
+    try:
+        assert member.stdout is not None
+        assert json.loads(member.stdout.readline())["host"] == host
+        inside = psutil.Process(member.pid).children(recursive=True)
+        wait_until(
+            lambda: len(cluster.members(0)) == 4, timeout=30, interval=0.5, what="the fourth member"
+        )
+
+        member.kill()  # unshare; --kill-child ends the namespace's init, and the kernel the rest
+        killed = time.monotonic()
+        wait_until(
+            lambda: (
+                not [p for p in inside if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            ),
+            timeout=10,
+            what="every process of the killed member to end",
+        )
+        listed = cluster.run("members", *cluster.at(1))  # it may still be listed: no hang
+        assert listed.returncode == 0, listed.stderr
+        gone = wait_until(
+            lambda: len(cluster.members(1)) == 3,
+            timeout=30,
+            interval=0.5,
+            what="the killed member to leave",
+        )
+        left_after = time.monotonic() - killed
+        assert gone and left_after < 20, f"the killed member was listed for {left_after:.1f}s"
+    finally:
+        if member.poll() is None:
+            member.kill()
+        member.wait(timeout=10)
+        assert member.stdout is not None
+        member.stdout.close()
+        for process in inside:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
