@@ -345,6 +345,14 @@ def test_a_killed_member_leaves_members_and_leaves_nothing_behind(
             lambda: len(cluster.members(0)) == 4, timeout=30, interval=0.5, what="the fourth member"
         )
 
+        # This home has no state file of it: each verb asks the daemon what it runs.
+        there = ["--host", host, "--port", str(port)]
+        opened = cluster.json("send", "OpenAccount", '{"account_id": "eve", "owner": "E"}', *there)
+        assert opened["stream_id"] == "Account-eve"
+        events = cluster.json("events", "Account-eve", *there)
+        assert [e["type"] for e in events] == ["AccountOpened"]
+        assert len(cluster.json("tree", *there)["members"]) == 4
+
         member.kill()  # unshare; --kill-child ends the namespace's init, and the kernel the rest
         killed = time.monotonic()
         wait_until(
