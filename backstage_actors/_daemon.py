@@ -62,11 +62,17 @@ def state_path(port: int, host: str = LOCAL) -> Path:
     return home() / f"{file_stem(port, host)}.json"
 
 
+WILDCARDS = ("0.0.0.0", "::")  # a daemon bound there answers on 127.0.0.1 too
+
+
 def read_state(port: int, host: str = LOCAL) -> DaemonState | None:
-    try:
-        return DaemonState(json.loads(state_path(port, host).read_text()))
-    except (OSError, ValueError):
-        return None
+    """The state of the daemon on ``host:port`` (on 127.0.0.1: or one bound to every address)."""
+    for where in (host, *(WILDCARDS if host in (LOCAL, "localhost") else ())):
+        try:
+            return DaemonState(json.loads(state_path(port, where).read_text()))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def write_state(port: int, state: dict[str, Any], host: str = LOCAL) -> None:
@@ -78,7 +84,7 @@ def write_state(port: int, state: dict[str, Any], host: str = LOCAL) -> None:
 def remove_state(port: int, host: str = LOCAL) -> None:
     state = read_state(port, host)
     with contextlib.suppress(OSError):
-        state_path(port, host).unlink()
+        state_path(port, str(state.get("host", host)) if state else host).unlink()
     if state and state.get("pid_file"):
         with contextlib.suppress(OSError):
             Path(state["pid_file"]).unlink()
@@ -307,29 +313,26 @@ def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, An
             f"no backstage daemon runs on {where} (start one with `backstage start APP`)"
         )
     try:
-        actor_system = _thespian.attach(port, host)
+        actor_system = _thespian.attach(port, state.get("host", host) if state else host)
     except _thespian.AuthenticationRefused:
         raise
     except Exception as exc:
         raise SystemNotRunning(f"cannot attach to the daemon on {where}: {exc}") from None
+    # (On an error the handle is dropped, never shut down: that would stop the daemon.)
+    state = state or described(actor_system, where)
     try:
-        state = state or described(actor_system, where)
-        try:
-            if not state["app"]:
-                raise BackstageError(
-                    f"{where} runs {state['name']}, and no daemon of this machine says which "
-                    "module holds it"
-                )
-            app = load_app(state["app"])
-        except BackstageError as exc:
-            if need_app:
-                raise BackstageError(f"{exc} (run this where the daemon's app imports)") from None
-            app = stand_in(state)
-        database = state.get("database")
-        return app, app.attach(actor_system, database=database, port=port, host=host)
-    except BaseException:
-        actor_system.shutdown()
-        raise
+        if not state["app"]:
+            raise BackstageError(
+                f"{where} runs {state['name']}, and no daemon of this machine says which "
+                "module holds it"
+            )
+        app = load_app(state["app"])
+    except BackstageError as exc:
+        if need_app:
+            raise BackstageError(f"{exc} (run this where the daemon's app imports)") from None
+        app = stand_in(state)
+    database = state.get("database")
+    return app, app.attach(actor_system, database=database, port=port, host=host)
 
 
 def described(actor_system: Any, where: str) -> DaemonState:
