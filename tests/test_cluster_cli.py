@@ -82,12 +82,15 @@ class Cluster:
                 out[i + 1] = f"{host}:{self.ports[host]}"
         return out
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [BACKSTAGE, *args],
             cwd=ROOT,
             env=self.env(),
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -248,6 +251,12 @@ def test_tree_and_status_show_one_section_per_member(cluster: Cluster) -> None:
     assert sum(line.startswith("  aggregates: ") for line in lines) == 3
     standby = [line for line in lines if " standby " in line]
     assert len(standby) == len(SUBSCRIBERS)  # each subscriber runs on one of two members
+    report = cluster.json("status", *cluster.at(2))
+    assert [len(m["subscribers"]) for m in report["members"]] == [len(SUBSCRIBERS)] * 2 + [0]
+
+    shell = cluster.run("shell", *cluster.at(2), input="members\nexit\n")  # --host goes along
+    assert shell.returncode == 0, shell.stderr
+    assert f"bank: 3 members, leader {cluster.address(0)}" in shell.stdout
 
 
 def test_a_stopped_member_leaves_and_comes_back_when_started_again(cluster: Cluster) -> None:
@@ -300,6 +309,7 @@ def test_the_readme_walkthrough_shows_what_the_readme_says(cluster: Cluster) -> 
             interval=0.5,
             what=f"{args[1]} to show {first!r}",
         )
+    cluster.start([args for args in readme_commands() if args[1] == "start"][1])  # back to 3
 
 
 def test_a_killed_member_leaves_members_and_leaves_nothing_behind(
