@@ -17,6 +17,7 @@ from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_NOT_RUNNING,
+    EXIT_TIMEOUT,
     Session,
     collect_status,
     exit_code_for,
@@ -134,8 +135,23 @@ def _view(app: Any, system: Any, port: int, host: str) -> list[MemberInfo]:
                 EXIT_FAILED,
             )
         return cluster_view(app, system)
-    except (BackstageError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        fail(f"{exc}: {NO_LEADER}", EXIT_TIMEOUT)
+    except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
+
+
+NO_LEADER = "the member list is the leader's; is the leader running?"
+
+
+def _view_or_none(app: Any, system: Any) -> list[MemberInfo] | None:
+    """The cluster's members, or None (with a warning) when the leader does not answer: a
+    member keeps serving without its leader, and ``tree``/``status`` then show it alone."""
+    try:
+        return cluster_view(app, system)
+    except TimeoutError as exc:
+        click.echo(f"warning: {exc}: {NO_LEADER} Showing this member only.", err=True)
+        return None
 
 
 def _duration(seconds: float | None) -> str:
@@ -158,14 +174,17 @@ def heading(member: MemberInfo) -> str:
 # -- tree and status of a cluster -----------------------------------------------------------------
 
 
-def show_trees(app: Any, system: Any, as_json: bool) -> None:
-    """``tree`` of a cluster: one subtree per member, its address as the heading."""
-    infos = cluster_view(app, system)
+def show_trees(app: Any, system: Any, as_json: bool) -> bool:
+    """``tree`` of a cluster: one subtree per member, its address as the heading; False if
+    the leader does not answer (the caller shows this member's own tree)."""
+    infos = _view_or_none(app, system)
+    if infos is None:
+        return False
     if as_json:
         click.echo(
             json.dumps({"members": [{**m.to_json(), "tree": m.tree} for m in infos]}, indent=2)
         )
-        return
+        return True
     for member in infos:
         click.echo(click.style(heading(member), bold=True))
         if member.tree is None:
@@ -173,30 +192,25 @@ def show_trees(app: Any, system: Any, as_json: bool) -> None:
             continue
         for line in render_tree(member.tree, depth=1):
             click.echo(line)
+    return True
 
 
-def show_status(app: Any, system: Any, as_json: bool) -> None:
-    """``status`` of a cluster: the store's lines once, each member's own under its address."""
+def show_status(app: Any, system: Any, as_json: bool) -> bool:
+    """``status`` of a cluster: the store's lines once, each member's own under its address;
+    False if the leader does not answer (the caller shows this member's own status)."""
+    infos = _view_or_none(app, system)
+    if infos is None:
+        return False
     report = collect_status(system)  # the store's figures, the same from every member
-    infos = cluster_view(app, system)
-    sections = []
-    for member in infos:
-        own = None if member.tree is None else collect_status(system, member.tree)
-        sections.append((member, own))
+    sections = [
+        (member, None if member.tree is None else collect_status(system, member.tree))
+        for member in infos
+    ]
     if as_json:
         shared = {k: report[k] for k in ("application", "last_position", "dead_letters")}
-        click.echo(
-            json.dumps(
-                {
-                    **shared,
-                    "members": [
-                        {**m.to_json(), **({} if own is None else _own(own))} for m, own in sections
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return
+        members = [{**m.to_json(), **({} if own is None else _own(own))} for m, own in sections]
+        click.echo(json.dumps({**shared, "members": members}, indent=2))
+        return True
     head, _, tail = status_lines(report)
     for line in head:
         click.echo(line)
@@ -209,6 +223,7 @@ def show_status(app: Any, system: Any, as_json: bool) -> None:
             click.echo(f"  {line}")
     for line in tail:
         click.echo(line)
+    return True
 
 
 def _own(report: dict[str, Any]) -> dict[str, Any]:

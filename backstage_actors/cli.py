@@ -346,10 +346,9 @@ def tree(session: Session, as_json: bool, port: int, host: str) -> None:
     """The live supervision tree (in a cluster: one per member)."""
     app, system = session.system(port, need_app=False, host=host)
     try:
-        node = system.tree()
-        if _cli_cluster.is_member(system):
-            _cli_cluster.show_trees(app, system, as_json)
+        if _cli_cluster.is_member(system) and _cli_cluster.show_trees(app, system, as_json):
             return
+        node = system.tree()
     except BackstageError as exc:
         session.forget(port, host)
         fail(str(exc), exit_code_for(exc))
@@ -369,8 +368,7 @@ def status(session: Session, as_json: bool, port: int, host: str) -> None:
     """Live aggregates, handler positions and lag, restarts (in a cluster: per member)."""
     app, system = session.system(port, need_app=False, host=host)
     try:
-        if _cli_cluster.is_member(system):
-            _cli_cluster.show_status(app, system, as_json)
+        if _cli_cluster.is_member(system) and _cli_cluster.show_status(app, system, as_json):
             return
         report = collect_status(system)
     except BackstageError as exc:

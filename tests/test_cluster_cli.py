@@ -391,3 +391,25 @@ def test_a_killed_member_leaves_members_and_leaves_nothing_behind(
         for process in inside:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def test_without_its_leader_members_says_so_and_tree_shows_the_member_alone(
+    cluster: Cluster,
+) -> None:
+    """Last: it stops the leader. The member list is the leader's registry: ``members`` says
+    the leader does not answer (exit 4, in seconds); ``tree`` shows the member asked."""
+    settled_members(cluster, 0)
+    stopped = cluster.run("stop", *cluster.at(0), "--timeout", "20")
+    assert stopped.returncode == 0, stopped.stderr
+
+    began = time.monotonic()
+    members = cluster.run("members", *cluster.at(1))
+    waited = time.monotonic() - began
+    tree = cluster.run("tree", *cluster.at(1))
+
+    assert members.returncode == 4, (members.stdout, members.stderr)
+    assert "is the leader running?" in members.stderr
+    assert waited < 20, f"members took {waited:.1f}s without a leader"
+    assert tree.returncode == 0, tree.stderr
+    assert "Showing this member only" in tree.stderr
+    assert tree.stdout.startswith("backstage:bank [application]")
