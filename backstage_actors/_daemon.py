@@ -314,9 +314,7 @@ def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, An
         )
     try:
         actor_system = _thespian.attach(port, state.get("host", host) if state else host)
-    except _thespian.AuthenticationRefused:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # nothing there, or a system with another secret: it says which
         raise SystemNotRunning(f"cannot attach to the daemon on {where}: {exc}") from None
     # (On an error the handle is dropped, never shut down: that would stop the daemon.)
     state = state or described(actor_system, where)
