@@ -72,8 +72,9 @@ def check_join(app: Any, database: str | None, host: str, port: int, join: str) 
         )
     if not verdict:
         fail(
-            f"the actor system at {join} refused this member's secret (every member needs the "
-            "leader's: BACKSTAGE_SECRET, BACKSTAGE_SECRET_FILE or $BACKSTAGE_HOME/secret)",
+            f"what listens at {join} does not answer as a Backstage system with this member's "
+            "secret (every member needs the leader's: BACKSTAGE_SECRET, BACKSTAGE_SECRET_FILE "
+            "or $BACKSTAGE_HOME/secret)",
             EXIT_NOT_RUNNING,
         )
 
