@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -170,6 +171,9 @@ def test_join_refuses_sqlite_an_absent_leader_and_unknown_roles(tmp_path: Path) 
     began = time.monotonic()
     absent = cli.run(*start, "--db", cli.dsn, "--join", f"127.0.0.2:{free_port('127.0.0.2')}")
     waited = time.monotonic() - began
+    with socket.create_server(("127.0.0.2", 0)) as stranger:  # listens, never answers
+        silent = f"127.0.0.2:{stranger.getsockname()[1]}"
+        other = cli.run(*start, "--db", cli.dsn, "--join", silent)
     role = cli.run(*start, "--db", cli.dsn, "--join", "127.0.0.2:1", "--role", "web")
     alone = cli.run(*start, "--db", cli.dsn, "--role", "aggregates")
 
@@ -177,6 +181,7 @@ def test_join_refuses_sqlite_an_absent_leader_and_unknown_roles(tmp_path: Path) 
     assert "--join needs a PostgreSQL store that every member reaches" in sqlite.stderr
     assert absent.returncode == 3 and "no leader answers at 127.0.0.2:" in absent.stderr
     assert waited < 10, f"an absent leader took {waited:.1f}s to report"
+    assert other.returncode == 3 and "does not answer as a Backstage system" in other.stderr
     assert role.returncode == 2 and "'web' is not one of 'aggregates', 'subscribers'" in role.stderr
     assert alone.returncode == 2 and "--role is for a cluster member" in alone.stderr
     assert not list(tmp_path.glob("daemon-*.json"))  # nothing was started
