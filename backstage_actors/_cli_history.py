@@ -35,13 +35,32 @@ from .store.records import EventQuery
 
 __all__ = ["register"]
 
-_port = click.option(
+_port_only = click.option(
     "--port",
     type=int,
     default=_daemon.default_port,
     show_default="$BACKSTAGE_PORT or 1900",
     help="Admin port of the daemon whose database (and app) to read.",
 )
+_host = click.option(
+    "--host",
+    default=_daemon.LOCAL,
+    show_default=True,
+    expose_value=False,  # kept in the context for _store and _app_and_store
+    callback=lambda ctx, param, value: ctx.meta.__setitem__("backstage.host", value),
+    help="Address of that daemon's admin.",
+)
+
+
+def _port(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """``--port`` and ``--host`` of the daemon whose database (and app) to read."""
+    return _port_only(_host(verb))
+
+
+def _host_of() -> str:
+    return str(click.get_current_context().meta.get("backstage.host", _daemon.LOCAL))
+
+
 _db = click.option("--db", "database", help="Read this database instead of the daemon's.")
 _json = click.option(
     "--json", "as_json", is_flag=True, help="JSON output; errors as JSON on stderr."
@@ -69,14 +88,14 @@ def _guard(work: Callable[[], Any]) -> Any:
 
 
 def _store(port: int, database: str | None) -> EventStore:
-    store: EventStore = open_store(port, database)
+    store: EventStore = open_store(port, database, _host_of())
     return store
 
 
 def _app_and_store(app_spec: str | None, port: int, database: str | None) -> tuple[Any, EventStore]:
     """The application (``--app`` or the daemon's) and its store (``--db``, the daemon's, or the
     app's own database)."""
-    state = _daemon.read_state(port)
+    state = _daemon.read_state(port, _host_of())
     if app_spec is None:
         if state is None:
             fail(

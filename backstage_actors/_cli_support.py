@@ -69,24 +69,34 @@ def exit_code_for(error: BaseException) -> int:
     return EXIT_FAILED
 
 
+host_option = click.option(
+    "--host",
+    default=_daemon.LOCAL,
+    show_default=True,
+    help="Address of the daemon's admin (any member's, in a cluster).",
+)
+
+
 class Session:
     """What one invocation (or one shell) keeps: the attached daemons."""
 
     def __init__(self) -> None:
-        self.attached: dict[int, tuple[Any, Any]] = {}
+        self.attached: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    def system(self, port: int, need_app: bool = True) -> tuple[Any, Any]:
-        """The daemon on ``port``; without ``need_app`` its module need not import here."""
-        known = self.attached.get(port)
+    def system(
+        self, port: int, need_app: bool = True, host: str = _daemon.LOCAL
+    ) -> tuple[Any, Any]:
+        """The daemon on ``host:port``; without ``need_app`` its module need not import here."""
+        known = self.attached.get((host, port))
         if known is None or (need_app and getattr(known[0], "stand_in", False)):
             try:
-                self.attached[port] = _daemon.attach(port, need_app)
+                self.attached[host, port] = _daemon.attach(port, need_app, host)
             except BackstageError as exc:
                 fail(str(exc), exit_code_for(exc))
-        return self.attached[port]
+        return self.attached[host, port]
 
-    def forget(self, port: int) -> None:
-        self.attached.pop(port, None)
+    def forget(self, port: int, host: str = _daemon.LOCAL) -> None:
+        self.attached.pop((host, port), None)
 
 
 def resolve_command(app: Any, name: str) -> type:
@@ -185,9 +195,15 @@ def outcome_of(result: Any) -> str:
 
 
 def send_file(
-    session: Session, path: str, port: int, batch: int, timeout: float | None, as_json: bool
+    session: Session,
+    path: str,
+    port: int,
+    batch: int,
+    timeout: float | None,
+    as_json: bool,
+    host: str = _daemon.LOCAL,
 ) -> None:
-    app, system = session.system(port)
+    app, system = session.system(port, host=host)
     if not os.path.exists(path):
         fail(f"no such file: {path}", EXIT_INPUT)
     key = file_key(path)
@@ -311,8 +327,10 @@ SUBSCRIBER_FIELDS = (
 )
 
 
-def collect_status(system: Any) -> dict[str, Any]:
-    node = system.tree()
+def collect_status(system: Any, node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``status``'s report of ``system`` (of the tree ``node``, a cluster member's, if given:
+    the store's figures are the same from every member)."""
+    node = system.tree() if node is None else node
     nodes = list(supervisors.walk(node))
     router = next((n for n in nodes if n.get("kind") == "router"), {})
     subscribers = [
@@ -335,12 +353,37 @@ def collect_status(system: Any) -> dict[str, Any]:
     }
 
 
-def open_store(port: int, database: str | None) -> Any:
+def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """``status``'s lines for one system's report: the store's (first and last) and the
+    system's own (between; a cluster shows them once per member)."""
+    aggregates = report["aggregates"]
+    head = [f"{report['application']}: {report['status']}, {report['last_position']} events stored"]
+    body = [
+        f"aggregates: {aggregates['live']} live (cap {aggregates['max_live']}), "
+        f"{aggregates['passivated']} passivated; restarts in the tree: {report['restarts']}"
+    ]
+    for sub in report["subscribers"]:
+        state = sub["state"] or sub["status"]
+        timing = f" handle {sub['handle']['mean_ms']} ms" if sub.get("handle") else ""
+        body.append(
+            f"  {sub['name']:<20} {sub['kind']:<16} {state:<10} position {sub['position']} "
+            f"lag {sub['lag']} failures {sub['failures']} parked {sub['parked']}{timing}"
+        )
+    tail = []
+    if report["dead_letters"]:
+        tail.append(f"dead letters: {report['dead_letters']} (backstage dead-letters)")
+    return head, body, tail
+
+
+def open_store(port: int, database: str | None, host: str = _daemon.LOCAL) -> Any:
     if database is None:
-        state = _daemon.read_state(port)
+        state = _daemon.read_state(port, host)
+        if state is None and host != _daemon.LOCAL:  # another machine's: ask it
+            state = _daemon.DaemonState(database=_running_database(port, host))
         if state is None:
+            where = f"port {port}" if host == _daemon.LOCAL else f"{host}:{port}"
             fail(
-                f"no backstage daemon runs on port {port}; name the database with --db",
+                f"no backstage daemon runs on {where}; name the database with --db",
                 EXIT_NOT_RUNNING,
             )
         database = state["database"]
@@ -350,6 +393,18 @@ def open_store(port: int, database: str | None) -> Any:
         return EventStore(database)
     except StorageError as exc:
         fail(str(exc), EXIT_STORAGE)
+
+
+def _running_database(port: int, host: str) -> str:
+    """The database of the daemon on ``host:port``, as its running store says."""
+    try:
+        _, system = _daemon.attach(port, need_app=False, host=host)
+    except BackstageError as exc:
+        fail(str(exc), exit_code_for(exc))
+    try:
+        return str(system.settings.database)
+    finally:
+        system.stop()
 
 
 def letter_fields(d: Any) -> dict[str, Any]:

@@ -64,8 +64,11 @@ def register(cli: click.Group) -> None:
     @click.argument("destination")
     # Accepted as by every verb (BACKSTAGE_PORT too); a copy needs no daemon.
     @click.option("--port", type=int, hidden=True)
+    @click.option("--host", hidden=True)
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def copy(source: str, destination: str, port: int | None, as_json: bool) -> None:
+    def copy(
+        source: str, destination: str, port: int | None, host: str | None, as_json: bool
+    ) -> None:
         """Copy the whole store SOURCE into the empty store DESTINATION (a SQLite path or a
         postgresql:// URL): events with their positions, snapshots, checkpoints, dead letters."""
         show = sys.stderr.isatty()

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 1900
+LOCAL = "127.0.0.1"  # the default --host: a daemon's files are named by its port alone there
 
 
 def home() -> Path:
@@ -51,27 +52,39 @@ class DaemonState(dict[str, Any]):
     """The state file's content: app, database, port, host, admin_pid, log_file, pid_file."""
 
 
-def state_path(port: int) -> Path:
-    return home() / f"daemon-{port}.json"
+def file_stem(port: int, host: str = LOCAL) -> str:
+    """``daemon-PORT`` on 127.0.0.1, ``daemon-HOST-PORT`` elsewhere: several daemons of one
+    machine (a cluster's members on 127.0.0.2-4, say) may share a port on different addresses."""
+    return f"daemon-{port}" if host in (LOCAL, "localhost") else f"daemon-{host}-{port}"
 
 
-def read_state(port: int) -> DaemonState | None:
-    try:
-        return DaemonState(json.loads(state_path(port).read_text()))
-    except (OSError, ValueError):
-        return None
+def state_path(port: int, host: str = LOCAL) -> Path:
+    return home() / f"{file_stem(port, host)}.json"
 
 
-def write_state(port: int, state: dict[str, Any]) -> None:
-    path = state_path(port)
+WILDCARDS = ("0.0.0.0", "::")  # a daemon bound there answers on 127.0.0.1 too
+
+
+def read_state(port: int, host: str = LOCAL) -> DaemonState | None:
+    """The state of the daemon on ``host:port`` (on 127.0.0.1: or one bound to every address)."""
+    for where in (host, *(WILDCARDS if host in (LOCAL, "localhost") else ())):
+        try:
+            return DaemonState(json.loads(state_path(port, where).read_text()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def write_state(port: int, state: dict[str, Any], host: str = LOCAL) -> None:
+    path = state_path(port, host)
     with os.fdopen(_security.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as file:
         file.write(json.dumps(state, indent=2))
 
 
-def remove_state(port: int) -> None:
-    state = read_state(port)
+def remove_state(port: int, host: str = LOCAL) -> None:
+    state = read_state(port, host)
     with contextlib.suppress(OSError):
-        state_path(port).unlink()
+        state_path(port, str(state.get("host", host)) if state else host).unlink()
     if state and state.get("pid_file"):
         with contextlib.suppress(OSError):
             Path(state["pid_file"]).unlink()
@@ -96,13 +109,13 @@ def load_app(spec: str) -> Any:
     return app
 
 
-def daemon_processes(port: int) -> list[int]:
+def daemon_processes(port: int, host: str = LOCAL) -> list[int]:
     """Pids of the live processes of the daemon on ``port``.
 
     Thespian's admin starts a new session (``setsid``) and every actor process is forked inside
     it, so the session id recorded at start finds them all, orphans of a killed admin included.
     """
-    state = read_state(port)
+    state = read_state(port, host)
     sid = state.get("sid") if state else None
     if not sid:
         return []
@@ -124,7 +137,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def kill_leftovers(port: int, timeout: float = 5.0) -> list[int]:
+def kill_leftovers(port: int, timeout: float = 5.0, host: str = LOCAL) -> list[int]:
     """SIGTERM, then SIGKILL, every process of this daemon; returns the pids it found.
 
     The processes are listed again while they die: a supervisor that outlives its child for a
@@ -134,7 +147,7 @@ def kill_leftovers(port: int, timeout: float = 5.0) -> list[int]:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         signalled: set[int] = set()
         deadline = time.monotonic() + timeout / 2
-        while (pids := daemon_processes(port)) and time.monotonic() < deadline:
+        while (pids := daemon_processes(port, host)) and time.monotonic() < deadline:
             for pid in pids:
                 if pid not in signalled:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -143,7 +156,7 @@ def kill_leftovers(port: int, timeout: float = 5.0) -> list[int]:
                 if pid not in found:
                     found.append(pid)
             time.sleep(0.05)
-        if not daemon_processes(port):
+        if not daemon_processes(port, host):
             break
     return sorted(found)
 
@@ -212,12 +225,15 @@ def start_daemon(
     timeout: float = 60.0,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    join: str | None = None,
+    roles: tuple[str, ...] = ("aggregates", "subscribers"),
 ) -> DaemonState:
-    """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up."""
+    """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up.
+    With ``join`` (``HOST:PORT`` of the leader's admin) it is a member of that cluster."""
     app = load_app(app_spec)
     database = normalise(database or app.database)
-    log_file = os.path.abspath(log_file or home() / f"daemon-{port}.log")
-    pid_file = os.path.abspath(pid_file or home() / f"daemon-{port}.pid")
+    log_file = os.path.abspath(log_file or home() / f"{file_stem(port, host)}.log")
+    pid_file = os.path.abspath(pid_file or home() / f"{file_stem(port, host)}.pid")
     previous = os.umask(0o077)  # every file of the daemon's processes is its owner's alone
     try:
         _check_database(database)  # (after the umask: this may create the database)
@@ -231,6 +247,7 @@ def start_daemon(
                 timeout=timeout,
                 metrics_port=metrics_port,
                 metrics_host=metrics_host,
+                **({"join": join, "roles": roles} if join else {}),
             )
     finally:
         os.umask(previous)
@@ -246,8 +263,10 @@ def start_daemon(
         log_file=log_file,
         pid_file=pid_file,
         started_at=time.time(),
+        join=join,
+        roles=list(roles) if join else None,
     )
-    write_state(port, state)
+    write_state(port, state, host)
     with os.fdopen(_security.open_private(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as file:
         file.write(f"{state['admin_pid']}\n")
     return state
@@ -272,39 +291,75 @@ def admin_alive(state: DaemonState | None) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
-def attach(port: int, need_app: bool = True) -> tuple[Any, Any]:
-    """``(app, running_system)`` for the daemon on ``port``; SystemNotRunning if there is none.
+def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, Any]:
+    """``(app, running_system)`` for the daemon on ``host:port``; SystemNotRunning if none.
 
     Without ``need_app`` (verbs that only look inside or stop: tree, status, stop) the app's
-    module need not import here: a stand-in with the daemon's name and database serves.
+    module need not import here: a stand-in with the daemon's name and database serves. A
+    daemon this machine has no state file for (another host's) is asked who it is: Thespian's
+    status of its admin names the application's root; its module must then import here for
+    the verbs that need it (``send``), from the state of a local daemon of the same name.
     """
-    state = read_state(port)
+    where = f"port {port}" if host in (LOCAL, "localhost") else f"{host}:{port}"
+    state = read_state(port, host)
     # A state file whose admin is gone is a crash, whether or not an orphan still holds the port.
     if state is not None and not admin_alive(state):
         raise SystemNotRunning(
-            f"the daemon on port {port} crashed (its admin, pid {state['admin_pid']}, is gone); "
+            f"the daemon on {where} crashed (its admin, pid {state['admin_pid']}, is gone); "
             "`backstage start` cleans up and starts it again"
         )
-    if state is None or not _thespian.port_in_use(port, state.get("host", "127.0.0.1")):
+    if not _thespian.port_in_use(port, host) or (state is None and host in (LOCAL, "localhost")):
         raise SystemNotRunning(
-            f"no backstage daemon runs on port {port} (start one with `backstage start APP`)"
+            f"no backstage daemon runs on {where} (start one with `backstage start APP`)"
         )
     try:
+        actor_system = _thespian.attach(port, state.get("host", host) if state else host)
+    except Exception as exc:  # nothing there, or a system with another secret: it says which
+        raise SystemNotRunning(f"cannot attach to the daemon on {where}: {exc}") from None
+    # (On an error the handle is dropped, never shut down: that would stop the daemon.)
+    state = state or described(actor_system, where)
+    try:
+        if not state["app"]:
+            raise BackstageError(
+                f"{where} runs {state['name']}, and no daemon of this machine says which "
+                "module holds it"
+            )
         app = load_app(state["app"])
     except BackstageError as exc:
         if need_app:
             raise BackstageError(f"{exc} (run this where the daemon's app imports)") from None
         app = stand_in(state)
-    try:
-        actor_system = _thespian.attach(port, state.get("host", "127.0.0.1"))
-    except Exception as exc:
-        raise SystemNotRunning(f"cannot attach to the daemon on port {port}: {exc}") from None
-    return app, app.attach(actor_system, database=state["database"])
+    database = state.get("database")
+    return app, app.attach(actor_system, database=database, port=port, host=host)
+
+
+def described(actor_system: Any, where: str) -> DaemonState:
+    """What a daemon without a local state file runs, from its admin's status: the application
+    (the root's global name ``backstage:NAME``); its module from a local daemon of that name."""
+    status = _thespian.admin_status(actor_system)
+    names = [n for n in (status.globalActors if status else {}) if n.startswith("backstage:")]
+    if not names:
+        raise SystemNotRunning(f"no backstage application runs on {where}")
+    name = names[0].partition(":")[2]
+    module = next((s["app"] for s in local_states() if s.get("name") == name and s.get("app")), "")
+    return DaemonState(app=module, name=name, database=None)
+
+
+def local_states() -> list[DaemonState]:
+    """The state of every daemon this machine's ``BACKSTAGE_HOME`` knows."""
+    found = []
+    for path in sorted(home().glob("daemon-*.json")):
+        try:
+            found.append(DaemonState(json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def stand_in(state: DaemonState) -> Any:
     """An application with the daemon's name and database and no routes: enough to find its
     tree, read its store and stop it from a directory where its module does not import."""
-    app = Application(str(state["name"]), router=Router(), database=str(state["database"]))
+    database = state.get("database") or "backstage.db"  # (attach asks the running store)
+    app = Application(str(state["name"]), router=Router(), database=str(database))
     app.stand_in = True  # type: ignore[attr-defined]
     return app

@@ -31,13 +31,20 @@ class Shell(cmd.Cmd):
     prompt = "backstage> "
 
     def __init__(
-        self, run: Runner, group: click.Group, session: Any, port: int, as_json: bool = False
+        self,
+        run: Runner,
+        group: click.Group,
+        session: Any,
+        port: int,
+        as_json: bool = False,
+        host: str = _daemon.LOCAL,
     ) -> None:
         super().__init__()
         self.run = run
         self.group = group
         self.session = session
         self.port = port
+        self.host = host
         self.as_json = as_json  # every verb that has --json gets it
         if as_json:
             self.intro = ""  # stdout carries JSON only (and the prompts)
@@ -78,6 +85,8 @@ class Shell(cmd.Cmd):
         verb = self.group.commands.get(args[0]) if args else None
         if verb is not None and "--port" not in args:
             args += ["--port", str(self.port)]
+        if verb is not None and "--host" not in args and verb.name != "start":
+            args += ["--host", self.host]
         if verb is not None and self.as_json and "--json" not in args and _has_json(verb):
             args.append("--json")
         code = self.run(args, self.session)
@@ -135,14 +144,14 @@ class Shell(cmd.Cmd):
 
     def command_names(self) -> list[str]:
         try:
-            app, _ = self.session.system(self.port)
+            app, _ = self.session.system(self.port, host=self.host)
         except click.ClickException:
             return []
         return [cls.__name__ for cls in app.router.routes]
 
     def projection_names(self) -> list[str]:
         try:
-            app, _ = self.session.system(self.port)
+            app, _ = self.session.system(self.port, host=self.host)
         except click.ClickException:
             return []
         return [p.subscriber_name() for p in app.projections]

@@ -289,15 +289,16 @@ class TopView:
 class _Daemon:
     """The attached daemon, attached again after it went away."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = _daemon.LOCAL) -> None:
         self.port = port
+        self.host = host
         self.system: Any = None
 
     def sample(self, view: TopView) -> bool:
         """Ask the daemon for its tree; on failure note it (and attach afresh next time)."""
         try:
             if self.system is None:
-                _, self.system = _daemon.attach(self.port)
+                _, self.system = _daemon.attach(self.port, host=self.host)
             view.update(self.system.tree(timeout=5.0))
             return True
         except BackstageError as exc:
@@ -336,11 +337,11 @@ def _quit_pressed(fd: int, wait: float) -> bool:
     return False
 
 
-def run(port: int, interval: float = 1.0, as_json: bool = False) -> None:
+def run(port: int, interval: float = 1.0, as_json: bool = False, host: str = _daemon.LOCAL) -> None:
     """The ``top`` verb: live when stdin and stdout are terminals, else one plain snapshot
     (as JSON with ``as_json``; raises :class:`SystemNotRunning` then if no daemon answers)."""
     view = TopView(port)
-    daemon = _Daemon(port)
+    daemon = _Daemon(port, host)
     try:
         if as_json or not (sys.stdout.isatty() and sys.stdin.isatty()):
             if not daemon.sample(view):

@@ -18,7 +18,7 @@ from importlib import metadata
 
 import click
 
-from . import _cli_history, _copy, _daemon, _serialization, _thespian, _top
+from . import _cli_cluster, _cli_history, _copy, _daemon, _serialization, _thespian, _top
 from ._cli_support import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -32,12 +32,14 @@ from ._cli_support import (
     event_line,
     exit_code_for,
     fail,
+    host_option,
     letter_fields,
     open_store,
     parse_json,
     render_tree,
     resolve_command,
     send_file,
+    status_lines,
 )
 from ._shell import Shell
 from ._thespian.convention import is_loopback
@@ -48,6 +50,7 @@ from .errors import (
     CommandRejected,
     StorageError,
 )
+from .store import redact
 
 __all__ = [
     "EXIT_FAILED",
@@ -123,6 +126,19 @@ def cli(ctx: click.Context) -> None:
     help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics.",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--join",
+    metavar="HOST:PORT",
+    help="Be a member of the cluster whose leader's admin is there (the leader names itself); "
+    "needs a PostgreSQL --db every member reaches.",
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(_cli_cluster.ROLES),
+    help="What this member hosts, with --join (repeat for both) [default: both].",
+)
 @json_option
 def start(
     app: str,
@@ -135,9 +151,12 @@ def start(
     timeout: float,
     metrics_port: int | None,
     metrics_host: str,
+    join: str | None,
+    roles: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Start APP (module:attribute naming an Application) as a daemon; return once it is ready."""
+    """Start APP (module:attribute naming an Application) as a daemon; return once it is ready.
+    With --join, as a member of a cluster (see ``backstage members``)."""
     if not is_loopback(host) and not allow_remote:  # 127.0.0.0/8 and ::1 stay on this machine
         fail(
             f"binding to {host} exposes the actor system: add --allow-remote if you mean it",
@@ -150,65 +169,83 @@ def start(
             err=True,
         )
     try:
-        _daemon.load_app(app)
+        application = _daemon.load_app(app)
     except BackstageError as exc:
         fail(str(exc), EXIT_INPUT)
-    state = _daemon.read_state(port)
+    if roles and not join:
+        fail("--role is for a cluster member: add --join HOST:PORT", EXIT_INPUT)
+    state = _daemon.read_state(port, host)
     if state is not None and _daemon.admin_alive(state):
         fail(
             f"{state['app']} already runs on port {port} (admin pid {state['admin_pid']})",
             EXIT_NOT_RUNNING,
         )
-    leftovers = _daemon.kill_leftovers(port)  # a crashed daemon's orphans, found by session
+    if join:  # before anything starts: a bad store, a leader that is not there
+        _cli_cluster.check_join(application, database, host, port, join)
+    leftovers = _daemon.kill_leftovers(port, host=host)  # a crashed daemon's orphans
     if leftovers:
         click.echo(
             f"cleaned up {len(leftovers)} leftover processes of a crashed daemon: {leftovers}",
             err=True,
         )
-    if _thespian.port_in_use(port):
+    if _thespian.port_in_use(port, host):
         fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
     if database and "://" not in database:
         ensure_directory(os.path.dirname(os.path.abspath(database)))
     try:
         state = _daemon.start_daemon(
-            app, port, database, host, log_file, pid_file, timeout, metrics_port, metrics_host
+            app,
+            port,
+            database,
+            host,
+            log_file,
+            pid_file,
+            timeout,
+            metrics_port,
+            metrics_host,
+            join=join,
+            roles=roles or _cli_cluster.ROLES,
         )
     except BackstageError as exc:
-        _daemon.kill_leftovers(port)
+        _daemon.kill_leftovers(port, host=host)
         fail(str(exc), exit_code_for(exc) if not isinstance(exc, StorageError) else EXIT_STORAGE)
     except Exception as exc:
-        _daemon.kill_leftovers(port)
+        _daemon.kill_leftovers(port, host=host)
         fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
     if as_json:
         click.echo(json.dumps(dict(state)))
         return
     click.echo(
         f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
-        f"  database {state['database']}\n  log      {state['log_file']}"
+        f"  database {redact(state['database'])}\n  log      {state['log_file']}"
         + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
+        + (f"\n  cluster  {_cli_cluster.joined(host, port, join, state)}" if join else "")
     )
 
 
 @cli.command()
 @port_option
+@host_option
 @click.option("--force", is_flag=True, help="Kill every process of the daemon instead of draining.")
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @json_option
 @click.pass_obj
-def stop(session: Session, port: int, force: bool, timeout: float, as_json: bool) -> None:
+def stop(
+    session: Session, port: int, host: str, force: bool, timeout: float, as_json: bool
+) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
     if not force:
-        _, system = session.system(port, need_app=False)
+        _, system = session.system(port, need_app=False, host=host)
         system.owns_system = True  # this stop is meant to end the actor system
         system.shutdown(timeout=timeout)
-        session.forget(port)
+        session.forget(port, host)
         deadline = time.monotonic() + timeout
-        while _daemon.daemon_processes(port) and time.monotonic() < deadline:
+        while _daemon.daemon_processes(port, host) and time.monotonic() < deadline:
             time.sleep(0.05)
-    killed = _daemon.kill_leftovers(port)
-    if force and not killed and not _daemon.read_state(port):
+    killed = _daemon.kill_leftovers(port, host=host)
+    if force and not killed and not _daemon.read_state(port, host):
         fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
-    _daemon.remove_state(port)
+    _daemon.remove_state(port, host)
     if as_json:
         click.echo(json.dumps({"stopped": True, "killed": killed}))
         return
@@ -245,6 +282,7 @@ def stop(session: Session, port: int, force: bool, timeout: float, as_json: bool
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @port_option
+@host_option
 @click.pass_obj
 def send(
     session: Session,
@@ -256,14 +294,15 @@ def send(
     batch: int,
     as_json: bool,
     port: int,
+    host: str,
 ) -> None:
     """Send COMMAND (a routed name or module:Class) with DATA (a JSON object)."""
     if path:
-        send_file(session, path, port, batch, timeout, as_json)
+        send_file(session, path, port, batch, timeout, as_json, host)
         return
     if not command:
         fail("send needs COMMAND and DATA, or --file", EXIT_INPUT)
-    app, system = session.system(port)
+    app, system = session.system(port, host=host)
     cls = resolve_command(app, command)
     try:
         message = command_from_data(cls, parse_json(data or "{}"))
@@ -301,14 +340,17 @@ def send(
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @port_option
+@host_option
 @click.pass_obj
-def tree(session: Session, as_json: bool, port: int) -> None:
-    """The live supervision tree."""
-    _, system = session.system(port, need_app=False)
+def tree(session: Session, as_json: bool, port: int, host: str) -> None:
+    """The live supervision tree (in a cluster: one per member)."""
+    app, system = session.system(port, need_app=False, host=host)
     try:
+        if _cli_cluster.is_member(system) and _cli_cluster.show_trees(app, system, as_json):
+            return
         node = system.tree()
     except BackstageError as exc:
-        session.forget(port)
+        session.forget(port, host)
         fail(str(exc), exit_code_for(exc))
     if as_json:
         click.echo(json.dumps(node, indent=2))
@@ -320,34 +362,23 @@ def tree(session: Session, as_json: bool, port: int) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @port_option
+@host_option
 @click.pass_obj
-def status(session: Session, as_json: bool, port: int) -> None:
-    """Live aggregates, handler positions and lag, restarts."""
-    _, system = session.system(port, need_app=False)
+def status(session: Session, as_json: bool, port: int, host: str) -> None:
+    """Live aggregates, handler positions and lag, restarts (in a cluster: per member)."""
+    app, system = session.system(port, need_app=False, host=host)
     try:
+        if _cli_cluster.is_member(system) and _cli_cluster.show_status(app, system, as_json):
+            return
         report = collect_status(system)
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    aggregates = report["aggregates"]
-    click.echo(
-        f"{report['application']}: {report['status']}, {report['last_position']} events stored"
-    )
-    click.echo(
-        f"aggregates: {aggregates['live']} live (cap {aggregates['max_live']}), "
-        f"{aggregates['passivated']} passivated; restarts in the tree: {report['restarts']}"
-    )
-    for sub in report["subscribers"]:
-        state = sub["state"] or sub["status"]
-        timing = f" handle {sub['handle']['mean_ms']} ms" if sub.get("handle") else ""
-        click.echo(
-            f"  {sub['name']:<20} {sub['kind']:<16} {state:<10} position {sub['position']} "
-            f"lag {sub['lag']} failures {sub['failures']} parked {sub['parked']}{timing}"
-        )
-    if report["dead_letters"]:
-        click.echo(f"dead letters: {report['dead_letters']} (backstage dead-letters)")
+    head, body, tail = status_lines(report)
+    for line in [*head, *body, *tail]:
+        click.echo(line)
 
 
 @cli.command("dead-letters")
@@ -355,13 +386,14 @@ def status(session: Session, as_json: bool, port: int) -> None:
 @click.argument("ids", type=int, nargs=-1)
 @click.option("--json", "as_json", is_flag=True)
 @port_option
+@host_option
 @click.pass_obj
 def dead_letters(
-    session: Session, action: str, ids: tuple[int, ...], as_json: bool, port: int
+    session: Session, action: str, ids: tuple[int, ...], as_json: bool, port: int, host: str
 ) -> None:
     """Parked events: list them, or retry some (IDS) or all of them."""
     if action == "list":
-        store = open_store(port, None)
+        store = open_store(port, None, host)
         letters = store.dead_letters()
         store.close()
         if as_json:
@@ -373,7 +405,7 @@ def dead_letters(
                 f"{d.id:>4} {d.subscriber:<16} @{d.position} {d.type} {d.error_type}: {d.error} (x{d.failures})"
             )
         return
-    _, system = session.system(port, need_app=False)
+    _, system = session.system(port, need_app=False, host=host)
     try:
         outcome = system.retry_dead_letters(list(ids) or None)
     except BackstageError as exc:
@@ -389,11 +421,12 @@ def dead_letters(
 @cli.command()
 @click.argument("projection")
 @port_option
+@host_option
 @json_option
 @click.pass_obj
-def rebuild(session: Session, projection: str, port: int, as_json: bool) -> None:
+def rebuild(session: Session, projection: str, port: int, host: str, as_json: bool) -> None:
     """Drop PROJECTION's tables and replay every event into them."""
-    app, system = session.system(port)
+    app, system = session.system(port, host=host)
     known = [p.subscriber_name() for p in app.projections]
     if projection not in known:
         fail(
@@ -418,29 +451,32 @@ def rebuild(session: Session, projection: str, port: int, as_json: bool) -> None
 
 @cli.command()
 @port_option
+@host_option
 @click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
 @json_option
-def top(port: int, interval: float, as_json: bool) -> None:
+def top(port: int, host: str, interval: float, as_json: bool) -> None:
     """A live full-screen view: tree, restarts, commands/s and latency, subscribers (q quits).
     Without a terminal, or with --json, one snapshot (two samples ``interval`` apart)."""
     try:
-        _top.run(port, interval, as_json)
+        _top.run(port, interval, as_json, host)
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
 
 
 @cli.command()
 @port_option
+@host_option
 @click.option("--json", "as_json", is_flag=True, help="Every verb in the shell answers in JSON.")
 @click.pass_obj
-def shell(session: Session, port: int, as_json: bool) -> None:
+def shell(session: Session, port: int, host: str, as_json: bool) -> None:
     """An interactive prompt with the same verbs, history and tab completion."""
-    session.system(port)  # no daemon: the usual error and exit code, not a shell that fails
-    Shell(run, cli, session, port, as_json).cmdloop()
+    session.system(port, host=host)  # no daemon: the usual error and exit code, not a shell
+    Shell(run, cli, session, port, as_json, host).cmdloop()
 
 
 _copy.register(cli)  # backstage copy SRC DST (its body in _copy.py)
 _cli_history.register(cli)  # events, state, diff, trace, export (in _cli_history.py)
+_cli_cluster.register(cli)  # members (in _cli_cluster.py)
 
 
 def run(args: list[str] | None = None, session: Session | None = None) -> int:

@@ -61,6 +61,19 @@ def test_every_verb_has_json() -> None:
     assert lacking == []
 
 
+def test_every_verb_that_reaches_a_daemon_has_host() -> None:
+    def options(verb: object) -> set[str]:
+        return {opt for param in getattr(verb, "params", ()) for opt in getattr(param, "opts", ())}
+
+    daemon_verbs = [name for name, verb in cli.commands.items() if "--port" in options(verb)]
+    lacking = [name for name in daemon_verbs if "--host" not in options(cli.commands[name])]
+
+    assert lacking == []
+    assert {"members", "send", "status", "stop", "top", "tree", "events", "shell"} <= set(
+        daemon_verbs
+    )
+
+
 def test_errors_under_json_are_json_on_stderr(tmp_path: Path) -> None:
     backstage = Backstage(tmp_path)
     not_running, usage, plain = backstage.run_all(

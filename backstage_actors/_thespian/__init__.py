@@ -39,6 +39,10 @@ if _installed_version("thespian") != THESPIAN_VERSION:  # before anything reache
 from thespian.actors import ActorAddress, ActorSystem, ExternalContext  # noqa: E402
 from thespian.system import isInternalActorSystemMessage  # noqa: E402
 from thespian.system import utilis as _utilis  # noqa: E402
+from thespian.system.messages.status import (  # noqa: E402
+    Thespian_StatusReq,
+    Thespian_SystemStatus,
+)
 
 from .. import _security  # noqa: E402
 from . import auth  # noqa: E402
@@ -57,11 +61,13 @@ __all__ = [
     "AuthenticationRefused",
     "LeanPollSelector",
     "LeanSimpleBase",
+    "admin_status",
     "attach",
     "compact_registry",
     "external_context",
     "free_port",
     "lean_simple_system",
+    "local_address",
     "own_address",
     "port_in_use",
     "probe",
@@ -125,7 +131,7 @@ def attach(
         if host not in LOOPBACK or not port_in_use(port, host):
             raise ConnectionRefusedError(f"no unauthenticated actor system on {host}:{port}")
         return _system(_scope(None, host, thespian_log, False), {"Admin Port": port}, None)
-    scope = _scope(secret, host, thespian_log)
+    scope = _scope(secret, local_address(host), thespian_log)
     verdict = probe(host, port, scope.signer().key)
     if verdict is None:
         raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
@@ -135,6 +141,19 @@ def attach(
             "with another: check BACKSTAGE_HOME, BACKSTAGE_SECRET and BACKSTAGE_SECRET_FILE)"
         )
     return _system(scope, {"Admin Port": port}, None)
+
+
+def local_address(host: str) -> str:
+    """The address of this machine that reaches ``host``: what a client binds to and gives as
+    its own (``host`` itself on this machine's loopback, where the tests' members live)."""
+    if host in LOOPBACK or host.startswith("127.") or host in ("", "0.0.0.0"):
+        return host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((host, 9))  # (UDP: no packet is sent; the kernel picks the route)
+            return str(sock.getsockname()[0])
+        except OSError:
+            return host
 
 
 def _scope(
@@ -227,6 +246,17 @@ def own_address(endpoint: Any) -> Any:
         return getattr(transport, "myAddress", None)
     requester = getattr(base, "actorRegistry", {}).get("System:ExternalRequester")
     return getattr(requester, "address", None)
+
+
+def admin_status(endpoint: Any, timeout: float = 5.0) -> Any:
+    """Thespian's own status of the admin ``endpoint`` is attached to (its capabilities, the
+    global names it holds, its convention), or None if it does not answer in ``timeout``.
+    How a client learns what runs at a ``host:port`` it has no state file for."""
+    admin = getattr(getattr(endpoint, "_systemBase", None), "adminAddr", None)
+    if admin is None:
+        return None
+    reply = endpoint.ask(admin, Thespian_StatusReq(), timeout)
+    return reply if isinstance(reply, Thespian_SystemStatus) else None
 
 
 def system_key(handle: Any) -> str | None:
