@@ -227,10 +227,14 @@ def start_daemon(
     metrics_host: str = "127.0.0.1",
     join: str | None = None,
     roles: tuple[str, ...] = ("aggregates", "subscribers"),
+    shards: int | None = None,
 ) -> DaemonState:
     """Start ``app_spec`` as a daemon on ``host:port``; returns its state once the tree is up.
-    With ``join`` (``HOST:PORT`` of the leader's admin) it is a member of that cluster."""
+    With ``join`` (``HOST:PORT`` of the leader's admin) it is a member of that cluster;
+    ``shards`` overrides the application's number of shard processes."""
     app = load_app(app_spec)
+    if shards is not None:
+        app.shards = shards
     database = normalise(database or app.database)
     log_file = os.path.abspath(log_file or home() / f"{file_stem(port, host)}.log")
     pid_file = os.path.abspath(pid_file or home() / f"{file_stem(port, host)}.pid")

@@ -127,6 +127,11 @@ def cli(ctx: click.Context) -> None:
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option(
+    "--shards",
+    type=click.IntRange(1, 256),
+    help="Shard processes hosting the aggregates [default: the app's, else one per core].",
+)
+@click.option(
     "--join",
     metavar="HOST:PORT",
     help="Be a member of the cluster whose leader's admin is there (the leader names itself); "
@@ -151,6 +156,7 @@ def start(
     timeout: float,
     metrics_port: int | None,
     metrics_host: str,
+    shards: int | None,
     join: str | None,
     roles: tuple[str, ...],
     as_json: bool,
@@ -205,6 +211,7 @@ def start(
             metrics_host,
             join=join,
             roles=roles or _cli_cluster.ROLES,
+            shards=shards,
         )
     except BackstageError as exc:
         _daemon.kill_leftovers(port, host=host)

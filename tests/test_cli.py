@@ -310,6 +310,18 @@ def test_start_says_where_it_runs(bank: Backstage) -> None:
     assert state["admin_pid"] in bank.processes()
 
 
+def test_start_shards_sets_how_many_shard_processes_host_the_aggregates(tmp_path: Path) -> None:
+    backstage = Backstage(tmp_path)
+    try:
+        started = backstage.start("--shards", "3")
+        assert started.returncode == 0, started.stderr
+        router = next(n for n in backstage.json("tree")["children"] if n["kind"] == "router")
+        shards = [c for c in router["children"] if c["kind"] == "shard"]
+        assert len(shards) == 3 and len({c["pid"] for c in shards}) == 3
+    finally:
+        shut_down(backstage)
+
+
 def test_second_start_on_the_same_port_is_refused(bank: Backstage) -> None:
     admin = bank.state()["admin_pid"]
     result = bank.start()
