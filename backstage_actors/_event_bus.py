@@ -129,7 +129,7 @@ class EventsSupervisor(Supervisor):
             self.send(self.supervisor, WatchChildren())
         # PostgreSQL tells of every commit, this application's or another host's (LISTEN): on
         # the multiproc bases Thespian watches the connection for the bus. (On simpleSystemBase
-        # the subscribers' poll finds another host's events.)
+        # a thread of the caller's process watches it: _bus_waker.)
         self.listener: Any = None
         self.listen_again_at = 0.0
         settings: Settings | None = self.args.get("settings")

@@ -82,9 +82,11 @@ CREATE TABLE IF NOT EXISTS process_managers (
 );
 -- Appends that each name their stream's version, in one call (the recorder's fast path): in the
 -- caller's transaction (its own in autocommit), the lock that serialises positions, then every
--- row inserted only if every stream is at its expected version (else none), then the NOTIFY.
+-- row inserted only if every stream is at its expected version (else none), then the NOTIFY
+-- (its payload names the recorder that wrote: see PostgresRecorder.origin).
+DROP FUNCTION IF EXISTS backstage_append(json, text[], bigint[], text);
 CREATE OR REPLACE FUNCTION backstage_append(
-    p_rows json, p_streams text[], p_expected bigint[], p_channel text
+    p_rows json, p_streams text[], p_expected bigint[], p_channel text, p_origin text
 ) RETURNS TABLE (out_position bigint, out_event_id text) LANGUAGE plpgsql AS $$
 BEGIN
     LOCK TABLE events IN EXCLUSIVE MODE;
@@ -99,7 +101,7 @@ BEGIN
         SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8
         FROM json_array_elements(p_rows) AS r
         RETURNING events.position, events.event_id;
-    PERFORM pg_notify(p_channel, '');
+    PERFORM pg_notify(p_channel, p_origin);
 END
 $$;
 """

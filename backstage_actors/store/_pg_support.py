@@ -62,8 +62,9 @@ class Listener:
     def fileno(self) -> int:
         return self.conn.pgconn.socket
 
-    def drain(self) -> bool:
-        """Take every notification that arrived; True if there was one. Raises
+    def drain(self, ignore: str | None = None) -> bool:
+        """Take every notification that arrived; True if there was one, not counting those of
+        the recorder whose :attr:`~.postgres.PostgresRecorder.origin` is ``ignore``. Raises
         :class:`StorageError` when the connection is gone."""
         pgconn = self.conn.pgconn
         try:
@@ -71,8 +72,8 @@ class Listener:
         except psycopg.OperationalError as exc:
             raise StorageError(f"the listening connection is gone: {first_line(exc)}") from exc
         woke = False
-        while pgconn.notifies() is not None:
-            woke = True
+        while (notify := pgconn.notifies()) is not None:
+            woke = woke or ignore is None or notify.extra.decode() != ignore
         return woke
 
     def last_position(self) -> int:

@@ -19,9 +19,11 @@ names its event ids, which make a repeat return what the first attempt stored). 
 cannot be reached when the store opens is an error at once, naming host and user (never the
 password); no retry loop.
 
-Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel` (no payload:
-a woken reader asks for the last position): :meth:`PostgresRecorder.wait` and the event bus's
-:class:`~._pg_support.Listener` wake on it (any host, any process).
+Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel`, its payload
+the writing recorder's :attr:`~PostgresRecorder.origin` (a woken reader asks for the last
+position): :meth:`PostgresRecorder.wait` and the event bus's :class:`~._pg_support.Listener` wake
+on it (any host, any process; a listener may ignore the commits of a recorder whose appends are
+announced to it otherwise).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -121,6 +124,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
             self._create_schema(probe)
             self.schema = str(probe.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
         self.channel = f"backstage_{self.schema}"[:63]
+        #: The payload of this recorder's NOTIFYs: who wrote (a listener may skip its own).
+        self.origin = uuid.uuid4().hex
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
@@ -384,8 +389,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
             tail: list[str] = []
             params = []
             if planned:
-                tail += [pg.INSERT, "SELECT pg_notify(%s, '')"]
-                params += [json.dumps(rows), self.channel]
+                tail += [pg.INSERT, "SELECT pg_notify(%s, %s)"]
+                params += [json.dumps(rows), self.channel, self.origin]
             if own:
                 assert state is not None
                 state["committing"] = True
@@ -434,8 +439,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
         state["committing"] = True
         try:
             inserted = conn.execute(
-                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s)",
-                (json.dumps(rows), streams, expected, self.channel),
+                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s, %s)",
+                (json.dumps(rows), streams, expected, self.channel, self.origin),
             ).fetchall()
         except pg_errors.UniqueViolation:  # an event id already stored: the careful way
             return False
@@ -591,10 +596,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                 self._listener.execute(f'LISTEN "{self.channel}"')
                 if self.last_position() > after_position:
                     return True
-            for notify in self._listener.notifies(timeout=timeout, stop_after=1):
-                return int(notify.payload or 0) > after_position or (
-                    self.last_position() > after_position
-                )
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                return self.last_position() > after_position
         except psycopg.OperationalError:
             self._listener = None
         return self.last_position() > after_position
