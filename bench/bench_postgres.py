@@ -7,8 +7,10 @@ Run as ``python -m bench.bench_postgres [--quick]``. Skipped (no rows) without P
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -137,6 +139,39 @@ def _wake_ups(dsn: str, count: int) -> list[float]:
         writer.close()
         reader.close()
     return [max(0.0, w - r) for w, r in zip(woke, returned, strict=True)]
+
+
+def _subscriber_wakes(server: Any, base: str, count: int) -> list[float]:
+    """Seconds from an append's return (made outside the application, as another host would)
+    to a running application's handler holding the event: NOTIFY, through the event bus on
+    multiproc and the waker thread in-process."""
+    dsn = server.dsn(server.new_schema())
+    delays: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        lag_file = Path(scratch) / "lag"
+        lag_file.touch()
+        os.environ[_domain.LAG_FILE_ENV] = str(lag_file)  # (before the system forks)
+        system = _domain.make_app(dsn, handlers=[_domain.LagProbe]).start(base=base)
+        try:
+            with EventStore(dsn) as outsider:
+                for i in range(count + 1):
+                    [event] = outsider.append("wake", [_domain.Credited("w", 1, i)], i)
+                    returned = time.time()
+                    deadline = time.monotonic() + 10
+                    while True:
+                        lines = lag_file.read_text().split("\n")
+                        seen = [ln.split() for ln in lines if ln.startswith(f"{event.position} ")]
+                        if seen:
+                            break
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"no handler saw position {event.position}")
+                        time.sleep(0.0005)
+                    if i:  # (the first wakes a subscriber that may still be starting)
+                        delays.append(max(0.0, float(seen[0][2]) - returned))
+        finally:
+            system.stop()
+            del os.environ[_domain.LAG_FILE_ENV]
+    return delays
 
 
 def _p1(server: Any, seconds: float) -> tuple[float, float]:
@@ -280,6 +315,18 @@ def rows(quick: bool = False) -> list[Row]:
                 higher_is_better=False,
             )
         )
+        for base in ("simple", "multiproc"):
+            waits = _subscriber_wakes(server, base, 30 if quick else 100)
+            result.append(
+                Row(
+                    f"PostgreSQL: subscriber wake-up after another host's append ({base} base),"
+                    " median",
+                    statistics.median(waits) * 1000,
+                    "ms",
+                    target="≤ 5 ms",
+                    higher_is_better=False,
+                )
+            )
         big = 100_000 if quick else 1_000_000
         with_big, with_small = _grown(server, 10_000, big, seconds)
         result.append(
