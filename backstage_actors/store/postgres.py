@@ -50,9 +50,9 @@ from . import _appending as ap
 from . import _pg_append as pg
 from ._appending import COLUMNS, Failed, Prepared, Results, Row
 from ._pg_bookkeeping import PgBookkeeping
-from ._pg_history import HISTORY_SCHEMA, PgHistory
-from ._pg_schema import SCHEMA
+from ._pg_schema import HISTORY_SCHEMA, SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
+from ._sql_bookkeeping import POSTGRES, SQLBookkeeping
 from .recorder import Recorder
 from .records import AppendRequest
 
@@ -77,7 +77,7 @@ class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None
 
 
-class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
+class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
     """A recorder on the PostgreSQL database ``url`` (``postgresql://user:pw@host/db``; libpq
     URL parameters such as ``?host=/socket/dir&port=5433`` work too).
 
@@ -85,6 +85,9 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
     statement; ``synchronous="NORMAL"`` commits with ``synchronous_commit = off`` (a crash of the
     server may lose the last commits, never corrupt). ``pool_size`` connections at most.
     """
+
+    sql = POSTGRES
+    dialect = "postgres"
 
     def __init__(
         self,
