@@ -85,21 +85,23 @@ CREATE TABLE IF NOT EXISTS process_managers (
 -- row inserted only if every stream is at its expected version (else none), then the NOTIFY
 -- (its payload names the recorder that wrote: see PostgresRecorder.origin).
 DROP FUNCTION IF EXISTS backstage_append(json, text[], bigint[], text);
+-- p_expect: [[stream id, expected version], ...] (JSON: no array to quote on the client)
 CREATE OR REPLACE FUNCTION backstage_append(
-    p_rows json, p_streams text[], p_expected bigint[], p_channel text, p_origin text
+    p_rows json, p_expect json, p_channel text, p_origin text
 ) RETURNS TABLE (out_position bigint, out_event_id text) LANGUAGE plpgsql AS $$
 BEGIN
     LOCK TABLE events IN EXCLUSIVE MODE;
-    IF (SELECT count(*) FROM unnest(p_streams, p_expected) AS s(id, expected)
-        WHERE greatest((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id),
-                       (SELECT t.version FROM streams t WHERE t.stream_id = s.id), 0)
-              = s.expected) <> cardinality(p_streams) THEN
+    IF (SELECT count(*) FROM json_array_elements(p_expect) AS s
+        WHERE greatest((SELECT max(e.version) FROM events e WHERE e.stream_id = s->>0),
+                       (SELECT t.version FROM streams t WHERE t.stream_id = s->>0), 0)
+              = (s->>1)::bigint) <> json_array_length(p_expect) THEN
         RETURN;
     END IF;
     RETURN QUERY INSERT INTO events (event_id, stream_id, version, type, schema_version, topic,
         data, metadata, recorded_at)
-        SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8
-        FROM json_array_elements(p_rows) AS r
+        SELECT * FROM json_to_recordset(p_rows) AS r(event_id text, stream_id text,
+            version bigint, type text, schema_version int, topic text, data text,
+            metadata text, recorded_at text)
         RETURNING events.position, events.event_id;
     PERFORM pg_notify(p_channel, p_origin);
 END

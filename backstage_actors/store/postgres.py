@@ -115,6 +115,8 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         self._waiting: list[_Waiting] = []
         self._leading = False
         self._listener: psycopg.Connection[Any] | None = None
+        self._writer_conn: psycopg.Connection[Any] | None = None
+        self._timeout = int(connect_timeout)
         # Reach the server once, directly: a wrong address or password is one clear error now.
         try:
             probe = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
@@ -163,6 +165,9 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         self.pool.close()
 
     # -- connections, retries, errors -------------------------------------------------------
@@ -330,12 +335,14 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
                 if self._local.conn is not None:
                     self._write(self._local.conn, live, results, recorded_at, stamp, None)
                     return
-                with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                    self._write(conn, live, results, recorded_at, stamp, state)
+                self._write(self._writer(), live, results, recorded_at, stamp, state)
                 return
             except psycopg.OperationalError as exc:
                 safe = idempotent or not state["committing"]
                 lost = _lost(exc) and self._local.conn is None
+                if lost and self._writer_conn is not None:
+                    self._writer_conn.close()
+                    self._writer_conn = None
                 if not (lost and safe) or time.monotonic() + delay > deadline:
                     if lost and not safe:
                         raise StorageError(
@@ -351,6 +358,16 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
                 delay = min(delay * 2, 1.0)
             except psycopg.Error as exc:
                 raise self._error("append", exc) from exc
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        """The group commit's own connection: one leader at a time writes (see :meth:`write`),
+        so one connection serves them all, without a pool's handoff per commit."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._timeout)
+            self._configure(conn)
+            self._writer_conn = conn
+        return conn
 
     def _write(
         self,
@@ -393,7 +410,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             params = []
             if planned:
                 tail += [pg.INSERT, "SELECT pg_notify(%s, %s)"]
-                params += [json.dumps(rows), self.channel, self.origin]
+                params += [pg.rows_json(rows), self.channel, self.origin]
             if own:
                 assert state is not None
                 state["committing"] = True
@@ -426,8 +443,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         way decides each append on its own."""
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
         rows: list[tuple[Any, ...]] = []
-        streams: list[str] = []
-        expected: list[int] = []
+        expected: list[tuple[str, int]] = []
         for index, (request, encoded) in live:
             current = int(request.expected_version)  # type: ignore[arg-type]
             ids = ap.event_ids(request, len(encoded))
@@ -437,13 +453,12 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
                 return False
             rows += ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp)
             planned.append((index, request.stream_id, encoded, ids, current, metadata))
-            streams.append(request.stream_id)
-            expected.append(current)
+            expected.append((request.stream_id, current))
         state["committing"] = True
         try:
             inserted = conn.execute(
-                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s, %s)",
-                (json.dumps(rows), streams, expected, self.channel, self.origin),
+                "SELECT * FROM backstage_append(%s::json, %s::json, %s, %s)",
+                (pg.rows_json(rows), json.dumps(expected), self.channel, self.origin),
             ).fetchall()
         except pg_errors.UniqueViolation:  # an event id already stored: the careful way
             return False
