@@ -88,15 +88,16 @@ class BusWaker:
                 if not missed:
                     continue
             try:
-                woke = self.listener.drain(self.ignore) or missed
-                position = self.listener.last_position() if woke else 0
+                position = self.listener.drain(self.ignore)
+                if missed and not position:
+                    position = self.listener.last_position()
             except Exception as exc:
                 log.warning("the listening connection broke (%s); listening again", exc)
                 self.listener.close()
                 self.listener = None
                 continue
             missed = False
-            if woke and not self._tell(position):
+            if position and not self._tell(position):
                 return
 
     def _tell(self, position: int) -> bool:

@@ -159,8 +159,9 @@ class EventsSupervisor(Supervisor):
     def _notified(self) -> None:
         """The listening connection is readable: commits happened (or it broke)."""
         try:
-            if self.listener.drain():
-                self._appended(self.listener.last_position())
+            position = self.listener.drain()
+            if position:
+                self._appended(position)
         except Exception as exc:
             log.warning("events: the listening connection broke (%s); listening again", exc)
             self.listener.close()

@@ -306,7 +306,7 @@ def _grown(server: Any, small: int, big: int, seconds: float) -> tuple[float, fl
     stores = {"big": EventStore(_filled(server, big)), "small": EventStore(_filled(server, small))}
     try:
         steps = {name: _ours(store, 1, "grown") for name, store in stores.items()}
-        measured = rates(steps, seconds, rounds=4)
+        measured = rates(steps, seconds, rounds=8)
     finally:
         for store in stores.values():
             store.close()

@@ -18,6 +18,7 @@ from .records import AppendRequest, RecordedEvent
 
 __all__ = [
     "INSERT",
+    "NOTIFY",
     "ROWS",
     "ROW_FIELDS",
     "VERSION",
@@ -56,6 +57,8 @@ ROWS = (
     " version bigint, type text, schema_version int, topic text, data text, metadata text,"
     " recorded_at text)"
 )
+# In the writer's transaction, under its lock: the last position is the commit's own.
+NOTIFY = "SELECT pg_notify(%s, %s || ' ' || (SELECT max(position) FROM events))"
 INSERT = f"INSERT INTO events ({', '.join(ROW_FIELDS)}) {ROWS} RETURNING position, event_id"
 
 

@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS process_managers (
 -- Appends that each name their stream's version, in one call (the recorder's fast path): in the
 -- caller's transaction (its own in autocommit), the lock that serialises positions, then every
 -- row inserted only if every stream is at its expected version (else none), then the NOTIFY
--- (its payload names the recorder that wrote: see PostgresRecorder.origin).
+-- (its payload: the recorder that wrote, see PostgresRecorder.origin, and the last position).
 DROP FUNCTION IF EXISTS backstage_append(json, text[], bigint[], text);
 -- p_expect: [[stream id, expected version], ...] (JSON: no array to quote on the client)
 CREATE OR REPLACE FUNCTION backstage_append(
@@ -103,7 +103,7 @@ BEGIN
             version bigint, type text, schema_version int, topic text, data text,
             metadata text, recorded_at text)
         RETURNING events.position, events.event_id;
-    PERFORM pg_notify(p_channel, p_origin);
+    PERFORM pg_notify(p_channel, p_origin || ' ' || (SELECT max(position) FROM events));
 END
 $$;
 """

@@ -20,8 +20,7 @@ cannot be reached when the store opens is an error at once, naming host and user
 password); no retry loop.
 
 Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel`, its payload
-the writing recorder's :attr:`~PostgresRecorder.origin` (a woken reader asks for the last
-position): :meth:`PostgresRecorder.wait` and the event bus's :class:`~._pg_support.Listener` wake
+the writing recorder's :attr:`~PostgresRecorder.origin` and the commit's last position: :meth:`PostgresRecorder.wait` and the event bus's :class:`~._pg_support.Listener` wake
 on it (any host, any process; a listener may ignore the commits of a recorder whose appends are
 announced to it otherwise).
 """
@@ -409,7 +408,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             tail: list[str] = []
             params = []
             if planned:
-                tail += [pg.INSERT, "SELECT pg_notify(%s, %s)"]
+                tail += [pg.INSERT, pg.NOTIFY]
                 params += [pg.rows_json(rows), self.channel, self.origin]
             if own:
                 assert state is not None
