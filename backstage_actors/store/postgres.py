@@ -48,6 +48,7 @@ from ..errors import BackstageError, StorageError, WrongExpectedVersion
 from . import _appending as ap
 from . import _pg_append as pg
 from ._appending import COLUMNS, Failed, Prepared, Results, Row
+from ._group_commit import GroupCommit
 from ._pg_bookkeeping import PgBookkeeping
 from ._pg_schema import HISTORY_SCHEMA, SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
@@ -59,17 +60,6 @@ __all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
 
 T = TypeVar("T")
 _log = logging.getLogger("backstage_actors.store.postgres")
-
-
-class _Waiting:
-    """An append waiting for a group commit (:meth:`PostgresRecorder.write`)."""
-
-    def __init__(self, prepared: Prepared, results: Results) -> None:
-        self.prepared = prepared
-        self.results = results
-        self.done = threading.Event()
-        self.lead = False
-        self.error: BaseException | None = None
 
 
 class _Local(threading.local):
@@ -110,9 +100,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
         )
         self._local = _Local()
-        self._group_lock = threading.Lock()
-        self._waiting: list[_Waiting] = []
-        self._leading = False
+        self.group = GroupCommit(self._write_now)
         self._listener: psycopg.Connection[Any] | None = None
         self._writer_conn: psycopg.Connection[Any] | None = None
         self._timeout = int(connect_timeout)
@@ -271,53 +259,13 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
     def write(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
     ) -> None:
-        """Group commit across threads: appends that arrive while a commit is under way wait,
-        and the first of them then commits them all in one transaction (one lock, one flush)."""
+        """Group commit across threads (:mod:`._group_commit`): appends that arrive while a
+        commit is under way wait, and the first of them then commits them all in one
+        transaction (one lock, one flush)."""
         if self._local.conn is not None:  # inside the caller's transaction
             self._write_now(prepared, results, recorded_at, stamp)
             return
-        mine = _Waiting(prepared, results)
-        with self._group_lock:
-            self._waiting.append(mine)
-            if self._leading:
-                mine.lead = False
-            else:
-                self._leading = mine.lead = True
-        if not mine.lead:
-            mine.done.wait()
-            if not mine.lead:  # committed by another thread's transaction
-                if mine.error is not None:
-                    raise mine.error
-                return
-        with self._group_lock:
-            group, self._waiting = self._waiting, []
-        try:
-            self._write_group(group, recorded_at, stamp)
-        finally:
-            with self._group_lock:
-                if self._waiting:  # the next leader: the first that arrived meanwhile
-                    self._waiting[0].lead = True
-                    self._waiting[0].done.set()
-                else:
-                    self._leading = False
-        if mine.error is not None:
-            raise mine.error
-
-    def _write_group(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
-        prepared = [item for member in group for item in member.prepared]
-        results = [result for member in group for result in member.results]
-        error: BaseException | None = None
-        try:
-            self._write_now(prepared, results, recorded_at, stamp)
-        except BaseException as exc:
-            error = exc
-        at = 0
-        for member in group:
-            member.results[:] = results[at : at + len(member.results)]
-            at += len(member.results)
-            member.error = error
-            if not member.lead:
-                member.done.set()
+        self.group.write(prepared, results, recorded_at, stamp)
 
     def _write_now(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
