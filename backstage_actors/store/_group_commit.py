@@ -44,10 +44,12 @@ class _Waiting:
 
 class GroupCommit:
     """One per recorder: :meth:`write` commits the caller's append together with every other
-    one waiting, through ``commit(prepared, results, recorded_at, stamp)``."""
+    one waiting, through ``commit(prepared, results, recorded_at, stamp)``; a leader gathers
+    for at most ``max_gather`` seconds."""
 
-    def __init__(self, commit: Commit) -> None:
+    def __init__(self, commit: Commit, max_gather: float = MAX_GATHER) -> None:
         self.commit = commit
+        self.max_gather = max_gather
         self._changed = threading.Condition(threading.Lock())
         self._waiting: list[_Waiting] = []
         self._leading = False
@@ -94,7 +96,7 @@ class GroupCommit:
     def _gather(self) -> list[_Waiting]:
         with self._changed:
             if len(self._waiting) < self._last_size:
-                deadline = time.monotonic() + min(self._last_took, MAX_GATHER)
+                deadline = time.monotonic() + min(self._last_took, self.max_gather)
                 while len(self._waiting) < self._last_size:
                     left = deadline - time.monotonic()
                     if left <= 0:
