@@ -14,6 +14,7 @@ import psycopg
 
 from . import _appending as ap
 from ._appending import Results, Row
+from .recorder import TABLES
 from .records import AppendRequest, RecordedEvent
 
 __all__ = [
@@ -41,17 +42,7 @@ VERSION = (
 # The rows of an append as one JSON parameter (quoted by the json module in C, and read by the
 # server in one pass: json_to_recordset costs ~40% less server CPU than picking each field of an
 # array of arrays with ->>).
-ROW_FIELDS = (
-    "event_id",
-    "stream_id",
-    "version",
-    "type",
-    "schema_version",
-    "topic",
-    "data",
-    "metadata",
-    "recorded_at",
-)
+ROW_FIELDS = TABLES["events"][1:]  # (every column but the position)
 ROWS = (
     "SELECT * FROM json_to_recordset(%s::json) AS r(event_id text, stream_id text,"
     " version bigint, type text, schema_version int, topic text, data text, metadata text,"
