@@ -129,7 +129,7 @@ class EventsSupervisor(Supervisor):
             self.send(self.supervisor, WatchChildren())
         # PostgreSQL tells of every commit, this application's or another host's (LISTEN): on
         # the multiproc bases Thespian watches the connection for the bus. (On simpleSystemBase
-        # the subscribers' poll finds another host's events.)
+        # a thread of the caller's process watches it: _bus_waker.)
         self.listener: Any = None
         self.listen_again_at = 0.0
         settings: Settings | None = self.args.get("settings")
@@ -159,8 +159,9 @@ class EventsSupervisor(Supervisor):
     def _notified(self) -> None:
         """The listening connection is readable: commits happened (or it broke)."""
         try:
-            if self.listener.drain():
-                self._appended(self.listener.last_position())
+            position = self.listener.drain()
+            if position:
+                self._appended(position)
         except Exception as exc:
             log.warning("events: the listening connection broke (%s); listening again", exc)
             self.listener.close()

@@ -20,6 +20,7 @@ from supervisors import ChildSpec, Supervisor, SupervisorSpec, start_supervisor
 
 from . import _thespian
 from ._admin_watch import with_admin_watch
+from ._bus_waker import BusWaker
 from ._cluster import cluster_capabilities, introduce
 from ._event_bus import events_supervisor_spec
 from ._metrics_actor import MetricsActor
@@ -218,6 +219,8 @@ class Application:
             actor_system.shutdown()
             raise
         system = RunningSystem(self, actor_system, root, base, settings, owns_system=True)
+        if base == "simple" and self.subscribers and is_postgres(settings.database):
+            system.waker = BusWaker(system)  # other hosts' commits wake the subscribers
         if metrics_port is not None and base != "multiproc":
             try:
                 system.metrics = serve(system, metrics_port, metrics_host)

@@ -135,6 +135,7 @@ class RunningSystem:
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
         self.metrics: Any = None  # the /metrics server this process runs for it, if any
         self.async_pool: Any = None  # the threads of dispatch_async (see _async)
+        self.waker: Any = None  # in-process on PostgreSQL: other hosts' commits (see _bus_waker)
 
     # -- context management -----------------------------------------------------------------
 
@@ -569,6 +570,8 @@ class RunningSystem:
         """Stop the application's tree in order, and the actor system if this handle started it."""
         if self._stopped:
             return
+        if self.waker is not None:
+            self.waker.close()
         try:
             with self._endpoint() as endpoint:
                 supervisors.stop_supervisor(endpoint, self.root, timeout=timeout)

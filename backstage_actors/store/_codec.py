@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -55,7 +56,14 @@ def encode_event(
         _encoders[cls] = known
     name, version, topic = known
     data = ser.unstructure(event)
-    check_data(data, name, limits)  # before dumps: it names a value nested too deeply
+    check = _checks.get(cls, _UNKNOWN)
+    if check is _UNKNOWN:
+        check = _checks[cls] = plain_check(cls)
+    # A plain class's flat data is checked here in one pass; anything else (or a flat value
+    # that fails) by limits.check_data, which names every bad path.
+    plain = check is not None and check(data)
+    if not (plain and _flat_fits(data, limits)):
+        check_data(data, name, limits)  # before dumps: it names a value nested too deeply
     text = ser.dumps(data, name)
     if len(text) > limits.max_event_bytes:
         raise SerializationError(
@@ -63,13 +71,25 @@ def encode_event(
             f"{limits.max_event_bytes:,} (keep large blobs outside the event store and record "
             "a reference)"
         )
-    if validate:
-        check = _checks.get(cls, _UNKNOWN)
-        if check is _UNKNOWN:
-            check = _checks[cls] = plain_check(cls)
-        if check is None or not check(data):
-            ser.structure(json.loads(text), cls, name)  # the full check, naming what is wrong
+    if validate and not plain:
+        ser.structure(json.loads(text), cls, name)  # the full check, naming what is wrong
     return EncodedEvent(name, version, topic, text, event)
+
+
+def _flat_fits(data: dict[str, Any], limits: Limits) -> bool:
+    """Whether the scalar values of a plain event's ``data`` are within ``limits`` (what
+    :func:`~backstage_actors.limits.check_data` decides, for a dict of scalars)."""
+    for value in data.values():
+        kind = type(value)
+        if kind is str:
+            # (non-ASCII text may hold a lone surrogate: check_data looks)
+            if len(value) > limits.max_string_length or "\x00" in value or not value.isascii():
+                return False
+        elif (kind is int and not limits.min_integer <= value <= limits.max_integer) or (
+            kind is float and not math.isfinite(value)
+        ):
+            return False
+    return True
 
 
 _UNKNOWN: Any = object()

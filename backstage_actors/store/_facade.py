@@ -23,7 +23,15 @@ from . import _appending as ap
 from ._codec import decode_event
 from .memory import MemoryRecorder
 from .recorder import Recorder
-from .records import ANY, AppendRequest, DeadLetter, ExpectedVersion, RecordedEvent, Snapshot
+from .records import (
+    ANY,
+    AppendRequest,
+    DeadLetter,
+    ExpectedVersion,
+    RecordedEvent,
+    Rejection,
+    Snapshot,
+)
 from .sqlite import SQLiteRecorder
 
 __all__ = ["EventStore", "is_postgres", "listen", "normalise", "redact", "store_kind"]
@@ -350,15 +358,18 @@ class EventStore:
         ``backstage trace`` shows it beside the events of its request."""
         command_id = str(metadata.get("command_id", ""))
         self.recorder.record_rejection(
-            command_id,
-            str(metadata.get("correlation_id") or command_id),
-            str(metadata.get("causation_id") or command_id),
-            stream_id,
-            str(metadata.get("command", "")),
-            type(error).__name__,
-            str(error),
-            json.dumps(dict(metadata), default=str),
-            _now(),
+            Rejection(
+                0,
+                command_id,
+                str(metadata.get("correlation_id") or command_id),
+                str(metadata.get("causation_id") or command_id),
+                stream_id,
+                str(metadata.get("command", "")),
+                type(error).__name__,
+                str(error),
+                json.dumps(dict(metadata), default=str),
+                _now(),
+            )
         )
 
     # -- checkpoints, dead letters, process managers ----------------------------------------
@@ -385,7 +396,21 @@ class EventStore:
     ) -> None:
         """Record that ``subscriber`` gave up on ``event`` (a dead letter)."""
         self.recorder.park(
-            subscriber, event, error_type, error, traceback, failures, status, _now()
+            DeadLetter(
+                0,
+                subscriber,
+                event.position,
+                event.event_id,
+                event.stream_id,
+                event.version,
+                event.type,
+                error_type,
+                error,
+                traceback,
+                failures,
+                status,
+                _now(),
+            )
         )
 
     def dead_letters(

@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ._appending import Row
-from ._queries import check_field, matches
+from ._queries import check_field, check_rejection_field, matches
 from .records import EventQuery, Rejection
 
 if TYPE_CHECKING:
@@ -47,41 +49,14 @@ class MemoryHistory:
         row: Row | None = self.state.ids.get(event_id)
         return row
 
-    def record_rejection(
-        self,
-        command_id: str,
-        correlation_id: str,
-        causation_id: str,
-        stream_id: str,
-        command: str,
-        error_type: str,
-        error: str,
-        metadata: str,
-        at: str,
-    ) -> None:
+    def record_rejection(self, rejection: Rejection) -> None:
         with self.transaction():  # type: ignore[attr-defined]
             table = self.state.rejections
             key = max(table, default=0) + 1
-            self._set(
-                table,
-                key,
-                Rejection(
-                    key,
-                    command_id,
-                    correlation_id,
-                    causation_id,
-                    stream_id,
-                    command,
-                    error_type,
-                    error,
-                    metadata,
-                    at,
-                ),
-            )
+            self._set(table, key, attrs.evolve(rejection, id=key))
 
     def rejections(self, field: str, value: str) -> list[Rejection]:
-        if field not in ("correlation_id", "command_id"):
-            raise ValueError(f"rejections are found by correlation_id or command_id, not {field!r}")
+        check_rejection_field(field)
         with self.state.lock:
             found = [r for _, r in sorted(self.state.rejections.items())]
         return [r for r in found if getattr(r, field) == value]

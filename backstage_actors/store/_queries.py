@@ -14,7 +14,14 @@ from typing import Any
 from ..errors import BackstageError
 from .records import EventQuery
 
-__all__ = ["INDEXED", "check_field", "matches", "metadata_text", "where"]
+__all__ = [
+    "INDEXED",
+    "check_field",
+    "check_rejection_field",
+    "matches",
+    "metadata_text",
+    "where",
+]
 
 #: The metadata fields with an index of their own in the SQL recorders.
 INDEXED = ("correlation_id", "causation_id")
@@ -100,3 +107,10 @@ def matches(query: EventQuery, row: tuple[Any, ...], metadata: dict[str, Any]) -
     if query.stream_prefix and not str(row[2]).startswith(query.stream_prefix):
         return False
     return all(metadata_text(metadata.get(name)) == value for name, value in query.metadata)
+
+
+def check_rejection_field(field: str) -> str:
+    """``field`` if rejections can be found by it."""
+    if field not in ("correlation_id", "command_id"):
+        raise ValueError(f"rejections are found by correlation_id or command_id, not {field!r}")
+    return field

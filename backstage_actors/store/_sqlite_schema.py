@@ -10,7 +10,14 @@ import sqlite_utils
 
 from .. import _security
 
-__all__ = ["SCHEMA", "SNAPSHOT_HISTORY", "Database", "open_database"]
+__all__ = [
+    "HISTORY_SCHEMA",
+    "SCHEMA",
+    "SNAPSHOT_HISTORY",
+    "Database",
+    "ensure_history_schema",
+    "open_database",
+]
 
 SCHEMA = """
 -- Every event ever appended, in the order it was committed. `position` is global and never reused
@@ -162,3 +169,40 @@ def open_database(
     elif not db["snapshot_history"].exists():
         conn.executescript(SNAPSHOT_HISTORY)
     return db
+
+
+# Created on open when missing, also in a database made before they existed.
+HISTORY_SCHEMA = """
+-- Commands that were refused (the aggregate raised) or failed: what a trace shows beside events.
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    command_id TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    causation_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_correlation ON rejections (correlation_id);
+CREATE INDEX IF NOT EXISTS rejections_command ON rejections (command_id);
+-- A trace finds a request's events by these two metadata fields.
+-- (The expressions of _queries.field_sql, to the letter: a query uses an index only then.)
+CREATE INDEX IF NOT EXISTS events_correlation
+    ON events (json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.correlation_id'));
+CREATE INDEX IF NOT EXISTS events_causation
+    ON events (json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.causation_id'));
+"""
+
+
+def ensure_history_schema(conn: sqlite3.Connection) -> None:
+    """The rejections table and the metadata indexes, unless the database has them (the check is
+    one read: a database opened again does not take the write lock)."""
+    found = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name IN"
+        " ('rejections', 'events_correlation', 'events_causation')"
+    ).fetchone()[0]
+    if found < 3:
+        conn.executescript(HISTORY_SCHEMA)

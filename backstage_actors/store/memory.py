@@ -291,41 +291,13 @@ class MemoryRecorder(MemoryHistory, Recorder):
         with self.transaction():
             self._set(self.state.checkpoints, name, None)
 
-    def park(
-        self,
-        subscriber: str,
-        event: RecordedEvent,
-        error_type: str,
-        error: str,
-        traceback: str,
-        failures: int,
-        status: str,
-        at: str,
-    ) -> None:
+    def park(self, letter: DeadLetter) -> None:
         with self.transaction():
             letters = self.state.letters
-            same = [
-                d
-                for d in letters.values()
-                if (d.subscriber, d.position) == (subscriber, event.position)
-            ]
-            letter_id = same[0].id if same else max(letters, default=0) + 1
-            letter = DeadLetter(
-                letter_id,
-                subscriber,
-                event.position,
-                event.event_id,
-                event.stream_id,
-                event.version,
-                event.type,
-                error_type,
-                error,
-                traceback,
-                failures,
-                status,
-                at,
-            )
-            self._set(letters, letter_id, letter)
+            key = (letter.subscriber, letter.position)
+            same = [d.id for d in letters.values() if (d.subscriber, d.position) == key]
+            letter_id = same[0] if same else max(letters, default=0) + 1
+            self._set(letters, letter_id, attrs.evolve(letter, id=letter_id))
 
     def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]:
         with self.state.lock:

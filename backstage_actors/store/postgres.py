@@ -19,9 +19,10 @@ names its event ids, which make a repeat return what the first attempt stored). 
 cannot be reached when the store opens is an error at once, naming host and user (never the
 password); no retry loop.
 
-Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel` (no payload:
-a woken reader asks for the last position): :meth:`PostgresRecorder.wait` and the event bus's
-:class:`~._pg_support.Listener` wake on it (any host, any process).
+Every commit that stored events sends ``NOTIFY`` on :attr:`PostgresRecorder.channel`, its payload
+the writing recorder's :attr:`~PostgresRecorder.origin` and the commit's last position: :meth:`PostgresRecorder.wait` and the event bus's :class:`~._pg_support.Listener` wake
+on it (any host, any process; a listener may ignore the commits of a recorder whose appends are
+announced to it otherwise).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -46,10 +48,11 @@ from ..errors import BackstageError, StorageError, WrongExpectedVersion
 from . import _appending as ap
 from . import _pg_append as pg
 from ._appending import COLUMNS, Failed, Prepared, Results, Row
+from ._group_commit import GroupCommit
 from ._pg_bookkeeping import PgBookkeeping
-from ._pg_history import HISTORY_SCHEMA, PgHistory
-from ._pg_schema import SCHEMA
+from ._pg_schema import HISTORY_SCHEMA, SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
+from ._sql_bookkeeping import POSTGRES, SQLBookkeeping
 from .recorder import Recorder
 from .records import AppendRequest
 
@@ -59,22 +62,11 @@ T = TypeVar("T")
 _log = logging.getLogger("backstage_actors.store.postgres")
 
 
-class _Waiting:
-    """An append waiting for a group commit (:meth:`PostgresRecorder.write`)."""
-
-    def __init__(self, prepared: Prepared, results: Results) -> None:
-        self.prepared = prepared
-        self.results = results
-        self.done = threading.Event()
-        self.lead = False
-        self.error: BaseException | None = None
-
-
 class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None
 
 
-class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
+class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
     """A recorder on the PostgreSQL database ``url`` (``postgresql://user:pw@host/db``; libpq
     URL parameters such as ``?host=/socket/dir&port=5433`` work too).
 
@@ -82,6 +74,9 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
     statement; ``synchronous="NORMAL"`` commits with ``synchronous_commit = off`` (a crash of the
     server may lose the last commits, never corrupt). ``pool_size`` connections at most.
     """
+
+    sql = POSTGRES
+    dialect = "postgres"
 
     def __init__(
         self,
@@ -105,10 +100,10 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
             + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
         )
         self._local = _Local()
-        self._group_lock = threading.Lock()
-        self._waiting: list[_Waiting] = []
-        self._leading = False
+        self.group = GroupCommit(self._write_now)
         self._listener: psycopg.Connection[Any] | None = None
+        self._writer_conn: psycopg.Connection[Any] | None = None
+        self._timeout = int(connect_timeout)
         # Reach the server once, directly: a wrong address or password is one clear error now.
         try:
             probe = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
@@ -121,6 +116,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
             self._create_schema(probe)
             self.schema = str(probe.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
         self.channel = f"backstage_{self.schema}"[:63]
+        #: The payload of this recorder's NOTIFYs: who wrote (a listener may skip its own).
+        self.origin = uuid.uuid4().hex
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
@@ -155,6 +152,9 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         self.pool.close()
 
     # -- connections, retries, errors -------------------------------------------------------
@@ -259,53 +259,13 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
     def write(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
     ) -> None:
-        """Group commit across threads: appends that arrive while a commit is under way wait,
-        and the first of them then commits them all in one transaction (one lock, one flush)."""
+        """Group commit across threads (:mod:`._group_commit`): appends that arrive while a
+        commit is under way wait, and the first of them then commits them all in one
+        transaction (one lock, one flush)."""
         if self._local.conn is not None:  # inside the caller's transaction
             self._write_now(prepared, results, recorded_at, stamp)
             return
-        mine = _Waiting(prepared, results)
-        with self._group_lock:
-            self._waiting.append(mine)
-            if self._leading:
-                mine.lead = False
-            else:
-                self._leading = mine.lead = True
-        if not mine.lead:
-            mine.done.wait()
-            if not mine.lead:  # committed by another thread's transaction
-                if mine.error is not None:
-                    raise mine.error
-                return
-        with self._group_lock:
-            group, self._waiting = self._waiting, []
-        try:
-            self._write_group(group, recorded_at, stamp)
-        finally:
-            with self._group_lock:
-                if self._waiting:  # the next leader: the first that arrived meanwhile
-                    self._waiting[0].lead = True
-                    self._waiting[0].done.set()
-                else:
-                    self._leading = False
-        if mine.error is not None:
-            raise mine.error
-
-    def _write_group(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
-        prepared = [item for member in group for item in member.prepared]
-        results = [result for member in group for result in member.results]
-        error: BaseException | None = None
-        try:
-            self._write_now(prepared, results, recorded_at, stamp)
-        except BaseException as exc:
-            error = exc
-        at = 0
-        for member in group:
-            member.results[:] = results[at : at + len(member.results)]
-            at += len(member.results)
-            member.error = error
-            if not member.lead:
-                member.done.set()
+        self.group.write(prepared, results, recorded_at, stamp)
 
     def _write_now(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
@@ -322,12 +282,14 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                 if self._local.conn is not None:
                     self._write(self._local.conn, live, results, recorded_at, stamp, None)
                     return
-                with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                    self._write(conn, live, results, recorded_at, stamp, state)
+                self._write(self._writer(), live, results, recorded_at, stamp, state)
                 return
             except psycopg.OperationalError as exc:
                 safe = idempotent or not state["committing"]
                 lost = _lost(exc) and self._local.conn is None
+                if lost and self._writer_conn is not None:
+                    self._writer_conn.close()
+                    self._writer_conn = None
                 if not (lost and safe) or time.monotonic() + delay > deadline:
                     if lost and not safe:
                         raise StorageError(
@@ -343,6 +305,16 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                 delay = min(delay * 2, 1.0)
             except psycopg.Error as exc:
                 raise self._error("append", exc) from exc
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        """The group commit's own connection: one leader at a time writes (see :meth:`write`),
+        so one connection serves them all, without a pool's handoff per commit."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._timeout)
+            self._configure(conn)
+            self._writer_conn = conn
+        return conn
 
     def _write(
         self,
@@ -384,8 +356,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
             tail: list[str] = []
             params = []
             if planned:
-                tail += [pg.INSERT, "SELECT pg_notify(%s, '')"]
-                params += [json.dumps(rows), self.channel]
+                tail += [pg.INSERT, pg.NOTIFY]
+                params += [pg.rows_json(rows), self.channel, self.origin]
             if own:
                 assert state is not None
                 state["committing"] = True
@@ -418,8 +390,7 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
         way decides each append on its own."""
         planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
         rows: list[tuple[Any, ...]] = []
-        streams: list[str] = []
-        expected: list[int] = []
+        expected: list[tuple[str, int]] = []
         for index, (request, encoded) in live:
             current = int(request.expected_version)  # type: ignore[arg-type]
             ids = ap.event_ids(request, len(encoded))
@@ -429,13 +400,12 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                 return False
             rows += ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp)
             planned.append((index, request.stream_id, encoded, ids, current, metadata))
-            streams.append(request.stream_id)
-            expected.append(current)
+            expected.append((request.stream_id, current))
         state["committing"] = True
         try:
             inserted = conn.execute(
-                "SELECT * FROM backstage_append(%s::json, %s::text[], %s::bigint[], %s)",
-                (json.dumps(rows), streams, expected, self.channel),
+                "SELECT * FROM backstage_append(%s::json, %s::json, %s, %s)",
+                (pg.rows_json(rows), json.dumps(expected), self.channel, self.origin),
             ).fetchall()
         except pg_errors.UniqueViolation:  # an event id already stored: the careful way
             return False
@@ -591,10 +561,8 @@ class PostgresRecorder(PgHistory, PgBookkeeping, Recorder):
                 self._listener.execute(f'LISTEN "{self.channel}"')
                 if self.last_position() > after_position:
                     return True
-            for notify in self._listener.notifies(timeout=timeout, stop_after=1):
-                return int(notify.payload or 0) > after_position or (
-                    self.last_position() > after_position
-                )
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                return self.last_position() > after_position
         except psycopg.OperationalError:
             self._listener = None
         return self.last_position() > after_position

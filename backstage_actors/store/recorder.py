@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from ._appending import Prepared, Results, Row
-from .records import DeadLetter, EventQuery, RecordedEvent, Rejection
+from .records import DeadLetter, EventQuery, Rejection
 
 __all__ = ["TABLES", "Recorder"]
 
@@ -178,17 +178,9 @@ class Recorder(abc.ABC):
     def delete_checkpoint(self, name: str) -> None: ...
 
     @abc.abstractmethod
-    def park(
-        self,
-        subscriber: str,
-        event: RecordedEvent,
-        error_type: str,
-        error: str,
-        traceback: str,
-        failures: int,
-        status: str,
-        at: str,
-    ) -> None: ...
+    def park(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` (its ``id`` is ignored): a new dead letter, or the one of the same
+        subscriber and position updated."""
 
     @abc.abstractmethod
     def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]: ...
@@ -219,19 +211,9 @@ class Recorder(abc.ABC):
     def event_by_id(self, event_id: str) -> Row | None: ...
 
     @abc.abstractmethod
-    def record_rejection(
-        self,
-        command_id: str,
-        correlation_id: str,
-        causation_id: str,
-        stream_id: str,
-        command: str,
-        error_type: str,
-        error: str,
-        metadata: str,
-        at: str,
-    ) -> None:
-        """Keep a refused or failed command (its own short transaction)."""
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Keep a refused or failed command (its ``id`` is ignored; its own short
+        transaction)."""
 
     @abc.abstractmethod
     def rejections(self, field: str, value: str) -> list[Rejection]:

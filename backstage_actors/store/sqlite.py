@@ -26,9 +26,8 @@ from ._appending import Prepared as _Prepared
 from ._appending import Results as _Results
 from ._appending import Row
 from ._durability import Turns, WalSync
-from ._sqlite_bookkeeping import Bookkeeping
-from ._sqlite_history import SQLiteHistory, ensure_history_schema
-from ._sqlite_schema import open_database
+from ._sql_bookkeeping import SQLITE, SQLBookkeeping
+from ._sqlite_schema import ensure_history_schema, open_database
 from .recorder import TABLES, Recorder
 from .records import AppendRequest, RecordedEvent
 
@@ -67,7 +66,7 @@ _APPEND_ERRORS = (
 )
 
 
-class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
+class SQLiteRecorder(SQLBookkeeping, Recorder):
     """The store in the SQLite file ``path`` (created if missing).
 
     ``synchronous="FULL"`` (default) fsyncs every commit: an acknowledged event survives a power
@@ -77,6 +76,9 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
     promise with flushes made outside the write lock and shared between processes
     (``_durability``).
     """
+
+    sql = SQLITE
+    dialect = "sqlite"
 
     def __init__(
         self,
@@ -108,6 +110,20 @@ class SQLiteRecorder(SQLiteHistory, Bookkeeping, Recorder):
         self._turns.close()
         if self._wal is not None:
             self._wal.close()
+
+    # -- the primitives of the shared bookkeeping (_sql_bookkeeping) --------------------------
+
+    def _all(self, what: str, query: str, params: Any = None) -> list[Row]:
+        return self.conn.execute(query, params or ()).fetchall()
+
+    def _one(self, what: str, query: str, params: Any = None) -> Row | None:
+        row: Row | None = self.conn.execute(query, params or ()).fetchone()
+        return row
+
+    def _change(self, what: str, *statements: tuple[str, Any]) -> None:
+        with self.transaction():
+            for query, params in statements:
+                self.conn.execute(query, params)
 
     # -- transactions -----------------------------------------------------------------------
 

@@ -1,0 +1,122 @@
+"""Group commit across the threads of one process, for the PostgreSQL recorder.
+
+Appends that arrive while a commit is under way wait; the first of them then leads: it commits
+them all in one transaction (one lock, one flush) and wakes the others with their outcomes.
+
+A leader also **gathers** before it commits: when the last group was larger than the one now
+waiting, that many callers are about, and those not back yet are most likely encoding their next
+append (the Python work of a caller, which the GIL serialises, takes longer than a fast commit).
+Committing at once would send one append alone and the rest one commit later; so the leader
+waits for the last group's size, at most as long as the last commit took (never more than a
+commit it saves) and never past :data:`MAX_GATHER`. A lone caller never waits: its last group
+was itself. PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from ._appending import Prepared, Results
+
+__all__ = ["MAX_GATHER", "GroupCommit"]
+
+#: Seconds a leader waits at most for the callers of the last group to come back.
+MAX_GATHER = 0.002
+
+Commit = Callable[[Prepared, Results, datetime, str], None]
+
+
+class _Waiting:
+    """An append waiting for a group commit."""
+
+    __slots__ = ("done", "error", "lead", "prepared", "results")
+
+    def __init__(self, prepared: Prepared, results: Results) -> None:
+        self.prepared = prepared
+        self.results = results
+        self.done = threading.Event()
+        self.lead = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """One per recorder: :meth:`write` commits the caller's append together with every other
+    one waiting, through ``commit(prepared, results, recorded_at, stamp)``; a leader gathers
+    for at most ``max_gather`` seconds."""
+
+    def __init__(self, commit: Commit, max_gather: float = MAX_GATHER) -> None:
+        self.commit = commit
+        self.max_gather = max_gather
+        self._changed = threading.Condition(threading.Lock())
+        self._waiting: list[_Waiting] = []
+        self._leading = False
+        self._last_size = 1
+        self._last_took = 0.0
+        self.groups = 0  # commits made (for benchmarks and tests)
+        self.appends = 0  # appends they held
+
+    def write(
+        self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
+    ) -> None:
+        mine = _Waiting(prepared, results)
+        with self._changed:
+            self._waiting.append(mine)
+            if self._leading:
+                if len(self._waiting) >= self._last_size:
+                    self._changed.notify()  # a gathering leader has its group
+            else:
+                self._leading = mine.lead = True
+        if not mine.lead:
+            mine.done.wait()
+            if not mine.lead:  # committed by another thread's transaction
+                if mine.error is not None:
+                    raise mine.error
+                return
+        group = self._gather()
+        started = time.monotonic()
+        try:
+            self._commit(group, recorded_at, stamp)
+        finally:
+            took = time.monotonic() - started
+            with self._changed:
+                self._last_size, self._last_took = len(group), took
+                self.groups += 1
+                self.appends += len(group)
+                if self._waiting:  # the next leader: the first that arrived meanwhile
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._leading = False
+        if mine.error is not None:
+            raise mine.error
+
+    def _gather(self) -> list[_Waiting]:
+        with self._changed:
+            if len(self._waiting) < self._last_size:
+                deadline = time.monotonic() + min(self._last_took, self.max_gather)
+                while len(self._waiting) < self._last_size:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+            group, self._waiting = self._waiting, []
+        return group
+
+    def _commit(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
+        prepared = [item for member in group for item in member.prepared]
+        results = [result for member in group for result in member.results]
+        error: BaseException | None = None
+        try:
+            self.commit(prepared, results, recorded_at, stamp)
+        except BaseException as exc:
+            error = exc
+        at = 0
+        for member in group:
+            member.results[:] = results[at : at + len(member.results)]
+            at += len(member.results)
+            member.error = error
+            if not member.lead:
+                member.done.set()
