@@ -1,0 +1,197 @@
+"""Cluster members for tests: each one a process tree in a PID namespace of its own.
+
+Why a namespace: a member is many processes (Thespian's admin double-forks, every actor is a
+process), and a process group does not hold them (one outlived ``killpg`` in an earlier version
+of these tests). The first process of a new PID namespace is its PID 1; when it dies the kernel
+SIGKILLs every other process of the namespace, and no process can leave it. So "kill every
+process of a member" is one ``SIGKILL`` to that PID 1, correct by construction.
+
+``unshare --pid --fork --kill-child`` (root) makes the namespace: its child, the member's Python,
+is PID 1 there; ``--kill-child`` kills it if ``unshare`` itself dies (the test's teardown).
+Every member's argv carries a tag of its fixture, so a teardown can show no process is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+UNSHARE = ["unshare", "--pid", "--fork", "--kill-child"]
+
+# The member's own program. PID 1 of its namespace: signals without a handler do nothing to
+# it, so it handles SIGTERM (an orderly stop) itself.
+MEMBER = """
+import json, logging, signal, sys, threading
+options = json.loads(sys.argv[1])
+logging.basicConfig(filename=options.pop("log"), level=logging.INFO)
+from importlib import import_module
+module, _, factory = options.pop("app").partition(":")
+app = getattr(import_module(module), factory)()
+if options.get("roles"):
+    options["roles"] = tuple(options["roles"])
+system = app.start(base="multiproc", **options)
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: done.set())
+print("ready", flush=True)
+done.wait()
+system.stop()
+"""
+
+
+class Member:
+    """One member process tree in its own PID namespace (see the module's docstring)."""
+
+    def __init__(self, tag: str, host: str, port: int, log: str, **options: Any) -> None:
+        self.tag = tag
+        self.host = host
+        self.port = port
+        self.log = log
+        self.options = options
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Member:
+        options = {
+            "app": "examples.bank:make_app",
+            **self.options,
+            "host": self.host,
+            "port": self.port,
+            "log": self.log,
+        }
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(
+            [
+                *UNSHARE,
+                sys.executable,
+                "-c",
+                MEMBER,
+                json.dumps(options),
+                f"--member-tag={self.tag}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and self.process.poll() is None:
+            line = self.process.stdout.readline().strip()
+            if line == "ready":
+                return self
+        self.kill()
+        raise RuntimeError(f"member {self.address} did not start (see {self.log}): {line!r}")
+
+    def init_pid(self) -> int | None:
+        """The host's pid of the namespace's PID 1 (the member's Python), if it runs."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children = psutil.Process(self.process.pid).children()
+            if children:
+                return int(children[0].pid)
+        return None
+
+    def pids(self) -> list[int]:
+        """Every live (not zombie) process of this member, found by its tag."""
+        return tagged(self.tag)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the member: its namespace's PID 1 (the kernel does the rest)."""
+        pid = self.init_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()  # unshare (its --kill-child kills PID 1 if still there)
+            self.process.wait(timeout=10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+        deadline = time.monotonic() + 10  # the kernel ends the namespace's other processes
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """An orderly stop (SIGTERM to PID 1: the member stops its tree), then :meth:`kill`."""
+        pid = self.init_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                assert self.process is not None
+                self.process.wait(timeout=timeout)
+        self.kill()
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes whose argv carries ``--member-tag=`` ``tag`` (a prefix of it)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info.get("cmdline") or []
+        if process.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        if any(arg.startswith(f"--member-tag={tag}") for arg in cmdline):
+            found.append(int(process.pid))
+    return found
+
+
+class Members:
+    """Members of one test's cluster on ``hosts``; the first leads. Every process of every
+    member is gone when :meth:`close` returns (checked)."""
+
+    def __init__(self, hosts: list[str], dsn: str, logs: Path, free_port: Any) -> None:
+        self.tag = uuid.uuid4().hex[:12]
+        self.hosts = hosts
+        self.dsn = dsn
+        self.logs = logs
+        self.ports = [free_port(host) for host in hosts]
+        self.running: dict[int, Member] = {}
+
+    @property
+    def leader(self) -> str:
+        return f"{self.hosts[0]}:{self.ports[0]}"
+
+    def start(self, index: int, **options: Any) -> Member:
+        member = Member(
+            f"{self.tag}-{self.ports[index]}",
+            self.hosts[index],
+            self.ports[index],
+            str(self.logs / f"member-{index}.log"),
+            database=self.dsn,
+            join=self.leader,
+            **options,
+        )
+        self.running[index] = member
+        return member.start()
+
+    def kill(self, index: int) -> None:
+        self.running.pop(index).kill()
+
+    def stop(self, index: int) -> None:
+        self.running.pop(index).stop()
+
+    def close(self) -> None:
+        for index in sorted(self.running, reverse=True):
+            self.running.pop(index).kill()
+        deadline = time.monotonic() + 10
+        while tagged(self.tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = tagged(self.tag)
+        assert not left, f"processes of members left behind: {left}"
