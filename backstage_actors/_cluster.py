@@ -21,9 +21,11 @@ import time
 from typing import Any
 
 import attrs
-from thespian.actors import Actor, ActorSystemConventionUpdate
+from thespian.actors import Actor, ActorSystemConventionUpdate, WakeupMessage
 
 from . import _thespian
+from ._lease import MEMBER_LEASE, Lease, member_lease
+from ._placement import Placement
 from ._thespian.convention import (
     REGISTRY,
     ROLE_CAPABILITY,
@@ -35,15 +37,21 @@ from .errors import BackstageError
 from .store import is_postgres
 
 __all__ = [
+    "POLL_EVERY",
     "REGISTRY_NAME",
     "ClusterRegistry",
+    "Freeze",
     "Introduce",
     "Member",
+    "RouterAt",
+    "Watch",
+    "member_key",
     "MembersQuery",
     "MembersView",
     "MembershipActor",
     "cluster_capabilities",
     "find_registry",
+    "freeze",
     "introduce",
     "members_of",
     "parse_join",
@@ -51,6 +59,12 @@ __all__ = [
 
 REGISTRY_NAME = "backstage-cluster-registry"
 MEMBERSHIP_NAME = "backstage-membership"
+POLL_EVERY = 0.25  # seconds between two looks at the view and the members' leases
+
+
+def member_key(address: Any) -> str:
+    """``"host:port"`` of a member from its admin's address (``ActorAddr-(T|host:port)``)."""
+    return str(address).split("|")[-1].rstrip(")")
 
 
 def log() -> logging.Logger:
@@ -65,6 +79,11 @@ class Member:
     roles: tuple[str, ...]
     started: float
     leader: bool = False
+    router: Any = None  # its router's address, once its router said where it is
+
+    @property
+    def key(self) -> str:
+        return member_key(self.address)
 
     @classmethod
     def from_capabilities(cls, address: str, capabilities: dict[str, Any]) -> Member:
@@ -82,6 +101,7 @@ class Member:
             "roles": list(self.roles),
             "uptime": round(max(0.0, time.time() - self.started), 1) if self.started else None,
             "leader": self.leader,
+            "member": self.key,
         }
 
 
@@ -92,6 +112,33 @@ class Introduce:
 
     address: str
     capabilities: dict[str, Any]
+
+
+@attrs.frozen
+class RouterAt:
+    """A member's router says where it is (through its membership actor, to the registry)."""
+
+    member: str
+    router: Any
+
+
+@attrs.frozen
+class Watch:
+    """From a member's router to its membership actor: keep me told of the placement, hold
+    this member's lease."""
+
+    member: str
+    router: Any
+    database: str
+    app_name: str
+
+
+@attrs.frozen
+class Freeze:
+    """Test-only: stop (or resume) telling the router of placement changes, so that its view
+    stays as it is while the others' move (two members owning one aggregate at once)."""
+
+    frozen: bool = True
 
 
 @attrs.frozen
@@ -114,6 +161,7 @@ class ClusterRegistry(Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.members: dict[str, Member] = {}
+        self.routers: dict[str, Any] = {}  # member key -> its router's address
         self.notified = False
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
@@ -134,42 +182,111 @@ class ClusterRegistry(Actor):
             self.members[message.address] = Member.from_capabilities(
                 message.address, message.capabilities
             )
+        elif isinstance(message, RouterAt):
+            self.routers[message.member] = message.router
         elif isinstance(message, MembersQuery):
-            view = tuple(sorted(self.members.values(), key=lambda m: m.address))
+            view = tuple(
+                attrs.evolve(member, router=self.routers.get(member.key))
+                for member in sorted(self.members.values(), key=lambda m: m.address)
+            )
             self.send(sender, MembersView(view))
 
 
 class MembershipActor(Actor):
-    """This member's way to the registry (one per member, a local global name).
+    """This member's way to the registry (one per member, a local global name), and its
+    router's source of :class:`Placement`.
 
     Why not ask the registry from outside: Thespian answers a global-name lookup forwarded by
     a member's admin to that admin, not to an external asker, so a client would wait in vain.
     Asked from inside an actor, the answer reaches the actor; this one relays the views.
+
+    Once the router sends :class:`Watch`, it holds this member's lease (a session advisory
+    lock, see ``_lease``) and every :data:`POLL_EVERY` asks the registry for the view and reads
+    which members' leases are held: a member is live when the convention knows it, its router
+    said where it is, and its lease is held. A killed member's lease goes with its connection
+    at once, where the convention needs three missed registrations (6 s); a partitioned
+    member that still reaches the store is dropped by the convention. Without the leader, the
+    last view stands, less the members whose leases went.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.registry: Any = None
         self.waiting: list[Any] = []
+        self.watch: Watch | None = None
+        self.lease: Lease | None = None
+        self.view: tuple[Member, ...] = ()
+        self.placement: Placement | None = None
+        self.frozen = False
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
-        if isinstance(message, (MembersQuery, Introduce)):
-            if self.registry is None:
-                self.registry = self.createActor(
-                    ClusterRegistry,
-                    targetActorRequirements={REGISTRY: True},
-                    globalName=REGISTRY_NAME,
-                )
+        if isinstance(message, (MembersQuery, Introduce, RouterAt)):
             if isinstance(message, MembersQuery):
                 self.waiting.append(sender)
-            self.send(self.registry, message)
-        elif isinstance(message, MembersView) and self.waiting:
-            self.send(self.waiting.pop(0), message)
+            self._to_registry(message)
+        elif isinstance(message, MembersView):
+            self.view = message.members
+            if self.waiting:
+                self.send(self.waiting.pop(0), message)
+        elif isinstance(message, Watch):
+            self._watch(message)
+        elif isinstance(message, Freeze):
+            self.frozen = message.frozen
+        elif isinstance(message, WakeupMessage) and self.watch is not None:
+            self._to_registry(MembersQuery())  # its answer is the view of the next look
+            self._look()
+            self.wakeupAfter(POLL_EVERY)
+
+    def _to_registry(self, message: Any) -> None:
+        if self.registry is None:
+            self.registry = self.createActor(
+                ClusterRegistry,
+                targetActorRequirements={REGISTRY: True},
+                globalName=REGISTRY_NAME,
+            )
+        self.send(self.registry, message)
+
+    def _watch(self, watch: Watch) -> None:
+        first = self.watch is None
+        self.watch = watch
+        if self.lease is None:
+            self.lease = member_lease(watch.database, watch.app_name, watch.member)
+        self.lease.try_acquire()
+        self._to_registry(RouterAt(watch.member, watch.router))
+        self.placement = None  # a (re)started router is told the placement at once
+        self._to_registry(MembersQuery())
+        self._look()
+        if first:
+            self.wakeupAfter(POLL_EVERY)
+
+    def _look(self) -> None:
+        """Tell the router the placement if it changed: the live members with the
+        ``aggregates`` role (and a router), this one always counted while it holds its lease."""
+        assert self.watch is not None and self.lease is not None
+        if not self.lease.held:
+            self.lease.try_acquire()
+        candidates = [m for m in self.view if "aggregates" in m.roles and m.router is not None]
+        held = self.lease.held_among([MEMBER_LEASE + m.key for m in candidates])
+        if held is None:
+            return  # the store cannot be asked: keep the placement as it is
+        routers = {
+            m.key: m.router for m in candidates if MEMBER_LEASE + m.key in held
+        }
+        placement = Placement(self.watch.member, routers)
+        if placement != self.placement and not self.frozen:
+            self.placement = placement
+            log().info("placement: %s", ", ".join(sorted(routers)) or "(this member alone)")
+            self.send(self.watch.router, placement)
 
 
 def find_registry(endpoint: Any) -> Any:
     """This member's :class:`MembershipActor`, the way to the registry, from ``endpoint``."""
     return endpoint.createActor(MembershipActor, globalName=MEMBERSHIP_NAME)
+
+
+def freeze(endpoint: Any, frozen: bool = True) -> None:
+    """Test-only: freeze (or thaw) the placement this member's router is told."""
+    endpoint.tell(find_registry(endpoint), Freeze(frozen))
 
 
 def members_of(endpoint: Any, timeout: float = 5.0) -> list[Member]:

@@ -39,6 +39,7 @@ logging.basicConfig(filename=options.pop("log"), level=logging.INFO)
 from importlib import import_module
 module, _, factory = options.pop("app").partition(":")
 app = getattr(import_module(module), factory)()
+app.shards = options.pop("shards", None)
 if options.get("roles"):
     options["roles"] = tuple(options["roles"])
 system = app.start(base="multiproc", **options)
@@ -74,6 +75,7 @@ class Member:
             "log": self.log,
         }
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        stderr = open(f"{self.log}.err", "a")  # noqa: SIM115 (the member's for its life)
         self.process = subprocess.Popen(
             [
                 *UNSHARE,
@@ -84,11 +86,12 @@ class Member:
                 f"--member-tag={self.tag}",
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
             cwd=REPO,
             env=env,
         )
+        stderr.close()  # (the member has its own copy)
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
         line = ""

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from backstage_actors._cluster import members_of
+from backstage_actors._placement import owner
 from backstage_actors._thespian import free_port
 from backstage_actors._thespian.convention import is_loopback
 from backstage_actors.errors import BackstageError
@@ -110,3 +111,57 @@ def test_a_killed_members_subscribers_resume_on_a_survivor_exactly_once(cluster:
 def test_a_loopback_address_other_than_127_0_0_1_is_not_remote() -> None:
     assert is_loopback("127.0.0.3") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.5") and not is_loopback("0.0.0.0")
+
+
+def aggregates_by_member(client: Any) -> dict[str, str]:
+    """stream id -> the member whose shard hosts it now, from the member's tree."""
+    tree = client.tree()
+    found = {}
+    router = next(n for n in walk(tree) if n.get("kind") == "router")
+    for node in walk(tree):
+        if node.get("kind") == "aggregate":
+            found[node["name"]] = router["member"]
+    return found
+
+
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("children", []):
+        yield from walk(child)
+
+
+def placement_of(client: Any) -> list[str] | None:
+    router = next(n for n in walk(client.tree()) if n.get("kind") == "router")
+    return router.get("placement")
+
+
+def converged(clients: list[Any], members: list[str]) -> bool:
+    return all(placement_of(client) == sorted(members) for client in clients)
+
+
+def test_commands_given_to_any_member_reach_the_owner(cluster: Any) -> None:
+    for index in range(3):
+        cluster.start(index, shards=2)
+    clients = [cluster.client(i) for i in range(3)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members), timeout=20, what="every member's placement")
+    accounts = [f"acct-{n}" for n in range(30)]
+    for n, account in enumerate(accounts):  # each through another member, and by dispatch_many
+        clients[n % 3].dispatch(OpenAccount(account, "x"))
+    results = clients[1].dispatch_many([Deposit(account, 1) for account in accounts])
+    assert all(not isinstance(result, BaseException) for result in results), results
+    for n, account in enumerate(accounts):  # again through another member: it knows the way
+        clients[(n + 1) % 3].dispatch(Deposit(account, 1))
+    hosted: dict[str, str] = {}
+    for client in clients:
+        for stream, member in aggregates_by_member(client).items():
+            assert stream not in hosted, f"{stream} is live on {hosted[stream]} and {member}"
+            hosted[stream] = member
+    streams = {
+        account: make_bank().router.stream_of(OpenAccount(account, "x"))[1] for account in accounts
+    }
+    assert set(hosted) == set(streams.values())
+    for stream, member in hosted.items():
+        assert member == owner(stream, members), stream
+    assert len(set(hosted.values())) == 3  # (30 streams: each member owns some)
+    assert clients[0].store.last_position() == 90
