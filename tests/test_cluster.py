@@ -20,7 +20,7 @@ from backstage_actors._thespian import free_port
 from backstage_actors._thespian.convention import is_loopback
 from backstage_actors.errors import BackstageError
 from examples.bank import make_app as make_bank
-from examples.bank.domain import Deposit, OpenAccount
+from examples.bank.domain import Deposit, OpenAccount, Withdraw
 
 from .cluster_members import Members
 from .conftest import wait_until
@@ -165,3 +165,47 @@ def test_commands_given_to_any_member_reach_the_owner(cluster: Any) -> None:
         assert member == owner(stream, members), stream
     assert len(set(hosted.values())) == 3  # (30 streams: each member owns some)
     assert clients[0].store.last_position() == 90
+
+
+def test_only_moved_aggregates_move_and_a_returning_owner_never_serves_a_stale_state(
+    cluster: Any,
+) -> None:
+    for index in range(3):
+        cluster.start(index, shards=1)
+    clients = [cluster.client(i) for i in range(3)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members), timeout=20, what="3 members placed")
+    bank = make_bank().router
+    accounts = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(24)}
+    for account in accounts:
+        clients[0].dispatch(OpenAccount(account, "x"))
+        clients[0].dispatch(Deposit(account, 10))
+    before = {**aggregates_by_member(clients[0]), **aggregates_by_member(clients[1])}
+    before.update(aggregates_by_member(clients[2]))
+    moving = [a for a, s in accounts.items() if before[s] == members[2]]
+    assert moving and len(moving) < len(accounts)
+
+    cluster.stop(2)  # its aggregates, and only they, move to 0 and 1
+    wait_until(lambda: converged(clients[:2], members[:2]), timeout=20, what="2 members")
+    after = {**aggregates_by_member(clients[0]), **aggregates_by_member(clients[1])}
+    assert {s: m for s, m in before.items() if m != members[2]} == after  # none moved, none lost
+    for account in moving:
+        clients[0].dispatch(Deposit(account, 5))  # their new owners rebuild them: 15
+    hosted = {**aggregates_by_member(clients[0]), **aggregates_by_member(clients[1])}
+    for account in moving:
+        assert hosted[accounts[account]] == owner(accounts[account], members[:2])
+
+    cluster.start(2, shards=1)  # they move back: their interim owners passivate them at once
+    clients[2] = cluster.client(2)
+    wait_until(lambda: converged(clients, members), timeout=20, what="3 members again")
+    for client in clients[:2]:
+        assert not {accounts[a] for a in moving} & set(aggregates_by_member(client))
+    for account in moving:
+        clients[1].dispatch(Deposit(account, 100))  # served by member 2: 115
+
+    cluster.stop(2)  # back to the interim owners, which must not answer from their 15
+    wait_until(lambda: converged(clients[:2], members[:2]), timeout=20, what="2 members again")
+    for account in moving:
+        result = clients[0].dispatch(Withdraw(account, 50))  # refused on a stale 15
+        assert result.events[0].data.amount == 50
+    assert clients[0].store.last_position() == 48 + 3 * len(moving)
