@@ -8,19 +8,25 @@ when it starts again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from backstage_actors._cluster import members_of
+from backstage_actors._cluster import freeze, members_of
 from backstage_actors._placement import owner
 from backstage_actors._thespian import free_port
 from backstage_actors._thespian.convention import is_loopback
-from backstage_actors.errors import BackstageError
+from backstage_actors.errors import (
+    BackstageError,
+    DispatchTimeout,
+    SystemNotRunning,
+    WrongExpectedVersion,
+)
 from examples.bank import make_app as make_bank
-from examples.bank.domain import Deposit, OpenAccount, Withdraw
+from examples.bank.domain import Account, Deposit, OpenAccount, Withdraw
 
 from .cluster_members import Members
 from .conftest import wait_until
@@ -209,3 +215,69 @@ def test_only_moved_aggregates_move_and_a_returning_owner_never_serves_a_stale_s
         result = clients[0].dispatch(Withdraw(account, 50))  # refused on a stale 15
         assert result.events[0].data.amount == 50
     assert clients[0].store.last_position() == 48 + 3 * len(moving)
+
+
+RETRIED: list[str] = []  # what clients retried, for a failing test's message
+
+
+def named(client: Any, command: Any, command_id: str, deadline: float = 60) -> Any:
+    """Dispatch ``command`` named ``command_id`` until it is answered (a client's retries)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return client.dispatch(command, metadata={"command_id": command_id}, timeout=5)
+        except (WrongExpectedVersion, DispatchTimeout, SystemNotRunning) as exc:
+            RETRIED.append(type(exc).__name__)
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)
+
+
+def test_two_members_hosting_one_aggregate_at_once_store_no_wrong_or_doubled_event(
+    cluster: Any,
+) -> None:
+    cluster.start(0, shards=1)
+    cluster.start(1, shards=1)
+    clients = [cluster.client(0), cluster.client(1)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members[:2]), timeout=20, what="2 members")
+    bank = make_bank().router
+    # An account member 0 owns among {0, 1} and member 2 among {0, 1, 2}.
+    account = next(
+        f"acct-{n}"
+        for n in range(1000)
+        if owner(bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1], members[:2]) == members[0]
+        and owner(bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1], members) == members[2]
+    )
+    stream = bank.stream_of(OpenAccount(account, "x"))[1]
+    clients[0].dispatch(OpenAccount(account, "x"))
+    freeze(clients[0].actor_system)  # member 0 keeps its view: it still owns the account
+    cluster.start(2, shards=1)
+    clients.append(cluster.client(2))
+    wait_until(lambda: converged(clients[1:], members), timeout=20, what="members 1 and 2")
+    assert placement_of(clients[0]) == sorted(members[:2])
+
+    acknowledged: dict[str, int] = {}
+
+    def deposit(index: int) -> None:
+        for n in range(25):
+            command_id = f"c{index}-{n}"
+            named(clients[index], Deposit(account, 1), command_id)
+            acknowledged[command_id] = 1
+
+    threads = [threading.Thread(target=deposit, args=(i,)) for i in (0, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    hosts_of = [stream in aggregates_by_member(clients[i]) for i in (0, 2)]
+    assert hosts_of == [True, True]  # both hosted it at once
+    events = list(clients[0].store.read_stream(stream))
+    assert [e.version for e in events] == list(range(1, len(events) + 1))
+    ids = [e.metadata["command_id"] for e in events[1:]]
+    assert sorted(ids) == sorted(acknowledged)  # every acknowledged one, none twice
+    assert clients[0].state_of(Account, account).balance == 50
+
+    freeze(clients[0].actor_system, False)  # member 0 catches up and lets the account go
+    wait_until(lambda: converged(clients, members), timeout=20, what="member 0's view")
+    assert stream not in aggregates_by_member(clients[0])
