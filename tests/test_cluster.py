@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -281,3 +282,73 @@ def test_two_members_hosting_one_aggregate_at_once_store_no_wrong_or_doubled_eve
     freeze(clients[0].actor_system, False)  # member 0 catches up and lets the account go
     wait_until(lambda: converged(clients, members), timeout=20, what="member 0's view")
     assert stream not in aggregates_by_member(clients[0])
+
+
+def test_sigkill_of_a_member_under_load_loses_nothing_and_its_work_resumes_on_survivors(
+    cluster: Any,
+) -> None:
+    cluster.start(0, shards=1, roles=["aggregates"])  # the leader hosts no subscribers
+    cluster.start(1, shards=1)  # member 1 takes every subscriber's lease...
+    clients = [cluster.client(0), cluster.client(1)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members[:2]), timeout=20, what="2 members")
+    bank = make_bank().router
+    accounts = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(30)}
+    for account in accounts:
+        clients[0].dispatch(OpenAccount(account, "x"))
+    clients[1].settle(timeout=20)
+    cluster.start(2, shards=1)  # ...before member 2 stands by for them
+    clients.append(cluster.client(2))
+    wait_until(lambda: converged(clients, members), timeout=20, what="3 members")
+    doomed = [a for a, s in accounts.items() if owner(s, members) == members[1]]
+    assert doomed
+
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def load(index: int) -> None:  # named deposits through a member that survives
+        n = 0
+        while not stop.is_set():
+            for account in accounts:
+                command_id = f"c{index}-{n}-{account}"
+                named(clients[index], Deposit(account, 1), command_id)
+                acknowledged.append(command_id)
+            n += 1
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in (0, 2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(acknowledged) > 60, timeout=30, what="load")
+    cluster.kill(1)  # every process of member 1, its subscribers' leases with them
+    killed = time.monotonic()
+    named(clients[0], Deposit(doomed[0], 1), "after-the-kill")
+    acknowledged.append("after-the-kill")
+    failover = time.monotonic() - killed
+    survivors = [members[0], members[2]]
+    wait_until(lambda: converged([clients[0], clients[2]], survivors), what="2 survivors")
+    count = len(acknowledged)
+    wait_until(lambda: len(acknowledged) > count + 60, timeout=30, what="load after the kill")
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    events = [e for e in clients[0].store.read_all() if type(e.data).__name__ == "MoneyDeposited"]
+    stored = [e.metadata["command_id"] for e in events]
+    assert len(stored) == len(set(stored)), "a command stored twice"
+    assert set(acknowledged) <= set(stored), "an acknowledged command lost"
+    hosted = {**aggregates_by_member(clients[0]), **aggregates_by_member(clients[2])}
+    for account in doomed:  # member 1's aggregates answer from their new owners
+        assert hosted[accounts[account]] == owner(accounts[account], survivors)
+    clients[2].settle(timeout=30)  # member 2 took the subscribers over
+    expected = Counter(e.stream_id.split("-", 1)[1] for e in events)
+    rows = dict(clients[2].store.handle.query("SELECT account_id, balance FROM balances"))
+    assert rows == {account: expected[account] for account in accounts}
+    assert failover < 10, f"member 1's aggregates answered again after {failover:.1f}s"
+
+    cluster.start(1, shards=1)  # it restarts and rejoins: its aggregates move back
+    clients[1] = cluster.client(1)
+    wait_until(lambda: converged(clients, members), timeout=20, what="member 1 back")
+    for account in doomed:
+        clients[0].dispatch(Deposit(account, 1))
+    assert {accounts[a] for a in doomed} <= set(aggregates_by_member(clients[1]))
