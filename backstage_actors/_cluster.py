@@ -43,16 +43,16 @@ __all__ = [
     "Freeze",
     "Introduce",
     "Member",
-    "RouterAt",
-    "Watch",
-    "member_key",
     "MembersQuery",
     "MembersView",
     "MembershipActor",
+    "RouterAt",
+    "Watch",
     "cluster_capabilities",
     "find_registry",
     "freeze",
     "introduce",
+    "member_key",
     "members_of",
     "parse_join",
 ]
@@ -269,9 +269,7 @@ class MembershipActor(Actor):
         held = self.lease.held_among([MEMBER_LEASE + m.key for m in candidates])
         if held is None:
             return  # the store cannot be asked: keep the placement as it is
-        routers = {
-            m.key: m.router for m in candidates if MEMBER_LEASE + m.key in held
-        }
+        routers = {m.key: m.router for m in candidates if MEMBER_LEASE + m.key in held}
         placement = Placement(self.watch.member, routers)
         if placement != self.placement and not self.frozen:
             self.placement = placement

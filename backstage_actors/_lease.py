@@ -25,13 +25,26 @@ try:
 except ImportError:  # the optional extra `postgres`: leases exist only on PostgreSQL stores
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["MEMBER_LEASE", "RETRY_INTERVAL", "Lease", "lease_for", "lease_key", "member_lease"]
+__all__ = [
+    "MEMBER_LEASE",
+    "RETRY_INTERVAL",
+    "Lease",
+    "lease_for",
+    "lease_key",
+    "leases_held",
+    "member_lease",
+]
 
 MEMBER_LEASE = "member:"  # a member's own lease: held while it lives (see _cluster)
 HELD = (
     "SELECT classid::int8, objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND objsubid = 1 AND database = (SELECT oid FROM pg_database"
     " WHERE datname = current_database())"
+)
+HOLDERS = (
+    "SELECT a.application_name, l.classid::int8, l.objid::int8 FROM pg_locks l"
+    " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+    " AND l.objsubid = 1"
 )
 
 RETRY_INTERVAL = 0.5  # seconds between attempts of a member that does not hold the lease
@@ -53,6 +66,27 @@ def lease_for(settings: Settings, name: str) -> Lease | None:
     if not is_postgres(settings.database):
         return None
     return Lease(settings.database, settings.app_name, name, settings.member)
+
+
+def leases_held(database: str, app_name: str, names: list[str]) -> dict[str, list[str]]:
+    """Which member holds which of the leases ``names`` of ``app_name`` now (and each member
+    its own lease, ``member:HOST:PORT``): ``{member: [name, ...]}``, from the server's locks
+    and the connections' ``application_name`` (``backstage HOST:PORT``). For ``members``."""
+    with psycopg.connect(database, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        schema = row[0] if row else "public"
+        rows = conn.execute(HOLDERS).fetchall()
+    unsigned = 0xFFFF_FFFF_FFFF_FFFF
+    held: dict[str, list[str]] = {}
+    for application, high, low in rows:
+        if not str(application).startswith("backstage "):
+            continue
+        member = str(application).removeprefix("backstage ")
+        key = (high << 32) | low
+        for name in [*names, MEMBER_LEASE + member]:
+            if lease_key(schema, app_name, name) & unsigned == key:
+                held.setdefault(member, []).append(name)
+    return held
 
 
 def member_lease(database: str, app_name: str, member: str) -> Lease:

@@ -49,6 +49,7 @@ class RouterActor(Supervisor):
         self.held: dict[str, list[Execute]] = {}  # shard name -> commands for it, not running
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
         self.placement: Placement | None = None  # a cluster member's view (see _cluster)
+        self.forwarded = 0  # commands sent on to the members that own their streams
         if self.settings.member is not None:
             membership = self.createActor(MembershipActor, globalName=MEMBERSHIP_NAME)
             watch = Watch(
@@ -83,6 +84,7 @@ class RouterActor(Supervisor):
         return {
             "member": self.settings.member,
             "placement": sorted(placement.routers) if placement is not None else None,
+            "forwarded": self.forwarded,
         }
 
     # -- messages ---------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class RouterActor(Supervisor):
             grouped = execute.grouped or len(items) > 1
             message = Execute(items, execute.reply_to, grouped, forwarded=True)
             self.send(self.placement.routers[member], message)
+            self.forwarded += len(items)
 
     def _placed(self, placement: Placement) -> None:
         """A new view of the cluster: route by it, and tell the shards (they passivate the

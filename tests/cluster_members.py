@@ -61,6 +61,7 @@ class Member:
         self.log = log
         self.options = options
         self.process: subprocess.Popen[str] | None = None
+        self.killed_at: float | None = None  # time.monotonic() of the last SIGKILL
 
     @property
     def address(self) -> str:
@@ -122,6 +123,7 @@ class Member:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+                self.killed_at = time.monotonic()
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()  # unshare (its --kill-child kills PID 1 if still there)
@@ -172,20 +174,23 @@ class Members:
         return f"{self.hosts[0]}:{self.ports[0]}"
 
     def start(self, index: int, **options: Any) -> Member:
+        """Member ``index`` (``join=None``: a plain application, no cluster)."""
+        options = {"database": self.dsn, "join": self.leader, **options}
         member = Member(
             f"{self.tag}-{self.ports[index]}",
             self.hosts[index],
             self.ports[index],
             str(self.logs / f"member-{index}.log"),
-            database=self.dsn,
-            join=self.leader,
             **options,
         )
         self.running[index] = member
         return member.start()
 
-    def kill(self, index: int) -> None:
-        self.running.pop(index).kill()
+    def kill(self, index: int) -> float:
+        """SIGKILL every process of member ``index``; when (``time.monotonic()``) it was sent."""
+        member = self.running.pop(index)
+        member.kill()
+        return member.killed_at or time.monotonic()
 
     def stop(self, index: int) -> None:
         self.running.pop(index).stop()

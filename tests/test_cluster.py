@@ -319,8 +319,7 @@ def test_sigkill_of_a_member_under_load_loses_nothing_and_its_work_resumes_on_su
     for thread in threads:
         thread.start()
     wait_until(lambda: len(acknowledged) > 60, timeout=30, what="load")
-    cluster.kill(1)  # every process of member 1, its subscribers' leases with them
-    killed = time.monotonic()
+    killed = cluster.kill(1)  # every process of member 1, its subscribers' leases with them
     named(clients[0], Deposit(doomed[0], 1), "after-the-kill")
     acknowledged.append("after-the-kill")
     failover = time.monotonic() - killed
