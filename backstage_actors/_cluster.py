@@ -43,12 +43,15 @@ __all__ = [
     "Freeze",
     "Introduce",
     "Member",
+    "MemberInfo",
+    "MemberInfoQuery",
     "MembersQuery",
     "MembersView",
     "MembershipActor",
     "RouterAt",
     "Watch",
     "cluster_capabilities",
+    "cluster_status",
     "find_registry",
     "freeze",
     "introduce",
@@ -139,6 +142,34 @@ class Freeze:
     stays as it is while the others' move (two members owning one aggregate at once)."""
 
     frozen: bool = True
+
+
+@attrs.frozen
+class MemberInfoQuery:
+    """Ask a member's router (its address: :attr:`Member.router`) what it hosts now; it answers
+    a :class:`MemberInfo`. ``subscribers``: the names whose leases to look for."""
+
+    subscribers: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class MemberInfo:
+    """What one member hosts now: live aggregates, the members it routes to, what it forwarded,
+    and the leases its connections hold (its subscribers', and its own ``member:`` lease)."""
+
+    member: str
+    live: int
+    placement: tuple[str, ...]
+    forwarded: int
+    leases: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "live_aggregates": self.live,
+            "placement": list(self.placement),
+            "forwarded": self.forwarded,
+            "leases": list(self.leases),
+        }
 
 
 @attrs.frozen
@@ -294,6 +325,25 @@ def members_of(endpoint: Any, timeout: float = 5.0) -> list[Member]:
     if not isinstance(reply, MembersView):
         raise TimeoutError(f"the cluster registry did not answer within {timeout}s")
     return list(reply.members)
+
+
+def cluster_status(
+    endpoint: Any, subscribers: tuple[str, ...] = (), timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """Every live member as the registry knows it (address, roles, uptime, leader) with what it
+    hosts (:class:`MemberInfo`: live aggregates, leases held...), one dict per member; a member
+    whose router does not answer in ``timeout`` says so (``"answered": False``)."""
+    rows = []
+    for member in members_of(endpoint, timeout):
+        row = member.to_json()
+        reply = None
+        if member.router is not None:
+            reply = endpoint.ask(member.router, MemberInfoQuery(tuple(subscribers)), timeout)
+        row["answered"] = isinstance(reply, MemberInfo)
+        if isinstance(reply, MemberInfo):
+            row.update(reply.to_json())
+        rows.append(row)
+    return rows
 
 
 def parse_join(join: str) -> tuple[str, int]:

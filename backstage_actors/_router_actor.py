@@ -16,6 +16,7 @@ caller directly. It tells its shards each new placement: they passivate what the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from thespian.actors import DeadEnvelope
@@ -23,7 +24,8 @@ from thespian.actors import DeadEnvelope
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from . import telemetry
-from ._cluster import MEMBERSHIP_NAME, MembershipActor, Watch
+from ._cluster import MEMBERSHIP_NAME, MemberInfo, MemberInfoQuery, MembershipActor, Watch
+from ._lease import leases_held
 from ._names import EVENTS
 from ._placement import Placement
 from ._protocol import CommandStats, Execute, Executed, Listeners, Settings, ShardLoad
@@ -102,6 +104,8 @@ class RouterActor(Supervisor):
             self.loads[message.shard] = message
         elif isinstance(message, Placement):
             self._placed(message)
+        elif isinstance(message, MemberInfoQuery) and self.settings.member is not None:
+            self.send(sender, self._member_info(message))
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
         elif isinstance(message, DeadEnvelope):
@@ -167,6 +171,24 @@ class RouterActor(Supervisor):
                 # Held until it runs, then sent before anything newer: Thespian may deliver
                 # what was sent to an actor still starting after what is sent once it runs.
                 self.held.setdefault(name, []).append(message)
+
+    def _member_info(self, query: MemberInfoQuery) -> MemberInfo:
+        """What this member hosts, for ``backstage members`` (one query of the leases)."""
+        member = self.settings.member or ""
+        try:
+            names = list(query.subscribers)
+            held = leases_held(self.settings.database, self.settings.app_name, names)
+        except Exception as exc:  # the store cannot be asked now: say none are known
+            logging.getLogger(__name__).warning("leases of %s unknown: %s", member, exc)
+            held = {}
+        placement = self.placement
+        return MemberInfo(
+            member,
+            sum(load.live for load in self.loads.values()),
+            tuple(sorted(placement.routers)) if placement is not None else (),
+            self.forwarded,
+            tuple(held.get(member, [])),
+        )
 
     def _forward(self, away: dict[str, list[CommandItem]], execute: Execute) -> None:
         """Send commands to the routers of the members that own their streams."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from backstage_actors._cluster import freeze, members_of
+from backstage_actors._cluster import cluster_status, freeze, members_of
 from backstage_actors._placement import owner
 from backstage_actors._thespian import free_port
 from backstage_actors._thespian.convention import is_loopback
@@ -75,6 +75,27 @@ def test_members_join_see_each_other_leave_and_rejoin(cluster: Any) -> None:
     assert view[address[0]].leader and not view[address[1]].leader
     assert view[address[2]].roles == ("aggregates",)
     assert view[address[1]].roles == ("aggregates", "subscribers")
+
+    wait_until(lambda: converged(clients, address), timeout=20, what="every placement")
+    clients[0].dispatch(OpenAccount("ada", "Ada"))  # what `backstage members` shows
+    clients[0].settle(timeout=20)
+
+    def status_now() -> dict[str, Any]:
+        rows = cluster_status(clients[2].actor_system, ("balances",))
+        return {row["member"]: row for row in rows}
+
+    status = wait_until(  # (shards report their live aggregates within a second)
+        lambda: (
+            (s := status_now()) and sum(r.get("live_aggregates", 0) for r in s.values()) == 1 and s
+        ),
+        what="the live aggregate reported",
+    )
+    assert set(status) == set(address) and all(row["answered"] for row in status.values())
+    assert status[address[0]]["placement"] == sorted(address)
+    assert {name for row in status.values() for name in row["leases"]} == {
+        "balances",
+        *(f"member:{a}" for a in address),
+    }
 
     cluster.stop(2)
     wait_until(lambda: hosts(clients[0]) == set(HOSTS[:2]), what="the member to leave")
