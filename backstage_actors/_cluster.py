@@ -63,6 +63,9 @@ __all__ = [
 REGISTRY_NAME = "backstage-cluster-registry"
 MEMBERSHIP_NAME = "backstage-membership"
 POLL_EVERY = 0.25  # seconds between two looks at the view and the members' leases
+# No view from the registry for this long while the leader's lease is held: this member is
+# cut off from the leader (a partition), not the leader dead (see Placement.cut_off).
+CUT_OFF_AFTER = 2.0
 
 
 def member_key(address: Any) -> str:
@@ -236,8 +239,10 @@ class MembershipActor(Actor):
     which members' leases are held: a member is live when the convention knows it, its router
     said where it is, and its lease is held. A killed member's lease goes with its connection
     at once, where the convention needs three missed registrations (6 s); a partitioned
-    member that still reaches the store is dropped by the convention. Without the leader, the
-    last view stands, less the members whose leases went.
+    member that still reaches the store is dropped by the convention. Without the leader (its
+    lease gone), the last view stands, less the members whose leases went. Without answers
+    from a leader that lives (this member is partitioned from it), the placement is
+    ``cut_off``: every cell is passivated and none is kept until the view comes back.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -249,6 +254,7 @@ class MembershipActor(Actor):
         self.view: tuple[Member, ...] = ()
         self.placement: Placement | None = None
         self.frozen = False
+        self.view_at: float | None = None  # time.monotonic() of the last view
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if isinstance(message, (MembersQuery, Introduce, RouterAt)):
@@ -257,6 +263,7 @@ class MembershipActor(Actor):
             self._to_registry(message)
         elif isinstance(message, MembersView):
             self.view = message.members
+            self.view_at = time.monotonic()
             if self.waiting:
                 self.send(self.waiting.pop(0), message)
         elif isinstance(message, Watch):
@@ -304,7 +311,11 @@ class MembershipActor(Actor):
         placement = Placement(self.watch.member, routers)
         if placement != self.placement and not self.frozen:
             self.placement = placement
-            log().info("placement: %s", ", ".join(sorted(routers)) or "(this member alone)")
+            log().info(
+                "placement: %s%s",
+                ", ".join(sorted(routers)) or "(this member alone)",
+                " (cut off from the leader)" if placement.cut_off else "",
+            )
             self.send(self.watch.router, placement)
 
 

@@ -86,6 +86,7 @@ class RouterActor(Supervisor):
         return {
             "member": self.settings.member,
             "placement": sorted(placement.routers) if placement is not None else None,
+            "cut_off": placement.cut_off if placement is not None else False,
             "forwarded": self.forwarded,
         }
 
@@ -153,9 +154,11 @@ class RouterActor(Supervisor):
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
-            if placement is not None and not placement.owns(stream_id):
-                away.setdefault(placement.owner(stream_id), []).append(item)
-                continue
+            if placement is not None:
+                member = placement.owner(stream_id)
+                if member != placement.me:
+                    away.setdefault(member, []).append(item)
+                    continue
             groups.setdefault(shard_of(stream_id, shards), []).append(item)
         if errors:
             self.send(execute.reply_to, Executed(errors))

@@ -54,8 +54,11 @@ system.stop()
 class Member:
     """One member process tree in its own PID namespace (see the module's docstring)."""
 
-    def __init__(self, tag: str, host: str, port: int, log: str, **options: Any) -> None:
+    def __init__(
+        self, tag: str, host: str, port: int, log: str, netns: str | None = None, **options: Any
+    ) -> None:
         self.tag = tag
+        self.netns = netns  # a network namespace to run in (``ip netns exec``), if any
         self.host = host
         self.port = port
         self.log = log
@@ -79,6 +82,7 @@ class Member:
         stderr = open(f"{self.log}.err", "a")  # noqa: SIM115 (the member's for its life)
         self.process = subprocess.Popen(
             [
+                *(["ip", "netns", "exec", self.netns] if self.netns else []),
                 *UNSHARE,
                 sys.executable,
                 "-c",
@@ -145,6 +149,56 @@ class Member:
         self.kill()
 
 
+class Partition:
+    """A network namespace for one member, joined to this one by a veth pair: the other members
+    bind ``hosts[0]`` and ``hosts[2]`` on this side, the member in it ``hosts[1]``. ``cut()``
+    sets its end of the link down, ``heal()`` up. PostgreSQL's Unix socket stays reachable
+    through the filesystem. :meth:`remove` deletes the link and the namespace (call it in a
+    ``finally``)."""
+
+    def __init__(self) -> None:
+        suffix = uuid.uuid4().hex[:6]
+        self.name = f"bs-{suffix}"
+        self.outside, self.inside = f"bso{suffix}", f"bsi{suffix}"
+        net = f"10.{77 + int(suffix[:2], 16) % 100}.{int(suffix[2:4], 16)}"
+        self.hosts = [f"{net}.1", f"{net}.2", f"{net}.3"]
+
+    def create(self) -> Partition:
+        inside = ["ip", "netns", "exec", self.name, "ip"]
+        for command in (
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.outside, "type", "veth", "peer", "name", self.inside],
+            ["ip", "link", "set", self.inside, "netns", self.name],
+            ["ip", "addr", "add", f"{self.hosts[0]}/24", "dev", self.outside],
+            ["ip", "addr", "add", f"{self.hosts[2]}/24", "dev", self.outside],
+            ["ip", "link", "set", self.outside, "up"],
+            [*inside, "addr", "add", f"{self.hosts[1]}/24", "dev", self.inside],
+            [*inside, "link", "set", self.inside, "up"],
+            [*inside, "link", "set", "lo", "up"],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
+        return self
+
+    def cut(self) -> None:
+        self._link("down")
+
+    def heal(self) -> None:
+        self._link("up")
+
+    def _link(self, state: str) -> None:
+        command = ["ip", "netns", "exec", self.name, "ip", "link", "set", self.inside, state]
+        subprocess.run(command, check=True, capture_output=True)
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "link", "del", self.outside], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    @staticmethod
+    def leftovers(name: str) -> bool:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return name in listed
+
+
 def tagged(tag: str) -> list[int]:
     """Live processes whose argv carries ``--member-tag=`` ``tag`` (a prefix of it)."""
     found = []
@@ -161,11 +215,19 @@ class Members:
     """Members of one test's cluster on ``hosts``; the first leads. Every process of every
     member is gone when :meth:`close` returns (checked)."""
 
-    def __init__(self, hosts: list[str], dsn: str, logs: Path, free_port: Any) -> None:
+    def __init__(
+        self,
+        hosts: list[str],
+        dsn: str,
+        logs: Path,
+        free_port: Any,
+        netns: dict[int, str] | None = None,
+    ) -> None:
         self.tag = uuid.uuid4().hex[:12]
         self.hosts = hosts
         self.dsn = dsn
         self.logs = logs
+        self.netns = netns or {}  # member index -> the network namespace it runs in
         self.ports = [free_port(host) for host in hosts]
         self.running: dict[int, Member] = {}
 
@@ -181,6 +243,7 @@ class Members:
             self.hosts[index],
             self.ports[index],
             str(self.logs / f"member-{index}.log"),
+            self.netns.get(index),
             **options,
         )
         self.running[index] = member

@@ -8,6 +8,7 @@ when it starts again.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from backstage_actors.errors import (
 from examples.bank import make_app as make_bank
 from examples.bank.domain import Account, Deposit, OpenAccount, Withdraw
 
-from .cluster_members import Members
+from .cluster_members import Members, Partition
 from .conftest import wait_until
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -372,3 +373,96 @@ def test_sigkill_of_a_member_under_load_loses_nothing_and_its_work_resumes_on_su
     for account in doomed:
         clients[0].dispatch(Deposit(account, 1))
     assert {accounts[a] for a in doomed} <= set(aggregates_by_member(clients[1]))
+
+
+@pytest.fixture
+def partition() -> Iterator[Partition]:
+    """A network namespace and a veth pair (see ``cluster_members.Partition``), removed after
+    the test whatever happens."""
+    made = Partition()
+    try:
+        made.create()
+    except subprocess.CalledProcessError as exc:
+        made.remove()
+        pytest.skip(f"no network namespaces here: {exc.stderr!r}")
+    try:
+        yield made
+    finally:
+        made.remove()
+        assert not Partition.leftovers(made.name)
+
+
+def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_heal(
+    partition: Partition, pg_dsn: str, tmp_path: Any
+) -> None:
+    hosts = partition.hosts  # member 1 runs in the namespace, behind the link that is cut
+    members = Members(hosts, pg_dsn, tmp_path, lambda _: free_port(hosts[0]), {1: partition.name})
+    clients: list[Any] = []
+    stop = threading.Event()
+    try:
+        for index in range(3):
+            members.start(index, shards=1)
+        for index in (0, 2):
+            clients.append(make_bank().attach(port=members.ports[index], host=hosts[index]))
+        keys = [f"{hosts[i]}:{members.ports[i]}" for i in range(3)]
+        wait_until(lambda: converged(clients, keys), timeout=30, what="3 members placed")
+        bank = make_bank().router
+        accounts = {
+            f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(30)
+        }
+        for account in accounts:
+            clients[0].dispatch(OpenAccount(account, "x"))
+        behind = [a for a, s in accounts.items() if owner(s, keys) == keys[1]]
+        assert behind
+        acknowledged: list[str] = []
+
+        def load(index: int) -> None:
+            n = 0
+            while not stop.is_set():
+                for account in accounts:
+                    command_id = f"c{index}-{n}-{account}"
+                    named(clients[index], Deposit(account, 1), command_id, deadline=120)
+                    acknowledged.append(command_id)
+                n += 1
+
+        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(acknowledged) > 60, timeout=30, what="load")
+
+        partition.cut()
+        wait_until(lambda: converged(clients, [keys[0], keys[2]]), timeout=30, what="the cut")
+        named(clients[0], Deposit(behind[0], 1), "during-the-cut")  # served by a survivor
+        acknowledged.append("during-the-cut")
+        count = len(acknowledged)
+        wait_until(lambda: len(acknowledged) > count + 60, timeout=60, what="load while cut")
+
+        partition.heal()
+        wait_until(lambda: converged(clients, keys), timeout=30, what="the heal")
+        named(clients[0], Deposit(behind[0], 1), "after-the-heal")  # its owner is back
+        acknowledged.append("after-the-heal")
+        count = len(acknowledged)
+        wait_until(lambda: len(acknowledged) > count + 60, timeout=60, what="load after")
+        stop.set()
+        for thread in threads:
+            thread.join(150)
+        assert not any(thread.is_alive() for thread in threads)
+
+        store = clients[0].store
+        events = [e for e in store.read_all() if type(e.data).__name__ == "MoneyDeposited"]
+        stored = [e.metadata["command_id"] for e in events]
+        assert len(stored) == len(set(stored)), "a command stored twice"
+        assert set(acknowledged) <= set(stored), "an acknowledged command lost"
+        for stream in accounts.values():
+            versions = [e.version for e in store.read_stream(stream)]
+            assert versions == list(range(1, len(versions) + 1))
+        last = store.last_position()
+        wait_until(lambda: store.checkpoint("balances") == last, timeout=30, what="balances")
+        expected = Counter(e.stream_id.split("-", 1)[1] for e in events)
+        rows = dict(store.handle.query("SELECT account_id, balance FROM balances"))
+        assert rows == {account: expected[account] for account in accounts}
+    finally:
+        stop.set()
+        for system in clients:
+            system.stop()
+        members.close()
