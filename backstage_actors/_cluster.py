@@ -198,6 +198,14 @@ class ClusterRegistry(Actor):
         self.routers: dict[str, Any] = {}  # member key -> its router's address
         self.notified = False
 
+    def _joined(self, member: Member) -> None:
+        """A member (re)joined: a member started anew (another start time) has a new router,
+        so the old router's address is forgotten until the new router says where it is."""
+        known = self.members.get(member.address)
+        if known is not None and known.started != member.started:
+            self.routers.pop(member.key, None)
+        self.members[member.address] = member
+
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if not self.notified:
             self.notifyOnSystemRegistrationChanges(True)  # Thespian replays the members it knows
@@ -205,17 +213,17 @@ class ClusterRegistry(Actor):
         if isinstance(message, ActorSystemConventionUpdate):
             address = str(message.remoteAdminAddress)
             if message.remoteAdded:
-                self.members[address] = Member.from_capabilities(
-                    address, dict(message.remoteCapabilities or {})
+                self._joined(
+                    Member.from_capabilities(address, dict(message.remoteCapabilities or {}))
                 )
                 log().info("member %s joined", address)
             else:
-                self.members.pop(address, None)
+                gone = self.members.pop(address, None)
+                if gone is not None:
+                    self.routers.pop(gone.key, None)
                 log().warning("member %s left (or was declared dead)", address)
         elif isinstance(message, Introduce):
-            self.members[message.address] = Member.from_capabilities(
-                message.address, message.capabilities
-            )
+            self._joined(Member.from_capabilities(message.address, message.capabilities))
         elif isinstance(message, RouterAt):
             self.routers[message.member] = message.router
         elif isinstance(message, MembersQuery):
@@ -303,12 +311,22 @@ class MembershipActor(Actor):
         assert self.watch is not None and self.lease is not None
         if not self.lease.held:
             self.lease.try_acquire()
-        candidates = [m for m in self.view if "aggregates" in m.roles and m.router is not None]
-        held = self.lease.held_among([MEMBER_LEASE + m.key for m in candidates])
+        mine = next((m for m in self.view if m.key == self.watch.member), None)
+        if mine is not None and mine.router != self.watch.router:
+            # The registry has not heard of this router yet (or forgot it: a member started
+            # anew on this address counts as a new member there): say again where it is.
+            self._to_registry(RouterAt(self.watch.member, self.watch.router))
+        held = self.lease.held_among([MEMBER_LEASE + m.key for m in self.view])
         if held is None:
             return  # the store cannot be asked: keep the placement as it is
-        routers = {m.key: m.router for m in candidates if MEMBER_LEASE + m.key in held}
-        placement = Placement(self.watch.member, routers)
+        routers = {
+            m.key: m.router
+            for m in self.view
+            if "aggregates" in m.roles and m.router is not None and MEMBER_LEASE + m.key in held
+        }
+        stale = self.view_at is not None and time.monotonic() - self.view_at > CUT_OFF_AFTER
+        leader_lives = any(m.leader and MEMBER_LEASE + m.key in held for m in self.view)
+        placement = Placement(self.watch.member, routers, cut_off=stale and leader_lives)
         if placement != self.placement and not self.frozen:
             self.placement = placement
             log().info(

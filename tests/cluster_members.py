@@ -35,7 +35,14 @@ UNSHARE = ["unshare", "--pid", "--fork", "--kill-child"]
 MEMBER = """
 import json, logging, signal, sys, threading
 options = json.loads(sys.argv[1])
-logging.basicConfig(filename=options.pop("log"), level=logging.INFO)
+log = options.pop("log")
+logging.basicConfig(filename=log, level=logging.INFO)
+options["log_defs"] = {  # the actors' logs (through Thespian's logger) in the same file
+    "version": 1,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"file": {"class": "logging.FileHandler", "filename": log, "formatter": "plain"}},
+    "root": {"handlers": ["file"], "level": logging.INFO},
+}
 from importlib import import_module
 module, _, factory = options.pop("app").partition(":")
 app = getattr(import_module(module), factory)()
@@ -150,47 +157,57 @@ class Member:
 
 
 class Partition:
-    """A network namespace for one member, joined to this one by a veth pair: the other members
-    bind ``hosts[0]`` and ``hosts[2]`` on this side, the member in it ``hosts[1]``. ``cut()``
-    sets its end of the link down, ``heal()`` up. PostgreSQL's Unix socket stays reachable
-    through the filesystem. :meth:`remove` deletes the link and the namespace (call it in a
-    ``finally``)."""
+    """A network namespace for one member, joined to this one by a veth pair.
+
+    The other members bind ``hosts[0]`` and ``hosts[2]`` on this loopback, the member
+    in the namespace ``hosts[1]`` on its loopback: addresses on interfaces that stay up, so a
+    cut (this side of the link down) separates the member from the others and never from
+    itself (its actors talk to each other through its address). ``heal()`` sets the link up and
+    routes again. PostgreSQL's Unix socket stays reachable through the filesystem.
+    :meth:`remove` deletes the links and the namespace (call it in a ``finally``).
+    """
 
     def __init__(self) -> None:
         suffix = uuid.uuid4().hex[:6]
         self.name = f"bs-{suffix}"
         self.outside, self.inside = f"bso{suffix}", f"bsi{suffix}"
         net = f"10.{77 + int(suffix[:2], 16) % 100}.{int(suffix[2:4], 16)}"
+        self.net = net
         self.hosts = [f"{net}.1", f"{net}.2", f"{net}.3"]
 
     def create(self) -> Partition:
         inside = ["ip", "netns", "exec", self.name, "ip"]
+        one, two, three = self.hosts
         for command in (
             ["ip", "netns", "add", self.name],
+            ["ip", "addr", "add", f"{one}/32", "dev", "lo"],
+            ["ip", "addr", "add", f"{three}/32", "dev", "lo"],
             ["ip", "link", "add", self.outside, "type", "veth", "peer", "name", self.inside],
             ["ip", "link", "set", self.inside, "netns", self.name],
-            ["ip", "addr", "add", f"{self.hosts[0]}/24", "dev", self.outside],
-            ["ip", "addr", "add", f"{self.hosts[2]}/24", "dev", self.outside],
-            ["ip", "link", "set", self.outside, "up"],
-            [*inside, "addr", "add", f"{self.hosts[1]}/24", "dev", self.inside],
-            [*inside, "link", "set", self.inside, "up"],
             [*inside, "link", "set", "lo", "up"],
+            [*inside, "addr", "add", f"{two}/32", "dev", "lo"],
+            [*inside, "link", "set", self.inside, "up"],
+            [*inside, "route", "add", f"{self.net}.0/24", "dev", self.inside, "src", two],
         ):
             subprocess.run(command, check=True, capture_output=True)
+        self.heal()
         return self
 
     def cut(self) -> None:
-        self._link("down")
+        subprocess.run(["ip", "link", "set", self.outside, "down"], check=True, capture_output=True)
 
     def heal(self) -> None:
-        self._link("up")
-
-    def _link(self, state: str) -> None:
-        command = ["ip", "netns", "exec", self.name, "ip", "link", "set", self.inside, state]
-        subprocess.run(command, check=True, capture_output=True)
+        route = [f"{self.hosts[1]}/32", "dev", self.outside, "src", self.hosts[0]]
+        for command in (
+            ["ip", "link", "set", self.outside, "up"],
+            ["ip", "route", "replace", *route],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
 
     def remove(self) -> None:
         subprocess.run(["ip", "link", "del", self.outside], capture_output=True)
+        for host in (self.hosts[0], self.hosts[2]):
+            subprocess.run(["ip", "addr", "del", f"{host}/32", "dev", "lo"], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
     @staticmethod

@@ -8,7 +8,9 @@ when it starts again.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,7 +32,7 @@ from backstage_actors.errors import (
 from examples.bank import make_app as make_bank
 from examples.bank.domain import Account, Deposit, OpenAccount, Withdraw
 
-from .cluster_members import Members, Partition
+from .cluster_members import REPO, Members, Partition
 from .conftest import wait_until
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -375,6 +377,30 @@ def test_sigkill_of_a_member_under_load_loses_nothing_and_its_work_resumes_on_su
     assert {accounts[a] for a in doomed} <= set(aggregates_by_member(clients[1]))
 
 
+INSIDE = """
+import json, sys
+from examples.bank import make_app
+from supervisors import walk
+system = make_app().attach(port=int(sys.argv[2]), host=sys.argv[1], database=sys.argv[3])
+node = next(n for n in walk(system.tree(timeout=5)) if n.get("kind") == "router")
+print(json.dumps({k: node.get(k) for k in ("cut_off", "live", "placement")}))
+system.stop()
+"""
+
+
+def router_inside(partition: Partition, host: str, port: int, dsn: str) -> Any:
+    """The router node of the member in the namespace, asked from inside it (None: no answer)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", partition.name, sys.executable, "-c", INSIDE, host, str(port), dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
+
+
 @pytest.fixture
 def partition() -> Iterator[Partition]:
     """A network namespace and a veth pair (see ``cluster_members.Partition``), removed after
@@ -432,6 +458,18 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
 
         partition.cut()
         wait_until(lambda: converged(clients, [keys[0], keys[2]]), timeout=30, what="the cut")
+        # Member 1 knows it is cut off: it keeps no aggregate live (none could go stale).
+        node = wait_until(
+            lambda: (
+                (n := router_inside(partition, hosts[1], members.ports[1], pg_dsn))
+                and n["cut_off"]
+                and n["live"] == 0
+                and n
+            ),
+            timeout=30,
+            what="member 1 cut off",
+        )
+        assert node["placement"] == sorted(keys)  # (its view stays as it was)
         named(clients[0], Deposit(behind[0], 1), "during-the-cut")  # served by a survivor
         acknowledged.append("during-the-cut")
         count = len(acknowledged)
