@@ -263,6 +263,7 @@ class MembershipActor(Actor):
         self.placement: Placement | None = None
         self.frozen = False
         self.view_at: float | None = None  # time.monotonic() of the last view
+        self.asked_at = 0.0  # when the registry was last looked up again
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if isinstance(message, (MembersQuery, Introduce, RouterAt)):
@@ -325,6 +326,11 @@ class MembershipActor(Actor):
             if "aggregates" in m.roles and m.router is not None and MEMBER_LEASE + m.key in held
         }
         stale = self.view_at is not None and time.monotonic() - self.view_at > CUT_OFF_AFTER
+        if stale and time.monotonic() - self.asked_at > CUT_OFF_AFTER:
+            # The registry may be gone with its leader, and a leader started again makes a new
+            # one: look it up again by its global name.
+            self.registry = None
+            self.asked_at = time.monotonic()
         leader_lives = any(m.leader and MEMBER_LEASE + m.key in held for m in self.view)
         placement = Placement(self.watch.member, routers, cut_off=stale and leader_lives)
         if placement != self.placement and not self.frozen:

@@ -504,3 +504,31 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
         for system in clients:
             system.stop()
         members.close()
+
+
+def test_the_leaders_death_leaves_the_others_serving_every_aggregate(
+    cluster: Any,
+) -> None:
+    for index in range(3):
+        cluster.start(index, shards=1)
+    clients = [cluster.client(i) for i in range(3)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members), timeout=20, what="3 members placed")
+    bank = make_bank().router
+    accounts = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(12)}
+    for account in accounts:
+        clients[1].dispatch(OpenAccount(account, "x"))
+    leaders = [a for a, s in accounts.items() if owner(s, members) == members[0]]
+    assert leaders
+
+    cluster.kill(0)  # the leader, and the registry with it
+    clients[0].stop()
+    survivors = [clients[1], clients[2]]
+    wait_until(lambda: converged(survivors, members[1:]), timeout=20, what="the last view less 0")
+    for n, account in enumerate(accounts):  # every aggregate answers, the leader's too
+        named(survivors[n % 2], Deposit(account, 1), f"without-a-leader-{account}")
+    hosted = {**aggregates_by_member(clients[1]), **aggregates_by_member(clients[2])}
+    for account in leaders:
+        assert hosted[accounts[account]] == owner(accounts[account], members[1:])
+    # Not asserted: that a leader started again gathers the others (Thespian's members did not
+    # register with it within 150 s here; see the README's cluster section).
