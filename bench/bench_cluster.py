@@ -7,7 +7,7 @@ Three members on one machine (127.0.0.2-4, each in a PID namespace of its own, s
   aggregates answered from a survivor (a client retrying it by name every 0.2 s);
 - **subscriber takeover**, over the same span: from the kill to the projection, now run by a
   survivor, holding that command's event;
-- **forwarding**: the same client threads, spread over 3 members (each command for a stream
+- **forwarding**: the same client processes, spread over 3 members (each command for a stream
   another member owns is forwarded there) against one member (no cluster), commands/s. Two
   cores cannot show scaling: the per-member rows (commands each served and forwarded) are what
   to extrapolate to real hosts from.
@@ -18,9 +18,9 @@ Run as ``python -m bench.bench_cluster [--quick]`` (root: PID namespaces need it
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,8 @@ def _holder(dsn: str, names: list[str], keys: list[str]) -> str:
 def _throughput(
     dsn: str, directory: Path, count: int, threads: int, seconds: float
 ) -> tuple[float, list[dict[str, Any]]]:
-    """Commands/s of ``threads`` client threads spread over ``count`` members (1: no cluster),
-    and each member's router figures."""
+    """Commands/s of ``threads`` client processes spread over ``count`` members (1: no
+    cluster), and each member's router figures."""
     from examples.bank.domain import OpenAccount
     from tests.cluster_members import Members
 
@@ -175,36 +175,56 @@ def _throughput(
                 )
         accounts = [f"t{count}-{n}" for n in range(threads * 10)]
         clients[0].dispatch_many([OpenAccount(account, "x") for account in accounts])
-        done = [0] * threads
-        start = threading.Barrier(threads + 1)
-        stop = threading.Event()
-
-        def run(index: int) -> None:
-            client = clients[index % count]
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(threads + 1)
+        results = context.Queue()
+        workers = []
+        for index in range(threads):
+            where = (HOSTS[index % count], members.ports[index % count])
             mine = accounts[index::threads]
-            start.wait()
-            n = 0
-            while not stop.is_set():
-                client.dispatch(_deposit(mine[n % len(mine)]))
-                n += 1
-            done[index] = n
-
-        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-        for worker in workers:
+            worker = context.Process(
+                target=_client, args=(where, dsn, mine, seconds, barrier, results)
+            )
             worker.start()
-        start.wait()
-        began = time.perf_counter()
-        time.sleep(seconds)
-        stop.set()
+            workers.append(worker)
+        barrier.wait(timeout=120)
+        done = [results.get(timeout=seconds + 120) for _ in workers]
         for worker in workers:
-            worker.join(60)
-        rate = sum(done) / (time.perf_counter() - began)
+            worker.join(30)
+        if any(isinstance(each, str) for each in done):
+            raise RuntimeError(f"a client failed: {done}")
+        rate = sum(n for n, _ in done) / max(elapsed for _, elapsed in done)
         figures = [_router_node(client) for client in clients]
     finally:
         for client in clients:
             client.stop()
         members.close()
     return rate, figures
+
+
+def _client(
+    where: tuple[str, int],
+    dsn: str,
+    accounts: list[str],
+    seconds: float,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """A client process: deposits to its accounts through the member at ``where`` for
+    ``seconds``; puts ``(commands, elapsed)`` (or the error's text) on ``results``."""
+    try:
+        system = _bank().attach(port=where[1], host=where[0], database=dsn)
+        system.dispatch(_deposit(accounts[0]))  # (connected and warm)
+        barrier.wait(timeout=120)
+        began = time.perf_counter()
+        n = 0
+        while time.perf_counter() - began < seconds:
+            system.dispatch(_deposit(accounts[n % len(accounts)]))
+            n += 1
+        results.put((n, time.perf_counter() - began))
+        system.stop()
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def _served(node: dict[str, Any]) -> int:
@@ -261,7 +281,7 @@ def rows(quick: bool = False) -> list[Row]:
     )
     result.append(
         Row(
-            f"dispatch, {threads} client threads over 3 members on one machine",
+            f"dispatch, {threads} client processes over 3 members on one machine",
             three,
             "commands/s",
             "the same clients on 1 member (no cluster)",
