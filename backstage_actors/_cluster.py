@@ -326,12 +326,13 @@ class MembershipActor(Actor):
             if "aggregates" in m.roles and m.router is not None and MEMBER_LEASE + m.key in held
         }
         stale = self.view_at is not None and time.monotonic() - self.view_at > CUT_OFF_AFTER
-        if stale and time.monotonic() - self.asked_at > CUT_OFF_AFTER:
-            # The registry may be gone with its leader, and a leader started again makes a new
-            # one: look it up again by its global name.
+        leader_lives = any(m.leader and MEMBER_LEASE + m.key in held for m in self.view)
+        if stale and not leader_lives and time.monotonic() - self.asked_at > CUT_OFF_AFTER:
+            # The registry went with its leader, and a leader started again makes a new one:
+            # look it up again by its global name. (Not while the leader lives: cut off from
+            # it, a lookup cannot succeed, and the address known will work again after a heal.)
             self.registry = None
             self.asked_at = time.monotonic()
-        leader_lives = any(m.leader and MEMBER_LEASE + m.key in held for m in self.view)
         placement = Placement(self.watch.member, routers, cut_off=stale and leader_lives)
         if placement != self.placement and not self.frozen:
             self.placement = placement
