@@ -12,6 +12,13 @@ asks it.
 The view is advisory. Who owns an aggregate follows from it (``_placement``), but no correctness
 rests on members agreeing: the store's expected versions refuse a stale owner's append, and a
 subscriber runs only under its lease (``_lease``).
+
+Each member's :class:`MembershipActor` turns the view into the :class:`~._placement.Placement`
+its router routes by: the members the convention knows, whose router said where it is, and
+whose member lease (a PostgreSQL session advisory lock) is held. The lease is the fast signal of
+a death (it goes with the dead member's connection, read every :data:`POLL_EVERY`); Thespian's
+three missed registrations (6 s) would miss a 3 s failover. The convention is the signal of a
+partition from the leader (a member that still reaches the store keeps its lease).
 """
 
 from __future__ import annotations
