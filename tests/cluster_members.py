@@ -9,6 +9,8 @@ process of a member" is one ``SIGKILL`` to that PID 1, correct by construction.
 ``unshare --pid --fork --kill-child`` (root) makes the namespace: its child, the member's Python,
 is PID 1 there; ``--kill-child`` kills it if ``unshare`` itself dies (the test's teardown).
 Every member's argv carries a tag of its fixture, so a teardown can show no process is left.
+
+Below the members: the fixtures (``cluster``, ``partition``) and helpers the cluster tests share.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+
+from backstage_actors._cluster import members_of
+from backstage_actors._thespian import free_port
+from backstage_actors.errors import DispatchTimeout, SystemNotRunning, WrongExpectedVersion
+from examples.bank import make_app as make_bank
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -283,3 +292,119 @@ class Members:
             time.sleep(0.05)
         left = tagged(self.tag)
         assert not left, f"processes of members left behind: {left}"
+
+
+# -- fixtures and helpers of the cluster tests (test_cluster.py, test_cluster_failures.py) -----
+
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(pg_dsn: str, tmp_path: Any) -> Iterator[Members]:
+    """Members on ``HOSTS`` (member 0 leads); every process of each is gone at teardown."""
+    members = Members(HOSTS, pg_dsn, tmp_path, free_port)
+    clients: list[Any] = []
+
+    def client(index: int) -> Any:
+        system = make_bank().attach(port=members.ports[index], host=HOSTS[index], database=pg_dsn)
+        clients.append(system)
+        return system
+
+    members.client = client  # type: ignore[attr-defined]
+    try:
+        yield members
+    finally:
+        for system in clients:
+            system.stop()
+        members.close()
+
+
+def addresses(system: Any) -> set[str]:
+    return {member.address for member in members_of(system.actor_system)}
+
+
+def hosts(system: Any) -> set[str]:
+    return {address.split("|")[-1].split(":")[0] for address in addresses(system)}
+
+
+def aggregates_by_member(client: Any) -> dict[str, str]:
+    """stream id -> the member whose shard hosts it now, from the member's tree."""
+    tree = client.tree()
+    found = {}
+    router = next(n for n in walk(tree) if n.get("kind") == "router")
+    for node in walk(tree):
+        if node.get("kind") == "aggregate":
+            found[node["name"]] = router["member"]
+    return found
+
+
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("children", []):
+        yield from walk(child)
+
+
+def placement_of(client: Any) -> list[str] | None:
+    router = next(n for n in walk(client.tree()) if n.get("kind") == "router")
+    return router.get("placement")
+
+
+def converged(clients: list[Any], members: list[str]) -> bool:
+    return all(placement_of(client) == sorted(members) for client in clients)
+
+
+RETRIED: list[str] = []  # what clients retried, for a failing test's message
+
+
+def named(client: Any, command: Any, command_id: str, deadline: float = 60) -> Any:
+    """Dispatch ``command`` named ``command_id`` until it is answered (a client's retries)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return client.dispatch(command, metadata={"command_id": command_id}, timeout=5)
+        except (WrongExpectedVersion, DispatchTimeout, SystemNotRunning) as exc:
+            RETRIED.append(type(exc).__name__)
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)
+
+
+INSIDE = """
+import json, sys
+from examples.bank import make_app
+from supervisors import walk
+system = make_app().attach(port=int(sys.argv[2]), host=sys.argv[1], database=sys.argv[3])
+node = next(n for n in walk(system.tree(timeout=5)) if n.get("kind") == "router")
+print(json.dumps({k: node.get(k) for k in ("cut_off", "live", "placement")}))
+system.stop()
+"""
+
+
+def router_inside(partition: Partition, host: str, port: int, dsn: str) -> Any:
+    """The router node of the member in the namespace, asked from inside it (None: no answer)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", partition.name, sys.executable, "-c", INSIDE, host, str(port), dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
+
+
+@pytest.fixture(name="partition")
+def partition_fixture() -> Iterator[Partition]:
+    """A network namespace and a veth pair (see ``cluster_members.Partition``), removed after
+    the test whatever happens."""
+    made = Partition()
+    try:
+        made.create()
+    except subprocess.CalledProcessError as exc:
+        made.remove()
+        pytest.skip(f"no network namespaces here: {exc.stderr!r}")
+    try:
+        yield made
+    finally:
+        made.remove()
+        assert not Partition.leftovers(made.name)
