@@ -470,6 +470,18 @@ class Cells:
             del self.cells[stream_id]
             self.passivated += 1
 
+    def drop(self, stream_ids: list[str]) -> list[Work]:
+        """Passivate these cells now, busy or not (their member no longer owns them, see
+        ``_shard``); the commands queued in them are returned, to be handed over."""
+        handed: list[Work] = []
+        for stream_id in stream_ids:
+            cell = self.cells.pop(stream_id, None)
+            if cell is not None:
+                self.ready.pop(stream_id, None)
+                handed.extend(cell.mailbox)
+                self.passivated += 1
+        return handed
+
     def sweep(self, now: float) -> None:
         """Drop the cells idle past their lifespan. Cells are in order of use: the sweep stops
         at the first one used within the shortest lifespan (all after it were used later)."""

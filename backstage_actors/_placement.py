@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["owner", "weight"]
+import attrs
+
+__all__ = ["Placement", "owner", "weight"]
 
 
 def weight(stream_id: str, member: str) -> int:
@@ -35,3 +38,32 @@ def owner(stream_id: str, members: Iterable[str]) -> str | None:
         if best is None or candidate > best:
             best = candidate
     return None if best is None else best[1]
+
+
+@attrs.frozen
+class Placement:
+    """Who hosts aggregates, as this member sees it now: ``me``, and the live members with the
+    ``aggregates`` role (``routers``: each one's router address). Sent by the membership actor
+    to its router when it changes, and by the router to its shards.
+
+    With no member known yet (a view still coming), every stream is this member's own.
+    ``cut_off``: this member has lost the leader while the leader lives (a partition): it owns
+    nothing, so it keeps no cell past a round (no cache that others' writes could make stale),
+    and serves what reaches it itself, from the store, rather than forward into the void.
+    """
+
+    me: str
+    routers: dict[str, Any] = attrs.field(factory=dict)
+    cut_off: bool = False
+
+    def owner(self, stream_id: str) -> str:
+        """The member to send ``stream_id``'s commands to (``me`` when none is known)."""
+        if self.cut_off or not self.routers:
+            return self.me
+        return owner(stream_id, self.routers) or self.me
+
+    def owns(self, stream_id: str) -> bool:
+        """Whether this member may keep ``stream_id``'s aggregate live (cached) now."""
+        if self.cut_off:
+            return False
+        return not self.routers or owner(stream_id, self.routers) == self.me

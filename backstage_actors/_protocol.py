@@ -37,6 +37,7 @@ class Settings:
     exclusive: bool = True
     app_name: str = ""
     admin_port: int | None = None
+    member: str | None = None  # "host:port" of this cluster member's admin (see _cluster)
 
 
 @attrs.frozen
@@ -50,6 +51,8 @@ class Execute:
     # Set when a client sends straight to the aggregate it believes owns this stream: the
     # aggregate checks it, and hands a misdelivered message to the router.
     stream_id: str | None = None
+    # Sent on by another member's router (or handed back): served here, never forwarded again.
+    forwarded: bool = False
 
 
 @attrs.frozen

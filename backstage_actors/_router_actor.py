@@ -5,10 +5,18 @@ finds or makes the aggregate (see ``_shard`` and ``_cells``). Shards start with 
 and are restarted when they crash or are killed; a command sent to a shard whose
 process just died comes back as a dead letter and is routed again. Which aggregate a command
 goes to is the :class:`~backstage_actors.router.Router`'s answer.
+
+In a cluster (``settings.member`` set), the member that owns a stream is first chosen by
+rendezvous hashing over the live members that host aggregates (a :class:`~._placement.Placement`
+from this member's membership actor, see ``_cluster``): the router sends a command for a stream
+another member owns to that member's router, marked ``forwarded`` (served there, never sent on
+again, so members that disagree cost a conflict, not a loop), and the owner's shard answers the
+caller directly. It tells its shards each new placement: they passivate what they no longer own.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from thespian.actors import DeadEnvelope
@@ -16,7 +24,10 @@ from thespian.actors import DeadEnvelope
 from supervisors import Child, ChildAddress, ChildSpec, Envelope, Supervisor, WatchChildren
 
 from . import telemetry
+from ._cluster import MEMBERSHIP_NAME, MemberInfo, MemberInfoQuery, MembershipActor, Watch
+from ._lease import leases_held
 from ._names import EVENTS
+from ._placement import Placement
 from ._protocol import CommandStats, Execute, Executed, Listeners, Settings, ShardLoad
 from ._shard import ShardActor, shard_name, shard_of
 from .command import CommandItem
@@ -39,6 +50,14 @@ class RouterActor(Supervisor):
         self.loads: dict[str, ShardLoad] = {}  # shard name -> its last report
         self.held: dict[str, list[Execute]] = {}  # shard name -> commands for it, not running
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
+        self.placement: Placement | None = None  # a cluster member's view (see _cluster)
+        self.forwarded = 0  # commands sent on to the members that own their streams
+        if self.settings.member is not None:
+            membership = self.createActor(MembershipActor, globalName=MEMBERSHIP_NAME)
+            watch = Watch(
+                self.settings.member, self.myAddress, self.settings.database, self.settings.app_name
+            )
+            self.send(membership, watch)
         if self.supervisor is not None:
             self.send(self.supervisor, WatchChildren())
         # A command forwarded to a shard whose process just died (before the router heard of
@@ -56,6 +75,19 @@ class RouterActor(Supervisor):
             "aggregate_restarts": sum(load.restarts for load in self.loads.values()),
             "shard_restarts": sum(c.restarts for c in self.children.values()),
             "commands": {name: meter.summary() for name, meter in self.meters.items()},
+            **self._cluster_node(),
+        }
+
+    def _cluster_node(self) -> dict[str, Any]:
+        """A cluster member's router says who it is and which members it routes to."""
+        if self.settings.member is None:
+            return {}
+        placement = self.placement
+        return {
+            "member": self.settings.member,
+            "placement": sorted(placement.routers) if placement is not None else None,
+            "cut_off": placement.cut_off if placement is not None else False,
+            "forwarded": self.forwarded,
         }
 
     # -- messages ---------------------------------------------------------------------------
@@ -71,6 +103,10 @@ class RouterActor(Supervisor):
             self.meters.setdefault(message.aggregate, telemetry.CommandMeter()).add(message.delta)
         elif isinstance(message, ShardLoad):
             self.loads[message.shard] = message
+        elif isinstance(message, Placement):
+            self._placed(message)
+        elif isinstance(message, MemberInfoQuery) and self.settings.member is not None:
+            self.send(sender, self._member_info(message))
         elif isinstance(message, ChildAddress):
             self._sibling_moved(message)
         elif isinstance(message, DeadEnvelope):
@@ -110,15 +146,24 @@ class RouterActor(Supervisor):
         groups: dict[int, list[CommandItem]] = {}
         errors: list[tuple[str, Any]] = []
         shards = self.settings.shards
+        placement = None if execute.forwarded else self.placement
+        away: dict[str, list[CommandItem]] = {}  # member -> its commands (a cluster only)
         for item in execute.items:
             try:
                 _, stream_id, _ = self.router.stream_of(item.command, self.settings.limits)
             except (UnregisteredCommand, InvalidCommand) as exc:
                 errors.append((item.request_id, exc))
                 continue
+            if placement is not None:
+                member = placement.owner(stream_id)
+                if member != placement.me:
+                    away.setdefault(member, []).append(item)
+                    continue
             groups.setdefault(shard_of(stream_id, shards), []).append(item)
         if errors:
             self.send(execute.reply_to, Executed(errors))
+        if away:
+            self._forward(away, execute)
         for index, items in groups.items():
             name = shard_name(index)
             child = self._ensure(index)
@@ -129,6 +174,41 @@ class RouterActor(Supervisor):
                 # Held until it runs, then sent before anything newer: Thespian may deliver
                 # what was sent to an actor still starting after what is sent once it runs.
                 self.held.setdefault(name, []).append(message)
+
+    def _member_info(self, query: MemberInfoQuery) -> MemberInfo:
+        """What this member hosts, for ``backstage members`` (one query of the leases)."""
+        member = self.settings.member or ""
+        try:
+            names = list(query.subscribers)
+            held = leases_held(self.settings.database, self.settings.app_name, names)
+        except Exception as exc:  # the store cannot be asked now: say none are known
+            logging.getLogger(__name__).warning("leases of %s unknown: %s", member, exc)
+            held = {}
+        placement = self.placement
+        return MemberInfo(
+            member,
+            sum(load.live for load in self.loads.values()),
+            tuple(sorted(placement.routers)) if placement is not None else (),
+            self.forwarded,
+            tuple(held.get(member, [])),
+        )
+
+    def _forward(self, away: dict[str, list[CommandItem]], execute: Execute) -> None:
+        """Send commands to the routers of the members that own their streams."""
+        assert self.placement is not None
+        for member, items in away.items():
+            grouped = execute.grouped or len(items) > 1
+            message = Execute(items, execute.reply_to, grouped, forwarded=True)
+            self.send(self.placement.routers[member], message)
+            self.forwarded += len(items)
+
+    def _placed(self, placement: Placement) -> None:
+        """A new view of the cluster: route by it, and tell the shards (they passivate the
+        aggregates this member no longer owns)."""
+        self.placement = placement
+        for child in self.children.values():
+            if child.status in ("starting", "running"):
+                self.send(child.address, placement)
 
     def _ensure(self, index: int) -> Child:
         name = shard_name(index)
@@ -153,6 +233,8 @@ class RouterActor(Supervisor):
     def child_started(self, child: Child) -> None:
         if self.listeners.listeners:
             self.send(child.address, self.listeners)
+        if self.placement is not None:
+            self.send(child.address, self.placement)
         for message in self.held.pop(child.name, []):
             self.send(child.address, message)
 
@@ -195,5 +277,10 @@ class RouterActor(Supervisor):
 def _commands_of(message: Any, sender: Any = None) -> Execute | None:
     """The commands a message for a shard that is gone carries, to be routed again."""
     if isinstance(message, Execute):
-        return Execute(message.items, message.reply_to or sender, message.grouped)
+        # (A command forwarded to a member that is gone keeps its mark: it is served here,
+        # expected versions keeping a second owner safe, rather than sent on until the view
+        # catches up.)
+        return Execute(
+            message.items, message.reply_to or sender, message.grouped, forwarded=message.forwarded
+        )
     return None

@@ -10,6 +10,14 @@ Clients that know where a stream lives send its commands straight to its shard, 
 by the shard's lane (a local socket, see ``_lane``; one per shard), with the stream id: a shard
 hands a command that is not its own to the router.
 
+In a cluster a shard serves only the streams its member owns (the router's latest
+:class:`~._placement.Placement`): a command that comes straight to it, by message or by lane,
+for a stream it does not own goes back to the router (which forwards it to the owner), and on a
+new placement it passivates every aggregate it no longer owns at once, handing their queued
+commands to the router, the way a stopping shard does. A cell it serves for a stream it does
+not own (forwarded by a member whose view differs) is passivated after its round. So a cell
+never outlives its member's ownership: when the stream comes back, it is rebuilt from the store.
+
 SIGKILL of a shard: its supervisor (the router) starts it again; its aggregates rebuild from the
 store on their next command. Nothing acknowledged is lost: an answer leaves only after its
 commit.
@@ -29,7 +37,8 @@ from thespian.actors import WakeupMessage, WatchMessage
 from supervisors import SupervisedActor
 
 from . import _lane, _thespian
-from ._cells import Answer, Cells
+from ._cells import Answer, Cells, Work
+from ._placement import Placement
 from ._protocol import Appended, CommandStats, Execute, Executed, Listeners, Settings, ShardLoad
 from ._shared import shared_store
 from .router import Router
@@ -71,6 +80,7 @@ class ShardActor(SupervisedActor):
         self.router: Router = self.args["router"]
         self.index: int = self.args["index"]
         self.listeners: list[Any] = list(self.args.get("listeners", []))
+        self.placement: Placement | None = None  # a cluster member's (see _cluster)
         per_shard = -(-self.settings.max_live // max(1, self.settings.shards))
         self.cells = Cells(
             shared_store(self.settings),
@@ -138,6 +148,9 @@ class ShardActor(SupervisedActor):
             self._on_lanes(message.ready)
         elif isinstance(message, Listeners):
             self.listeners = list(message.listeners)
+        elif isinstance(message, Placement):
+            self.placement = message
+            self._hand_over([s for s in self.cells.cells if not message.owns(s)])
         elif isinstance(message, WakeupMessage) and isinstance(message.payload, _Due):
             self.wakeup_due = False
             self.cells.sweep(time.monotonic())
@@ -148,6 +161,7 @@ class ShardActor(SupervisedActor):
         """Queue the commands in their cells (a stream of another shard goes to the router)."""
         if execute.stream_id is not None and (
             shard_of(execute.stream_id, self.settings.shards) != self.index
+            or (self.placement is not None and not self.placement.owns(execute.stream_id))
         ):
             if isinstance(reply_to, _lane.LaneConnection):
                 if self.lanes is not None:
@@ -180,7 +194,12 @@ class ShardActor(SupervisedActor):
         """Decide, commit, answer (see ``_cells``); tell the event bus; go on if work is left."""
         self.rounds += 1
         before = self.cells.last_position
-        self._send_answers(self.cells.run_round())
+        answers = self.cells.run_round()
+        self._send_answers(answers)
+        if self.placement is not None:  # cells of streams not owned go once idle
+            placement, cells = self.placement, self.cells.cells
+            guests = {a[3] for a in answers if a[3] is not None and not placement.owns(a[3])}
+            self.cells.drop([s for s in guests if s in cells and not cells[s].mailbox])
         if self.cells.last_position > before:
             for listener in self.listeners:
                 self.send(listener, Appended(self.cells.last_position))
@@ -188,6 +207,22 @@ class ShardActor(SupervisedActor):
             self.round_due = True
             self.send(self.myAddress, Round())
         self._schedule_wakeup()
+
+    def _hand_over(self, stream_ids: list[str]) -> None:
+        """Passivate these aggregates (no longer this member's); their queued commands go to
+        the router, which forwards them to the owner (by lane: the caller asks the router)."""
+        by_caller: dict[int, tuple[Any, list[Work]]] = {}
+        for work in self.cells.drop(stream_ids):
+            by_caller.setdefault(id(work.reply_to), (work.reply_to, []))[1].append(work)
+        for reply_to, works in by_caller.values():
+            if isinstance(reply_to, _lane.LaneConnection):
+                if self.lanes is not None:
+                    self.lanes.answer(reply_to, Executed([]))
+            elif self.supervisor is not None:
+                items = [work.item for work in works]
+                self.send(self.supervisor, Execute(items, reply_to, len(items) > 1))
+        if stream_ids:
+            log().info("shard %d: %d aggregates moved away", self.index, len(stream_ids))
 
     def _send_answers(self, answers: list[Answer]) -> None:
         """One :class:`Executed` per caller; it names the shard as the stream's home when all

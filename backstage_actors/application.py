@@ -197,6 +197,8 @@ class Application:
         capabilities = None
         if join is not None:  # -- cluster (issue 19)
             capabilities = cluster_capabilities(base, settings.database, host, port, join, roles)
+            settings = attrs.evolve(settings, member=f"{host}:{port}")
+            spec = self.supervisor_spec(settings)
             if "subscribers" not in roles:
                 spec = attrs.evolve(spec, children=[c for c in spec.children if c.name != EVENTS])
         metrics_port = self.metrics_port if metrics_port is None else metrics_port
