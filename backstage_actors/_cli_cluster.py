@@ -27,7 +27,7 @@ from ._cli_support import (
     status_lines,
 )
 from ._cluster import parse_join
-from ._cluster_info import MemberInfo, cluster_view, is_member
+from ._cluster_info import MemberShown, cluster_view, is_member
 from ._thespian.convention import ROLE_CAPABILITY
 from .errors import BackstageError
 from .store import is_postgres, normalise, redact
@@ -128,7 +128,7 @@ def members(session: Session, port: int, host: str, as_json: bool) -> None:
         click.echo("  ".join([*cells, row[4]]).rstrip())
 
 
-def _view(app: Any, system: Any, port: int, host: str) -> list[MemberInfo]:
+def _view(app: Any, system: Any, port: int, host: str) -> list[MemberShown]:
     try:
         if not is_member(system):
             fail(
@@ -145,7 +145,7 @@ def _view(app: Any, system: Any, port: int, host: str) -> list[MemberInfo]:
 NO_LEADER = "the member list is the leader's; is the leader running?"
 
 
-def _view_or_none(app: Any, system: Any) -> list[MemberInfo] | None:
+def _view_or_none(app: Any, system: Any) -> list[MemberShown] | None:
     """The cluster's members, or None (with a warning) when the leader does not answer: a
     member keeps serving without its leader, and ``tree``/``status`` then show it alone."""
     try:
@@ -166,7 +166,7 @@ def _duration(seconds: float | None) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def heading(member: MemberInfo) -> str:
+def heading(member: MemberShown) -> str:
     """A member's heading in ``tree`` and ``status``."""
     what = ", ".join(member.roles) or "no roles"
     return f"member {member.address} ({'leader; ' if member.leader else ''}{what})"

@@ -23,7 +23,7 @@ from ._cluster import Member, members_of
 from ._thespian.convention import CONVENTION
 from .errors import BackstageError, SystemNotRunning
 
-__all__ = ["MemberInfo", "cluster_view", "endpoint_of", "is_member"]
+__all__ = ["MemberShown", "cluster_view", "endpoint_of", "is_member"]
 
 SUBSCRIBER_KINDS = ("handler", "projection", "process_manager")
 _ENDPOINT = re.compile(r"([0-9A-Za-z.:\-]+?):(\d+)\)?$")
@@ -45,7 +45,7 @@ def is_member(system: Any) -> bool:
 
 
 @attrs.frozen
-class MemberInfo:
+class MemberShown:
     """One member as ``backstage members``, ``tree`` and ``status`` show it."""
 
     host: str
@@ -92,7 +92,7 @@ class MemberInfo:
         }
 
 
-def cluster_view(app: Any, system: Any, timeout: float = 5.0) -> list[MemberInfo]:
+def cluster_view(app: Any, system: Any, timeout: float = 5.0) -> list[MemberShown]:
     """Every live member with its tree, asked through ``system`` (any member, attached)."""
     here = _thespian.system_key(system.actor_system)
     infos = []
@@ -111,8 +111,8 @@ def cluster_view(app: Any, system: Any, timeout: float = 5.0) -> list[MemberInfo
 
 def _info(
     member: Member, host: str, port: int, tree: dict[str, Any] | None, problem: str | None
-) -> MemberInfo:
-    return MemberInfo(host, port, member.roles, member.leader, member.started, tree, problem)
+) -> MemberShown:
+    return MemberShown(host, port, member.roles, member.leader, member.started, tree, problem)
 
 
 def member_tree(app: Any, host: str, port: int, timeout: float) -> dict[str, Any]:
