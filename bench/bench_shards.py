@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -205,10 +206,13 @@ def _family_rss(system: Any) -> float:
     """MiB of RSS of the daemon's processes (the admin and everything under it)."""
     pid = _shards(system)[0]["pid"]
     admin = psutil.Process(pid)
-    while admin.parent() is not None and admin.parent().pid != psutil.Process().pid:
-        admin = admin.parent()
-        if "python" not in " ".join(admin.cmdline()):
+    while True:  # up to the admin: the last Python process before this one or init
+        parent = admin.parent()
+        if parent is None or parent.pid in (1, os.getpid()):
             break
+        if "python" not in " ".join(parent.cmdline()):
+            break
+        admin = parent
     family = [admin, *admin.children(recursive=True)]
     return sum(p.memory_info().rss for p in family) / 2**20
 
