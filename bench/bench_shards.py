@@ -218,7 +218,14 @@ def _family_rss(system: Any) -> float:
 
 
 def _multiproc(directory: Path, quick: bool) -> list[Row]:
-    live, per_client = 1_000, (200 if quick else 1_000)
+    rows = _daemon_rates(directory, 200 if quick else 1_000)
+    rows.append(_p6b(directory, 20_000 if quick else 100_000))
+    return rows
+
+
+def _daemon_rates(directory: Path, per_client: int) -> list[Row]:
+    """P7b and P8 on one daemon."""
+    live = 1_000
     system, port, database = _daemon(directory, "p7b")
     try:
         check(system.dispatch_many([_domain.OpenWallet(f"live-{i}") for i in range(live)]))
@@ -228,7 +235,7 @@ def _multiproc(directory: Path, quick: bool) -> list[Row]:
     finally:
         system.stop()
     es = _es_create(directory, 2_000)
-    rows = [
+    return [
         Row(
             "P7b dispatch, daemon, 8 client processes, live",
             eight,
@@ -246,8 +253,10 @@ def _multiproc(directory: Path, quick: bool) -> list[Row]:
             target="≥ 1x",
         ),
     ]
-    many = 20_000 if quick else 100_000
-    system, port, database = _daemon(directory, "p6b")
+
+
+def _p6b(directory: Path, many: int) -> Row:
+    system, _, _ = _daemon(directory, "p6b")
     try:
         check(system.dispatch_many([_domain.OpenWallet(f"m{i}") for i in range(1_000)]))
         few_rss = _family_rss(system)
@@ -260,18 +269,15 @@ def _multiproc(directory: Path, quick: bool) -> list[Row]:
         many_rss = _family_rss(system)
     finally:
         system.stop()
-    rows.append(
-        Row(
-            f"P6b RSS of the daemon's processes after commands to {many:,} aggregates",
-            many_rss,
-            "MiB",
-            "the same after 1,000",
-            few_rss,
-            target="≤ 1.5x",
-            higher_is_better=False,
-        )
+    return Row(
+        f"P6b RSS of the daemon's processes after commands to {many:,} aggregates",
+        many_rss,
+        "MiB",
+        "the same after 1,000",
+        few_rss,
+        target="≤ 1.5x",
+        higher_is_better=False,
     )
-    return rows
 
 
 def rows(quick: bool = False) -> list[Row]:
