@@ -8,8 +8,9 @@ leaves running. Dispatch commands, wait for consistency, look at the tree, rebui
 Commands go to the router as :class:`Execute` messages; each shard answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
 next, stale answers of timed-out requests included). On simpleSystemBase the actors run inside
-these calls, so calls from several threads take turns; on multiproc each thread gets its own
-endpoint and commands from many threads are in flight at once.
+these calls: threads put their commands in one queue, and one of them at a time sends all that
+is queued as one batch (``_combiner``); on multiproc each thread gets its own endpoint and
+commands from many threads are in flight at once.
 """
 
 from __future__ import annotations
