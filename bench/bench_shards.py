@@ -111,6 +111,53 @@ def _p1c(directory: Path, count: int) -> list[Row]:
     ]
 
 
+def _live_at_once(directory: Path, many: int, count: int) -> list[Row]:
+    """New aggregates with 100 live and with ``many`` more, in two processes at the same time
+    (so both meet the same machine state): the rate and CPU time of each."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [
+        context.Process(
+            target=_shard_clients.new_aggregates,
+            args=(str(directory), live, count, barrier, results),
+        )
+        for live in (0, many)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        found = {
+            live: (rate, cpu) for live, rate, cpu in (results.get(timeout=600) for _ in processes)
+        }
+    finally:
+        for process in processes:
+            process.join(60)
+            if process.is_alive():
+                process.kill()
+    for live, (rate, _) in found.items():
+        if isinstance(rate, str):
+            raise RuntimeError(f"the process with {live} live failed: {rate}")
+    (few_rate, few_cpu), (many_rate, many_cpu) = found[0], found[many]
+    return [
+        Row(
+            f"P1c new aggregates with {many + 100:,} live, at the same time as",
+            many_rate,
+            "commands/s",
+            "the same with 100 live",
+            few_rate,
+            target="≥ 0.9x",
+        ),
+        Row(
+            f"P1c CPU per new aggregate with {many + 100:,} live, at the same time as",
+            many_cpu,
+            "µs",
+            "the same with 100 live",
+            few_cpu,
+            higher_is_better=False,
+        ),
+    ]
+
+
 def _shards(system: Any) -> list[dict[str, Any]]:
     router = next(c for c in system.tree()["children"] if c["name"] == "router")
     return list(router["children"])
@@ -305,6 +352,7 @@ def _p6b(directory: Path, many: int) -> Row:
 def rows(quick: bool = False) -> list[Row]:
     with tempdir() as directory:
         found = _p1c(directory, 2_000 if quick else 10_000)
+        found += _live_at_once(directory, 10_000, 1_000 if quick else 3_000)
         found += _p7(directory, 1_000, 3.0 if quick else 10.0)
         found += _multiproc(directory, quick)
     return found
