@@ -10,9 +10,10 @@ A storage error that fails the whole transaction is every append's outcome: noth
 stored, and each caller hears of it (or has its command decided again, see ``_cells``).
 
 In-process (SQLite), the commit's flush to disk is left to the callers: each waits for it
-(``durable_at``, :meth:`SQLiteRecorder.flush_through`) after it let go of the running system's
-lock, so the next callers' commits are written while it waits, and one fdatasync covers them
-all. No caller returns an answer before the flush that covers its commit has ended.
+(``durable_at``, :meth:`SQLiteRecorder.flush_through`) once its batch is served (``_combiner``),
+outside any lock other callers wait on, so the next batch is decided and committed while it
+waits, and one fdatasync covers them all. No caller returns an answer before the flush that
+covers its commit has ended.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ leaves running. Dispatch commands, wait for consistency, look at the tree, rebui
 Commands go to the router as :class:`Execute` messages; each shard answers the caller directly
 with an :class:`Executed`, matched to its request by id (Thespian's ``ask`` returns whatever comes
 next, stale answers of timed-out requests included). On simpleSystemBase the actors run inside
-these calls, so calls from several threads take turns; on multiproc each thread gets its own
-endpoint and commands from many threads are in flight at once.
+these calls: threads put their commands in one queue, and one of them at a time sends all that
+is queued as one batch (``_combiner``); on multiproc each thread gets its own endpoint and
+commands from many threads are in flight at once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from thespian.actors import PoisonMessage
 
 import supervisors
 
-from . import _async, _lane, _shared, _thespian, history, telemetry
+from . import _async, _combiner, _lane, _shared, _thespian, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
@@ -133,6 +134,8 @@ class RunningSystem:
         self._sent = 0
         # stream id -> (actor address, lane name or None) of the aggregates that answered
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
+        self._home: Any = None  # the shard that answered last (in-process: the only one)
+        self._combiner = _combiner.Combiner(self._send_now)  # in-process callers' one queue
         self.metrics: Any = None  # the /metrics server this process runs for it, if any
         self.async_pool: Any = None  # the threads of dispatch_async (see _async)
         self.waker: Any = None  # in-process on PostgreSQL: other hosts' commits (see _bus_waker)
@@ -320,8 +323,22 @@ class RunningSystem:
         """
         if not items:
             return []
-        call = _Call(items, timeout)
         self._check_running()
+        if self.base == "simple":
+            # One queue for every thread; each waits for its flush outside (see _combiner).
+            answers, durable_at = self._combiner.submit(items, timeout, batch_size)
+            if durable_at:
+                self._await_flush(durable_at, answers)
+            return answers
+        answers, _ = self._send_now(items, timeout, batch_size)
+        return answers
+
+    def _send_now(
+        self, items: list[CommandItem], timeout: float, batch_size: int
+    ) -> tuple[list[Any], int]:
+        """Send ``items`` at once; their answers and the commit they count on (in-process:
+        the caller flushes it, see ``_await_flush``; 0 if none)."""
+        call = _Call(items, timeout)
         direct = self._direct_address(items)
         if direct is not None and self.base != "simple":
             # Named, so that a detour through the router can never run it twice. (In-process
@@ -329,12 +346,10 @@ class RunningSystem:
             call.items = [attrs.evolve(item, idempotent=True) for item in items]
             direct = self._by_lane(call, direct)
             if not call.waiting:
-                return call.answers
+                return call.answers, 0
         self._by_message(call, direct, batch_size)
-        if call.durable_at:
-            self._await_flush(call.durable_at, call.answers)
         self._time_out(call)
-        return call.answers
+        return call.answers, call.durable_at
 
     def _by_lane(
         self, call: _Call, direct: tuple[Any, str, str | None]
@@ -364,7 +379,9 @@ class RunningSystem:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:
                 address, stream_id, _ = direct
-                endpoint.tell(address, Execute(call.items, me, False, stream_id))
+                for start in range(0, len(call.items), batch_size):
+                    batch = call.items[start : start + batch_size]
+                    endpoint.tell(address, Execute(batch, me, False, stream_id or None))
                 call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
                 call.direct = stream_id
             else:
@@ -441,7 +458,9 @@ class RunningSystem:
         one that answered for its stream before, or on multiproc the lane its shard's name gives
         (``address`` is then None, and a refused connection means: ask the router)."""
         if len(items) != 1:
-            return None
+            # In-process one shard hosts every stream: a batch goes straight to it too.
+            home = self._home
+            return (home, "", None) if home is not None and self.base == "simple" else None
         try:
             _, stream_id, _ = self.app.router.stream_of(items[0].command)
         except BackstageError:
@@ -456,6 +475,7 @@ class RunningSystem:
         return None
 
     def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
+        self._home = address
         with self._lock:
             self._aggregates[stream_id] = (address, lane)
             self._aggregates.move_to_end(stream_id)
@@ -463,6 +483,7 @@ class RunningSystem:
                 self._aggregates.popitem(last=False)
 
     def _forget(self, stream_id: str) -> None:
+        self._home = None
         with self._lock:
             self._aggregates.pop(stream_id, None)
 

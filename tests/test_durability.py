@@ -7,6 +7,7 @@ the counters in the lock file say which commits a flush has covered.
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,49 @@ def test_processes_appending_at_once_share_flushes_and_lose_nothing(tmp_path: Pa
         events = list(store.read_all())
         for name in ("a", "b", "c"):
             assert [e.data.seq for e in events if e.data.writer == name] == list(range(per_writer))
+
+
+def test_a_caller_whose_commit_a_flush_covered_does_not_wait_for_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """In-process callers wait for the flush of their commit (``flush_through``): one covered by
+    the flush that just ended returns at once, even if another caller starts the next flush
+    first (it used to queue behind that flush on a lock)."""
+    store = EventStore(str(tmp_path / "events.db"), shared_flush=True)
+    recorder: Any = store.recorder
+    recorder.defer_flush = True
+    store.append("s-1", [Flushed("w", 1)])
+    first = recorder.deferred
+    began = [threading.Event(), threading.Event()]
+    go_on = [threading.Event(), threading.Event()]
+    syncs = iter(range(2))
+    real_sync = recorder._wal
+
+    def held_sync() -> None:  # the disk, held until the test lets it go on
+        n = next(syncs)
+        began[n].set()
+        assert go_on[n].wait(10)
+        real_sync()
+
+    recorder._wal = held_sync
+    covered = threading.Event()
+    flushing = threading.Thread(target=recorder.flush_through, args=(first,))
+    flushing.start()
+    assert began[0].wait(5)  # the flush of the first commit is on its way to the disk
+    store.append("s-2", [Flushed("w", 2)])
+    second = recorder.deferred
+    later = threading.Thread(target=recorder.flush_through, args=(second,))
+    later.start()
+    waiter = threading.Thread(target=lambda: (recorder.flush_through(first), covered.set()))
+    waiter.start()
+    go_on[0].set()
+    assert began[1].wait(5)  # the second commit's flush has begun, and is held
+    try:
+        assert covered.wait(5)  # the first commit's second caller did not wait for it
+    finally:
+        go_on[1].set()
+        for thread in (flushing, later, waiter):
+            thread.join(10)
+        recorder._wal = real_sync
+        store.close()
+    assert counters(tmp_path / "events.db") == (2, 2)

@@ -194,3 +194,34 @@ def test_eight_threads_in_process_share_flushes(start_app: Any) -> None:
     commits, appends, flushes = writer_counts(system)
     assert appends == 401
     assert 0 < flushes < commits
+
+
+@pytest.mark.parametrize("base", ["simple"], indirect=True)
+def test_eight_threads_in_process_share_rounds_and_each_gets_its_own_answers(
+    start_app: Any,
+) -> None:
+    """Threads queue their commands together (``_combiner``): one round, one transaction for
+    several callers' commands, and every caller still gets exactly the answers to its own."""
+    system = start_app(make_counters())
+    system.dispatch(Add("warm", 1))
+    mismatched: list[tuple[str, Any]] = []
+    barrier = threading.Barrier(8)
+
+    def run(prefix: str) -> None:
+        barrier.wait()
+        for i in range(40):
+            answer = system.dispatch(Add(f"{prefix}-{i % 4}", 1), timeout=30)
+            if answer.stream_id != f"Counter-{prefix}-{i % 4}" or answer.version != i // 4 + 1:
+                mismatched.append((f"{prefix}-{i}", answer))
+
+    threads = [threading.Thread(target=run, args=(f"t{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert mismatched == []
+    commits, appends, flushes = writer_counts(system)
+    assert appends == 321
+    assert commits < appends  # some rounds held the commands of several callers
+    assert 0 < flushes < commits

@@ -67,6 +67,8 @@ class Turns:
         self.path = None if database == ":memory:" else database + ".lock"
         self.fd: int | None = None
         self.counters: mmap.mmap | None = None
+        # Commits this process knows to be on disk: those a flush it made or saw covered.
+        self.known_flushed = 0
 
     def open(self) -> int | None:
         """Open (and if need be create) the lock file; None for an in-memory database."""
@@ -103,9 +105,11 @@ class Turns:
         try:
             written, flushed = _COUNTERS.unpack_from(self.counters)
             if flushed >= commit:
+                self.known_flushed = max(self.known_flushed, flushed)
                 return False  # a flush that started after our commit has ended
             sync()
             _COUNTER.pack_into(self.counters, _FLUSHED_AT, written)
+            self.known_flushed = max(self.known_flushed, written)
             return True
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, _FLUSH_LOCK_LENGTH, _FLUSH_LOCK_AT)

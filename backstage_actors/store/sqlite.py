@@ -103,7 +103,10 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self.defer_flush = False
         self.deferred = 0  # the number of the last commit left to flush_through
         self.flushes = 0  # fdatasyncs this connection made (shared flushes skipped count none)
-        self._flushing = threading.Lock()
+        # flush_through: one thread flushes at a time; the others wait for its end, not for
+        # their turn at the lock, and return at once if that flush covered their commit.
+        self._flush_ended = threading.Condition(threading.Lock())
+        self._flush_running = False
 
     def close(self) -> None:
         self.conn.close()
@@ -181,12 +184,22 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         Callers take turns here: one fdatasync covers every commit written before it began."""
         if self._wal is None or not commit:
             return
-        with self._flushing:
-            try:
-                if self._turns.flush(commit, self._wal):
-                    self.flushes += 1
-            except OSError as exc:
-                raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+        turns = self._turns
+        with self._flush_ended:
+            while self._flush_running and turns.known_flushed < commit:
+                self._flush_ended.wait()
+            if turns.known_flushed >= commit:
+                return  # a flush that began after this commit has ended
+            self._flush_running = True
+        try:
+            if turns.flush(commit, self._wal):
+                self.flushes += 1
+        except OSError as exc:
+            raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+        finally:
+            with self._flush_ended:
+                self._flush_running = False
+                self._flush_ended.notify_all()
 
     def _begin_turn(self) -> None:
         try:
