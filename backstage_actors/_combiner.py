@@ -16,8 +16,10 @@ Invariants, one sentence each:
 - no caller returns before the flush that covers the commit its answers counted on has ended
   (the caller does that wait itself, in ``RunningSystem._send``).
 
-A call made from inside the actor system by the serving thread (a handler that dispatches)
-is run at once, not queued: it would otherwise wait for itself.
+A call made from inside the actor system (a handler that dispatches, on the serving thread or
+on a thread that holds the running system's lock for another reason, such as ``wait_for``) is
+run at once, not queued: it would otherwise wait for itself, or for a server that waits for
+its lock.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class _Slot:
 class Combiner:
     """The queue of one in-process running system (see the module's docstring)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, inside: Callable[[], bool] = lambda: False) -> None:
         self._run = run
+        self._inside = inside  # True on a thread that is inside the actor system already
         self._ready = threading.Condition(threading.Lock())
         self._queue: list[_Slot] = []
         self._server: int | None = None  # the thread serving the queue now, if any
@@ -63,7 +66,7 @@ class Combiner:
     ) -> tuple[list[Any], int]:
         """``items``' answers, in order, and the commit number they count on (0: none)."""
         me = threading.get_ident()
-        if self._server == me:  # dispatched from inside the actor system: run it now
+        if self._server == me or self._inside():  # from inside the actor system: run it now
             return self._run(items, timeout, batch_size)
         slot = _Slot(items, timeout)
         with self._ready:

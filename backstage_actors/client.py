@@ -52,6 +52,40 @@ __all__ = ["RunningSystem"]
 CONSISTENCIES = ("eventual", "strong")
 MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
 DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
+MAX_UNCLAIMED = 10_000  # in-process answers read by another call, kept for their own
+
+
+class _SystemLock:
+    """The running system's re-entrant lock, knowing which thread holds it: a thread inside the
+    actor system (a handler that dispatches while its thread waits in ``wait_for``) must run its
+    dispatch at once, not queue it behind a server that waits for this very lock."""
+
+    __slots__ = ("_depth", "_lock", "owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.owner: int | None = None
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self.owner = None
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class _Locked:
@@ -120,7 +154,7 @@ class RunningSystem:
         self.settings = settings
         self.owns_system = owns_system
         self._router: Any = None
-        self._lock = threading.RLock()
+        self._lock = _SystemLock()
         self._local = threading.local()
         self._contexts: list[Any] = []
         # Every thread's lane connections (a thread's go when it ends; see _lane_client).
@@ -135,7 +169,11 @@ class RunningSystem:
         # stream id -> (actor address, lane name or None) of the aggregates that answered
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
         self._home: Any = None  # the shard that answered last (in-process: the only one)
-        self._combiner = _combiner.Combiner(self._send_now)  # in-process callers' one queue
+        # In-process callers' one queue (a thread already inside the actor system skips it).
+        self._combiner = _combiner.Combiner(self._send_now, self._lock.held_here)
+        # Answers that reached a call they were not for (in-process, a dispatch made inside
+        # another call's wait may read that call's reply): kept for their own call to claim.
+        self._unclaimed: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.metrics: Any = None  # the /metrics server this process runs for it, if any
         self.async_pool: Any = None  # the threads of dispatch_async (see _async)
         self.waker: Any = None  # in-process on PostgreSQL: other hosts' commits (see _bus_waker)
@@ -397,6 +435,10 @@ class RunningSystem:
 
     def _listen(self, endpoint: Any, call: _Call, router: Any, me: Any) -> None:
         while call.waiting:
+            if self._unclaimed:
+                self._claim(call)
+                if not call.waiting:
+                    return
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -413,7 +455,7 @@ class RunningSystem:
                 step = remaining if call.direct is None else call.detour_at - time.monotonic()
                 reply = endpoint.listen(self._wait_step(max(0.0, step)))
             if isinstance(reply, Executed):
-                self._take(reply, call.waiting, call.answers)
+                self._take(reply, call.waiting, call.answers, reply.durable_at)
                 call.durable_at = max(call.durable_at, reply.durable_at)
             elif isinstance(reply, PoisonMessage):
                 self._router = None  # the router moved; the next call looks it up again
@@ -441,8 +483,18 @@ class RunningSystem:
         except BackstageError as exc:
             answers[:] = [exc if answer is not None else None for answer in answers]
 
-    def _take(self, reply: Executed, waiting: dict[str, int], answers: list[Any]) -> None:
-        """Fill in the answers ``reply`` brings; learn where its aggregate lives."""
+    def _claim(self, call: _Call) -> None:
+        """Take the answers for ``call`` that another call read first."""
+        for request_id in [r for r in call.waiting if r in self._unclaimed]:
+            answer, durable_at = self._unclaimed.pop(request_id)
+            call.answers[call.waiting.pop(request_id)] = answer
+            call.durable_at = max(call.durable_at, durable_at)
+
+    def _take(
+        self, reply: Executed, waiting: dict[str, int], answers: list[Any], durable_at: int = 0
+    ) -> None:
+        """Fill in the answers ``reply`` brings; learn where its aggregate lives. In-process,
+        answers for another call are kept for it (see ``_unclaimed``)."""
         if reply.source is not None and all(
             isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
             for _, answer in reply.results
@@ -452,6 +504,10 @@ class RunningSystem:
             index = waiting.pop(request_id, None)
             if index is not None:
                 answers[index] = answer
+            elif self.base == "simple":
+                self._unclaimed[request_id] = (answer, durable_at)
+                if len(self._unclaimed) > MAX_UNCLAIMED:  # (a call that timed out never claims)
+                    self._unclaimed.popitem(last=False)
 
     def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
         """``(address, stream id, lane)`` of the shard a single command may go straight to: the

@@ -156,3 +156,45 @@ def test_a_caller_whose_commit_a_flush_covered_does_not_wait_for_the_next_one(
         recorder._wal = real_sync
         store.close()
     assert counters(tmp_path / "events.db") == (2, 2)
+
+
+def test_closing_the_store_waits_for_a_running_flush_and_flushes_for_waiting_callers(
+    tmp_path: Path,
+) -> None:
+    """The application stopping closes the store while callers may still wait for the flush of
+    their commits: the close waits for a running fdatasync (its descriptor is never closed under
+    it), makes a last flush, and a caller that comes after it finds its commit flushed (it got an
+    AssertionError from the closed lock file before)."""
+    store = EventStore(str(tmp_path / "events.db"), shared_flush=True)
+    recorder: Any = store.recorder
+    recorder.defer_flush = True
+    store.append("s-1", [Flushed("w", 1)])
+    first = recorder.deferred
+    began, go_on = threading.Event(), threading.Event()
+    real_sync = recorder._wal
+
+    class HeldSync:  # the disk, held until the test lets it go on
+        def __call__(self) -> None:
+            began.set()
+            assert go_on.wait(10)
+            real_sync()
+
+        def close(self) -> None:
+            real_sync.close()
+
+    recorder._wal = HeldSync()
+    flushing = threading.Thread(target=recorder.flush_through, args=(first,))
+    flushing.start()
+    assert began.wait(5)
+    store.append("s-2", [Flushed("w", 2)])
+    second = recorder.deferred
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # it waits for the flush under way
+    go_on.set()
+    flushing.join(10)
+    closing.join(10)
+    assert not closing.is_alive()
+    recorder.flush_through(second)  # flushed by the close: returns, no error
+    assert recorder._turns.known_flushed >= second

@@ -8,11 +8,12 @@ time, so a position is never handed out to a transaction that commits after a la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,15 @@ _APPEND_ERRORS = (
 )
 
 
+def _sync(wal: WalSync) -> bool:
+    wal()
+    return True
+
+
+#: A commit number past any: a flush asked for it covers every commit written so far.
+_EVERY_COMMIT = 2**63 - 1
+
+
 class SQLiteRecorder(SQLBookkeeping, Recorder):
     """The store in the SQLite file ``path`` (created if missing).
 
@@ -107,8 +117,26 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         # their turn at the lock, and return at once if that flush covered their commit.
         self._flush_ended = threading.Condition(threading.Lock())
         self._flush_running = False
+        self._closed = False
 
     def close(self) -> None:
+        """Close the connection and the files; with shared flushes, once no flush runs and after
+        a last one, so that a caller still waiting in :meth:`flush_through` finds its commit
+        flushed (its file descriptors are never closed under a running fdatasync)."""
+        if self._wal is not None:
+            with self._flush_ended:
+                while self._flush_running:
+                    self._flush_ended.wait()
+                self._flush_running = True  # no flush starts on what is closing
+            try:
+                if self._turns.fd is not None:
+                    with contextlib.suppress(OSError):
+                        self._turns.flush(_EVERY_COMMIT, self._wal)
+            finally:
+                with self._flush_ended:
+                    self._closed = True
+                    self._flush_running = False
+                    self._flush_ended.notify_all()
         self.conn.close()
         self._turns.close()
         if self._wal is not None:
@@ -170,14 +198,27 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         if not self._unflushed or self._wal is None:
             return
         self._unflushed = False
+        wal = self._wal
+        self._flush_alone(lambda: self._turns.flush(commit, wal) if commit else _sync(wal))
+
+    def _flush_alone(self, flush: Callable[[], bool]) -> None:
+        """Run ``flush`` (True if it flushed) as the only flush of this recorder (the actor
+        system's thread and callers waiting in :meth:`flush_through` share one WAL handle)."""
+        with self._flush_ended:
+            while self._flush_running:
+                self._flush_ended.wait()
+            if self._closed:
+                raise StorageError(f"{self.path!r} was closed before its commits were flushed")
+            self._flush_running = True
         try:
-            if not commit:
-                self._wal()
-                self.flushes += 1
-            elif self._turns.flush(commit, self._wal):
+            if flush():
                 self.flushes += 1
         except OSError as exc:
             raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+        finally:
+            with self._flush_ended:
+                self._flush_running = False
+                self._flush_ended.notify_all()
 
     def flush_through(self, commit: int) -> None:
         """Return once commit number ``commit`` (see ``deferred``) is on disk; from any thread.
@@ -190,16 +231,8 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
                 self._flush_ended.wait()
             if turns.known_flushed >= commit:
                 return  # a flush that began after this commit has ended
-            self._flush_running = True
-        try:
-            if turns.flush(commit, self._wal):
-                self.flushes += 1
-        except OSError as exc:
-            raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
-        finally:
-            with self._flush_ended:
-                self._flush_running = False
-                self._flush_ended.notify_all()
+        wal = self._wal
+        self._flush_alone(lambda: turns.known_flushed < commit and turns.flush(commit, wal))
 
     def _begin_turn(self) -> None:
         try:
