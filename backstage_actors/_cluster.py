@@ -271,6 +271,8 @@ class MembershipActor(Actor):
         self.frozen = False
         self.view_at: float | None = None  # time.monotonic() of the last view
         self.asked_at = 0.0  # when the registry was last looked up again
+        self.lease_taken = False  # its own lease was held once (a later take is after a loss)
+        self.epoch = 0  # see Placement.epoch
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         if isinstance(message, (MembersQuery, Introduce, RouterAt)):
@@ -317,8 +319,9 @@ class MembershipActor(Actor):
         """Tell the router the placement if it changed: the live members with the
         ``aggregates`` role (and a router), this one always counted while it holds its lease."""
         assert self.watch is not None and self.lease is not None
-        if not self.lease.held:
-            self.lease.try_acquire()
+        if not self.lease.held and self.lease.try_acquire() and self.lease_taken:
+            self.epoch += 1  # taken back after a loss: see Placement.epoch
+        self.lease_taken = self.lease_taken or self.lease.held
         mine = next((m for m in self.view if m.key == self.watch.member), None)
         if mine is not None and mine.router != self.watch.router:
             # The registry has not heard of this router yet (or forgot it: a member started
@@ -340,8 +343,11 @@ class MembershipActor(Actor):
             # it, a lookup cannot succeed, and the address known will work again after a heal.)
             self.registry = None
             self.asked_at = time.monotonic()
-        placement = Placement(self.watch.member, routers, cut_off=stale and leader_lives)
+        placement = Placement(
+            self.watch.member, routers, cut_off=stale and leader_lives, epoch=self.epoch
+        )
         if placement != self.placement and not self.frozen:
+            placement = attrs.evolve(placement, sent_at=time.monotonic_ns())
             self.placement = placement
             log().info(
                 "placement: %s%s",

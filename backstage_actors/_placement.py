@@ -55,6 +55,12 @@ class Placement:
     me: str
     routers: dict[str, Any] = attrs.field(factory=dict)
     cut_off: bool = False
+    # How many times this member lost its own lease and took it back: others may have owned
+    # (and written) its streams meanwhile, so a new epoch makes its shards drop every cell.
+    epoch: int = 0
+    # When it was sent (monotonic, host-wide): a shard ignores one older than what it has
+    # (messages sent to an actor still starting may overtake each other).
+    sent_at: int = attrs.field(default=0, eq=False)
 
     def owner(self, stream_id: str) -> str:
         """The member to send ``stream_id``'s commands to (``me`` when none is known)."""

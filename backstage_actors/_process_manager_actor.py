@@ -109,6 +109,18 @@ class ProcessManagerActor(SubscriberActor):
             self.state = "running"
             self._kick()
 
+    def lease_lost(self) -> None:
+        """Give up the steps in flight: their late answers and timeouts then find no step, and
+        no state or checkpoint of them is saved over the new holder's (it runs them again from
+        the checkpoint, under the same command names)."""
+        self._pm_steps.clear()
+        self._pm_ahead = []
+        self._pm_outbox = []
+        self.dispatching = None
+
+    def resumed(self) -> None:
+        self.lease_lost()  # (nothing of an earlier holding is left to save)
+
     def receive_other(self, message: Any, sender: Any) -> None:
         if isinstance(message, Executed):
             self._on_dispatched(message)

@@ -149,8 +149,7 @@ class ShardActor(SupervisedActor):
         elif isinstance(message, Listeners):
             self.listeners = list(message.listeners)
         elif isinstance(message, Placement):
-            self.placement = message
-            self._hand_over([s for s in self.cells.cells if not message.owns(s)])
+            self._placed(message)
         elif isinstance(message, WakeupMessage) and isinstance(message.payload, _Due):
             self.wakeup_due = False
             self.cells.sweep(time.monotonic())
@@ -207,6 +206,17 @@ class ShardActor(SupervisedActor):
             self.round_due = True
             self.send(self.myAddress, Round())
         self._schedule_wakeup()
+
+    def _placed(self, placement: Placement) -> None:
+        """A new view: keep the cells this member still owns, unless its lease was lost
+        meanwhile (a new epoch: others may have written any of them); an older view that
+        arrives late is ignored."""
+        old = self.placement
+        if old is not None and placement.sent_at < old.sent_at:
+            return
+        self.placement = placement
+        lost = old is not None and placement.epoch != old.epoch
+        self._hand_over([s for s in self.cells.cells if lost or not placement.owns(s)])
 
     def _hand_over(self, stream_ids: list[str]) -> None:
         """Passivate these aggregates (no longer this member's); their queued commands go to

@@ -292,6 +292,7 @@ class SubscriberActor(SupervisedActor):
             self.wakeupAfter(POLL_INTERVAL, _Poll())
             if self.lease is not None and self.state != "standby" and not self.lease.still_held():
                 self.state = "standby"  # lost with its connection: another member may run it
+                self.lease_lost()
                 self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
             if self.state == "running" and not self.continue_pending and not self.busy():
                 self._process()
@@ -321,6 +322,10 @@ class SubscriberActor(SupervisedActor):
 
     def resumed(self) -> None:
         """Called when this member took the lease over and resumes from the checkpoint."""
+
+    def lease_lost(self) -> None:
+        """Called when this member found its lease gone: drop whatever is under way, so that
+        nothing of it is saved over what the new holder saves."""
 
     def _kick(self) -> None:
         if self.continue_pending:
