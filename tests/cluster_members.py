@@ -34,6 +34,9 @@ from backstage_actors._cluster import members_of
 from backstage_actors._thespian import free_port
 from backstage_actors.errors import DispatchTimeout, SystemNotRunning, WrongExpectedVersion
 from examples.bank import make_app as make_bank
+from examples.bank.domain import OpenAccount
+
+from .conftest import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -408,3 +411,16 @@ def partition_fixture() -> Iterator[Partition]:
     finally:
         made.remove()
         assert not Partition.leftovers(made.name)
+
+
+def three_members(cluster: Any, accounts: int) -> tuple[list[Any], list[str], dict[str, str]]:
+    """Three members of one shard each, placed: their clients, their keys, and ``accounts``
+    bank account ids with their stream ids."""
+    for index in range(3):
+        cluster.start(index, shards=1)
+    clients = [cluster.client(i) for i in range(3)]
+    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
+    wait_until(lambda: converged(clients, members), timeout=20, what="3 members placed")
+    bank = make_bank().router
+    ids = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(accounts)}
+    return clients, members, ids

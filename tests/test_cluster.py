@@ -28,6 +28,7 @@ from .cluster_members import (  # noqa: F401 (cluster_fixture: the ``cluster`` f
     cluster_fixture,
     converged,
     hosts,
+    three_members,
 )
 from .conftest import wait_until
 
@@ -141,13 +142,7 @@ def test_commands_given_to_any_member_reach_the_owner(cluster: Any) -> None:
 def test_only_moved_aggregates_move_and_a_returning_owner_never_serves_a_stale_state(
     cluster: Any,
 ) -> None:
-    for index in range(3):
-        cluster.start(index, shards=1)
-    clients = [cluster.client(i) for i in range(3)]
-    members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
-    wait_until(lambda: converged(clients, members), timeout=20, what="3 members placed")
-    bank = make_bank().router
-    accounts = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(24)}
+    clients, members, accounts = three_members(cluster, 24)
     for account in accounts:
         clients[0].dispatch(OpenAccount(account, "x"))
         clients[0].dispatch(Deposit(account, 10))
