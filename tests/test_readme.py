@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | r
 
 def test_readme_python_blocks_run(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
     monkeypatch.chdir(tmp_path)  # blocks that create files create them here
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (the tutorial's mkdtemp too)
     namespace: dict[str, Any] = {"__name__": "readme"}
     for number, block in enumerate(BLOCKS, 1):
         exec(compile(block, f"README.md python block {number}", "exec"), namespace)
