@@ -55,32 +55,19 @@ class PgBookkeeping:
         if table == "process_managers":  # one row per running process: small
             yield self._all("export rows", f"{select} ORDER BY name, process_id")
             return
-        if table == "snapshot_history":  # keyed by (stream_id, version)
-            yield from self._export_by_two(select)
-            return
-        key = columns[0]
-        rows = self._all("export rows", f"{select} ORDER BY {key} LIMIT 1000")
+        # Pages by key (keyset pagination): snapshot_history is keyed by (stream_id, version),
+        # the other tables by their first column.
+        keys = columns[:2] if table == "snapshot_history" else columns[:1]
+        order, holes = ", ".join(keys), ", ".join(["%s"] * len(keys))
+        rows = self._all("export rows", f"{select} ORDER BY {order} LIMIT 1000")
         while rows:
             yield rows
             if len(rows) < 1000:
                 return
             rows = self._all(
                 "export rows",
-                f"{select} WHERE {key} > %s ORDER BY {key} LIMIT 1000",
-                (rows[-1][0],),
-            )
-
-    def _export_by_two(self, select: str) -> Iterator[list[Row]]:
-        rows = self._all("export rows", f"{select} ORDER BY stream_id, version LIMIT 1000")
-        while rows:
-            yield rows
-            if len(rows) < 1000:
-                return
-            rows = self._all(
-                "export rows",
-                f"{select} WHERE (stream_id, version) > (%s, %s)"
-                " ORDER BY stream_id, version LIMIT 1000",
-                (rows[-1][0], rows[-1][1]),
+                f"{select} WHERE ({order}) > ({holes}) ORDER BY {order} LIMIT 1000",
+                tuple(rows[-1][: len(keys)]),
             )
 
     def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:

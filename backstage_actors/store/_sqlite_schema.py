@@ -19,7 +19,22 @@ __all__ = [
     "open_database",
 ]
 
-SCHEMA = """
+# Every snapshot kept, beside the latest (in SCHEMA, and in SNAPSHOT_HISTORY for a database made
+# before the table existed).
+_SNAPSHOT_HISTORY_TABLE = """
+CREATE TABLE IF NOT EXISTS snapshot_history (
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
+"""
+
+SCHEMA = (
+    """
 -- Every event ever appended, in the order it was committed. `position` is global and never reused
 -- (AUTOINCREMENT), `version` counts within the stream, `data` and `metadata` are JSON.
 CREATE TABLE IF NOT EXISTS events (
@@ -52,17 +67,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     taken_at TEXT NOT NULL
 );
 -- Every snapshot kept, beside the latest: `state_of` a past version starts from the one at or
--- before it. (Also in SNAPSHOT_HISTORY, which creates it in a database made before it existed.)
-CREATE TABLE IF NOT EXISTS snapshot_history (
-    stream_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    schema_version INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    taken_at TEXT NOT NULL,
-    PRIMARY KEY (stream_id, version)
-);
--- How far each handler, projection and process manager has processed `events`.
+-- before it.
+"""
+    + _SNAPSHOT_HISTORY_TABLE
+    + """-- How far each handler, projection and process manager has processed `events`.
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -94,24 +102,20 @@ CREATE TABLE IF NOT EXISTS process_managers (
     PRIMARY KEY (name, process_id)
 );
 """
+)
 
 # Run on open when the table is missing: a database made before it existed gets it, with the
 # latest snapshot of each stream as the start of its history (idempotent, in one transaction).
-SNAPSHOT_HISTORY = """
+SNAPSHOT_HISTORY = (
+    """
 BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS snapshot_history (
-    stream_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    schema_version INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    taken_at TEXT NOT NULL,
-    PRIMARY KEY (stream_id, version)
-);
-INSERT OR IGNORE INTO snapshot_history (stream_id, version, schema_version, type, data, taken_at)
+"""
+    + _SNAPSHOT_HISTORY_TABLE
+    + """INSERT OR IGNORE INTO snapshot_history (stream_id, version, schema_version, type, data, taken_at)
     SELECT stream_id, version, schema_version, type, data, taken_at FROM snapshots;
 COMMIT;
 """
+)
 
 
 class Database(sqlite_utils.Database):
