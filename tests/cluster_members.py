@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from backstage_actors._cluster import members_of
 from backstage_actors._thespian import free_port
 from backstage_actors.errors import DispatchTimeout, SystemNotRunning, WrongExpectedVersion
 from examples.bank import make_app as make_bank
-from examples.bank.domain import OpenAccount
+from examples.bank.domain import Deposit, OpenAccount
 
 from .conftest import wait_until
 
@@ -424,3 +425,38 @@ def three_members(cluster: Any, accounts: int) -> tuple[list[Any], list[str], di
     bank = make_bank().router
     ids = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(accounts)}
     return clients, members, ids
+
+
+class NamedLoad:
+    """Named deposits to every account, in a thread per client, until stopped: what clients that
+    retry their named commands do under a failure. ``acknowledged``: the ids answered."""
+
+    def __init__(self, clients: list[Any], accounts: Any, deadline: float = 60) -> None:
+        self.acknowledged: list[str] = []
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(i, c, accounts, deadline), daemon=True)
+            for i, c in enumerate(clients)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, index: int, client: Any, accounts: Any, deadline: float) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            for account in accounts:
+                command_id = f"c{index}-{n}-{account}"
+                named(client, Deposit(account, 1), command_id, deadline=deadline)
+                self.acknowledged.append(command_id)
+            n += 1
+
+    def more(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` more commands are acknowledged."""
+        target = len(self.acknowledged) + count
+        wait_until(lambda: len(self.acknowledged) > target, timeout=timeout, what="load")
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        assert not any(thread.is_alive() for thread in self.threads)

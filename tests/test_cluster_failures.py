@@ -20,6 +20,7 @@ from examples.bank.domain import Account, Deposit, OpenAccount
 from .cluster_members import (  # noqa: F401 (the ``cluster`` and ``partition`` fixtures)
     HOSTS,
     Members,
+    NamedLoad,
     Partition,
     aggregates_by_member,
     cluster_fixture,
@@ -102,34 +103,17 @@ def test_sigkill_of_a_member_under_load_loses_nothing_and_its_work_resumes_on_su
     doomed = [a for a, s in accounts.items() if owner(s, members) == members[1]]
     assert doomed
 
-    acknowledged: list[str] = []
-    stop = threading.Event()
-
-    def load(index: int) -> None:  # named deposits through a member that survives
-        n = 0
-        while not stop.is_set():
-            for account in accounts:
-                command_id = f"c{index}-{n}-{account}"
-                named(clients[index], Deposit(account, 1), command_id)
-                acknowledged.append(command_id)
-            n += 1
-
-    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in (0, 2)]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: len(acknowledged) > 60, timeout=30, what="load")
+    load = NamedLoad([clients[0], clients[2]], accounts)  # through members that survive
+    acknowledged = load.acknowledged
+    load.more(60, timeout=30)
     killed = cluster.kill(1)  # every process of member 1, its subscribers' leases with them
     named(clients[0], Deposit(doomed[0], 1), "after-the-kill")
     acknowledged.append("after-the-kill")
     failover = time.monotonic() - killed
     survivors = [members[0], members[2]]
     wait_until(lambda: converged([clients[0], clients[2]], survivors), what="2 survivors")
-    count = len(acknowledged)
-    wait_until(lambda: len(acknowledged) > count + 60, timeout=30, what="load after the kill")
-    stop.set()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
+    load.more(60, timeout=30)  # after the kill
+    load.stop(60)
 
     events = [e for e in clients[0].store.read_all() if type(e.data).__name__ == "MoneyDeposited"]
     stored = [e.metadata["command_id"] for e in events]
@@ -164,7 +148,7 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
     hosts = partition.hosts  # member 1 runs in the namespace, behind the link that is cut
     members = Members(hosts, pg_dsn, tmp_path, lambda _: free_port(hosts[0]), {1: partition.name})
     clients: list[Any] = []
-    stop = threading.Event()
+    load: NamedLoad | None = None
     try:
         for index in range(3):
             members.start(index, shards=1)
@@ -180,21 +164,9 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
             clients[0].dispatch(OpenAccount(account, "x"))
         behind = [a for a, s in accounts.items() if owner(s, keys) == keys[1]]
         assert behind
-        acknowledged: list[str] = []
-
-        def load(index: int) -> None:
-            n = 0
-            while not stop.is_set():
-                for account in accounts:
-                    command_id = f"c{index}-{n}-{account}"
-                    named(clients[index], Deposit(account, 1), command_id, deadline=120)
-                    acknowledged.append(command_id)
-                n += 1
-
-        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in (0, 1)]
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: len(acknowledged) > 60, timeout=30, what="load")
+        load = NamedLoad([clients[0], clients[1]], accounts, deadline=120)
+        acknowledged = load.acknowledged
+        load.more(60, timeout=30)
 
         partition.cut()
         wait_until(lambda: converged(clients, [keys[0], keys[2]]), timeout=30, what="the cut")
@@ -212,19 +184,14 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
         assert node["placement"] == sorted(keys)  # (its view stays as it was)
         named(clients[0], Deposit(behind[0], 1), "during-the-cut")  # served by a survivor
         acknowledged.append("during-the-cut")
-        count = len(acknowledged)
-        wait_until(lambda: len(acknowledged) > count + 60, timeout=60, what="load while cut")
+        load.more(60, timeout=60)  # load while cut
 
         partition.heal()
         wait_until(lambda: converged(clients, keys), timeout=30, what="the heal")
         named(clients[0], Deposit(behind[0], 1), "after-the-heal")  # its owner is back
         acknowledged.append("after-the-heal")
-        count = len(acknowledged)
-        wait_until(lambda: len(acknowledged) > count + 60, timeout=60, what="load after")
-        stop.set()
-        for thread in threads:
-            thread.join(150)
-        assert not any(thread.is_alive() for thread in threads)
+        load.more(60, timeout=60)  # load after
+        load.stop(150)
 
         store = clients[0].store
         events = [e for e in store.read_all() if type(e.data).__name__ == "MoneyDeposited"]
@@ -240,7 +207,8 @@ def test_a_member_cut_off_stores_no_wrong_event_and_service_resumes_after_the_he
         rows = dict(store.handle.query("SELECT account_id, balance FROM balances"))
         assert rows == {account: expected[account] for account in accounts}
     finally:
-        stop.set()
+        if load is not None:
+            load.stopping.set()
         for system in clients:
             system.stop()
         members.close()
