@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from ._cli_support import (
     EXIT_STORAGE,
     fail,
     open_store,
+    progress_bar,
 )
 from ._export import FORMATS, export_events
 from .aggregate import Aggregate
@@ -395,16 +395,8 @@ def export(
         fail(f"unknown export format {format_!r}: use {' or '.join(FORMATS)}", EXIT_INPUT)
     query, after = _query(types, stream_prefix, where, since)
     store = _store(port, database)
-    show = sys.stderr.isatty()
     try:
-        with click.progressbar(
-            length=1, label="exporting", file=sys.stderr if show else None, hidden=not show
-        ) as bar:
-
-            def progress(position: int, total: int) -> None:
-                bar.length = max(total, 1)
-                bar.update(position - bar.pos)
-
+        with progress_bar("exporting") as progress:
             result = _guard(
                 lambda: export_events(store, path, format_, query, after, resume, progress)
             )

@@ -3,12 +3,13 @@ and rendering (``cli.py`` holds the verbs themselves)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -30,6 +31,22 @@ from .errors import (
 from .store import EventStore, store_kind
 
 EXIT_FAILED, EXIT_INPUT, EXIT_NOT_RUNNING, EXIT_TIMEOUT, EXIT_STORAGE = 1, 2, 3, 4, 5
+
+
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr when it is a terminal (nothing otherwise); yields
+    ``progress(done, total)`` for the long verbs (copy, export)."""
+    show = sys.stderr.isatty()
+    with click.progressbar(
+        length=1, label=label, file=sys.stderr if show else None, hidden=not show
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield progress
 
 
 class CliError(click.ClickException):

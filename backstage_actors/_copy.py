@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 
 import click
 
-from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail
+from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail, progress_bar
 from .errors import BackstageError, StorageError
 from .store import EventStore, redact, store_kind
 from .store.recorder import TABLES
@@ -71,15 +70,7 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Copy the whole store SOURCE into the empty store DESTINATION (a SQLite path or a
         postgresql:// URL): events with their positions, snapshots, checkpoints, dead letters."""
-        show = sys.stderr.isatty()
-        with click.progressbar(
-            length=1, label="copying", file=sys.stderr if show else None, hidden=not show
-        ) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.length = max(total, 1)
-                bar.update(done - bar.pos)
-
+        with progress_bar("copying") as progress:
             try:
                 copied = copy_store(source, destination, progress)
             except StorageError as exc:
