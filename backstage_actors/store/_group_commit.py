@@ -57,6 +57,7 @@ class GroupCommit:
         self._last_took = 0.0
         self.groups = 0  # commits made (for benchmarks and tests)
         self.appends = 0  # appends they held
+        self.gathers = 0  # times a leader waited for callers to come back
 
     def write(
         self, prepared: Prepared, results: Results, recorded_at: datetime, stamp: str
@@ -96,6 +97,7 @@ class GroupCommit:
     def _gather(self) -> list[_Waiting]:
         with self._changed:
             if len(self._waiting) < self._last_size:
+                self.gathers += 1
                 deadline = time.monotonic() + min(self._last_took, self.max_gather)
                 while len(self._waiting) < self._last_size:
                     left = deadline - time.monotonic()
