@@ -40,9 +40,9 @@ def test_100_concurrent_dispatches_complete_while_the_loop_keeps_ticking(
         stop = asyncio.Event()
         ticker = asyncio.create_task(ticking(gaps, stop))
         started = time.perf_counter()
-        # Among them, commands that take 0.4 s each: a call that blocked the loop for its
+        # Among them, commands that take 1.2 s each: a call that blocked the loop for its
         # command would stop the ticker for at least that long.
-        stalls = [system.dispatch_async(Stall(f"s{n}", 0.4), timeout=60.0) for n in range(3)]
+        stalls = [system.dispatch_async(Stall(f"s{n}", 1.2), timeout=60.0) for n in range(3)]
         results = await asyncio.gather(
             *(system.dispatch_async(Add(counters[n % 10], 1), timeout=60.0) for n in range(100)),
             *stalls,
@@ -58,10 +58,10 @@ def test_100_concurrent_dispatches_complete_while_the_loop_keeps_ticking(
         versions = sorted(r.version for r in results if r.stream_id == f"Counter-{counter}")
         assert versions == list(range(2, 12))  # ten each, none lost, none twice
     # The loop was free throughout: it ticked all along, never stalled for as long as a command
-    # took (0.4 s).
-    assert elapsed >= 0.4
+    # took (1.2 s; the bound leaves a loaded machine's scheduler 0.6 s).
+    assert elapsed >= 1.2
     assert sum(gaps) >= elapsed * 0.8
-    assert max(gaps) < 0.2, (max(gaps), elapsed)
+    assert max(gaps) < 0.6, (max(gaps), elapsed)
 
 
 def test_a_cancelled_call_raises_in_the_caller_and_may_still_run(start_app: Any, base: str) -> None:
