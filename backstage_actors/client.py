@@ -524,6 +524,8 @@ class RunningSystem:
         known = self._aggregates.get(stream_id)
         if known is not None:
             return (known[0], stream_id, known[1])
+        if self.base == "simple" and self._home is not None:
+            return (self._home, stream_id, None)  # in-process one shard hosts every stream
         if self._system_key is not None:
             shard = shard_name(shard_of(stream_id, self.settings.shards))
             name = _lane.name_for(self._system_key, self.settings.database, shard)
