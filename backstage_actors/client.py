@@ -356,8 +356,9 @@ class RunningSystem:
 
         A single command for a stream this system has heard from goes straight to its shard
         (two messages instead of three: on multiproc every hop is a TCP round trip), by the
-        shard's lane when it has one (see ``_lane``); anything else, and anything whose shard
-        moved, goes through the router.
+        shard's lane when it has one (see ``_lane``); in-process everything goes straight to the
+        one shard once it has answered; anything else, and anything whose shard moved, goes
+        through the router.
         """
         if not items:
             return []
@@ -511,8 +512,9 @@ class RunningSystem:
 
     def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
         """``(address, stream id, lane)`` of the shard a single command may go straight to: the
-        one that answered for its stream before, or on multiproc the lane its shard's name gives
-        (``address`` is then None, and a refused connection means: ask the router)."""
+        one that answered for its stream before, in-process the one shard, or on multiproc the
+        lane its shard's name gives (``address`` is then None, and a refused connection means:
+        ask the router)."""
         if len(items) != 1:
             # In-process one shard hosts every stream: a batch goes straight to it too.
             home = self._home
