@@ -316,10 +316,7 @@ def test_backoff_delays_grow(actor_system: Any, probe: Any) -> None:
         assert isinstance(actor_system.ask(address, "boom", 5), Failure)
         address = restarted(actor_system, root, address, "w")
     # The last worker's "start" report may reach the probe after its address reached us.
-    record = wait_until(
-        lambda: (r := events(actor_system, probe)) and len([e for e in r if e[0] == "start"]) == 4 and r,
-        what="the fourth start report",
-    )
+    record = reported(actor_system, probe, "start", 4)
     booms = [e[-1] for e in record if e[0] == "boom"]
     starts = [e[-1] for e in record if e[0] == "start"][1:]
     delays = [start - boom for boom, start in zip(booms, starts, strict=True)]
