@@ -131,9 +131,12 @@ def start_app(base: str, tmp_path: Any, app_database: str) -> Iterator[Callable[
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = ""
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline.
+
+    The default deadline is for a loaded CI machine (2 cores, a dozen actor processes): a
+    test that means "soon" passes its own, shorter ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -70,7 +70,7 @@ def test_a_cancelled_call_raises_in_the_caller_and_may_still_run(start_app: Any,
 
     async def cancel_it() -> None:
         task = asyncio.create_task(
-            system.dispatch_async(Stall("slow", 0.5), metadata={"command_id": "stall-1"})
+            system.dispatch_async(Stall("slow", 2.0), metadata={"command_id": "stall-1"})
         )
         await asyncio.sleep(0.1)
         task.cancel()
@@ -79,11 +79,12 @@ def test_a_cancelled_call_raises_in_the_caller_and_may_still_run(start_app: Any,
 
     started = time.perf_counter()
     asyncio.run(cancel_it())
-    assert time.perf_counter() - started < 0.45  # the caller did not wait for the command
+    # The caller did not wait for the command (2 s; the rest is a loaded machine's margin).
+    assert time.perf_counter() - started < 1.5
     # It had been sent: it runs to its end. Sent again under its name, it is not run twice.
     wait_until(lambda: len(stored(system, "Counter-slow")) == 2, what="the stalled command")
     again = asyncio.run(
-        system.dispatch_async(Stall("slow", 0.5), metadata={"command_id": "stall-1"})
+        system.dispatch_async(Stall("slow", 2.0), metadata={"command_id": "stall-1"})
     )
     assert again.version == 2
     assert len(stored(system, "Counter-slow")) == 2

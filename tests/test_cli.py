@@ -824,7 +824,9 @@ def test_start_after_the_admin_was_killed_cleans_up_and_continues(own_bank: Back
     assert f"crashed (its admin, pid {admin}, is gone)" in one_error_line(crashed)
     # Every process of the daemon dies with its admin (actors and Thespian's logger, which
     # kept the admin's port open before): nothing is left for the next start to clean up.
-    wait_until(lambda: not own_bank.processes(), timeout=5, what="the daemon to die with its admin")
+    wait_until(
+        lambda: not own_bank.processes(), timeout=15, what="the daemon to die with its admin"
+    )
     assert not port_open(own_bank.port)
 
     restarted = own_bank.start()

@@ -15,7 +15,7 @@ from backstage_actors import _daemon
 from backstage_actors.testing import given
 from examples.bank.domain import Account, DepositForTransfer, TransferDepositRefused
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKSTAGE = str(Path(sys.executable).with_name("backstage"))
@@ -112,14 +112,18 @@ def test_examples_as_daemons_through_the_cli(tmp_path: Any, app: str, monkeypatc
         kinds = {c["kind"] for c in node["children"]}
         assert {"store", "router", "events"} <= kinds
         if app.startswith("examples.bank"):
-            # The saga moved the money through the daemon's process manager.
-            events = json.loads(
-                run(
-                    BACKSTAGE, "events", "Account-bob", "--json", "--port", str(port), env=env
-                ).stdout
-            )
-            deposited = [e for e in events if e["type"] == "MoneyDeposited"]
-            assert deposited and deposited[-1]["data"]["balance"] == 40
+            # The saga moved the money through the daemon's process manager: --strong waited
+            # for it to take TransferRequested, not for the deposit it dispatches a step later.
+            def deposited() -> list[dict[str, Any]]:
+                events = json.loads(
+                    run(
+                        BACKSTAGE, "events", "Account-bob", "--json", "--port", str(port), env=env
+                    ).stdout
+                )
+                return [e for e in events if e["type"] == "MoneyDeposited"]
+
+            found = wait_until(deposited, interval=0.5, what="the saga's deposit to bob")
+            assert found[-1]["data"]["balance"] == 40
         else:
             events = json.loads(
                 run(BACKSTAGE, "events", "--json", "--port", str(port), env=env).stdout

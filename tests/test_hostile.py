@@ -111,7 +111,9 @@ def test_hostile_fields_through_dispatch_are_named_at_once(pads: Any, base: str)
         else:
             pads.dispatch(command, timeout=5)
             stored += 1
-        assert time.monotonic() - started < 1.0
+        # At once: not after a crash and restart of the aggregate (a stored one is a round trip
+        # to a shard's process, which a loaded machine may hold up for a second).
+        assert time.monotonic() - started < 2.5
     assert count(pads, "Pad-p") == stored
     assert restarts(pads) == before
 
@@ -426,7 +428,7 @@ def test_after_an_admin_sigkill_its_port_is_refused_at_once(tmp_path: Path) -> N
     with hostile_daemon(tmp_path) as own:
         admin = own.state()["admin_pid"]
         os.kill(admin, signal.SIGKILL)
-        wait_until(lambda: not port_open(own.port), timeout=2.0, what="the admin's port to close")
+        wait_until(lambda: not port_open(own.port), timeout=5.0, what="the admin's port to close")
 
 
 # -- the store: what cannot be written fails alone --------------------------------------------

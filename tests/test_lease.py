@@ -103,7 +103,7 @@ def test_a_second_member_stands_by_and_takes_over_from_the_checkpoint(start_app:
     assert balances(second) == [("ada", 10)]
 
     first.stop()
-    wait_until(lambda: {states(second)[n] for n in names} == {"running"}, timeout=5)
+    wait_until(lambda: {states(second)[n] for n in names} == {"running"}, what="the takeover")
     second.dispatch(Deposit("ada", 5))
     last = second.settle()
     assert second.store.checkpoint("balances") == last

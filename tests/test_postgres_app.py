@@ -241,7 +241,8 @@ def test_events_appended_by_another_host_wake_the_subscribers_at_once(
                 assert time.monotonic() - appended < 5, "the projection never caught up"
                 time.sleep(0.001)
             delays.append(time.monotonic() - appended)
-    assert sorted(delays)[3] < 0.1, delays
+    # At once: the median well under a second, where the poll would take a minute.
+    assert sorted(delays)[3] < 1.0, delays
     if base == "simple":
         waker = system.waker
         system.stop()

@@ -40,6 +40,15 @@ def events(actor_system: Any, probe: Any, kind: str | None = None) -> list[tuple
     return sorted((e for e in record if kind is None or e[0] == kind), key=lambda e: e[-1])
 
 
+def reported(actor_system: Any, probe: Any, kind: str, count: int) -> list[tuple[Any, ...]]:
+    """Every report once ``count`` of ``kind`` reached the probe: a worker's report travels from
+    its own process and may arrive after whatever the test waited on (a reply, an address)."""
+    return wait_until(
+        lambda: len(events(actor_system, probe, kind)) >= count and events(actor_system, probe),
+        what=f"{count} {kind!r} reports",
+    )
+
+
 def names(record: list[tuple[Any, ...]]) -> list[str]:
     return [f"{e[0]}:{e[1]}" for e in record]
 
@@ -81,6 +90,7 @@ def test_crash_gives_sender_a_failure_and_fresh_state(actor_system: Any, probe: 
     # The new instance starts from on_start, not from the half-changed state (2 + 100).
     assert actor_system.ask(second, "get", 5) == 0
     # Thespian's own retry would have run the handler again: it ran exactly once.
+    reported(actor_system, probe, "boom", 1)
     assert len(events(actor_system, probe, "boom")) == 1
     assert child(tree(actor_system, root), "w")["restarts"] == 1
 
@@ -125,6 +135,7 @@ def test_a_dynamic_child_that_fails_to_start_twice_is_given_up(
     with pytest.raises(SupervisionError, match="ChildStopped"):
         start_child(actor_system, root, spec)
 
+    reported(actor_system, probe, "attempt", 3)
     assert len(events(actor_system, probe, "attempt")) == 3
     assert tree(actor_system, root)["children"] == []
     assert actor_system.ask(start_child(actor_system, root, worker("good", probe)), "inc", 5) == 1
@@ -199,17 +210,12 @@ def test_strategy_restarts_in_order(
     old = whereis(actor_system, root, "b")
     assert isinstance(actor_system.ask(old, "boom", 5), Failure)
     restarted(actor_system, root, old, "b")
-    expected_starts = 3 + len(restarted_names)
-    record = wait_until(
-        lambda: (
-            len(events(actor_system, probe, "start")) == expected_starts
-            and events(actor_system, probe)
-        ),
-        what="restarts",
-    )
+    others = [n for n in restarted_names if n != "b"]
+    # The siblings' "stop" reports may arrive after every "start": wait for both.
+    reported(actor_system, probe, "stop", len(others))
+    record = reported(actor_system, probe, "start", 3 + len(restarted_names))
 
     after_boom = names(record[[e[0] for e in record].index("boom") + 1 :])
-    others = [n for n in restarted_names if n != "b"]
     # Siblings stop in reverse start order, then everything restarts in start order.
     assert after_boom == [f"stop:{n}" for n in reversed(others)] + [
         f"start:{n}" for n in restarted_names
@@ -287,8 +293,14 @@ def test_restart_intensity_escalates_two_levels(
         return False
 
     wait_until(root_gone, timeout=20, what="root to stop")
-    log_text = caplog.text if base == "simple" else (tmp_path / "actors.log").read_text()
-    assert "root supervisor gives up" in log_text and "RestartIntensity" in log_text
+
+    def logged() -> bool:
+        # On multiproc the line travels through Thespian's logger process: it may be written
+        # after the root is already gone.
+        log_text = caplog.text if base == "simple" else (tmp_path / "actors.log").read_text()
+        return "root supervisor gives up" in log_text and "RestartIntensity" in log_text
+
+    wait_until(logged, what="the root's last words in the log")
 
 
 def test_backoff_delays_grow(actor_system: Any, probe: Any) -> None:
@@ -304,10 +316,7 @@ def test_backoff_delays_grow(actor_system: Any, probe: Any) -> None:
         assert isinstance(actor_system.ask(address, "boom", 5), Failure)
         address = restarted(actor_system, root, address, "w")
     # The last worker's "start" report may reach the probe after its address reached us.
-    record = wait_until(
-        lambda: (r := events(actor_system, probe)) and len([e for e in r if e[0] == "start"]) == 4 and r,
-        what="the fourth start report",
-    )
+    record = reported(actor_system, probe, "start", 4)
     booms = [e[-1] for e in record if e[0] == "boom"]
     starts = [e[-1] for e in record if e[0] == "start"][1:]
     delays = [start - boom for boom, start in zip(booms, starts, strict=True)]
@@ -327,7 +336,8 @@ def test_dynamic_children(actor_system: Any, probe: Any) -> None:
 
     assert whereis(actor_system, root, "dyn") is None
     assert tree(actor_system, root)["children"] == []
-    assert names(events(actor_system, probe)) == ["start:dyn", "stop:dyn"]
+    reported(actor_system, probe, "start", 1)
+    assert names(reported(actor_system, probe, "stop", 1)) == ["start:dyn", "stop:dyn"]
 
 
 def test_thousands_of_dynamic_children_in_process(probe: Any, base: str, actor_system: Any) -> None:
@@ -351,6 +361,7 @@ def test_orderly_shutdown_stops_children_in_reverse_order(actor_system: Any, pro
 
     stop_supervisor(actor_system, root)
 
+    reported(actor_system, probe, "stop", 4)
     assert names(events(actor_system, probe, "stop")) == ["stop:c", "stop:b2", "stop:b1", "stop:a"]
 
 
@@ -376,6 +387,7 @@ def test_shutdown_kills_a_child_that_hangs(multiproc_system: Any) -> None:
     assert 1.0 <= time.monotonic() - started < 10
     assert not process_alive(stuck_pid)
     # The others stopped cleanly, in reverse order, around the stuck one.
+    reported(asys, probe, "stop", 2)
     assert names(events(asys, probe, "stop")) == ["stop:last", "stop:first"]
 
 

@@ -238,7 +238,7 @@ try:
     system.tell(mortal, ActorExitRequest())
     # Once the actor is gone (on multiproc its process ends a moment after the request), what
     # is sent to it comes back; until then Thespian may drop it: the router retries by name.
-    for attempt in range(50):
+    for attempt in range(150):  # (30 s: a loaded machine ends a process late)
         answer = system.ask(mortal, ("a command", attempt), 0.2)
         if answer is not None:
             break
