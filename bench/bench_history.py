@@ -1,12 +1,12 @@
 """History figures: ``state_of`` deep in a long stream, export throughput against raw sqlite3 +
-json.dumps, and ``trace`` of a saga in a large store. Run: ``python -m bench.bench_history``."""
+json.dumps, and ``trace`` of a saga in a large store. Run: ``python -m bench.bench_history
+[--quick]`` (part of ``python -m bench.run``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,6 +17,11 @@ from backstage_actors._export import export_events
 from backstage_actors.history import query_rows, state_of, trace
 from backstage_actors.store.records import EventQuery
 from tests.history_domain import Credited, SnapLedger
+
+from ._common import tempdir
+from ._report import Row, main
+
+__all__ = ["rows"]
 
 
 def _best(work: Any, rounds: int = 5) -> float:
@@ -129,13 +134,51 @@ def bench_export_and_trace(directory: str, count: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        figures = bench_state_of(directory)
-        figures.update(bench_export_and_trace(directory, 1_000_000))
-    for name, value in figures.items():
-        print(f"{name:<36} {value:>14,.2f}")
+def rows(quick: bool = False) -> list[Row]:
+    count = 100_000 if quick else 1_000_000
+    with tempdir() as directory:
+        figures = bench_state_of(str(directory))
+        figures.update(bench_export_and_trace(str(directory), count))
+    return [
+        Row(
+            "state_of at v5,000 of 10,000 events, snapshots every 100",
+            figures["state_of_v5000_ms"],
+            "ms",
+            "the same from the latest snapshot only (a replay from 1)",
+            figures["state_of_v5000_latest_only_ms"],
+            target="≤ 2 ms",
+            higher_is_better=False,
+        ),
+        Row(
+            "state_of at v5,099 (99 events past a snapshot)",
+            figures["state_of_v5099_ms"],
+            "ms",
+            target="≤ 2 ms",
+            higher_is_better=False,
+        ),
+        Row(
+            f"export of {count:,} events to JSON lines",
+            figures["export_events_per_s"],
+            "events/s",
+            "raw sqlite3 SELECT + json.dumps",
+            figures["raw_sqlite_json_events_per_s"],
+            target="≥ 0.5x",
+        ),
+        Row(
+            f"trace of a 50-event saga among {count:,} events",
+            figures["trace_50_event_saga_ms"],
+            "ms",
+            target="≤ 50 ms",
+            higher_is_better=False,
+        ),
+        Row(
+            f"events --where correlation_id (indexed), {count:,} events",
+            figures["where_correlation_ms"],
+            "ms",
+            higher_is_better=False,
+        ),
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    main(rows, __doc__)
