@@ -3,6 +3,7 @@ Thespian on the same actor system. Run as ``python -m bench.bench_supervision [-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -145,8 +146,13 @@ def _restart_rate(m: int) -> Row:
 
 def rows(quick: bool = False) -> list[Row]:
     """Both figures; ``quick`` runs fewer iterations."""
-    log.info("actor logs (crash tracebacks included) go to %s", LOG_FILE)
-    return [_restart_after_kill(10 if quick else 50), _restart_rate(300 if quick else 2000)]
+    log.info(
+        "actor logs (crash tracebacks included) go to %s (kept only if a figure fails)", LOG_FILE
+    )
+    found = [_restart_after_kill(10 if quick else 50), _restart_rate(300 if quick else 2000)]
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(LOG_FILE)
+    return found
 
 
 if __name__ == "__main__":
