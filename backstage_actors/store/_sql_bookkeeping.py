@@ -18,10 +18,21 @@ from ._queries import check_rejection_field, where
 from .recorder import TABLES
 from .records import DeadLetter, EventQuery, Rejection
 
-__all__ = ["POSTGRES", "SQLITE", "SQLBookkeeping", "Statements"]
+__all__ = ["POSTGRES", "SQLITE", "SQLBookkeeping", "Statements", "rejections_ddl"]
 
 _SNAPSHOT_COLUMNS = "stream_id, version, schema_version, type, data, taken_at"
 _REJECTION_COLUMNS = ", ".join(TABLES["rejections"])
+
+
+def rejections_ddl(id_column: str) -> str:
+    """The rejections table (every column text but the database's own ``id_column``) and its
+    two indexes, for each SQL recorder's schema."""
+    columns = ",\n".join(f"    {name} TEXT NOT NULL" for name in TABLES["rejections"][1:])
+    return (
+        f"CREATE TABLE IF NOT EXISTS rejections (\n    {id_column},\n{columns}\n);\n"
+        "CREATE INDEX IF NOT EXISTS rejections_correlation ON rejections (correlation_id);\n"
+        "CREATE INDEX IF NOT EXISTS rejections_command ON rejections (command_id);\n"
+    )
 
 
 class Statements(NamedTuple):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import sqlite_utils
 
 from .. import _security
+from ._sql_bookkeeping import rejections_ddl
 
 __all__ = [
     "HISTORY_SCHEMA",
@@ -176,22 +177,9 @@ def open_database(
 
 
 # Created on open when missing, also in a database made before they existed.
-HISTORY_SCHEMA = """
--- Commands that were refused (the aggregate raised) or failed: what a trace shows beside events.
-CREATE TABLE IF NOT EXISTS rejections (
-    id INTEGER PRIMARY KEY,
-    command_id TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    causation_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    command TEXT NOT NULL,
-    error_type TEXT NOT NULL,
-    error TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    recorded_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS rejections_correlation ON rejections (correlation_id);
-CREATE INDEX IF NOT EXISTS rejections_command ON rejections (command_id);
+HISTORY_SCHEMA = (
+    rejections_ddl("id INTEGER PRIMARY KEY")
+    + """
 -- A trace finds a request's events by these two metadata fields.
 -- (The expressions of _queries.field_sql, to the letter: a query uses an index only then.)
 CREATE INDEX IF NOT EXISTS events_correlation
@@ -199,6 +187,7 @@ CREATE INDEX IF NOT EXISTS events_correlation
 CREATE INDEX IF NOT EXISTS events_causation
     ON events (json_extract(CASE WHEN json_valid(metadata) THEN metadata END, '$.causation_id'));
 """
+)
 
 
 def ensure_history_schema(conn: sqlite3.Connection) -> None:
