@@ -5,21 +5,28 @@ time may be inside the actor system. Rather than each caller taking turns with i
 (one round, one commit and one flush each), callers put their commands in one queue; whichever
 caller finds nobody serving it becomes the server: it takes **everything** queued, sends it into
 the actor system as one batch (so the shard decides it in one round and commits it in one
-transaction), and hands each caller its answers. Then every caller, the server included, waits
-outside any lock for the flush of the commit its answers counted on (``durable_at``, see
-``_writer``): one fdatasync covers the whole batch, and the next batch is decided meanwhile.
+transaction), hands the serving to the oldest caller queued meanwhile, and then, outside any
+lock the other callers wait on, waits for the flush of the commit the batch's answers counted on
+(``durable_at``, see ``_writer``; one fdatasync covers every commit written before it began).
+Only then does it hand each caller of its batch its answers: the next batch is decided while
+this one is flushed.
+
+Each caller waits on a lock of its own and is woken once: to serve, or with durable answers
+(a shared condition would wake every waiting thread at every step, and on two cores those
+wake-ups cost more than the work).
 
 Invariants, one sentence each:
 
 - one thread at a time runs the actor system (the server, holding the running system's lock);
 - every queued command is in exactly one batch, and its caller gets exactly its own answers;
-- no caller returns before the flush that covers the commit its answers counted on has ended
-  (the caller does that wait itself, in ``RunningSystem._send``).
+- no caller of a batch is woken before the flush that covers the commit its answers counted on
+  has ended (or the answers became the flush's error);
+- when a server is done serving, the oldest queued caller, if any, serves next.
 
 A call made from inside the actor system (a handler that dispatches, on the serving thread or
 on a thread that holds the running system's lock for another reason, such as ``wait_for``) is
 run at once, not queued: it would otherwise wait for itself, or for a server that waits for
-its lock.
+its lock. Its caller flushes (the ``durable_at`` it returns).
 """
 
 from __future__ import annotations
@@ -34,72 +41,104 @@ __all__ = ["Combiner"]
 
 #: Sends ``items`` into the actor system and gathers them: (answers in order, durable_at).
 Run = Callable[[list[CommandItem], float, int], tuple[list[Any], int]]
+#: Waits until commit ``durable_at`` is on disk; on failure, turns the answers into its error.
+Flush = Callable[[int, list[Any]], None]
 
 
 class _Slot:
-    """One caller's commands in the queue, and once served, their answers."""
+    """One caller's commands in the queue, and once served and flushed, their answers."""
 
-    __slots__ = ("answers", "done", "durable_at", "error", "items", "timeout")
+    __slots__ = ("answers", "error", "items", "serve", "timeout", "wake")
 
     def __init__(self, items: list[CommandItem], timeout: float) -> None:
         self.items = items
         self.timeout = timeout
-        self.answers: list[Any] = []
-        self.durable_at = 0
+        self.answers: list[Any] | None = None  # set once durable (or failed)
         self.error: BaseException | None = None
-        self.done = False
+        self.serve = False  # handed the serving by the previous server
+        self.wake = threading.Lock()  # held until its caller may go on
+        self.wake.acquire()
 
 
 class Combiner:
     """The queue of one in-process running system (see the module's docstring)."""
 
-    def __init__(self, run: Run, inside: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        run: Run,
+        flush: Flush,
+        inside: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._run = run
+        self._flush = flush
         self._inside = inside  # True on a thread that is inside the actor system already
-        self._ready = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
         self._queue: list[_Slot] = []
+        self._busy = False  # the serving is taken (by a thread, or handed to a queued slot)
         self._server: int | None = None  # the thread serving the queue now, if any
         self.batches = 0  # served so far (for tests: fewer batches than calls means shared)
 
     def submit(
         self, items: list[CommandItem], timeout: float, batch_size: int
     ) -> tuple[list[Any], int]:
-        """``items``' answers, in order, and the commit number they count on (0: none)."""
+        """``items``' answers, in order, and the commit number the caller must still flush
+        (0: none; only a call from inside the actor system gets one)."""
         me = threading.get_ident()
         if self._server == me or self._inside():  # from inside the actor system: run it now
             return self._run(items, timeout, batch_size)
         slot = _Slot(items, timeout)
-        with self._ready:
+        with self._mutex:
             self._queue.append(slot)
-            while self._server is not None and not slot.done:
-                self._ready.wait()
-            if not slot.done:
-                self._server = me
-                batch, self._queue = self._queue, []
-        if not slot.done:
-            try:
-                self._serve(batch, batch_size)
-            finally:
-                with self._ready:
-                    self._server = None
-                    self._ready.notify_all()
+            serve = not self._busy
+            self._busy = True
+        if not serve:
+            slot.wake.acquire()  # woken once: to serve, or with its answers
+            serve = slot.serve
+        if serve:
+            self._serve(me, slot, batch_size)
         if slot.error is not None:
             raise slot.error
-        return slot.answers, slot.durable_at
+        assert slot.answers is not None
+        return slot.answers, 0
 
-    def _serve(self, batch: list[_Slot], batch_size: int) -> None:
-        """Run ``batch`` as one call; give each slot its share of the answers."""
+    def _serve(self, me: int, mine: _Slot, batch_size: int) -> None:
+        """Run everything queued as one call, hand the serving on, flush, wake the batch."""
+        with self._mutex:
+            batch, self._queue = self._queue, []
+        self._server = me
         items = [item for slot in batch for item in slot.items]
+        answers: list[Any] = []
+        durable_at = 0
+        error: BaseException | None = None
         try:
             answers, durable_at = self._run(items, max(s.timeout for s in batch), batch_size)
+            self.batches += 1
         except BaseException as exc:  # (SystemNotRunning, ...): every caller hears of it
-            for slot in batch:
-                slot.error, slot.done = exc, True
-            raise
-        self.batches += 1
+            error = exc
+        finally:
+            self._server = None
+            self._hand_on()
+        if error is None and durable_at:
+            try:
+                self._flush(durable_at, answers)
+            except BaseException as exc:  # (the flush's own errors are answers already)
+                error = exc
         start = 0
         for slot in batch:
-            slot.answers = answers[start : start + len(slot.items)]
-            slot.durable_at = durable_at
-            slot.done = True
-            start += len(slot.items)
+            if error is not None:
+                slot.error = error
+            else:
+                slot.answers = answers[start : start + len(slot.items)]
+                start += len(slot.items)
+            if slot is not mine:
+                slot.wake.release()
+
+    def _hand_on(self) -> None:
+        """The serving goes to the oldest queued caller, if any."""
+        with self._mutex:
+            if not self._queue:
+                self._busy = False
+                return
+            nxt = self._queue[0]
+            nxt.serve = True
+        nxt.wake.release()

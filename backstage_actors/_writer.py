@@ -9,8 +9,8 @@ that within a transaction), so no append is ever stored on a state that is not.
 A storage error that fails the whole transaction is every append's outcome: nothing of it is
 stored, and each caller hears of it (or has its command decided again, see ``_cells``).
 
-In-process (SQLite), the commit's flush to disk is left to the callers: each waits for it
-(``durable_at``, :meth:`SQLiteRecorder.flush_through`) once its batch is served (``_combiner``),
+In-process (SQLite), the commit's flush to disk is left to the server of the batch
+(``durable_at``, :meth:`SQLiteRecorder.flush_through`, see ``_combiner``): it waits for it
 outside any lock other callers wait on, so the next batch is decided and committed while it
 waits, and one fdatasync covers them all. No caller returns an answer before the flush that
 covers its commit has ended.

@@ -170,7 +170,7 @@ class RunningSystem:
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
         self._home: Any = None  # the shard that answered last (in-process: the only one)
         # In-process callers' one queue (a thread already inside the actor system skips it).
-        self._combiner = _combiner.Combiner(self._send_now, self._lock.held_here)
+        self._combiner = _combiner.Combiner(self._send_now, self._await_flush, self._lock.held_here)
         # Answers that reached a call they were not for (in-process, a dispatch made inside
         # another call's wait may read that call's reply): kept for their own call to claim.
         self._unclaimed: OrderedDict[str, tuple[Any, int]] = OrderedDict()
@@ -364,7 +364,8 @@ class RunningSystem:
             return []
         self._check_running()
         if self.base == "simple":
-            # One queue for every thread; each waits for its flush outside (see _combiner).
+            # One queue for every thread, its server flushes outside it (see _combiner); a
+            # call from inside the actor system runs at once and flushes here.
             answers, durable_at = self._combiner.submit(items, timeout, batch_size)
             if durable_at:
                 self._await_flush(durable_at, answers)

@@ -1,0 +1,122 @@
+"""The in-process queue (``_combiner``) on its own, with a ``run`` and a ``flush`` that the test
+holds: the server flushes its batch outside the queue, the next batch is served meanwhile, and
+no caller of a batch returns before that batch's flush has ended."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from backstage_actors._combiner import Combiner
+from backstage_actors.errors import StorageError
+
+from .conftest import wait_until
+
+
+class Held:
+    """A ``run`` that answers each item with its own text and numbers its commits, and a
+    ``flush`` that waits until the test lets that commit's flush end."""
+
+    def __init__(self) -> None:
+        self.served: list[list[str]] = []  # each batch's items, in serving order
+        self.flushing: list[int] = []  # commits whose flush began
+        self.release: dict[int, threading.Event] = {}
+        self.fail: set[int] = set()
+        self.lock = threading.Lock()
+
+    def later(self) -> list[str]:
+        """The items served after the first batch, sorted."""
+        return sorted(item for batch in self.served[1:] for item in batch)
+
+    def run(self, items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
+        with self.lock:
+            self.served.append(list(items))
+            commit = len(self.served)
+            self.release[commit] = threading.Event()
+        return [f"answer to {item}" for item in items], commit
+
+    def flush(self, commit: int, answers: list[Any]) -> None:
+        self.flushing.append(commit)
+        assert self.release[commit].wait(30)
+        if commit in self.fail:
+            answers[:] = [StorageError(f"flush of {commit} failed")] * len(answers)
+
+
+def call(combiner: Combiner, item: str, returned: dict[str, Any]) -> threading.Thread:
+    def send() -> None:
+        returned[item] = combiner.submit([item], 10.0, 1000)  # type: ignore[list-item]
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_callers_return_after_their_flush_and_the_next_batch_is_served_meanwhile() -> None:
+    held = Held()
+    combiner = Combiner(held.run, held.flush)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "a", returned)
+    wait_until(lambda: held.flushing == [1], 10)  # "a" served alone, its flush held
+    later = [call(combiner, item, returned) for item in ("b", "c", "d")]
+    # Served while the first flush is held: by one of them, in one or more batches.
+    wait_until(lambda: held.later() == ["b", "c", "d"], 10)
+    assert returned == {}  # nobody answered: no flush has ended
+    held.release[1].set()
+    first.join(10)
+    assert returned == {"a": (["answer to a"], 0)}
+    for commit in range(2, len(held.served) + 1):
+        wait_until(lambda commit=commit: commit in held.flushing, 10)  # type: ignore[misc]
+        held.release[commit].set()
+    for thread in later:
+        thread.join(10)
+    assert returned == {item: ([f"answer to {item}"], 0) for item in "abcd"}
+
+
+def test_a_failed_flush_is_the_answer_of_every_caller_of_its_batch() -> None:
+    held = Held()
+    held.fail.add(2)
+    combiner = Combiner(held.run, held.flush)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "a", returned)
+    wait_until(lambda: held.flushing == [1], 10)
+    later = [call(combiner, item, returned) for item in ("b", "c")]
+    wait_until(lambda: held.later() == ["b", "c"], 10)
+    for commit in held.release:
+        held.release[commit].set()
+    for thread in [first, *later]:
+        thread.join(10)
+    assert returned["a"] == (["answer to a"], 0)
+    failed = [item for item in "bc" if isinstance(returned[item][0][0], StorageError)]
+    assert failed == [item for item in "bc" if item in held.served[1]]  # batch 2, all of it
+    assert failed  # (batch 2 holds "b" or "c" or both)
+
+
+def test_an_error_while_serving_reaches_every_caller_of_the_batch_and_the_queue_goes_on() -> None:
+    held = Held()
+    broken = threading.Event()
+
+    def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
+        if "boom" in items:
+            broken.set()
+            raise RuntimeError("the actor system stopped")
+        return held.run(items, timeout, batch_size)
+
+    combiner = Combiner(run, held.flush)
+    with pytest.raises(RuntimeError, match="stopped"):
+        combiner.submit(["boom"], 10.0, 1000)  # type: ignore[list-item]
+    assert broken.is_set()
+    returned: dict[str, Any] = {}
+    thread = call(combiner, "after", returned)
+    wait_until(lambda: held.flushing == [1], 10)
+    held.release[1].set()
+    thread.join(10)
+    assert returned == {"after": (["answer to after"], 0)}
+
+
+def test_a_call_from_inside_the_actor_system_runs_at_once_and_flushes_itself() -> None:
+    held = Held()
+    combiner = Combiner(held.run, held.flush, inside=lambda: True)
+    assert combiner.submit(["x"], 10.0, 1000) == (["answer to x"], 1)  # type: ignore[list-item]
+    assert held.flushing == []  # its caller flushes commit 1
