@@ -25,7 +25,7 @@ import attrs
 from . import _serialization as ser
 from .errors import BackstageError, InvalidCommand, SerializationError, StorageError
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "check_command", "check_data", "problems"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "check_command", "check_data", "flat_fits", "problems"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -79,6 +79,8 @@ def _text_problem(text: str, limits: Limits | None) -> str | None:
 def problems(value: Any, limits: Limits = DEFAULT_LIMITS, path: str = "$") -> list[str]:
     """Every ``"path: what"`` that makes ``value`` (unstructured: dicts, lists, scalars)
     unstorable; empty when all is well. Values of other types are left to the serializer."""
+    if type(value) is dict and flat_fits(value, limits):
+        return []
     found: list[str] = []
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
@@ -122,6 +124,31 @@ def problems(value: Any, limits: Limits = DEFAULT_LIMITS, path: str = "$") -> li
         if len(found) > 1000:
             break
     return found
+
+
+def flat_fits(value: dict[Any, Any], limits: Limits = DEFAULT_LIMITS) -> bool:
+    """True when ``value`` holds only scalars under text keys and the walk below would find
+    nothing (most commands, events and metadata): every text checked in one joined string."""
+    texts: list[str] = []
+    for item in value.values():
+        kind = type(item)
+        if kind is str:
+            texts.append(item)
+        elif kind is int:
+            if not limits.min_integer <= item <= limits.max_integer:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif item is not None and kind is not bool:
+            return False
+    if texts and max(map(len, texts)) > limits.max_string_length:
+        return False
+    try:
+        joined = "".join(value) + "".join(texts)  # (a key that is not text: the walk says)
+    except TypeError:
+        return False
+    return joined.isascii() and "\x00" not in joined
 
 
 def _describe_int(value: int) -> str:

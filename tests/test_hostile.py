@@ -28,6 +28,7 @@ from backstage_actors import (
     SerializationError,
     StorageError,
 )
+from backstage_actors import limits as limits_module
 from supervisors import walk
 
 from .conftest import wait_until
@@ -462,3 +463,29 @@ def test_an_append_that_cannot_be_written_fails_alone_in_its_group_commit(tmp_pa
         assert [e.stream_id for e in store.read_all()] == ["Pad-a", "Pad-e", "Pad-e"]
     finally:
         store.close()
+
+
+# Mostly plain ASCII (the quick check's case), sometimes what it must leave to the walk.
+_TEXTS = st.text("ab", max_size=7) | st.text(st.sampled_from("ab\x00é\ud800"), max_size=7)
+_SCALARS = (
+    _TEXTS
+    | st.integers(min_value=-1500, max_value=1500)
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+    | st.none()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(_TEXTS, _SCALARS, max_size=6))
+def test_the_quick_check_of_flat_data_passes_only_what_the_full_walk_passes(
+    data: dict[str, Any],
+) -> None:
+    """``limits.flat_fits`` (commands, events and metadata of scalars, checked in one pass)
+    never lets through what the walk names, and ``problems`` names the same things either way."""
+    limits = Limits(max_string_length=5, min_integer=-1000, max_integer=1000)
+    walked = limits_module.problems({"x": data}, limits)  # nested: always the walk
+    if limits_module.flat_fits(data, limits):
+        assert walked == []
+    assert (limits_module.problems(data, limits) == []) == (walked == [])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import attrs
 from .. import _serialization as ser
 from ..errors import SerializationError, StoredEventError
 from ..event import event_topic, event_type, event_version, registry
-from ..limits import DEFAULT_LIMITS, Limits, check_data
+from ..limits import DEFAULT_LIMITS, Limits, check_data, flat_fits
 
 __all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
 
@@ -62,7 +61,7 @@ def encode_event(
     # A plain class's flat data is checked here in one pass; anything else (or a flat value
     # that fails) by limits.check_data, which names every bad path.
     plain = check is not None and check(data)
-    if not (plain and _flat_fits(data, limits)):
+    if not (plain and flat_fits(data, limits)):
         check_data(data, name, limits)  # before dumps: it names a value nested too deeply
     text = ser.dumps(data, name)
     if len(text) > limits.max_event_bytes:
@@ -74,22 +73,6 @@ def encode_event(
     if validate and not plain:
         ser.structure(json.loads(text), cls, name)  # the full check, naming what is wrong
     return EncodedEvent(name, version, topic, text, event)
-
-
-def _flat_fits(data: dict[str, Any], limits: Limits) -> bool:
-    """Whether the scalar values of a plain event's ``data`` are within ``limits`` (what
-    :func:`~backstage_actors.limits.check_data` decides, for a dict of scalars)."""
-    for value in data.values():
-        kind = type(value)
-        if kind is str:
-            # (non-ASCII text may hold a lone surrogate: check_data looks)
-            if len(value) > limits.max_string_length or "\x00" in value or not value.isascii():
-                return False
-        elif (kind is int and not limits.min_integer <= value <= limits.max_integer) or (
-            kind is float and not math.isfinite(value)
-        ):
-            return False
-    return True
 
 
 _UNKNOWN: Any = object()
