@@ -21,7 +21,8 @@ Invariants, one sentence each:
 - every queued command is in exactly one batch, and its caller gets exactly its own answers;
 - no caller of a batch is woken before the flush that covers the commit its answers counted on
   has ended (or the answers became the flush's error);
-- when a server is done serving, the oldest queued caller, if any, serves next.
+- when a server is done serving, the oldest queued caller, if any, serves next (a caller
+  interrupted while it waits leaves the queue, and passes on a serving handed to it).
 
 A call made from inside the actor system (a handler that dispatches, on the serving thread or
 on a thread that holds the running system's lock for another reason, such as ``wait_for``) is
@@ -92,7 +93,11 @@ class Combiner:
             serve = not self._busy
             self._busy = True
         if not serve:
-            slot.wake.acquire()  # woken once: to serve, or with its answers
+            try:
+                slot.wake.acquire()  # woken once: to serve, or with its answers
+            except BaseException:  # (KeyboardInterrupt): leave, and pass on a serving given
+                self._withdraw(slot)
+                raise
             serve = slot.serve
         if serve:
             self._serve(me, slot, batch_size)
@@ -132,6 +137,16 @@ class Combiner:
                 start += len(slot.items)
             if slot is not mine:
                 slot.wake.release()
+
+    def _withdraw(self, slot: _Slot) -> None:
+        """``slot``'s caller stopped waiting: out of the queue if no server took it yet (a
+        server that did answers nobody); a serving handed to it goes to the next caller."""
+        with self._mutex:
+            if slot in self._queue:
+                self._queue.remove(slot)
+            handed = slot.serve
+        if handed:
+            self._hand_on()
 
     def _hand_on(self) -> None:
         """The serving goes to the oldest queued caller, if any."""

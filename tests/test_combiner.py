@@ -4,6 +4,7 @@ no caller of a batch returns before that batch's flush has ended."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
@@ -120,3 +121,47 @@ def test_a_call_from_inside_the_actor_system_runs_at_once_and_flushes_itself() -
     combiner = Combiner(held.run, held.flush, inside=lambda: True)
     assert combiner.submit(["x"], 10.0, 1000) == (["answer to x"], 1)  # type: ignore[list-item]
     assert held.flushing == []  # its caller flushes commit 1
+
+
+def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> None:
+    """The main thread, queued behind a server, is interrupted (a signal handler raises, as
+    Ctrl-C would): it leaves the queue, and the serving is not handed to a caller that left."""
+    held = Held()
+    serving = threading.Event()
+    go_on = threading.Event()
+
+    def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
+        if items == ["a"]:
+            serving.set()
+            assert go_on.wait(30)
+        return held.run(items, timeout, batch_size)
+
+    combiner = Combiner(run, held.flush)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "a", returned)
+    assert serving.wait(10)  # "a" serves; "b" will queue behind it
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            combiner.submit(["b"], 10.0, 1000)  # type: ignore[list-item]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    go_on.set()
+    wait_until(lambda: held.flushing == [1], 10)
+    held.release[1].set()
+    first.join(10)
+    later = call(combiner, "c", returned)  # served: "b" left, nobody holds the serving
+    wait_until(lambda: held.flushing == [1, 2], 10)
+    held.release[2].set()
+    later.join(10)
+    assert returned == {"a": (["answer to a"], 0), "c": (["answer to c"], 0)}
+    assert held.served == [["a"], ["c"]]
