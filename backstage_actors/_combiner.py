@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .command import CommandItem
+from .errors import BackstageError
 
 __all__ = ["Combiner"]
 
@@ -56,7 +57,7 @@ class _Slot:
         self.timeout = timeout
         self.answers: list[Any] | None = None  # set once durable (or failed)
         self.error: BaseException | None = None
-        self.serve = False  # handed the serving by the previous server
+        self.serve = False  # this caller serves (it found nobody serving, or was handed it)
         self.wake = threading.Lock()  # held until its caller may go on
         self.wake.acquire()
 
@@ -90,48 +91,65 @@ class Combiner:
         slot = _Slot(items, timeout)
         with self._mutex:
             self._queue.append(slot)
-            serve = not self._busy
+            slot.serve = not self._busy
             self._busy = True
-        if not serve:
-            try:
+        serving = False
+        try:
+            if not slot.serve:
                 slot.wake.acquire()  # woken once: to serve, or with its answers
-            except BaseException:  # (KeyboardInterrupt): leave, and pass on a serving given
+            if slot.serve:
+                serving = True
+                self._serve(me, slot, batch_size)
+        except BaseException:  # (KeyboardInterrupt) before it served: leave the queue
+            if not serving:
                 self._withdraw(slot)
-                raise
-            serve = slot.serve
-        if serve:
-            self._serve(me, slot, batch_size)
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.answers is not None
         return slot.answers, 0
 
     def _serve(self, me: int, mine: _Slot, batch_size: int) -> None:
-        """Run everything queued as one call, hand the serving on, flush, wake the batch."""
-        with self._mutex:
-            batch, self._queue = self._queue, []
-        self._server = me
-        items = [item for slot in batch for item in slot.items]
+        """Run everything queued as one call, hand the serving on, flush, wake the batch (the
+        last two whatever happens before them)."""
+        batch = [mine]
         answers: list[Any] = []
-        durable_at = 0
         error: BaseException | None = None
         try:
-            answers, durable_at = self._run(items, max(s.timeout for s in batch), batch_size)
-            self.batches += 1
+            try:
+                with self._mutex:
+                    batch, self._queue = self._queue, []
+                self._server = me
+                items = [item for slot in batch for item in slot.items]
+                answers, durable_at = self._run(items, max(s.timeout for s in batch), batch_size)
+                self.batches += 1
+            finally:
+                self._server = None
+                self._hand_on()
+            if durable_at:
+                self._flush(durable_at, answers)
         except BaseException as exc:  # (SystemNotRunning, ...): every caller hears of it
             error = exc
         finally:
-            self._server = None
-            self._hand_on()
-        if error is None and durable_at:
-            try:
-                self._flush(durable_at, answers)
-            except BaseException as exc:  # (the flush's own errors are answers already)
-                error = exc
+            self._settle(batch, mine, answers, error)
+
+    @staticmethod
+    def _settle(
+        batch: list[_Slot], mine: _Slot, answers: list[Any], error: BaseException | None
+    ) -> None:
+        """Give each slot its answers (or the error) and wake every caller but the server. An
+        interruption of the server (not an ``Exception``) is its own: the others hear that
+        their commands' outcome is unknown."""
+        unknown = None
+        if error is not None and not isinstance(error, Exception):
+            unknown = BackstageError(
+                f"the thread serving this command was interrupted ({type(error).__name__}); "
+                "it may or may not have been executed"
+            )
         start = 0
         for slot in batch:
             if error is not None:
-                slot.error = error
+                slot.error = error if slot is mine or unknown is None else unknown
             else:
                 slot.answers = answers[start : start + len(slot.items)]
                 start += len(slot.items)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backstage_actors._combiner import Combiner
-from backstage_actors.errors import StorageError
+from backstage_actors.errors import BackstageError, StorageError
 
 from .conftest import wait_until
 
@@ -47,7 +47,10 @@ class Held:
 
 def call(combiner: Combiner, item: str, returned: dict[str, Any]) -> threading.Thread:
     def send() -> None:
-        returned[item] = combiner.submit([item], 10.0, 1000)  # type: ignore[list-item]
+        try:
+            returned[item] = combiner.submit([item], 10.0, 1000)  # type: ignore[list-item]
+        except BaseException as exc:  # what the caller would have raised
+            returned[item] = exc
 
     thread = threading.Thread(target=send)
     thread.start()
@@ -165,3 +168,56 @@ def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> Non
     later.join(10)
     assert returned == {"a": (["answer to a"], 0), "c": (["answer to c"], 0)}
     assert held.served == [["a"], ["c"]]
+
+
+def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> None:
+    """The main thread serves a batch holding another thread's command and is interrupted
+    while it waits for the flush: it raises the interruption, the other caller gets a
+    BackstageError saying its command may or may not have run (not a KeyboardInterrupt)."""
+    held = Held()
+    serving = threading.Event()
+    go_on = threading.Event()
+
+    def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
+        if items == ["x"]:
+            serving.set()
+            assert go_on.wait(30)
+        return held.run(items, timeout, batch_size)
+
+    combiner = Combiner(run, held.flush)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "x", returned)
+    assert serving.wait(10)
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    other: threading.Thread | None = None
+
+    def queue_other_then_go_on(signum: int, frame: Any) -> None:
+        nonlocal other
+        other = call(combiner, "b", returned)  # queued behind "a" (the main thread)
+        wait_until(lambda: len(combiner._queue) == 2, 10)
+        go_on.set()  # "x" ends; the serving goes to "a", whose batch is ["a", "b"]
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)  # interrupts "a" waiting for its flush
+
+    previous = signal.signal(signal.SIGALRM, queue_other_then_go_on)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            combiner.submit(["a"], 10.0, 1000)  # type: ignore[list-item]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert held.served[1] == ["a", "b"]
+    assert other is not None
+    other.join(10)
+    error = returned["b"]
+    assert isinstance(error, BackstageError) and "may or may not" in str(error), error
+    held.release[1].set()
+    first.join(10)
+    assert returned["x"] == (["answer to x"], 0)
