@@ -6,6 +6,7 @@ the counters in the lock file say which commits a flush has covered.
 
 from __future__ import annotations
 
+import errno
 import struct
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
+from backstage_actors.errors import StorageError
 from backstage_actors.store import EventStore
 from backstage_actors.store._durability import Turns
 
@@ -198,3 +200,43 @@ def test_closing_the_store_waits_for_a_running_flush_and_flushes_for_waiting_cal
     assert not closing.is_alive()
     recorder.flush_through(second)  # flushed by the close: returns, no error
     assert recorder._turns.known_flushed >= second
+
+
+class FailsOnce:
+    """The WAL's fdatasync failing once with EIO, then succeeding: what Linux does after a
+    write-back error (it reports the error once and may have dropped the pages). A real failing
+    disk cannot be had in a test; the store's own sync runs otherwise."""
+
+    def __init__(self, sync: Any) -> None:
+        self.sync = sync
+        self.failed = False
+
+    def __call__(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error")
+        self.sync()
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+def test_after_a_failed_flush_no_later_commit_is_acknowledged(tmp_path: Path) -> None:
+    """A failed fdatasync may have lost pages that the next, successful one does not cover:
+    from then on the store acknowledges nothing committed after its last good flush."""
+    store = EventStore(str(tmp_path / "events.db"), shared_flush=True)
+    try:
+        store.append("s-1", [Flushed("w", 1)])  # flushed: acknowledged
+        recorder: Any = store.recorder
+        recorder._wal = FailsOnce(recorder._wal)
+        with pytest.raises(StorageError, match="cannot flush"):
+            store.append("s-2", [Flushed("w", 2)])
+        with pytest.raises(StorageError, match="reopen the store"):
+            store.append("s-3", [Flushed("w", 3)])  # its fdatasync would succeed: refused
+        with pytest.raises(StorageError, match="reopen the store"):
+            recorder.flush_through(recorder._turns.known_flushed + 1)
+        assert [e.stream_id for e in store.read_all()][:1] == ["s-1"]
+    finally:
+        store.close()
+    with EventStore(str(tmp_path / "events.db"), shared_flush=True) as reopened:
+        reopened.append("s-4", [Flushed("w", 4)])  # a new store flushes again

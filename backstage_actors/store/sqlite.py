@@ -118,6 +118,10 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self._flush_ended = threading.Condition(threading.Lock())
         self._flush_running = False
         self._closed = False
+        # A failed fdatasync may have dropped pages the kernel then forgets about, and the next
+        # one succeeds: once one failed, no commit after the last good flush is acknowledged.
+        self._failed: str | None = None
+        self._sound = 0  # commits known flushed when a flush failed
 
     def close(self) -> None:
         """Close the connection and the files; with shared flushes, once no flush runs and after
@@ -129,7 +133,7 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
                     self._flush_ended.wait()
                 self._flush_running = True  # no flush starts on what is closing
             try:
-                if self._turns.fd is not None:
+                if self._turns.fd is not None and self._failed is None:
                     with contextlib.suppress(OSError):
                         self._turns.flush(_EVERY_COMMIT, self._wal)
             finally:
@@ -209,12 +213,19 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
                 self._flush_ended.wait()
             if self._closed:
                 raise StorageError(f"{self.path!r} was closed before its commits were flushed")
+            if self._failed is not None:
+                raise StorageError(self._failed)
             self._flush_running = True
         try:
             if flush():
                 self.flushes += 1
         except OSError as exc:
-            raise StorageError(f"cannot flush {self.path!r} to disk: {exc}") from None
+            self._sound = self._turns.known_flushed
+            self._failed = (
+                f"cannot flush {self.path!r} to disk: {exc} (nothing committed since is "
+                "acknowledged: reopen the store)"
+            )
+            raise StorageError(self._failed) from None
         finally:
             with self._flush_ended:
                 self._flush_running = False
@@ -229,7 +240,7 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         with self._flush_ended:
             while self._flush_running and turns.known_flushed < commit:
                 self._flush_ended.wait()
-            if turns.known_flushed >= commit:
+            if turns.known_flushed >= commit and (self._failed is None or commit <= self._sound):
                 return  # a flush that began after this commit has ended
         wal = self._wal
         self._flush_alone(lambda: turns.known_flushed < commit and turns.flush(commit, wal))
