@@ -89,12 +89,12 @@ class Combiner:
         if self._server == me or self._inside():  # from inside the actor system: run it now
             return self._run(items, timeout, batch_size)
         slot = _Slot(items, timeout)
-        with self._mutex:
-            self._queue.append(slot)
-            slot.serve = not self._busy
-            self._busy = True
         serving = False
         try:
+            with self._mutex:
+                self._queue.append(slot)
+                slot.serve = not self._busy
+                self._busy = True
             if not slot.serve:
                 slot.wake.acquire()  # woken once: to serve, or with its answers
             if slot.serve:

@@ -4,8 +4,10 @@ no caller of a batch returns before that batch's flush has ended."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -126,38 +128,60 @@ def test_a_call_from_inside_the_actor_system_runs_at_once_and_flushes_itself() -
     assert held.flushing == []  # its caller flushes commit 1
 
 
-def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> None:
-    """The main thread, queued behind a server, is interrupted (a signal handler raises, as
-    Ctrl-C would): it leaves the queue, and the serving is not handed to a caller that left."""
-    held = Held()
-    serving = threading.Event()
-    go_on = threading.Event()
+class Interrupted(BaseException):
+    """What a signal handler raises in the main thread here, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def gated(held: Held, gate: str) -> tuple[Any, threading.Event, threading.Event]:
+    """A ``run`` that holds the batch ``[gate]`` (``serving`` set) until ``go_on`` is set."""
+    serving, go_on = threading.Event(), threading.Event()
 
     def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
-        if items == ["a"]:
+        if items == [gate]:
             serving.set()
             assert go_on.wait(30)
         return held.run(items, timeout, batch_size)
 
+    return run, serving, go_on
+
+
+@contextlib.contextmanager
+def interrupted_after(script: Any) -> Iterator[None]:
+    """Run ``script`` in a thread, then interrupt the main thread (a signal whose handler
+    raises :class:`Interrupted`); the block must end with that interruption."""
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+
+    def watch() -> None:
+        script()
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    watcher = threading.Thread(target=watch)
+    try:
+        watcher.start()
+        with pytest.raises(Interrupted):
+            yield
+    finally:
+        watcher.join(30)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> None:
+    """The main thread, queued behind a server, is interrupted: it leaves the queue, and the
+    serving is not handed to a caller that left."""
+    held = Held()
+    run, serving, go_on = gated(held, "a")
     combiner = Combiner(run, held.flush)
     returned: dict[str, Any] = {}
     first = call(combiner, "a", returned)
-    assert serving.wait(10)  # "a" serves; "b" will queue behind it
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(Interrupted):
-            combiner.submit(["b"], 10.0, 1000)  # type: ignore[list-item]
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    assert serving.wait(10)  # "a" serves; the main thread's "b" queues behind it
+    with interrupted_after(lambda: wait_until(lambda: len(combiner._queue) == 1, 10)):
+        combiner.submit(["b"], 10.0, 1000)  # type: ignore[list-item]
     go_on.set()
     wait_until(lambda: held.flushing == [1], 10)
     held.release[1].set()
@@ -173,49 +197,26 @@ def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> Non
 def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> None:
     """The main thread serves a batch holding another thread's command and is interrupted
     while it waits for the flush: it raises the interruption, the other caller gets a
-    BackstageError saying its command may or may not have run (not a KeyboardInterrupt)."""
+    BackstageError saying its command may or may not have run (not the interruption)."""
     held = Held()
-    serving = threading.Event()
-    go_on = threading.Event()
-
-    def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
-        if items == ["x"]:
-            serving.set()
-            assert go_on.wait(30)
-        return held.run(items, timeout, batch_size)
-
+    run, serving, go_on = gated(held, "x")
     combiner = Combiner(run, held.flush)
     returned: dict[str, Any] = {}
     first = call(combiner, "x", returned)
     assert serving.wait(10)
+    others: list[threading.Thread] = []
 
-    class Interrupted(BaseException):
-        pass
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted
-
-    other: threading.Thread | None = None
-
-    def queue_other_then_go_on(signum: int, frame: Any) -> None:
-        nonlocal other
-        other = call(combiner, "b", returned)  # queued behind "a" (the main thread)
+    def script() -> None:
+        wait_until(lambda: len(combiner._queue) == 1, 10)  # the main thread's "a"
+        others.append(call(combiner, "b", returned))
         wait_until(lambda: len(combiner._queue) == 2, 10)
         go_on.set()  # "x" ends; the serving goes to "a", whose batch is ["a", "b"]
-        signal.signal(signal.SIGALRM, interrupt)
-        signal.setitimer(signal.ITIMER_REAL, 0.5)  # interrupts "a" waiting for its flush
+        wait_until(lambda: 2 in held.flushing, 10)  # "a" waits for the flush of commit 2
 
-    previous = signal.signal(signal.SIGALRM, queue_other_then_go_on)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(Interrupted):
-            combiner.submit(["a"], 10.0, 1000)  # type: ignore[list-item]
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with interrupted_after(script):
+        combiner.submit(["a"], 10.0, 1000)  # type: ignore[list-item]
     assert held.served[1] == ["a", "b"]
-    assert other is not None
-    other.join(10)
+    others[0].join(10)
     error = returned["b"]
     assert isinstance(error, BackstageError) and "may or may not" in str(error), error
     held.release[1].set()
