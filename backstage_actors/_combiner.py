@@ -125,7 +125,7 @@ class Combiner:
                 self.batches += 1
             finally:
                 self._server = None
-                self._hand_on()
+                self._hand_on(mine)  # (still queued only if interrupted before the batch)
             if durable_at:
                 self._flush(durable_at, answers)
         except BaseException as exc:  # (SystemNotRunning, ...): every caller hears of it
@@ -166,9 +166,11 @@ class Combiner:
         if handed:
             self._hand_on()
 
-    def _hand_on(self) -> None:
-        """The serving goes to the oldest queued caller, if any."""
+    def _hand_on(self, leaving: _Slot | None = None) -> None:
+        """The serving goes to the oldest queued caller, if any (not ``leaving``)."""
         with self._mutex:
+            if leaving is not None and leaving in self._queue:
+                self._queue.remove(leaving)
             if not self._queue:
                 self._busy = False
                 return
