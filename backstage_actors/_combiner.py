@@ -27,7 +27,7 @@ Invariants, one sentence each:
 A call made from inside the actor system (a handler that dispatches, on the serving thread or
 on a thread that holds the running system's lock for another reason, such as ``wait_for``) is
 run at once, not queued: it would otherwise wait for itself, or for a server that waits for
-its lock. Its caller flushes (the ``durable_at`` it returns).
+its lock. It flushes before it returns, holding that lock.
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ class Combiner:
         self._server: int | None = None  # the thread serving the queue now, if any
         self.batches = 0  # served so far (for tests: fewer batches than calls means shared)
 
-    def submit(
-        self, items: list[CommandItem], timeout: float, batch_size: int
-    ) -> tuple[list[Any], int]:
-        """``items``' answers, in order, and the commit number the caller must still flush
-        (0: none; only a call from inside the actor system gets one)."""
+    def submit(self, items: list[CommandItem], timeout: float, batch_size: int) -> list[Any]:
+        """``items``' answers, in order, once the commit they count on is on disk."""
         me = threading.get_ident()
         if self._server == me or self._inside():  # from inside the actor system: run it now
-            return self._run(items, timeout, batch_size)
+            answers, durable_at = self._run(items, timeout, batch_size)
+            if durable_at:
+                self._flush(durable_at, answers)
+            return answers
         slot = _Slot(items, timeout)
         serving = False
         try:
@@ -107,7 +107,7 @@ class Combiner:
         if slot.error is not None:
             raise slot.error
         assert slot.answers is not None
-        return slot.answers, 0
+        return slot.answers
 
     def _serve(self, me: int, mine: _Slot, batch_size: int) -> None:
         """Run everything queued as one call, hand the serving on, flush, wake the batch (the

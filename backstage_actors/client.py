@@ -364,12 +364,8 @@ class RunningSystem:
             return []
         self._check_running()
         if self.base == "simple":
-            # One queue for every thread, its server flushes outside it (see _combiner); a
-            # call from inside the actor system runs at once and flushes here.
-            answers, durable_at = self._combiner.submit(items, timeout, batch_size)
-            if durable_at:
-                self._await_flush(durable_at, answers)
-            return answers
+            # One queue for every thread; its server flushes outside it (see _combiner).
+            return self._combiner.submit(items, timeout, batch_size)
         answers, _ = self._send_now(items, timeout, batch_size)
         return answers
 

@@ -71,13 +71,13 @@ def test_callers_return_after_their_flush_and_the_next_batch_is_served_meanwhile
     assert returned == {}  # nobody answered: no flush has ended
     held.release[1].set()
     first.join(10)
-    assert returned == {"a": (["answer to a"], 0)}
+    assert returned == {"a": ["answer to a"]}
     for commit in range(2, len(held.served) + 1):
         wait_until(lambda commit=commit: commit in held.flushing, 10)  # type: ignore[misc]
         held.release[commit].set()
     for thread in later:
         thread.join(10)
-    assert returned == {item: ([f"answer to {item}"], 0) for item in "abcd"}
+    assert returned == {item: [f"answer to {item}"] for item in "abcd"}
 
 
 def test_a_failed_flush_is_the_answer_of_every_caller_of_its_batch() -> None:
@@ -93,8 +93,8 @@ def test_a_failed_flush_is_the_answer_of_every_caller_of_its_batch() -> None:
         held.release[commit].set()
     for thread in [first, *later]:
         thread.join(10)
-    assert returned["a"] == (["answer to a"], 0)
-    failed = [item for item in "bc" if isinstance(returned[item][0][0], StorageError)]
+    assert returned["a"] == ["answer to a"]
+    failed = [item for item in "bc" if isinstance(returned[item][0], StorageError)]
     assert failed == [item for item in "bc" if item in held.served[1]]  # batch 2, all of it
     assert failed  # (batch 2 holds "b" or "c" or both)
 
@@ -118,14 +118,21 @@ def test_an_error_while_serving_reaches_every_caller_of_the_batch_and_the_queue_
     wait_until(lambda: held.flushing == [1], 10)
     held.release[1].set()
     thread.join(10)
-    assert returned == {"after": (["answer to after"], 0)}
+    assert returned == {"after": ["answer to after"]}
 
 
 def test_a_call_from_inside_the_actor_system_runs_at_once_and_flushes_itself() -> None:
     held = Held()
-    combiner = Combiner(held.run, held.flush, inside=lambda: True)
-    assert combiner.submit(["x"], 10.0, 1000) == (["answer to x"], 1)  # type: ignore[list-item]
-    assert held.flushing == []  # its caller flushes commit 1
+
+    def run(items: list[Any], timeout: float, batch_size: int) -> tuple[list[Any], int]:
+        answered = held.run(items, timeout, batch_size)
+        held.release[answered[1]].set()  # (its flush is not held)
+        return answered
+
+    combiner = Combiner(run, held.flush, inside=lambda: True)
+    assert combiner.submit(["x"], 10.0, 1000) == ["answer to x"]  # type: ignore[list-item]
+    assert held.flushing == [1]  # flushed before it returned, on the caller's own thread
+    assert held.served == [["x"]]
 
 
 class Interrupted(BaseException):
@@ -190,7 +197,7 @@ def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> Non
     wait_until(lambda: held.flushing == [1, 2], 10)
     held.release[2].set()
     later.join(10)
-    assert returned == {"a": (["answer to a"], 0), "c": (["answer to c"], 0)}
+    assert returned == {"a": ["answer to a"], "c": ["answer to c"]}
     assert held.served == [["a"], ["c"]]
 
 
@@ -221,4 +228,4 @@ def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> 
     assert isinstance(error, BackstageError) and "may or may not" in str(error), error
     held.release[1].set()
     first.join(10)
-    assert returned["x"] == (["answer to x"], 0)
+    assert returned["x"] == ["answer to x"]

@@ -119,9 +119,9 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self._flush_running = False
         self._closed = False
         # A failed fdatasync may have dropped pages the kernel then forgets about, and the next
-        # one succeeds: once one failed, no commit after the last good flush is acknowledged.
+        # one succeeds: once one failed, no flush runs again (known_flushed stays where the last
+        # good one left it), so no later commit is acknowledged.
         self._failed: str | None = None
-        self._sound = 0  # commits known flushed when a flush failed
 
     def close(self) -> None:
         """Close the connection and the files; with shared flushes, once no flush runs and after
@@ -220,7 +220,6 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
             if flush():
                 self.flushes += 1
         except OSError as exc:
-            self._sound = self._turns.known_flushed
             self._failed = (
                 f"cannot flush {self.path!r} to disk: {exc} (nothing committed since is "
                 "acknowledged: reopen the store)"
@@ -240,7 +239,7 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         with self._flush_ended:
             while self._flush_running and turns.known_flushed < commit:
                 self._flush_ended.wait()
-            if turns.known_flushed >= commit and (self._failed is None or commit <= self._sound):
+            if turns.known_flushed >= commit:
                 return  # a flush that began after this commit has ended
         wal = self._wal
         self._flush_alone(lambda: turns.known_flushed < commit and turns.flush(commit, wal))
