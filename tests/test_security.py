@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -273,6 +274,21 @@ def test_a_flood_from_another_user_neither_delays_commands_nor_floods_the_log(
     log = log_of(daemon)[before:]
     assert log.count("refused") <= 4 * _security.RefusalLog("x").burst, log[-2000:]
     assert len(log) < 20_000
+
+
+def test_a_port_whose_connection_queue_is_full_is_in_use_not_free() -> None:
+    """Under a flood of connections the daemon's port stops completing new ones in time: the
+    CLI must not take that for "no daemon runs here" (nor `start` for a free port)."""
+    with socket.socket() as listener, contextlib.ExitStack() as held:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepts: one connection fills its queue
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            sock = held.enter_context(socket.socket())
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        assert _thespian.port_in_use(port)
+    assert not _thespian.port_in_use(port)  # closed: refused at once
 
 
 @pytest.mark.parametrize("base", ["multiproc"])

@@ -24,6 +24,7 @@ Importing this module with another Thespian version fails: the patches reach int
 
 from __future__ import annotations
 
+import errno
 import socket
 from importlib.metadata import version as _installed_version
 from typing import Any
@@ -232,10 +233,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts connections on ``host:port`` (probe before attaching)."""
+    """Whether something listens on ``host:port`` (probe before attaching or binding).
+
+    Only a refusal (or no route) says no: a connection that does not complete in time is a
+    listener whose queue of connections is full, as under a flood of them, not an empty port.
+    """
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+        return sock.connect_ex((host, port)) not in _NOBODY_THERE
+
+
+_NOBODY_THERE = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+)
 
 
 def own_address(endpoint: Any) -> Any:
