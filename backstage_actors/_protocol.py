@@ -62,6 +62,7 @@ class Executed:
     results: list[tuple[str, Any]]
     # ``(stream_id, address, lane)`` of the shard that answered for that one stream: where to
     # send its next commands (``lane``: the name of its local socket, or None; see ``_lane``).
+    # An answer by lane leaves the address out: its caller goes by the lane again.
     source: tuple[str, Any, str | None] | None = None
     # In-process: the commit the caller must see flushed to disk before it takes these answers
     # as given (see ``_writer``; 0: nothing to wait for).

@@ -249,9 +249,13 @@ class ShardActor(SupervisedActor):
             caller[2].add(stream_id)
         for reply_to, results, streams in callers:
             stream = next(iter(streams)) if len(streams) == 1 else None
-            source = (stream, self.myAddress, self.lane_name) if stream is not None else None
+            by_lane = isinstance(reply_to, _lane.LaneConnection)
+            # A lane's caller reaches the stream by the lane again; the shard's Thespian
+            # address (a third of the answer's unpickling) is for callers by message.
+            address = None if by_lane else self.myAddress
+            source = (stream, address, self.lane_name) if stream is not None else None
             message = Executed(results, source, self.cells.writer.durable_at)
-            if isinstance(reply_to, _lane.LaneConnection):
+            if by_lane:
                 if self.lanes is not None:
                     self.lanes.answer(reply_to, message)
             elif reply_to is not None:

@@ -36,19 +36,21 @@ def drill(
             chaos.open_accounts(system, accounts)
             port = system.actor_system.capabilities["Admin Port"]
             context = multiprocessing.get_context("spawn")
+            ready = context.Barrier(clients + 1)  # the clients attached, and this process
             paths = [str(tmp / f"client-{n}.json") for n in range(clients)]
             processes = [
                 context.Process(
                     target=chaos.run_client,
-                    args=(port, database, 100 + n, commands, accounts, path),
+                    args=(port, database, 100 + n, commands, accounts, path, ready),
                 )
                 for n, path in enumerate(paths)
             ]
+            for process in processes:
+                process.start()
+            ready.wait(120)  # timed from here: the processes' start is not the drill's
             started = time.perf_counter()
             if killer:
                 killer.start()
-            for process in processes:
-                process.start()
             for process in processes:
                 process.join()
             elapsed = time.perf_counter() - started

@@ -21,7 +21,6 @@ from backstage_actors import _lane
 from backstage_actors._protocol import Execute, Executed
 from backstage_actors._shard import shard_of
 from backstage_actors.command import new_item
-from supervisors._messages import TreeNode, _Describe
 
 from .conftest import wait_until
 from .dispatch_domain import (
@@ -37,12 +36,17 @@ from .dispatch_domain import (
 
 
 def described(system: Any, stream_id: str) -> dict[str, Any]:
-    """What the shard hosting ``stream_id`` says of itself: asked at the address the client
-    learnt from its answers."""
-    address = system._aggregates[stream_id][0]
-    reply = system.actor_system.ask(address, _Describe(stream_id, 5.0), 5.0)
-    assert isinstance(reply, TreeNode), reply
-    return dict(reply.node)
+    """What the shard hosting ``stream_id`` says of itself, in the system's tree."""
+
+    def find(node: dict[str, Any]) -> dict[str, Any] | None:
+        children = node.get("children", [])
+        if node.get("kind") == "shard" and any(c.get("name") == stream_id for c in children):
+            return node
+        return next((found for child in children if (found := find(child))), None)
+
+    node = find(system.tree())
+    assert node is not None, f"no shard hosts {stream_id}"
+    return node
 
 
 def lane_socket(node: dict[str, Any]) -> str:

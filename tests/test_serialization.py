@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backstage_actors._serialization import dumps, structure, unstructure
+from backstage_actors._serialization import dumps, restore_attributes, structure, unstructure
 from backstage_actors.errors import SerializationError
 from backstage_actors.limits import problems
 from backstage_actors.store._codec import decode_event, encode_event
@@ -434,3 +434,28 @@ def test_serialization_error_is_a_type_error_and_pickles() -> None:
     assert isinstance(caught.value, TypeError)
     copy = pickle.loads(pickle.dumps(caught.value))
     assert (str(copy), copy.path) == (str(caught.value), "$.amount")
+
+
+class _Later:
+    """A state whose annotation names a class defined after it (and, here, only later)."""
+
+    due: _Deadline  # noqa: F821 (bound by the test)
+
+
+def test_state_annotations_that_resolve_only_later_are_used_once_they_do() -> None:
+    state = {"due": {"at": "2026-12-03T10:00:00+00:00"}}
+    early = _Later()
+    restore_attributes(early, state)
+    assert early.due == state["due"]  # not resolvable yet: taken as it is
+
+    @attrs.frozen
+    class _Deadline:
+        at: datetime
+
+    globals()["_Deadline"] = _Deadline
+    try:
+        late = _Later()
+        restore_attributes(late, state)
+        assert late.due == _Deadline(datetime(2026, 12, 3, 10, tzinfo=UTC))
+    finally:
+        del globals()["_Deadline"]

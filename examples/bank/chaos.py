@@ -51,13 +51,23 @@ def open_accounts(system: Any, count: int, initial: int = 1000) -> None:
 
 
 def run_client(
-    port: int, database: str, seed: int, count: int, n_accounts: int, out_path: str
+    port: int,
+    database: str,
+    seed: int,
+    count: int,
+    n_accounts: int,
+    out_path: str,
+    ready: Any = None,
 ) -> None:
     """One client process: ``count`` random commands, each retried under its own id until it has
-    a definite outcome; the outcomes go to ``out_path`` as JSON."""
+    a definite outcome; the outcomes go to ``out_path`` as JSON. With ``ready`` (a
+    ``multiprocessing`` barrier) it starts once every party has attached: a measurement then
+    leaves out the processes' start."""
     from backstage_actors import _thespian
 
     system = make_app(database).attach(_thespian.attach(port), database=database)
+    if ready is not None:
+        ready.wait(120)
     rng = random.Random(seed)
     names = accounts(n_accounts)
     outcomes = []
