@@ -8,6 +8,7 @@
 | ``utilis._thesplog_file`` (``start_actor_system``, ``auth``) | Thespian's own log in a private file | ``/tmp/thespian.log`` is world-readable and opened through symlinks | security | the system's processes; the process that starts or attaches only if it would log to that default |
 | ``TCPTransport`` module's ``selectors`` (``speed``) | one poll(2) per wait | a fresh epoll set per wait | performance | nobody else: the standard selector outside a Backstage system |
 | ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | nobody else: Thespian's text outside a Backstage system |
+| ``multiprocCommon.startChild`` (``speed.run_actors_on_a_floor``) | an actor process's loop runs from a frame that opens a 128 KiB data-stack chunk | CPython 3.11 maps and unmaps a 16 KiB chunk at every call across a chunk's end (python/cpython#142183), and a forked actor starts at an arbitrary depth: up to 30 % of an actor process's CPU, half the daemon's in the bank's chaos drill | performance | Backstage's systems only: other transports' actors start as before |
 | simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
 | simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
@@ -53,6 +54,7 @@ from .speed import (  # noqa: E402
     LeanSimpleBase,
     compact_registry,
     lean_simple_system,
+    run_actors_on_a_floor,
     terse_messages,
     use_poll_selector,
 )
@@ -109,6 +111,7 @@ def start_actor_system(
         raise ValueError(f"refusing to listen on {host} without authentication")
     use_poll_selector()
     terse_messages()
+    run_actors_on_a_floor()
     capabilities = {**(capabilities or {}), "Admin Port": port or free_port(host)}
     return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
 
