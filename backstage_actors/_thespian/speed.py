@@ -122,10 +122,11 @@ def run_actors_on_a_floor() -> None:
 
     CPython 3.11 keeps frames in 16 KiB chunks and frees a chunk as soon as the call that opened
     it returns (python/cpython#142183; 2026 releases of 3.13 on keep one spare): a loop whose
-    calls cross a chunk's end maps and unmaps a chunk each time. Thespian forks an actor from inside its parent's message
-    handling, so each generation starts deeper, at an arbitrary place in a chunk; measured in the
-    bank's process manager under load, 7,000 mmap/munmap pairs a second and 30 % of its CPU in
-    the kernel for them. Actor processes of other Thespian systems start as before.
+    calls cross a chunk's end maps and unmaps a chunk each time. Thespian forks an actor from
+    inside its parent's message handling, so each generation starts deeper, at an arbitrary
+    place in a chunk; measured in the bank's process manager under load, 7,000 mmap/munmap
+    pairs a second and 30 % of its CPU in the kernel for them. Actor processes of other
+    Thespian systems start as before.
     """
     from thespian.system import multiprocCommon
 
