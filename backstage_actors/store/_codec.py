@@ -20,7 +20,7 @@ import attrs
 from .. import _serialization as ser
 from ..errors import SerializationError, StoredEventError
 from ..event import event_topic, event_type, event_version, registry
-from ..limits import DEFAULT_LIMITS, Limits, check_data, flat_fits
+from ..limits import DEFAULT_LIMITS, Limits, check_data
 
 __all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
 
@@ -58,11 +58,10 @@ def encode_event(
     check = _checks.get(cls, _UNKNOWN)
     if check is _UNKNOWN:
         check = _checks[cls] = plain_check(cls)
-    # A plain class's flat data is checked here in one pass; anything else (or a flat value
-    # that fails) by limits.check_data, which names every bad path.
     plain = check is not None and check(data)
-    if not (plain and flat_fits(data, limits)):
-        check_data(data, name, limits)  # before dumps: it names a value nested too deeply
+    # Flat data passes in one pass (limits.flat_fits); anything else is walked, naming every
+    # bad path. Before dumps: it names a value nested too deeply.
+    check_data(data, name, limits)
     text = ser.dumps(data, name)
     if len(text) > limits.max_event_bytes:
         raise SerializationError(
