@@ -22,7 +22,11 @@ Invariants, one sentence each:
 - no caller of a batch is woken before the flush that covers the commit its answers counted on
   has ended (or the answers became the flush's error);
 - when a server is done serving, the oldest queued caller, if any, serves next (a caller
-  interrupted while it waits leaves the queue, and passes on a serving handed to it).
+  interrupted while it waits leaves the queue, and passes on a serving handed to it);
+- a waiting caller returns by its own deadline: still queued, it leaves the queue unsent (its
+  commands "never ran"); taken into a batch meanwhile, it hears that they may or may not have
+  run (``late``), unless that batch's answers are already there. Only a serving caller can
+  overrun its deadline: it runs the actors on its own thread.
 
 A call made from inside the actor system (a handler that dispatches, on the serving thread or
 on a thread that holds the running system's lock for another reason, such as ``wait_for``) is
@@ -45,6 +49,8 @@ __all__ = ["Combiner"]
 Run = Callable[[list[CommandItem], float, int], tuple[list[Any], int]]
 #: Waits until commit ``durable_at`` is on disk; on failure, turns the answers into its error.
 Flush = Callable[[int, list[Any]], None]
+#: The answers of items whose caller's deadline passed: ``sent`` tells whether they were sent.
+Late = Callable[[list[CommandItem], float, bool], list[Any]]
 
 
 class _Slot:
@@ -69,10 +75,12 @@ class Combiner:
         self,
         run: Run,
         flush: Flush,
+        late: Late,
         inside: Callable[[], bool] = lambda: False,
     ) -> None:
         self._run = run
         self._flush = flush
+        self._late = late
         self._inside = inside  # True on a thread that is inside the actor system already
         self._mutex = threading.Lock()
         self._queue: list[_Slot] = []
@@ -95,8 +103,11 @@ class Combiner:
                 self._queue.append(slot)
                 slot.serve = not self._busy
                 self._busy = True
-            if not slot.serve:
-                slot.wake.acquire()  # woken once: to serve, or with its answers
+            # Woken once: to serve, or with its answers; unless its deadline passes first.
+            if not slot.serve and not slot.wake.acquire(timeout=max(0.0, timeout)):
+                late = self._give_up(slot)
+                if late is not None:
+                    return late
             if slot.serve:
                 serving = True
                 self._serve(me, slot, batch_size)
@@ -155,6 +166,21 @@ class Combiner:
                 start += len(slot.items)
             if slot is not mine:
                 slot.wake.release()
+
+    def _give_up(self, slot: _Slot) -> list[Any] | None:
+        """``slot``'s deadline passed while it waited: its answers if they came after all,
+        None if it was handed the serving meanwhile (it serves), else late answers."""
+        with self._mutex:
+            if slot.serve:
+                return None
+            queued = slot in self._queue
+            if queued:
+                self._queue.remove(slot)
+        if slot.error is not None:
+            raise slot.error
+        if slot.answers is not None:
+            return slot.answers
+        return self._late(slot.items, slot.timeout, not queued)
 
     def _withdraw(self, slot: _Slot) -> None:
         """``slot``'s caller stopped waiting: out of the queue if no server took it yet (a

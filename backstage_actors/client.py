@@ -130,6 +130,19 @@ class _Call:
         self.durable_at = 0  # in-process: the commit to see flushed first (see _writer)
 
 
+def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
+    name = type(item.command).__name__
+    telemetry.emit("timeout", {"count": 1.0}, {"command": name})
+    if not sent:
+        return DispatchTimeout(
+            f"{name}: not sent within {timeout}s (the callers ahead of it took that long); "
+            "it was not executed"
+        )
+    return DispatchTimeout(
+        f"{name}: no answer within {timeout}s; it may or may not have been executed"
+    )
+
+
 class RunningSystem:
     """A handle on a running application: dispatch commands through it, inspect and stop it.
 
@@ -170,7 +183,9 @@ class RunningSystem:
         self._aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
         self._home: Any = None  # the shard that answered last (in-process: the only one)
         # In-process callers' one queue (a thread already inside the actor system skips it).
-        self._combiner = _combiner.Combiner(self._send_now, self._await_flush, self._lock.held_here)
+        self._combiner = _combiner.Combiner(
+            self._send_now, self._await_flush, self._late, self._lock.held_here
+        )
         # Answers that reached a call they were not for (in-process, a dispatch made inside
         # another call's wait may read that call's reply): kept for their own call to claim.
         self._unclaimed: OrderedDict[str, tuple[Any, int]] = OrderedDict()
@@ -465,11 +480,12 @@ class RunningSystem:
             return
         self._router = None  # the router may live elsewhere now; look it up again next time
         for index in call.waiting.values():
-            name = type(call.items[index].command).__name__
-            telemetry.emit("timeout", {"count": 1.0}, {"command": name})
-            call.answers[index] = DispatchTimeout(
-                f"{name}: no answer within {call.timeout}s; it may or may not have been executed"
-            )
+            call.answers[index] = _timeout(call.items[index], call.timeout, True)
+
+    @staticmethod
+    def _late(items: list[CommandItem], timeout: float, sent: bool) -> list[Any]:
+        """In-process: the answers of a caller whose deadline passed in the queue."""
+        return [_timeout(item, timeout, sent) for item in items]
 
     def _await_flush(self, commit: int, answers: list[Any]) -> None:
         """In-process: the answers count on commit number ``commit``; flush it to disk (or

@@ -40,6 +40,10 @@ class Held:
             self.release[commit] = threading.Event()
         return [f"answer to {item}" for item in items], commit
 
+    @staticmethod
+    def late(items: list[Any], timeout: float, sent: bool) -> list[Any]:
+        return [f"{'late' if sent else 'unsent'} {item}" for item in items]
+
     def flush(self, commit: int, answers: list[Any]) -> None:
         self.flushing.append(commit)
         assert self.release[commit].wait(30)
@@ -61,7 +65,7 @@ def call(combiner: Combiner, item: str, returned: dict[str, Any]) -> threading.T
 
 def test_callers_return_after_their_flush_and_the_next_batch_is_served_meanwhile() -> None:
     held = Held()
-    combiner = Combiner(held.run, held.flush)
+    combiner = Combiner(held.run, held.flush, held.late)
     returned: dict[str, Any] = {}
     first = call(combiner, "a", returned)
     wait_until(lambda: held.flushing == [1], 10)  # "a" served alone, its flush held
@@ -83,7 +87,7 @@ def test_callers_return_after_their_flush_and_the_next_batch_is_served_meanwhile
 def test_a_failed_flush_is_the_answer_of_every_caller_of_its_batch() -> None:
     held = Held()
     held.fail.add(2)
-    combiner = Combiner(held.run, held.flush)
+    combiner = Combiner(held.run, held.flush, held.late)
     returned: dict[str, Any] = {}
     first = call(combiner, "a", returned)
     wait_until(lambda: held.flushing == [1], 10)
@@ -109,7 +113,7 @@ def test_an_error_while_serving_reaches_every_caller_of_the_batch_and_the_queue_
             raise RuntimeError("the actor system stopped")
         return held.run(items, timeout, batch_size)
 
-    combiner = Combiner(run, held.flush)
+    combiner = Combiner(run, held.flush, held.late)
     with pytest.raises(RuntimeError, match="stopped"):
         combiner.submit(["boom"], 10.0, 1000)  # type: ignore[list-item]
     assert broken.is_set()
@@ -129,7 +133,7 @@ def test_a_call_from_inside_the_actor_system_runs_at_once_and_flushes_itself() -
         held.release[answered[1]].set()  # (its flush is not held)
         return answered
 
-    combiner = Combiner(run, held.flush, inside=lambda: True)
+    combiner = Combiner(run, held.flush, held.late, inside=lambda: True)
     assert combiner.submit(["x"], 10.0, 1000) == ["answer to x"]  # type: ignore[list-item]
     assert held.flushing == [1]  # flushed before it returned, on the caller's own thread
     assert held.served == [["x"]]
@@ -183,7 +187,7 @@ def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> Non
     serving is not handed to a caller that left."""
     held = Held()
     run, serving, go_on = gated(held, "a")
-    combiner = Combiner(run, held.flush)
+    combiner = Combiner(run, held.flush, held.late)
     returned: dict[str, Any] = {}
     first = call(combiner, "a", returned)
     assert serving.wait(10)  # "a" serves; the main thread's "b" queues behind it
@@ -207,7 +211,7 @@ def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> 
     BackstageError saying its command may or may not have run (not the interruption)."""
     held = Held()
     run, serving, go_on = gated(held, "x")
-    combiner = Combiner(run, held.flush)
+    combiner = Combiner(run, held.flush, held.late)
     returned: dict[str, Any] = {}
     first = call(combiner, "x", returned)
     assert serving.wait(10)
@@ -229,3 +233,58 @@ def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> 
     held.release[1].set()
     first.join(10)
     assert returned["x"] == ["answer to x"]
+
+
+def test_a_queued_caller_returns_by_its_deadline_and_its_commands_are_never_sent() -> None:
+    """Behind a server that takes longer than the caller's timeout, the caller does not wait
+    for it: it leaves the queue at its deadline, unsent, and the queue goes on without it."""
+    held = Held()
+    run, serving, go_on = gated(held, "a")
+    combiner = Combiner(run, held.flush, held.late)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "a", returned)
+    assert serving.wait(10)
+
+    assert combiner.submit(["b"], 0.2, 1000) == ["unsent b"]  # type: ignore[list-item]
+
+    go_on.set()
+    wait_until(lambda: held.flushing == [1], 10)
+    held.release[1].set()
+    first.join(10)
+    later = call(combiner, "c", returned)  # served: "b" left the queue
+    wait_until(lambda: held.flushing == [1, 2], 10)
+    held.release[2].set()
+    later.join(10)
+    assert held.served == [["a"], ["c"]]
+    assert returned == {"a": ["answer to a"], "c": ["answer to c"]}
+
+
+def test_a_caller_taken_into_a_batch_returns_by_its_deadline_saying_it_may_have_run() -> None:
+    """Taken into another caller's batch whose flush outlasts its timeout, a caller returns at
+    its deadline: its commands were sent, so their outcome is unknown to it."""
+    held = Held()
+    run, serving, go_on = gated(held, "x")
+    combiner = Combiner(run, held.flush, held.late)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "x", returned)
+    assert serving.wait(10)
+    others: list[threading.Thread] = []
+
+    def script() -> None:
+        others.append(call(combiner, "a", returned))
+        wait_until(lambda: len(combiner._queue) == 2, 10)  # "a", then the main thread's "b"
+        go_on.set()  # "x" ends; "a" serves the batch ["a", "b"], whose flush is held
+
+    watcher = threading.Thread(target=script)
+    watcher.start()
+    try:
+        wait_until(lambda: len(combiner._queue) == 1, 10)
+        assert combiner.submit(["b"], 2.0, 1000) == ["late b"]  # type: ignore[list-item]
+    finally:
+        watcher.join(10)
+    assert held.served[1] == ["a", "b"] and 2 in held.flushing
+    for commit in held.release:
+        held.release[commit].set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert returned == {"x": ["answer to x"], "a": ["answer to a"]}

@@ -542,6 +542,33 @@ def test_a_command_that_takes_too_long_times_out(start_app: Any) -> None:
     assert [type(e.data).__name__ for e in stored(system, "Counter-slow")] == ["Added"] * 2
 
 
+@pytest.mark.parametrize("base", ["simple"])
+def test_in_process_a_caller_queued_behind_a_slow_command_returns_by_its_deadline(
+    start_app: Any,
+) -> None:
+    """In-process, a thread whose dispatch queues behind another thread's slow command gets
+    its DispatchTimeout at its own deadline, while that command still runs, and its command is
+    never executed (it was never sent); the system serves on."""
+    system = start_app(make_app())
+    returned: dict[str, Any] = {}
+
+    def slow() -> None:
+        returned["slow"] = system.dispatch(Stall("slow", 3.0), timeout=30)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    try:
+        wait_until(lambda: system._combiner._server is not None, 10)  # it runs the actors
+        with pytest.raises(DispatchTimeout, match=r"Add: not sent within 0\.3s.*not executed"):
+            system.dispatch(Add("other", 1), timeout=0.3)
+        assert "slow" not in returned  # the slow command had not ended
+    finally:
+        thread.join(30)
+    assert returned["slow"].version == 1
+    assert stored(system, "Counter-other") == []
+    assert system.dispatch(Add("other", 2)).version == 1
+
+
 @pytest.mark.parametrize(
     ("command", "error", "match"),
     [
