@@ -117,7 +117,7 @@ def test_single_and_batched_commands_in_flight_together_decide_on_stored_states(
     the batch's state: it must be stored after it, never around it."""
     system = start_app(tank_app())
     system.dispatch(Put("t", 1))
-    aggregate = system._aggregates["Tank-t"][0]
+    aggregate = system._courier.aggregates["Tank-t"][0]
     sender = system.actor_system.createActor(Sender)
     commands = ([new_item(Put("t", 5))], [new_item(Take("t", 6))], [new_item(Put("t", 7))])
 
@@ -171,7 +171,7 @@ class OneByOne(Actor):  # type: ignore[misc]
 
 def one_by_one(system: Any, stream_id: str, commands: list[Any]) -> list[Any]:
     sender = system.actor_system.createActor(OneByOne)
-    aggregate = system._aggregates[stream_id][0]
+    aggregate = system._courier.aggregates[stream_id][0]
     answers = system.actor_system.ask(sender, (aggregate, stream_id, commands), 10)
     assert answers is not None, "not every command was answered"
     return list(answers)
@@ -270,7 +270,7 @@ def test_a_named_command_twice_in_one_message_is_run_once(start_app: Any) -> Non
     ]
     sender = system.actor_system.createActor(OneExecute)
 
-    answers = system.actor_system.ask(sender, (system._aggregates["Tank-t"][0], items), 10)
+    answers = system.actor_system.ask(sender, (system._courier.aggregates["Tank-t"][0], items), 10)
 
     first, again, put = (answers[item.request_id] for item in items)
     assert isinstance(put, DispatchResult), put

@@ -558,7 +558,7 @@ def test_in_process_a_caller_queued_behind_a_slow_command_returns_by_its_deadlin
     thread = threading.Thread(target=slow)
     thread.start()
     try:
-        wait_until(lambda: system._combiner._server is not None, 10)  # it runs the actors
+        wait_until(lambda: system._courier.combiner._server is not None, 10)  # it runs the actors
         with pytest.raises(DispatchTimeout, match=r"Add: not sent within 0\.3s.*not executed"):
             system.dispatch(Add("other", 1), timeout=0.3)
         assert "slow" not in returned  # the slow command had not ended

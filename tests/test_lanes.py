@@ -214,7 +214,8 @@ def test_the_lanes_of_ended_threads_are_closed(start_app: Any) -> None:
         thread.join()
 
     assert [e.version for e in stored(system, "Counter-t")] == list(range(1, 42))
-    assert len(system._lane_clients) == 1  # the main thread's (its command went by the router)
+    # The main thread's (its command went by the router).
+    assert len(system._courier._lane_clients) == 1
     assert len(os.listdir("/proc/self/fd")) < fds + 5
     node = wait_until(
         lambda: (n := described(system, "Counter-t"))["lane"]["connections"] == 0 and n,
@@ -247,11 +248,11 @@ def test_a_client_that_takes_no_answer_is_cut_off(
 ) -> None:
     # The client waits 5 s on a lane here, not 1 s: the aggregate's 0.2 s of patience with the
     # stuck reader, the 0.9 MB rejection and the next command all fit in it on a loaded machine.
-    monkeypatch.setattr("backstage_actors.client.DIRECT_PATIENCE", 5.0)
+    monkeypatch.setattr("backstage_actors._courier.DIRECT_PATIENCE", 5.0)
     system = start_app(make_app())
     system.dispatch(Add("z", 1))
     system.dispatch(Add("z", 1))
-    lanes = system._lane_client()
+    lanes = system._courier._lane_client()
     calls = lanes.calls
     big = Execute([new_item(Reject("z", "x" * 900_000))], None, False, "Counter-z")
 

@@ -31,13 +31,13 @@ class Echoer(EventHandler):
     def handle(self, event: Any, meta: Metadata) -> None:
         if not (isinstance(event, HdIncremented) and event.counter_id == "trigger"):
             return
-        if type(self).hold and self.system._combiner._server == threading.get_ident():
+        if type(self).hold and self.system._courier.combiner._server == threading.get_ident():
             # Run in the dispatch's own send: try again later, when its thread waits in
             # wait_for (holding the running system's lock, not serving the queue).
             raise _NotYet()
         type(self).inside.set()
         if type(self).hold:  # another thread now serves the queue, waiting for our lock
-            wait_until(lambda: self.system._combiner._server is not None, 10)
+            wait_until(lambda: self.system._courier.combiner._server is not None, 10)
             time.sleep(0.05)  # (it is blocked on the lock by then; not needed for correctness)
         type(self).echoed.append(self.system.dispatch(HdIncrement("echo"), timeout=10))
 

@@ -1,0 +1,413 @@
+"""How a running system's commands travel and their answers come back (``RunningSystem``'s
+courier): by a shard's lane, by Thespian message to the shard or the router, in-process through
+the one queue of ``_combiner``; answers matched to their requests by id, the shard that answered
+remembered for the next command of its stream, and the timeouts.
+
+It owns the running system's lock and every thread's actor-system handle (``endpoint``), which
+the running system's other calls (``wait_for``, ``tree``, ...) borrow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from thespian.actors import PoisonMessage
+
+from . import _combiner, _lane, _shared, _thespian, telemetry
+from ._names import ROUTER
+from ._protocol import Execute, Executed, Settings
+from ._shard import shard_name, shard_of
+from .command import CommandItem, DispatchResult
+from .errors import BackstageError, CommandRejected, DispatchTimeout, UnhandledCommand
+
+__all__ = ["Courier"]
+
+MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
+DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
+MAX_UNCLAIMED = 10_000  # in-process answers read by another call, kept for their own
+
+
+class _SystemLock:
+    """The running system's re-entrant lock, knowing which thread holds it: a thread inside the
+    actor system (a handler that dispatches while its thread waits in ``wait_for``) must run its
+    dispatch at once, not queue it behind a server that waits for this very lock."""
+
+    __slots__ = ("_depth", "_lock", "owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.owner: int | None = None
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self.owner = None
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class _Locked:
+    """``endpoint`` while holding ``lock`` (a class: it runs for every command)."""
+
+    __slots__ = ("endpoint", "lock")
+
+    def __init__(self, lock: Any, endpoint: Any) -> None:
+        self.lock = lock
+        self.endpoint = endpoint
+
+    def __enter__(self) -> Any:
+        self.lock.acquire()
+        return self.endpoint
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()
+
+
+class _Call:
+    """One ``_send``: its items, their answers so far, and its clock."""
+
+    __slots__ = (
+        "answers",
+        "deadline",
+        "detour_at",
+        "direct",
+        "durable_at",
+        "items",
+        "timeout",
+        "waiting",
+    )
+
+    def __init__(self, items: list[CommandItem], timeout: float) -> None:
+        self.items = items
+        self.timeout = timeout
+        self.waiting = {item.request_id: index for index, item in enumerate(items)}
+        self.answers: list[Any] = [None] * len(items)
+        self.deadline = time.monotonic() + timeout
+        self.direct: str | None = None  # sent straight to this stream's shard, by message
+        self.detour_at = 0.0  # when to ask the router instead
+        self.durable_at = 0  # in-process: the commit to see flushed first (see _writer)
+
+
+def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
+    name = type(item.command).__name__
+    telemetry.emit("timeout", {"count": 1.0}, {"command": name})
+    if not sent:
+        return DispatchTimeout(
+            f"{name}: not sent within {timeout}s (the callers ahead of it took that long); "
+            "it was not executed"
+        )
+    return DispatchTimeout(
+        f"{name}: no answer within {timeout}s; it may or may not have been executed"
+    )
+
+
+class Courier:
+    """Sends a running system's commands and gathers their answers (see the module's
+    docstring); ``check_running`` raises once the running system is stopped."""
+
+    def __init__(
+        self,
+        app: Any,
+        actor_system: Any,
+        root: Any,
+        base: str,
+        settings: Settings,
+        check_running: Callable[[], None],
+    ) -> None:
+        self.app = app
+        self.actor_system = actor_system
+        self.root = root
+        self.base = base
+        self.settings = settings
+        self.check_running = check_running
+        self._router: Any = None
+        self._lock = _SystemLock()
+        self._local = threading.local()
+        self._contexts: list[Any] = []
+        # Every thread's lane connections (a thread's go when it ends; see _lane_client).
+        self._lane_clients: weakref.WeakSet[_lane.LaneClient] = weakref.WeakSet()
+        # Lanes of aggregates not heard from yet are named after the system (multiproc only).
+        self._system_key = (
+            _thespian.system_key(actor_system) if base != "simple" and _lane.available() else None
+        )
+        self._sent = 0
+        # stream id -> (actor address, lane name or None) of the aggregates that answered
+        self.aggregates: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
+        self._home: Any = None  # the shard that answered last (in-process: the only one)
+        # In-process callers' one queue (a thread already inside the actor system skips it).
+        self.combiner = _combiner.Combiner(
+            self._send_now, self._await_flush, self._late, self._lock.held_here
+        )
+        # Answers that reached a call they were not for (in-process, a dispatch made inside
+        # another call's wait may read that call's reply): kept for their own call to claim.
+        self._unclaimed: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+
+    def close(self) -> None:
+        """Let go of every thread's lane connections and actor-system handle."""
+        with self._lock:
+            lane_clients = list(self._lane_clients)
+        for lanes in lane_clients:
+            if lanes.pid == os.getpid():
+                lanes.close()
+        for context in self._contexts:
+            with contextlib.suppress(Exception):
+                context.exit_clone()
+
+    def endpoint(self) -> contextlib.AbstractContextManager[Any]:
+        """The actor-system handle this thread may use."""
+        self.check_running()
+        if self.base == "simple" or threading.current_thread() is threading.main_thread():
+            return _Locked(self._lock, self.actor_system)
+        context = getattr(self._local, "context", None)
+        if context is None:
+            context = _thespian.external_context(self.actor_system)
+            self._local.context = context
+            with self._lock:
+                self._contexts.append(context)
+        return contextlib.nullcontext(context)
+
+    def router_address(self, refresh: bool = False) -> Any:
+        """The router actor's address (looked up once; ``refresh`` looks again). For tools that
+        talk to the actors themselves; dispatching needs none of it."""
+        if self._router is None or refresh:
+            with self.endpoint() as endpoint:
+                self._router = _shared.locate(
+                    endpoint, self.root, ROUTER, 10.0, "the router is not running"
+                )
+        return self._router
+
+    def send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
+        """Send ``items`` in ``Execute`` messages and gather one answer per item, in four steps:
+        by lane, by message, the wait for the flush, the timeouts.
+
+        A single command for a stream this system has heard from goes straight to its shard
+        (two messages instead of three: on multiproc every hop is a TCP round trip), by the
+        shard's lane when it has one (see ``_lane``); in-process everything goes straight to the
+        one shard once it has answered; anything else, and anything whose shard moved, goes
+        through the router.
+        """
+        if not items:
+            return []
+        self.check_running()
+        if self.base == "simple":
+            # One queue for every thread; its server flushes outside it (see _combiner).
+            return self.combiner.submit(items, timeout, batch_size)
+        answers, _ = self._send_now(items, timeout, batch_size)
+        return answers
+
+    def _send_now(
+        self, items: list[CommandItem], timeout: float, batch_size: int
+    ) -> tuple[list[Any], int]:
+        """Send ``items`` at once; their answers and the commit they count on (in-process:
+        the caller flushes it, see ``_await_flush``; 0 if none)."""
+        call = _Call(items, timeout)
+        direct = self._direct_address(items)
+        if direct is not None and self.base != "simple":
+            # Named, so that a detour through the router can never run it twice. (In-process
+            # the answer is there when tell() returns: no detour, no need.)
+            call.items = [attrs.evolve(item, idempotent=True) for item in items]
+            direct = self._by_lane(call, direct)
+            if not call.waiting:
+                return call.answers, 0
+        self._by_message(call, direct, batch_size)
+        self._time_out(call)
+        return call.answers, call.durable_at
+
+    def _by_lane(
+        self, call: _Call, direct: tuple[Any, str, str | None]
+    ) -> tuple[Any, str, str | None] | None:
+        """Try the shard's lane, if it has one; what is left to send by message, and where."""
+        _, stream_id, lane = direct
+        if lane is None:
+            return direct
+        lanes = self._lane_client()
+        request = Execute(call.items, None, False, stream_id)
+        reply = lanes.call(lane, request, min(DIRECT_PATIENCE, call.timeout / 2))
+        if isinstance(reply, Executed):
+            self._take(reply, call.waiting, call.answers)
+        if call.waiting:
+            # It stopped, crashed, moved or is slow: the router knows the way.
+            self._forget(stream_id)
+            lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
+        return None
+
+    def _by_message(
+        self, call: _Call, direct: tuple[Any, str, str | None] | None, batch_size: int
+    ) -> None:
+        """Send by Thespian message (to the shard ``direct`` names, or the router) and listen
+        for the answers until the deadline."""
+        router = self.router_address()
+        with self.endpoint() as endpoint:
+            me = _thespian.own_address(endpoint)
+            if direct is not None and me is not None:
+                address, stream_id, _ = direct
+                for start in range(0, len(call.items), batch_size):
+                    batch = call.items[start : start + batch_size]
+                    endpoint.tell(address, Execute(batch, me, False, stream_id or None))
+                call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
+                call.direct = stream_id
+            else:
+                pending = [item for item in call.items if item.request_id in call.waiting]
+                for start in range(0, len(pending), batch_size):
+                    endpoint.tell(router, Execute(pending[start : start + batch_size], me))
+            self._listen(endpoint, call, router, me)
+            if self.base == "simple":
+                self._sent += len(call.items)
+                if self._sent >= 10_000:  # (under the lock: no actor runs meanwhile)
+                    self._sent = 0
+                    _thespian.compact_registry(self.actor_system)
+
+    def _listen(self, endpoint: Any, call: _Call, router: Any, me: Any) -> None:
+        while call.waiting:
+            if self._unclaimed:
+                self._claim(call)
+                if not call.waiting:
+                    return
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if call.direct is not None and time.monotonic() >= call.detour_at:
+                # The shard may have been stopping as the command reached it: ask the router,
+                # which starts it again if need be.
+                self._forget(call.direct)
+                waiting = [call.items[i] for i in call.waiting.values()]
+                endpoint.tell(router, Execute(waiting, me))
+                call.direct = None
+                continue
+            reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
+            if reply is None:
+                step = remaining if call.direct is None else call.detour_at - time.monotonic()
+                reply = endpoint.listen(self._wait_step(max(0.0, step)))
+            if isinstance(reply, Executed):
+                self._take(reply, call.waiting, call.answers, reply.durable_at)
+                call.durable_at = max(call.durable_at, reply.durable_at)
+            elif isinstance(reply, PoisonMessage):
+                self._router = None  # the router moved; the next call looks it up again
+                return
+
+    def _time_out(self, call: _Call) -> None:
+        """What is still waiting gets :class:`DispatchTimeout`."""
+        if not call.waiting:
+            return
+        self._router = None  # the router may live elsewhere now; look it up again next time
+        for index in call.waiting.values():
+            call.answers[index] = _timeout(call.items[index], call.timeout, True)
+
+    @staticmethod
+    def _late(items: list[CommandItem], timeout: float, sent: bool) -> list[Any]:
+        """In-process: the answers of a caller whose deadline passed in the queue."""
+        return [_timeout(item, timeout, sent) for item in items]
+
+    def _await_flush(self, commit: int, answers: list[Any]) -> None:
+        """In-process: the answers count on commit number ``commit``; flush it to disk (or
+        find it flushed by another caller) now that other callers may go on (see ``_writer``).
+        If the flush fails, no answer is given: each becomes the storage error."""
+        recorder: Any = _shared.shared_store(self.settings).recorder
+        try:
+            recorder.flush_through(commit)
+        except BackstageError as exc:
+            answers[:] = [exc if answer is not None else None for answer in answers]
+
+    def _claim(self, call: _Call) -> None:
+        """Take the answers for ``call`` that another call read first."""
+        for request_id in [r for r in call.waiting if r in self._unclaimed]:
+            answer, durable_at = self._unclaimed.pop(request_id)
+            call.answers[call.waiting.pop(request_id)] = answer
+            call.durable_at = max(call.durable_at, durable_at)
+
+    def _take(
+        self, reply: Executed, waiting: dict[str, int], answers: list[Any], durable_at: int = 0
+    ) -> None:
+        """Fill in the answers ``reply`` brings; learn where its aggregate lives. In-process,
+        answers for another call are kept for it (see ``_unclaimed``)."""
+        if reply.source is not None and all(
+            isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
+            for _, answer in reply.results
+        ):
+            self._remember(*reply.source)  # it answered and is alive
+        for request_id, answer in reply.results:
+            index = waiting.pop(request_id, None)
+            if index is not None:
+                answers[index] = answer
+            elif self.base == "simple":
+                self._unclaimed[request_id] = (answer, durable_at)
+                if len(self._unclaimed) > MAX_UNCLAIMED:  # (a call that timed out never claims)
+                    self._unclaimed.popitem(last=False)
+
+    def _direct_address(self, items: list[CommandItem]) -> tuple[Any, str, str | None] | None:
+        """``(address, stream id, lane)`` of the shard a single command may go straight to: the
+        one that answered for its stream before, in-process the one shard, or on multiproc the
+        lane its shard's name gives (``address`` is then None, and a refused connection means:
+        ask the router)."""
+        if len(items) != 1:
+            # In-process one shard hosts every stream: a batch goes straight to it too.
+            home = self._home
+            return (home, "", None) if home is not None and self.base == "simple" else None
+        try:
+            _, stream_id, _ = self.app.router.stream_of(items[0].command)
+        except BackstageError:
+            return None  # the router will say what is wrong
+        known = self.aggregates.get(stream_id)
+        if known is not None:
+            return (known[0], stream_id, known[1])
+        if self.base == "simple" and self._home is not None:
+            return (self._home, stream_id, None)  # in-process one shard hosts every stream
+        if self._system_key is not None:
+            shard = shard_name(shard_of(stream_id, self.settings.shards))
+            name = _lane.name_for(self._system_key, self.settings.database, shard)
+            return (None, stream_id, name)
+        return None
+
+    def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
+        self._home = address
+        with self._lock:
+            self.aggregates[stream_id] = (address, lane)
+            self.aggregates.move_to_end(stream_id)
+            while len(self.aggregates) > MAX_REMEMBERED:
+                self.aggregates.popitem(last=False)
+
+    def _forget(self, stream_id: str) -> None:
+        self._home = None
+        with self._lock:
+            self.aggregates.pop(stream_id, None)
+
+    def _lane_client(self) -> _lane.LaneClient:
+        """This thread's lane connections; a forked child closes its copies of its parent's."""
+        client: _lane.LaneClient | None = getattr(self._local, "lanes", None)
+        if client is not None and client.pid == os.getpid():
+            return client
+        if client is not None:
+            client.close()
+        client = _lane.LaneClient()
+        with self._lock:
+            self.check_running()
+            self._lane_clients.add(client)
+        self._local.lanes = client
+        return client
+
+    def _wait_step(self, remaining: float) -> float:
+        # simpleSystemBase runs every actor inside tell(): the answers are there already, and a
+        # long listen() would only sleep until the next timer. Poll briefly instead.
+        return min(remaining, 0.01) if self.base == "simple" else remaining
