@@ -27,7 +27,6 @@ announced to it otherwise).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -41,20 +40,18 @@ import psycopg
 import psycopg.conninfo
 import psycopg.sql
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from ..errors import BackstageError, StorageError, WrongExpectedVersion
+from ..errors import StorageError
 from . import _appending as ap
 from . import _pg_append as pg
-from ._appending import COLUMNS, Failed, Prepared, Results, Row
+from ._appending import COLUMNS, Prepared, Results, Row
 from ._group_commit import GroupCommit
 from ._pg_bookkeeping import PgBookkeeping
 from ._pg_schema import HISTORY_SCHEMA, SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
 from ._sql_bookkeeping import POSTGRES, SQLBookkeeping
 from .recorder import Recorder
-from .records import AppendRequest
 
 __all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
 
@@ -118,6 +115,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         self.channel = f"backstage_{self.schema}"[:63]
         #: The payload of this recorder's NOTIFYs: who wrote (a listener may skip its own).
         self.origin = uuid.uuid4().hex
+        self._notice = (self.channel, self.origin)  # what every commit that stored sends
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
@@ -280,9 +278,11 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             state = {"committing": False}
             try:
                 if self._local.conn is not None:
-                    self._write(self._local.conn, live, results, recorded_at, stamp, None)
+                    pg.write(
+                        self._local.conn, live, results, recorded_at, stamp, None, self._notice
+                    )
                     return
-                self._write(self._writer(), live, results, recorded_at, stamp, state)
+                pg.write(self._writer(), live, results, recorded_at, stamp, state, self._notice)
                 return
             except psycopg.OperationalError as exc:
                 safe = idempotent or not state["committing"]
@@ -315,163 +315,6 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             self._configure(conn)
             self._writer_conn = conn
         return conn
-
-    def _write(
-        self,
-        conn: psycopg.Connection[Any],
-        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
-        results: Results,
-        recorded_at: datetime,
-        stamp: str,
-        state: dict[str, bool] | None,
-    ) -> None:
-        """One round trip when every append names the version it expects (what aggregates
-        do), else two: BEGIN, the lock and the streams' state; then, decided here, the rows,
-        the NOTIFY and COMMIT. Statements go together as one simple query (client-side
-        binding), the cheapest way through psycopg."""
-        own = state is not None
-        if own and pg.expects_versions(live):
-            assert state is not None
-            if self._write_expected(conn, live, results, recorded_at, stamp, state):
-                return
-            state["committing"] = False
-        cursor = psycopg.ClientCursor(conn)
-        streams = list(dict.fromkeys(request.stream_id for _, (request, _) in live))
-        named = [i for _, (request, _) in live for i in (request.event_ids or [])]
-        head = [*(["BEGIN"] if own else []), "LOCK TABLE events IN EXCLUSIVE MODE", pg.VERSIONS]
-        params: list[Any] = [streams]
-        if named:
-            head.append(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)")
-            params.append(named)
-        try:
-            cursor.execute("; ".join(head), params)
-            sets = pg.result_sets(cursor)
-            stored = {row[1]: row for row in sets[-1]} if named else {}
-            version_rows = sets[-2] if named else sets[-1]
-            versions = {
-                stream_id: ap.stream_state(last_event, kept)
-                for stream_id, last_event, kept in version_rows
-            }
-            planned, rows = self._plan(live, results, versions, stored, stamp)
-            tail: list[str] = []
-            params = []
-            if planned:
-                tail += [pg.INSERT, pg.NOTIFY]
-                params += [pg.rows_json(rows), self.channel, self.origin]
-            if own:
-                assert state is not None
-                state["committing"] = True
-                tail.append("COMMIT")
-            sets = []
-            if tail:
-                cursor.execute("; ".join(tail), params)
-                sets = pg.result_sets(cursor)
-        except BaseException:
-            if own and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")
-            raise
-        if planned:
-            pg.fill(results, planned, dict((event_id, p) for p, event_id in sets[0]), recorded_at)
-
-    def _write_expected(
-        self,
-        conn: psycopg.Connection[Any],
-        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
-        results: Results,
-        recorded_at: datetime,
-        stamp: str,
-        state: dict[str, bool],
-    ) -> bool:
-        """Appends that each name their stream's version (streams distinct): one call of the
-        schema's ``backstage_append`` function (a prepared statement, its own transaction): the
-        lock, then every row inserted only if every stream is at the version its append expects,
-        and the NOTIFY.
-        False, with nothing stored, when one is not (or an event id exists): then the careful
-        way decides each append on its own."""
-        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
-        rows: list[tuple[Any, ...]] = []
-        expected: list[tuple[str, int]] = []
-        for index, (request, encoded) in live:
-            current = int(request.expected_version)  # type: ignore[arg-type]
-            ids = ap.event_ids(request, len(encoded))
-            try:
-                metadata, meta_text = ap.metadata(request)
-            except BackstageError:
-                return False
-            rows += ap.rows(ids, request.stream_id, current, encoded, meta_text, stamp)
-            planned.append((index, request.stream_id, encoded, ids, current, metadata))
-            expected.append((request.stream_id, current))
-        state["committing"] = True
-        try:
-            inserted = conn.execute(
-                "SELECT * FROM backstage_append(%s::json, %s::json, %s, %s)",
-                (pg.rows_json(rows), json.dumps(expected), self.channel, self.origin),
-            ).fetchall()
-        except pg_errors.UniqueViolation:  # an event id already stored: the careful way
-            return False
-        if len(inserted) != len(rows):
-            return False  # a stream was elsewhere: nothing was stored
-        pg.fill(results, planned, {event_id: p for p, event_id in inserted}, recorded_at)
-        return True
-
-    def _plan(
-        self,
-        live: list[tuple[int, tuple[AppendRequest, list[Any]]]],
-        results: Results,
-        versions: dict[str, tuple[bool, int]],
-        stored: dict[str, Row],
-        stamp: str,
-    ) -> tuple[
-        list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]], list[tuple[Any, ...]]
-    ]:
-        """Decide every append under the lock: each outcome that needs no row goes to
-        ``results``; the others come back planned, with the columns of their rows."""
-        failed: Failed = {}
-        planned: list[tuple[int, str, list[Any], list[str], int, dict[str, Any]]] = []
-        rows: list[tuple[Any, ...]] = []
-        taken: set[str] = set()
-        for index, (request, encoded) in live:
-            stream_id = request.stream_id
-            if ap.counted_on(failed, request):
-                results[index] = ap.after_failure(failed, request)
-                continue
-            exists, current = versions.get(stream_id, (False, 0))
-            repeat = pg.already_stored(stored, stream_id, request.event_ids)
-            if not ap.version_matches(request.expected_version, exists, current):
-                if repeat is not None:
-                    results[index] = repeat
-                    ap.note_repeat(failed, request, repeat)
-                else:
-                    results[index] = WrongExpectedVersion(
-                        stream_id, request.expected_version, current
-                    )
-                    ap.note_failure(failed, request)
-                continue
-            if not encoded:
-                results[index] = []
-                continue
-            ids = ap.event_ids(request, len(encoded))
-            if len(set(ids)) != len(ids) or any(i in stored or i in taken for i in ids):
-                if repeat is not None:
-                    results[index] = repeat
-                    ap.note_repeat(failed, request, repeat)
-                else:
-                    results[index] = BackstageError(
-                        f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
-                    )
-                    ap.note_failure(failed, request)
-                continue
-            try:
-                metadata, meta_text = ap.metadata(request)
-            except BackstageError as exc:
-                results[index] = exc
-                ap.note_failure(failed, request)
-                continue
-            rows += ap.rows(ids, stream_id, current, encoded, meta_text, stamp)
-            taken.update(ids)
-            planned.append((index, stream_id, encoded, ids, current, metadata))
-            versions[stream_id] = (True, current + len(encoded))
-        return planned, rows
 
     # -- reading ----------------------------------------------------------------------------
 
