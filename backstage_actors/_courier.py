@@ -382,6 +382,8 @@ class Courier:
 
     def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
         self._home = address
+        if not stream_id:  # a batch's shard (see Executed.source)
+            return
         with self._lock:
             self.aggregates[stream_id] = (address, lane)
             self.aggregates.move_to_end(stream_id)

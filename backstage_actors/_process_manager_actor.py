@@ -290,6 +290,8 @@ class ProcessManagerActor(SubscriberActor):
         if reply.source is None or not reply.results:
             return
         stream_id, address, _ = reply.source
+        if not stream_id:  # a batch's shard: it names no stream to go straight to
+            return
         if not all(isinstance(a, (DispatchResult, CommandRejected)) for _, a in reply.results):
             self._aggregates.pop(stream_id, None)
             return

@@ -62,7 +62,8 @@ class Executed:
     results: list[tuple[str, Any]]
     # ``(stream_id, address, lane)`` of the shard that answered for that one stream: where to
     # send its next commands (``lane``: the name of its local socket, or None; see ``_lane``).
-    # An answer by lane leaves the address out: its caller goes by the lane again.
+    # An answer by lane leaves the address out: its caller goes by the lane again. A batch's
+    # answers by message name no stream (""): in-process its shard hosts them all.
     source: tuple[str, Any, str | None] | None = None
     # In-process: the commit the caller must see flushed to disk before it takes these answers
     # as given (see ``_writer``; 0: nothing to wait for).

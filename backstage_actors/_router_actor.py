@@ -52,6 +52,7 @@ class RouterActor(Supervisor):
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> its counts
         self.placement: Placement | None = None  # a cluster member's view (see _cluster)
         self.forwarded = 0  # commands sent on to the members that own their streams
+        self.routed = 0  # commands this router sent to its shards (callers that knew none)
         if self.settings.member is not None:
             membership = self.createActor(MembershipActor, globalName=MEMBERSHIP_NAME)
             watch = Watch(
@@ -74,6 +75,7 @@ class RouterActor(Supervisor):
             "passivated": sum(load.passivated for load in self.loads.values()),
             "aggregate_restarts": sum(load.restarts for load in self.loads.values()),
             "shard_restarts": sum(c.restarts for c in self.children.values()),
+            "routed": self.routed,
             "commands": {name: meter.summary() for name, meter in self.meters.items()},
             **self._cluster_node(),
         }
@@ -165,6 +167,7 @@ class RouterActor(Supervisor):
         if away:
             self._forward(away, execute)
         for index, items in groups.items():
+            self.routed += len(items)
             name = shard_name(index)
             child = self._ensure(index)
             message = Execute(items, execute.reply_to, execute.grouped or len(items) > 1)

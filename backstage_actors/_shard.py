@@ -236,7 +236,7 @@ class ShardActor(SupervisedActor):
 
     def _send_answers(self, answers: list[Answer]) -> None:
         """One :class:`Executed` per caller; it names the shard as the stream's home when all
-        its answers are of one stream."""
+        its answers are of one stream, and by message as the home of a batch's streams."""
         callers: list[tuple[Any, list[tuple[str, Any]], set[str | None]]] = []
         for reply_to, request_id, answer, stream_id in answers:
             for caller in callers:
@@ -253,7 +253,10 @@ class ShardActor(SupervisedActor):
             # A lane's caller reaches the stream by the lane again; the shard's Thespian
             # address (a third of the answer's unpickling) is for callers by message.
             address = None if by_lane else self.myAddress
-            source = (stream, address, self.lane_name) if stream is not None else None
+            if stream is not None:
+                source: tuple[str, Any, str | None] | None = (stream, address, self.lane_name)
+            else:  # (in-process, where the one shard hosts every stream, a batch comes here)
+                source = None if by_lane else ("", address, None)
             message = Executed(results, source, self.cells.writer.durable_at)
             if by_lane:
                 if self.lanes is not None:

@@ -196,6 +196,25 @@ def test_eight_threads_in_process_share_flushes(start_app: Any) -> None:
     assert 0 < flushes < commits
 
 
+def routed(system: Any) -> int:
+    return int(next(c for c in system.tree()["children"] if c["name"] == "router")["routed"])
+
+
+@pytest.mark.parametrize("base", ["simple"], indirect=True)
+def test_in_process_batches_go_straight_to_the_shard_once_it_answered(start_app: Any) -> None:
+    """A program that only ever calls dispatch_many learns the one shard from its first
+    answers: later batches skip the router (one hop and a routing of every command fewer)."""
+    system = start_app(make_counters())
+    first = system.dispatch_many([Add(f"c{i}", 1) for i in range(20)])
+    assert all(isinstance(a, DispatchResult) for a in first)
+    assert routed(system) == 20
+
+    later = system.dispatch_many([Add(f"c{i}", 2) for i in range(20)])
+
+    assert [a.version for a in later] == [2] * 20  # type: ignore[union-attr]
+    assert routed(system) == 20
+
+
 @pytest.mark.parametrize("base", ["simple"], indirect=True)
 def test_eight_threads_in_process_share_rounds_and_each_gets_its_own_answers(
     start_app: Any,
