@@ -56,7 +56,7 @@ Late = Callable[[list[CommandItem], float, bool], list[Any]]
 class _Slot:
     """One caller's commands in the queue, and once served and flushed, their answers."""
 
-    __slots__ = ("answers", "error", "items", "serve", "timeout", "wake")
+    __slots__ = ("answers", "error", "items", "serve", "serving", "timeout", "wake")
 
     def __init__(self, items: list[CommandItem], timeout: float) -> None:
         self.items = items
@@ -64,6 +64,7 @@ class _Slot:
         self.answers: list[Any] | None = None  # set once durable (or failed)
         self.error: BaseException | None = None
         self.serve = False  # this caller serves (it found nobody serving, or was handed it)
+        self.serving = False  # its serve began: from then on the serve hands the serving on
         self.wake = threading.Lock()  # held until its caller may go on
         self.wake.acquire()
 
@@ -97,22 +98,21 @@ class Combiner:
                 self._flush(durable_at, answers)
             return answers
         slot = _Slot(items, timeout)
-        serving = False
         try:
             with self._mutex:
                 self._queue.append(slot)
                 slot.serve = not self._busy
                 self._busy = True
             # Woken once: to serve, or with its answers; unless its deadline passes first.
-            if not slot.serve and not slot.wake.acquire(timeout=max(0.0, timeout)):
+            wait = min(max(0.0, timeout), threading.TIMEOUT_MAX)
+            if not slot.serve and not slot.wake.acquire(timeout=wait):
                 late = self._give_up(slot)
                 if late is not None:
                     return late
             if slot.serve:
-                serving = True
                 self._serve(me, slot, batch_size)
         except BaseException:  # (KeyboardInterrupt) before it served: leave the queue
-            if not serving:
+            if not slot.serving:
                 self._withdraw(slot)
             raise
         if slot.error is not None:
@@ -128,6 +128,7 @@ class Combiner:
         error: BaseException | None = None
         try:
             try:
+                mine.serving = True  # (interrupted before this, the caller withdraws instead)
                 with self._mutex:
                     batch, self._queue = self._queue, []
                 self._server = me

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backstage_actors._combiner import Combiner
+from backstage_actors._combiner import Combiner, _Slot
 from backstage_actors.errors import BackstageError, StorageError
 
 from .conftest import wait_until
@@ -279,7 +279,7 @@ def test_a_caller_taken_into_a_batch_returns_by_its_deadline_saying_it_may_have_
     watcher.start()
     try:
         wait_until(lambda: len(combiner._queue) == 1, 10)
-        assert combiner.submit(["b"], 2.0, 1000) == ["late b"]  # type: ignore[list-item]
+        assert combiner.submit(["b"], 4.0, 1000) == ["late b"]  # type: ignore[list-item]
     finally:
         watcher.join(10)
     assert held.served[1] == ["a", "b"] and 2 in held.flushing
@@ -288,3 +288,62 @@ def test_a_caller_taken_into_a_batch_returns_by_its_deadline_saying_it_may_have_
     for thread in [first, *others]:
         thread.join(10)
     assert returned == {"x": ["answer to x"], "a": ["answer to a"]}
+
+
+def test_a_queued_caller_without_a_deadline_waits_for_its_turn() -> None:
+    """``timeout=inf`` (or one past what a lock's wait takes) waits as long as it takes."""
+    held = Held()
+    run, serving, go_on = gated(held, "a")
+    combiner = Combiner(run, held.flush, held.late)
+    returned: dict[str, Any] = {}
+    first = call(combiner, "a", returned)
+    assert serving.wait(10)
+
+    def script() -> None:
+        wait_until(lambda: len(combiner._queue) == 1, 10)  # the main thread's "b"
+        go_on.set()
+        for commit in (1, 2):  # ("a" and "b" flush at once: "b" serves while "a" flushes)
+            wait_until(lambda commit=commit: commit in held.flushing, 10)  # type: ignore[misc]
+            held.release[commit].set()
+
+    watcher = threading.Thread(target=script)
+    watcher.start()
+    try:
+        assert combiner.submit(["b"], float("inf"), 1000) == ["answer to b"]  # type: ignore[list-item]
+    finally:
+        watcher.join(30)
+        first.join(10)
+    assert held.served == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize("state", ["handed", "answered", "failed", "taken", "queued"])
+def test_a_caller_past_its_deadline_settles_by_what_happened_to_its_slot(state: str) -> None:
+    """The five ways a deadline can find a caller, each decided under the queue's mutex: handed
+    the serving (it serves: None), answered or failed meanwhile (those stand), taken into a
+    batch (late), still queued (unsent, and out of the queue)."""
+    combiner = Combiner(Held().run, Held().flush, Held.late)
+    slot = _Slot(["b"], 0.1)  # type: ignore[list-item]
+    if state in ("handed", "queued"):
+        combiner._queue.append(slot)
+        slot.serve = state == "handed"
+    elif state == "answered":
+        slot.answers = ["answer to b"]
+    elif state == "failed":
+        slot.error = StorageError("flush failed")
+
+    if state == "failed":
+        with pytest.raises(StorageError):
+            combiner._give_up(slot)
+        return
+    outcome = combiner._give_up(slot)
+
+    assert (
+        outcome
+        == {
+            "handed": None,
+            "answered": ["answer to b"],
+            "taken": ["late b"],
+            "queued": ["unsent b"],
+        }[state]
+    )
+    assert combiner._queue == ([slot] if state == "handed" else [])
