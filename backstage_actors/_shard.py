@@ -156,8 +156,9 @@ class ShardActor(SupervisedActor):
             self._report()
             self._schedule_wakeup()
 
-    def _take(self, execute: Execute, reply_to: Any) -> None:
-        """Queue the commands in their cells (a stream of another shard goes to the router)."""
+    def _take(self, execute: Execute, reply_to: Any, by_lane: bool = False) -> None:
+        """Queue the commands in their cells (a stream of another shard goes to the router);
+        the round is for the caller to start when they came ``by_lane`` (see ``_on_lanes``)."""
         if execute.stream_id is not None and (
             shard_of(execute.stream_id, self.settings.shards) != self.index
             or (self.placement is not None and not self.placement.owns(execute.stream_id))
@@ -171,6 +172,8 @@ class ShardActor(SupervisedActor):
         errors = self.cells.submit(execute.items, reply_to)
         if errors:
             self._send_answers(errors)
+        if by_lane:
+            return
         if self.settings.base == "simple" and not self.round_due:
             # In-process a caller's whole message is here: its round needs no message more.
             self._round()
@@ -179,13 +182,19 @@ class ShardActor(SupervisedActor):
             self.send(self.myAddress, Round())
 
     def _on_lanes(self, ready: list[int]) -> None:
+        """Take every request the lanes hold now, then run their round at once (unless a
+        :class:`Round` is already on its way, which takes them too): the requests read in one
+        go are what arrived together, and a message to itself would cost the round a trip
+        through Thespian's transport."""
         if self.lanes is None:
             return
         for connection, request in self.lanes.ready(ready):
             if isinstance(request, Execute) and request.stream_id is not None:
-                self._take(request, connection)
+                self._take(request, connection, by_lane=True)
             else:
                 self.lanes.answer(connection, Executed([]))
+        if self.cells.ready and not self.round_due:
+            self._round()
 
     # -- a round ----------------------------------------------------------------------------
 
