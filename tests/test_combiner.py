@@ -156,6 +156,20 @@ def gated(held: Held, gate: str) -> tuple[Any, threading.Event, threading.Event]
     return run, serving, go_on
 
 
+def busy(
+    gate: str,
+) -> tuple[Held, Combiner, threading.Event, threading.Thread, dict[str, Any]]:
+    """A combiner whose first caller (a thread) serves the batch ``[gate]`` and holds it until
+    ``go_on`` is set; what each caller returned (or raised) goes in ``returned``."""
+    held = Held()
+    run, serving, go_on = gated(held, gate)
+    combiner = Combiner(run, held.flush, held.late)
+    returned: dict[str, Any] = {}
+    first = call(combiner, gate, returned)
+    assert serving.wait(10)
+    return held, combiner, go_on, first, returned
+
+
 @contextlib.contextmanager
 def interrupted_after(script: Any) -> Iterator[None]:
     """Run ``script`` in a thread, then interrupt the main thread (a signal whose handler
@@ -185,12 +199,8 @@ def interrupted_after(script: Any) -> Iterator[None]:
 def test_a_caller_interrupted_while_queued_leaves_and_the_queue_goes_on() -> None:
     """The main thread, queued behind a server, is interrupted: it leaves the queue, and the
     serving is not handed to a caller that left."""
-    held = Held()
-    run, serving, go_on = gated(held, "a")
-    combiner = Combiner(run, held.flush, held.late)
-    returned: dict[str, Any] = {}
-    first = call(combiner, "a", returned)
-    assert serving.wait(10)  # "a" serves; the main thread's "b" queues behind it
+    # "a" serves; the main thread's "b" queues behind it
+    held, combiner, go_on, first, returned = busy("a")
     with interrupted_after(lambda: wait_until(lambda: len(combiner._queue) == 1, 10)):
         combiner.submit(["b"], 10.0, 1000)  # type: ignore[list-item]
     go_on.set()
@@ -209,12 +219,7 @@ def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> 
     """The main thread serves a batch holding another thread's command and is interrupted
     while it waits for the flush: it raises the interruption, the other caller gets a
     BackstageError saying its command may or may not have run (not the interruption)."""
-    held = Held()
-    run, serving, go_on = gated(held, "x")
-    combiner = Combiner(run, held.flush, held.late)
-    returned: dict[str, Any] = {}
-    first = call(combiner, "x", returned)
-    assert serving.wait(10)
+    held, combiner, go_on, first, returned = busy("x")
     others: list[threading.Thread] = []
 
     def script() -> None:
@@ -238,12 +243,7 @@ def test_an_interrupted_server_tells_its_batch_that_the_outcome_is_unknown() -> 
 def test_a_queued_caller_returns_by_its_deadline_and_its_commands_are_never_sent() -> None:
     """Behind a server that takes longer than the caller's timeout, the caller does not wait
     for it: it leaves the queue at its deadline, unsent, and the queue goes on without it."""
-    held = Held()
-    run, serving, go_on = gated(held, "a")
-    combiner = Combiner(run, held.flush, held.late)
-    returned: dict[str, Any] = {}
-    first = call(combiner, "a", returned)
-    assert serving.wait(10)
+    held, combiner, go_on, first, returned = busy("a")
 
     assert combiner.submit(["b"], 0.2, 1000) == ["unsent b"]  # type: ignore[list-item]
 
@@ -262,12 +262,7 @@ def test_a_queued_caller_returns_by_its_deadline_and_its_commands_are_never_sent
 def test_a_caller_taken_into_a_batch_returns_by_its_deadline_saying_it_may_have_run() -> None:
     """Taken into another caller's batch whose flush outlasts its timeout, a caller returns at
     its deadline: its commands were sent, so their outcome is unknown to it."""
-    held = Held()
-    run, serving, go_on = gated(held, "x")
-    combiner = Combiner(run, held.flush, held.late)
-    returned: dict[str, Any] = {}
-    first = call(combiner, "x", returned)
-    assert serving.wait(10)
+    held, combiner, go_on, first, returned = busy("x")
     others: list[threading.Thread] = []
 
     def script() -> None:
@@ -292,12 +287,7 @@ def test_a_caller_taken_into_a_batch_returns_by_its_deadline_saying_it_may_have_
 
 def test_a_queued_caller_without_a_deadline_waits_for_its_turn() -> None:
     """``timeout=inf`` (or one past what a lock's wait takes) waits as long as it takes."""
-    held = Held()
-    run, serving, go_on = gated(held, "a")
-    combiner = Combiner(run, held.flush, held.late)
-    returned: dict[str, Any] = {}
-    first = call(combiner, "a", returned)
-    assert serving.wait(10)
+    held, combiner, go_on, first, _returned = busy("a")
 
     def script() -> None:
         wait_until(lambda: len(combiner._queue) == 1, 10)  # the main thread's "b"
