@@ -10,6 +10,7 @@ the running system's other calls (``wait_for``, ``tree``, ...) borrow.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,11 @@ from .command import CommandItem, DispatchResult
 from .errors import BackstageError, CommandRejected, DispatchTimeout, UnhandledCommand
 
 __all__ = ["Courier"]
+
+
+def log() -> logging.Logger:
+    return logging.getLogger(__name__)
+
 
 MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
 DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
@@ -141,6 +147,9 @@ class Courier:
         self.root = root
         self.base = base
         self.settings = settings
+        # The running system's shard count, as its answers tell (see Executed.shards); until
+        # then this application's own.
+        self.shards = settings.shards
         self.check_running = check_running
         self._router: Any = None
         self._lock = _SystemLock()
@@ -246,7 +255,7 @@ class Courier:
         request = Execute(call.items, None, False, stream_id)
         reply = lanes.call(lane, request, min(DIRECT_PATIENCE, call.timeout / 2))
         if isinstance(reply, Executed):
-            self._take(reply, call.waiting, call.answers)
+            self._take(reply, call.waiting, call.answers, by_lane=True)
         if call.waiting:
             # It stopped, crashed, moved or is slow: the router knows the way.
             self._forget(stream_id)
@@ -338,10 +347,17 @@ class Courier:
             call.durable_at = max(call.durable_at, durable_at)
 
     def _take(
-        self, reply: Executed, waiting: dict[str, int], answers: list[Any], durable_at: int = 0
+        self,
+        reply: Executed,
+        waiting: dict[str, int],
+        answers: list[Any],
+        durable_at: int = 0,
+        by_lane: bool = False,
     ) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives. In-process,
         answers for another call are kept for it (see ``_unclaimed``)."""
+        if reply.shards and reply.shards != self.shards:
+            self._learn_shards(reply, by_lane)
         if reply.source is not None and all(
             isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
             for _, answer in reply.results
@@ -375,10 +391,31 @@ class Courier:
         if self.base == "simple" and self._home is not None:
             return (self._home, stream_id, None)  # in-process one shard hosts every stream
         if self._system_key is not None:
-            shard = shard_name(shard_of(stream_id, self.settings.shards))
+            shard = shard_name(shard_of(stream_id, self.shards))
             name = _lane.name_for(self._system_key, self.settings.database, shard)
             return (None, stream_id, name)
         return None
+
+    def _learn_shards(self, reply: Executed, by_lane: bool) -> None:
+        """Name new streams' lanes after the running system's shard count, which an answer of
+        one of its own shards tells: any answer by lane, or by message from a shard whose lane
+        is one of this system's (in a cluster, another member's shards may count otherwise).
+        The homes remembered so far came from answers: they hold."""
+        count = reply.shards
+        if self._system_key is None:
+            return
+        if not by_lane:
+            lane = reply.source[2] if reply.source is not None else None
+            names = {
+                _lane.name_for(self._system_key, self.settings.database, shard_name(index))
+                for index in range(count)
+            }
+            if lane not in names:
+                return
+        log().info(
+            "the running system has %d shards (this application says %d)", count, self.shards
+        )
+        self.shards = count
 
     def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
         self._home = address

@@ -68,6 +68,10 @@ class Executed:
     # In-process: the commit the caller must see flushed to disk before it takes these answers
     # as given (see ``_writer``; 0: nothing to wait for).
     durable_at: int = 0
+    # How many shards the answering system runs (0: not said). A client names a new stream's
+    # lane after its own count: one whose application says otherwise (configured apart, or
+    # another machine's core count) takes this one, or every new stream would detour.
+    shards: int = 0
 
 
 @attrs.frozen

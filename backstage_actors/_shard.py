@@ -165,7 +165,7 @@ class ShardActor(SupervisedActor):
         ):
             if isinstance(reply_to, _lane.LaneConnection):
                 if self.lanes is not None:
-                    self.lanes.answer(reply_to, Executed([]))
+                    self.lanes.answer(reply_to, Executed([], shards=self.settings.shards))
             else:
                 self.send(self.supervisor, Execute(execute.items, reply_to, execute.grouped))
             return
@@ -192,7 +192,7 @@ class ShardActor(SupervisedActor):
             if isinstance(request, Execute) and request.stream_id is not None:
                 self._take(request, connection, by_lane=True)
             else:
-                self.lanes.answer(connection, Executed([]))
+                self.lanes.answer(connection, Executed([], shards=self.settings.shards))
         if self.cells.ready and not self.round_due:
             self._round()
 
@@ -236,7 +236,7 @@ class ShardActor(SupervisedActor):
         for reply_to, works in by_caller.values():
             if isinstance(reply_to, _lane.LaneConnection):
                 if self.lanes is not None:
-                    self.lanes.answer(reply_to, Executed([]))
+                    self.lanes.answer(reply_to, Executed([], shards=self.settings.shards))
             elif self.supervisor is not None:
                 items = [work.item for work in works]
                 self.send(self.supervisor, Execute(items, reply_to, len(items) > 1))
@@ -266,7 +266,7 @@ class ShardActor(SupervisedActor):
                 source: tuple[str, Any, str | None] | None = (stream, address, self.lane_name)
             else:  # (in-process, where the one shard hosts every stream, a batch comes here)
                 source = None if by_lane else ("", address, None)
-            message = Executed(results, source, self.cells.writer.durable_at)
+            message = Executed(results, source, self.cells.writer.durable_at, self.settings.shards)
             if by_lane:
                 if self.lanes is not None:
                     self.lanes.answer(reply_to, message)

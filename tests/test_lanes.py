@@ -334,3 +334,35 @@ def test_a_dropped_connection_is_closed_only_once_thespian_watches_the_new_list(
         client.close()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("running", "believed"), [(3, 2), (1, 3)])
+def test_a_client_that_counts_shards_otherwise_learns_the_running_count(
+    start_app: Any, base: str, running: int, believed: int
+) -> None:
+    """A client names a new stream's lane after its application's shard count. Attached to a
+    system that runs another count (configured apart, or another machine's cores), it takes the
+    running count from the first answer, and its commands to new streams go straight to their
+    shards' lanes from then on instead of detouring through the router (a wrong shard answers
+    "not mine", a lane that does not exist refuses)."""
+    if base == "simple":
+        pytest.skip("in-process one shard hosts every stream: no lanes, nothing to count")
+    system = start_app(make_app(shards=running))
+    client = make_app(shards=believed).attach(
+        system.actor_system, database=system.settings.database
+    )
+    try:
+        before = int(router_node(system)["routed"])
+        results = [client.dispatch(Add(f"n{i}", 1)) for i in range(30)]
+        detoured = int(router_node(system)["routed"]) - before
+        assert [r.version for r in results] == [1] * 30
+        # Streams whose shard differs under the two counts: all of them would detour.
+        differ = sum(
+            shard_of(f"Counter-n{i}", running) != shard_of(f"Counter-n{i}", believed)
+            for i in range(30)
+        )
+        assert differ > 10
+        assert detoured <= 1, f"{detoured} of 30 went through the router"
+        assert client._courier.shards == running
+    finally:
+        client.stop()
