@@ -129,7 +129,7 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--shards",
     type=click.IntRange(1, 256),
-    help="Shard processes hosting the aggregates [default: the app's, else one per core].",
+    help="Shard processes hosting the aggregates [default: the app's, else one per core but one].",
 )
 @click.option(
     "--join",

@@ -15,7 +15,7 @@ from .conftest import free_port, thespian_log_defs
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 CLIENTS = 3
-COMMANDS = 300
+COMMANDS = 600  # about two seconds of load on 2 cores: room for five kills or more
 ACCOUNTS = 12
 
 

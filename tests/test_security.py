@@ -21,6 +21,7 @@ import pytest
 
 from backstage_actors import _daemon, _lane, _security, _thespian
 from backstage_actors._shard import shard_name, shard_of
+from backstage_actors.application import default_shards
 from examples.bank.domain import Deposit
 
 from .conftest import wait_until
@@ -245,7 +246,7 @@ def test_a_flood_from_another_user_neither_delays_commands_nor_floods_the_log(
     daemon: Backstage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = _daemon.DaemonState(daemon.state())
-    shard = shard_name(shard_of("Account-alice", os.cpu_count() or 1))
+    shard = shard_name(shard_of("Account-alice", default_shards("multiproc")))
     lane = _lane.name_for(f"ActorAddr-(T|:{daemon.port})", state["database"], shard)
     assert lane[1:] in Path("/proc/net/unix").read_text(), "the shard's lane is not listening"
     before = len(log_of(daemon))
