@@ -150,6 +150,7 @@ class Courier:
         # The running system's shard count, as its answers tell (see Executed.shards); until
         # then this application's own.
         self.shards = settings.shards
+        self._names_for, self._names = 0, frozenset[str]()  # see _lane_names
         self.check_running = check_running
         self._router: Any = None
         self._lock = _SystemLock()
@@ -255,7 +256,7 @@ class Courier:
         request = Execute(call.items, None, False, stream_id)
         reply = lanes.call(lane, request, min(DIRECT_PATIENCE, call.timeout / 2))
         if isinstance(reply, Executed):
-            self._take(reply, call.waiting, call.answers, by_lane=True)
+            self._take(reply, call.waiting, call.answers, lane=lane)
         if call.waiting:
             # It stopped, crashed, moved or is slow: the router knows the way.
             self._forget(stream_id)
@@ -352,12 +353,12 @@ class Courier:
         waiting: dict[str, int],
         answers: list[Any],
         durable_at: int = 0,
-        by_lane: bool = False,
+        lane: str | None = None,
     ) -> None:
         """Fill in the answers ``reply`` brings; learn where its aggregate lives. In-process,
         answers for another call are kept for it (see ``_unclaimed``)."""
         if reply.shards and reply.shards != self.shards:
-            self._learn_shards(reply, by_lane)
+            self._learn_shards(reply, lane)
         if reply.source is not None and all(
             isinstance(answer, (DispatchResult, CommandRejected, UnhandledCommand))
             for _, answer in reply.results
@@ -396,26 +397,36 @@ class Courier:
             return (None, stream_id, name)
         return None
 
-    def _learn_shards(self, reply: Executed, by_lane: bool) -> None:
-        """Name new streams' lanes after the running system's shard count, which an answer of
-        one of its own shards tells: any answer by lane, or by message from a shard whose lane
-        is one of this system's (in a cluster, another member's shards may count otherwise).
-        The homes remembered so far came from answers: they hold."""
+    def _learn_shards(self, reply: Executed, lane: str | None) -> None:
+        """Name new streams' lanes after the running system's shard count, as an answer of one
+        of its own shards tells it: one that came by a lane of this system (``lane``, the one
+        called), or by message from a shard whose lane is one of this system's. In a cluster a
+        forwarded command's answer, or a call to the lane it named, comes from another member,
+        whose count may differ. The homes remembered so far came from answers: they hold."""
         count = reply.shards
         if self._system_key is None:
             return
-        if not by_lane:
-            lane = reply.source[2] if reply.source is not None else None
-            names = {
-                _lane.name_for(self._system_key, self.settings.database, shard_name(index))
-                for index in range(count)
-            }
-            if lane not in names:
-                return
+        if lane is None and reply.source is not None:
+            lane = reply.source[2]
+        if lane is None or lane not in self._lane_names(count):
+            return
         log().info(
             "the running system has %d shards (this application says %d)", count, self.shards
         )
         self.shards = count
+
+    def _lane_names(self, count: int) -> frozenset[str]:
+        """The lanes of this system's shards if it ran ``count`` of them (the last count asked
+        for is kept: it is asked again only while the answers' count differs from ours)."""
+        if self._names_for != count:
+            assert self._system_key is not None
+            database = self.settings.database
+            self._names = frozenset(
+                _lane.name_for(self._system_key, database, shard_name(index))
+                for index in range(count)
+            )
+            self._names_for = count
+        return self._names
 
     def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
         self._home = address

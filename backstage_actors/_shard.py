@@ -2,9 +2,11 @@
 
 The router maps each stream id to one of a fixed pool of shards (:func:`shard_of`, a stable
 hash); on multiproc each shard is a process, in-process there is one. A shard queues every
-command it gets in its aggregate's cell and sends itself a :class:`Round`: Thespian delivers it
-after every message that arrived before it, so the commands that arrive together are decided
-together and their appends committed in one transaction (``_writer``), before any answer leaves.
+command it gets in its aggregate's cell. For commands that came by message it sends itself a
+:class:`Round`: Thespian delivers it after every message that arrived before it, so the commands
+that arrive together are decided together and their appends committed in one transaction
+(``_writer``), before any answer leaves. Commands read from its lanes in one wake-up run their
+round at once (unless a ``Round`` is on its way, which takes them too).
 
 Clients that know where a stream lives send its commands straight to its shard, by message or
 by the shard's lane (a local socket, see ``_lane``; one per shard), with the stream id: a shard

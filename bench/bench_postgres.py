@@ -233,7 +233,7 @@ def _subscriber_wakes(server: Any, base: str, count: int) -> list[float]:
 
 def _cross_process(server: Any, per_client: int) -> tuple[float, float]:
     """Commands/s of 8 client processes, and of 1, dispatching credits to 1,000 live wallets of
-    a multiproc application on PostgreSQL (a shard per core, each group-committing its round)."""
+    a multiproc application on PostgreSQL (its default shards, each group-committing its round)."""
     dsn = server.dsn(server.new_schema())
     live = 1_000
     system = _domain.make_app(dsn).start(base="multiproc", port=_thespian.free_port())

@@ -366,3 +366,26 @@ def test_a_client_that_counts_shards_otherwise_learns_the_running_count(
         assert client._courier.shards == running
     finally:
         client.stop()
+
+
+def test_a_client_takes_no_shard_count_from_another_systems_shard(
+    start_app: Any, base: str
+) -> None:
+    """In a cluster a forwarded command's answer, or a call to the lane it named, comes from
+    another member's shard, whose count is not the one this client's lanes are named after:
+    only an answer by one of this system's lanes (or naming one) teaches the count."""
+    if base == "simple":
+        pytest.skip("in-process one shard hosts every stream: no lanes, nothing to count")
+    system = start_app(make_app(shards=2))
+    courier = system._courier
+    other_system = _lane.name_for("ActorAddr-(T|:1)", system.settings.database, "shard-0")
+    ours = _lane.name_for(courier._system_key, system.settings.database, "shard-0")
+
+    courier._take(Executed([], shards=1), {}, [], lane=other_system)
+    courier._take(Executed([], ("Counter-x", None, other_system), shards=1), {}, [])
+    assert courier.shards == 2
+
+    courier._take(Executed([], ("Counter-x", None, ours), shards=1), {}, [])
+    assert courier.shards == 1
+    courier._take(Executed([], shards=2), {}, [], lane=ours)
+    assert courier.shards == 2
