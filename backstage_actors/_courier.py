@@ -392,9 +392,7 @@ class Courier:
         if self.base == "simple" and self._home is not None:
             return (self._home, stream_id, None)  # in-process one shard hosts every stream
         if self._system_key is not None:
-            shard = shard_name(shard_of(stream_id, self.shards))
-            name = _lane.name_for(self._system_key, self.settings.database, shard)
-            return (None, stream_id, name)
+            return (None, stream_id, self._lane_of(shard_of(stream_id, self.shards)))
         return None
 
     def _learn_shards(self, reply: Executed, lane: str | None) -> None:
@@ -419,14 +417,14 @@ class Courier:
         """The lanes of this system's shards if it ran ``count`` of them (the last count asked
         for is kept: it is asked again only while the answers' count differs from ours)."""
         if self._names_for != count:
-            assert self._system_key is not None
-            database = self.settings.database
-            self._names = frozenset(
-                _lane.name_for(self._system_key, database, shard_name(index))
-                for index in range(count)
-            )
+            self._names = frozenset(self._lane_of(index) for index in range(count))
             self._names_for = count
         return self._names
+
+    def _lane_of(self, index: int) -> str:
+        """The lane of this system's shard ``index`` (multiproc)."""
+        assert self._system_key is not None
+        return _lane.name_for(self._system_key, self.settings.database, shard_name(index))
 
     def _remember(self, stream_id: str, address: Any, lane: str | None = None) -> None:
         self._home = address

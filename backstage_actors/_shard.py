@@ -166,8 +166,7 @@ class ShardActor(SupervisedActor):
             or (self.placement is not None and not self.placement.owns(execute.stream_id))
         ):
             if isinstance(reply_to, _lane.LaneConnection):
-                if self.lanes is not None:
-                    self.lanes.answer(reply_to, Executed([], shards=self.settings.shards))
+                self._not_here(reply_to)
             else:
                 self.send(self.supervisor, Execute(execute.items, reply_to, execute.grouped))
             return
@@ -194,9 +193,15 @@ class ShardActor(SupervisedActor):
             if isinstance(request, Execute) and request.stream_id is not None:
                 self._take(request, connection, by_lane=True)
             else:
-                self.lanes.answer(connection, Executed([], shards=self.settings.shards))
+                self._not_here(connection)
         if self.cells.ready and not self.round_due:
             self._round()
+
+    def _not_here(self, connection: _lane.LaneConnection) -> None:
+        """Answer a lane's request with nothing: its caller asks the router instead (and learns
+        this system's shard count, see ``Executed.shards``)."""
+        if self.lanes is not None:
+            self.lanes.answer(connection, Executed([], shards=self.settings.shards))
 
     # -- a round ----------------------------------------------------------------------------
 
@@ -237,8 +242,7 @@ class ShardActor(SupervisedActor):
             by_caller.setdefault(id(work.reply_to), (work.reply_to, []))[1].append(work)
         for reply_to, works in by_caller.values():
             if isinstance(reply_to, _lane.LaneConnection):
-                if self.lanes is not None:
-                    self.lanes.answer(reply_to, Executed([], shards=self.settings.shards))
+                self._not_here(reply_to)
             elif self.supervisor is not None:
                 items = [work.item for work in works]
                 self.send(self.supervisor, Execute(items, reply_to, len(items) > 1))
