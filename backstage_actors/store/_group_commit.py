@@ -3,13 +3,14 @@
 Appends that arrive while a commit is under way wait; the first of them then leads: it commits
 them all in one transaction (one lock, one flush) and wakes the others with their outcomes.
 
-A leader also **gathers** before it commits: when the last group was larger than the one now
-waiting, that many callers are about, and those not back yet are most likely encoding their next
-append (the Python work of a caller, which the GIL serialises, takes longer than a fast commit).
-Committing at once would send one append alone and the rest one commit later; so the leader
-waits for the last group's size, at most as long as the last commit took (never more than a
-commit it saves) and never past :data:`MAX_GATHER`. A lone caller never waits: its last group
-was itself. PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
+A leader also **gathers** before it commits: the callers of the last group, and those that
+were already waiting when it ended, are about; those not back yet are most likely encoding
+their next append (the Python work of a caller, which the GIL serialises, takes longer than a
+fast commit). Committing at once would send one append alone and the rest one commit later; so
+the leader waits for that many, at most as long as the last commit took (never more than a
+commit it saves) and never past :data:`MAX_GATHER`. Counting the ones already waiting matters:
+a caller left out of a group once (it came back a moment late) would otherwise be left out for
+good, every group one short of all of them. A lone caller never waits: it is all there is. PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class GroupCommit:
         self._changed = threading.Condition(threading.Lock())
         self._waiting: list[_Waiting] = []
         self._leading = False
-        self._last_size = 1
+        self._about = 1  # callers expected back: the last group, and who waited meanwhile
         self._last_took = 0.0
         self.groups = 0  # commits made (for benchmarks and tests)
         self.appends = 0  # appends they held
@@ -66,7 +67,7 @@ class GroupCommit:
         with self._changed:
             self._waiting.append(mine)
             if self._leading:
-                if len(self._waiting) >= self._last_size:
+                if len(self._waiting) >= self._about:
                     self._changed.notify()  # a gathering leader has its group
             else:
                 self._leading = mine.lead = True
@@ -83,7 +84,7 @@ class GroupCommit:
         finally:
             took = time.monotonic() - started
             with self._changed:
-                self._last_size, self._last_took = len(group), took
+                self._about, self._last_took = len(group) + len(self._waiting), took
                 self.groups += 1
                 self.appends += len(group)
                 if self._waiting:  # the next leader: the first that arrived meanwhile
@@ -96,10 +97,10 @@ class GroupCommit:
 
     def _gather(self) -> list[_Waiting]:
         with self._changed:
-            if len(self._waiting) < self._last_size:
+            if len(self._waiting) < self._about:
                 self.gathers += 1
                 deadline = time.monotonic() + min(self._last_took, self.max_gather)
-                while len(self._waiting) < self._last_size:
+                while len(self._waiting) < self._about:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
