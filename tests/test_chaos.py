@@ -15,8 +15,10 @@ from .conftest import free_port, thespian_log_defs
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 CLIENTS = 3
-COMMANDS = 600  # about two seconds of load on 2 cores: room for five kills or more
+COMMANDS = 600  # a round: about two seconds of load on 2 cores, five kills or more
 ACCOUNTS = 12
+KILLS = 5  # the load goes on, a round of clients at a time, until the killer made this many
+ROUNDS = 6  # at most
 
 
 # The drill runs on SQLite and on the private PostgreSQL server (app_database).
@@ -39,24 +41,32 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(
         chaos.open_accounts(system, ACCOUNTS)
         port = system.actor_system.capabilities["Admin Port"]
         context = multiprocessing.get_context("spawn")
-        paths = [str(tmp_path / f"client-{n}.json") for n in range(CLIENTS)]
-        clients = [
-            context.Process(
-                target=chaos.run_client, args=(port, database, seed, COMMANDS, ACCOUNTS, path)
-            )
-            for seed, path in enumerate(paths)
-        ]
+        paths: list[str] = []
         killer.start()
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join(timeout=150)
+        # Kills come on a timer and the load's length depends on the machine's speed: rounds of
+        # clients (new seeds, so new command ids) until the drill has seen its kills.
+        while len(killer.kills) < KILLS and len(paths) < ROUNDS * CLIENTS:
+            seeds = range(len(paths), len(paths) + CLIENTS)
+            paths += [str(tmp_path / f"client-{seed}.json") for seed in seeds]
+            batch = [
+                context.Process(
+                    target=chaos.run_client,
+                    args=(port, database, seed, COMMANDS, ACCOUNTS, paths[seed]),
+                )
+                for seed in seeds
+            ]
+            clients += batch
+            for client in batch:
+                client.start()
+            for client in batch:
+                client.join(timeout=150)
+            assert all(c.exitcode == 0 for c in batch), [c.exitcode for c in batch]
         killer.stop()
-        assert all(c.exitcode == 0 for c in clients), [c.exitcode for c in clients]
+        sent = len(paths) * COMMANDS
         system.settle(timeout=60)
         outcomes = [o for path in paths for o in _load(path)]
         subscribers = [s.subscriber_name() for s in app.subscribers]
-        report = chaos.verify(database, outcomes, CLIENTS * COMMANDS, subscribers)
+        report = chaos.verify(database, outcomes, sent, subscribers)
         tree = system.tree()
     finally:
         killer.stop()
@@ -68,8 +78,8 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(
 
     assert report["problems"] == [], report
     assert report["lost"] == 0 and report["duplicated"] == 0
-    assert report["acknowledged"] > CLIENTS * COMMANDS // 2
-    assert len(killer.kills) >= 5, killer.kills
+    assert report["acknowledged"] > sent // 2
+    assert len(killer.kills) >= KILLS, killer.kills
     assert sum(n.get("restarts", 0) for n in walk(tree)) > 0  # the tree shows the restarts
 
 
