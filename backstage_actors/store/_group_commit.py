@@ -84,6 +84,7 @@ class GroupCommit:
         finally:
             took = time.monotonic() - started
             with self._changed:
+                # (Before the group is woken: none of it can be waiting again, counted twice.)
                 self._about, self._last_took = len(group) + len(self._waiting), took
                 self.groups += 1
                 self.appends += len(group)
@@ -92,6 +93,9 @@ class GroupCommit:
                     self._waiting[0].done.set()
                 else:
                     self._leading = False
+            for member in group:
+                if not member.lead:
+                    member.done.set()
         if mine.error is not None:
             raise mine.error
 
@@ -121,5 +125,3 @@ class GroupCommit:
             member.results[:] = results[at : at + len(member.results)]
             at += len(member.results)
             member.error = error
-            if not member.lead:
-                member.done.set()
