@@ -3,7 +3,8 @@
 - P1c: the first command to each of N new aggregates, in-process, one thread, against
   eventsourcing's create + save; and the rate of new aggregates with 10,000 live against 100.
 - P7: 8 threads dispatching to 1,000 live aggregates through one running system, against one
-  thread, and against eventsourcing driven by 8 threads.
+  thread, and against eventsourcing driven by 8 threads. Its ceiling: the same with no flush at
+  all (``synchronous="NORMAL"``), and what one hand-off between two threads costs here.
 - P7b: 8 client processes against a daemon on live aggregates, against one client.
 - P8: 8 client processes, every command to a new aggregate, against eventsourcing's create +
   save in-process in one thread.
@@ -183,18 +184,51 @@ def _threads(count: int, seconds: float, step: Any) -> float:
     return sum(done) / (time.perf_counter() - start)
 
 
-def _p7(directory: Path, aggregates: int, seconds: float) -> list[Row]:
-    system = _domain.make_app(str(directory / "p7.db")).start(base="simple")
+def _one_and_eight(database: Path, aggregates: int, seconds: float, **options: Any) -> list[float]:
+    """Commands/s of 1 thread, then of 8 threads, dispatching to ``aggregates`` live wallets."""
+    system = _domain.make_app(str(database), **options).start(base="simple")
     try:
         check(system.dispatch_many([_domain.OpenWallet(f"w{i}") for i in range(aggregates)]))
 
         def dispatch(index: int, i: int) -> None:
             system.dispatch(_domain.Credit(f"w{(index * 131 + i) % aggregates}", 1))
 
-        one = _threads(1, seconds, dispatch)
-        eight = _threads(8, seconds, dispatch)
+        return [_threads(count, seconds, dispatch) for count in (1, 8)]
     finally:
         system.stop()
+
+
+def _handoff(rounds: int = 20_000) -> float:
+    """µs for one thread to wake another and be woken back (two locks, a ping-pong): what each
+    hand-off between callers costs on this machine, whatever the work."""
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+
+    def other() -> None:
+        for _ in range(rounds):
+            ping.acquire()
+            pong.release()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        ping.release()
+        pong.acquire()
+    elapsed = time.perf_counter() - start
+    thread.join()
+    return elapsed / rounds * 1e6
+
+
+def _p7(directory: Path, aggregates: int, seconds: float) -> list[Row]:
+    one, eight = _one_and_eight(directory / "p7.db", aggregates, seconds)
+    # The ceiling: the same callers with no flush at all (synchronous=NORMAL: nothing to share),
+    # so what is left is the Python work, one interpreter lock and the hand-offs between threads.
+    one_unflushed, eight_unflushed = _one_and_eight(
+        directory / "p7-normal.db", aggregates, seconds, synchronous="NORMAL"
+    )
+    handoff = _handoff()
     es = _domain.es_app(str(directory / "es-p7.db"), cache=True)
     try:
         ids = []
@@ -229,6 +263,28 @@ def _p7(directory: Path, aggregates: int, seconds: float) -> list[Row]:
             "eventsourcing 9.5.6, 8 threads",
             es_eight,
             target="≥ 5x",
+        ),
+        Row(
+            "P7's ceiling: 8 threads with no flush at all (synchronous=NORMAL)",
+            eight_unflushed,
+            "commands/s",
+            "1 thread, flushed (P7's peer)",
+            one,
+        ),
+        Row(
+            "P7's ceiling: 8 threads with no flush at all (synchronous=NORMAL)",
+            eight_unflushed,
+            "commands/s",
+            "1 thread with no flush",
+            one_unflushed,
+        ),
+        Row(
+            "a thread hand-off here (lock ping-pong round trip, 2 wake-ups)",
+            handoff,
+            "µs",
+            "P1's dispatch, flushed (1 / P7's 1-thread rate)",
+            1e6 / one,
+            higher_is_better=False,
         ),
     ]
 
