@@ -9,7 +9,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from backstage_actors.errors import StorageError
 from backstage_actors.store._group_commit import GroupCommit
+
+from .conftest import wait_until
 
 FLUSH = 0.03  # seconds a commit takes here (long: the test must hold on a loaded machine)
 GATHER = 0.1  # (the recorder's default is 2 ms; waking threads on a loaded machine takes longer)
@@ -69,3 +72,45 @@ def test_without_gathering_the_first_caller_back_commits_alone() -> None:
     sizes, _ = _run(callers=8, rounds=10, work=0.001, gather=0.0)
     assert sum(sizes) == 80
     assert sum(sizes) / len(sizes) < 6.5, sizes
+
+
+def test_a_leader_interrupted_in_its_commit_leaves_the_others_an_unknown_outcome() -> None:
+    """The leader's KeyboardInterrupt is its own: the member it was committing for hears that
+    its append may or may not be stored (a StorageError), not the interruption."""
+    first_in, release = threading.Event(), threading.Event()
+    groups: list[int] = []
+
+    def commit(prepared: Any, results: Any, recorded_at: datetime, stamp: str) -> None:
+        groups.append(len(prepared))
+        if len(groups) == 1:  # "a" commits alone while "b" and "c" queue behind it
+            first_in.set()
+            release.wait(30)
+            return
+        raise KeyboardInterrupt  # in the thread that leads "b" and "c"
+
+    group = GroupCommit(commit, max_gather=GATHER)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def caller(name: str) -> None:
+        try:
+            group.write([name], [None], datetime.now(UTC), "stamp")
+            outcomes[name] = None
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    threads = {name: threading.Thread(target=caller, args=(name,)) for name in "abc"}
+    threads["a"].start()
+    assert first_in.wait(30)
+    for name, queued in (("b", 1), ("c", 2)):
+        threads[name].start()
+        wait_until(lambda n=queued: len(group._waiting) == n, what=f"{name} to queue")
+    release.set()
+    for thread in threads.values():
+        thread.join(30)
+    assert groups == [1, 2]
+    assert outcomes["a"] is None
+    interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
+    assert len(interrupted) == 1, outcomes  # the leader of the second group
+    [other] = [n for n in "bc" if n not in interrupted]
+    assert isinstance(outcomes[other], StorageError), outcomes
+    assert "may or may not" in str(outcomes[other])

@@ -11,6 +11,10 @@ the leader waits for that many, at most as long as the last commit took (never m
 commit it saves) and never past :data:`MAX_GATHER`. Counting the ones already waiting matters:
 a caller left out of a group once (it came back a moment late) would otherwise be left out for
 good, every group one short of all of them. A lone caller never waits: it is all there is. PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
+
+A commit's error is every member's; an interruption of the leader (``KeyboardInterrupt``) is
+the leader's own, and the others of its group hear that their appends' outcome is unknown (a
+:class:`StorageError`), as the in-process queue of ``_combiner`` tells its callers.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from ..errors import StorageError
 from ._appending import Prepared, Results
 
 __all__ = ["MAX_GATHER", "GroupCommit"]
@@ -28,6 +33,11 @@ __all__ = ["MAX_GATHER", "GroupCommit"]
 MAX_GATHER = 0.002
 
 Commit = Callable[[Prepared, Results, datetime, str], None]
+
+_INTERRUPTED = (
+    "the thread leading this append's group commit was interrupted; it may or may not have "
+    "been stored"
+)
 
 
 class _Waiting:
@@ -79,8 +89,10 @@ class GroupCommit:
                 return
         group = self._gather()
         started = time.monotonic()
+        committed = False
         try:
             self._commit(group, recorded_at, stamp)
+            committed = True
         finally:
             took = time.monotonic() - started
             with self._changed:
@@ -95,6 +107,8 @@ class GroupCommit:
                     self._leading = False
             for member in group:
                 if not member.lead:
+                    if not committed and member.error is None:  # the leader was interrupted
+                        member.error = StorageError(_INTERRUPTED)
                     member.done.set()
         if mine.error is not None:
             raise mine.error
@@ -120,8 +134,11 @@ class GroupCommit:
             self.commit(prepared, results, recorded_at, stamp)
         except BaseException as exc:
             error = exc
+        # The leader's own interruption (KeyboardInterrupt...) is its own: the others hear that
+        # their appends' outcome is unknown.
+        unknown = error is not None and not isinstance(error, Exception)
         at = 0
         for member in group:
             member.results[:] = results[at : at + len(member.results)]
             at += len(member.results)
-            member.error = error
+            member.error = StorageError(_INTERRUPTED) if unknown and not member.lead else error
