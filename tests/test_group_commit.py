@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backstage_actors.errors import StorageError
+from backstage_actors.store import _group_commit
 from backstage_actors.store._group_commit import GroupCommit
 
 from .conftest import wait_until
@@ -98,15 +99,18 @@ def test_a_leader_interrupted_in_its_commit_leaves_the_others_an_unknown_outcome
         except BaseException as exc:
             outcomes[name] = exc
 
-    threads = {name: threading.Thread(target=caller, args=(name,)) for name in "abc"}
-    threads["a"].start()
-    assert first_in.wait(30)
-    for name, queued in (("b", 1), ("c", 2)):
-        threads[name].start()
-        wait_until(lambda n=queued: len(group._waiting) == n, what=f"{name} to queue")
-    release.set()
+    threads = {name: threading.Thread(target=caller, args=(name,), daemon=True) for name in "abc"}
+    try:
+        threads["a"].start()
+        assert first_in.wait(30)
+        for name, queued in (("b", 1), ("c", 2)):
+            threads[name].start()
+            wait_until(lambda n=queued: len(group._waiting) == n, what=f"{name} to queue")
+    finally:
+        release.set()
     for thread in threads.values():
         thread.join(30)
+        assert not thread.is_alive(), outcomes
     assert groups == [1, 2]
     assert outcomes["a"] is None
     interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
@@ -114,3 +118,52 @@ def test_a_leader_interrupted_in_its_commit_leaves_the_others_an_unknown_outcome
     [other] = [n for n in "bc" if n not in interrupted]
     assert isinstance(outcomes[other], StorageError), outcomes
     assert "may or may not" in str(outcomes[other])
+
+
+def test_a_caller_interrupted_while_it_waits_leaves_the_queue(monkeypatch: Any) -> None:
+    """A member interrupted in its wait (KeyboardInterrupt) must not stay queued: handed the
+    lead, it would lead nobody, and every later append would wait forever."""
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    class Waiting(_group_commit._Waiting):
+        def __init__(self, prepared: Any, results: Any) -> None:
+            super().__init__(prepared, results)
+            if prepared == ["b"]:
+                self.done = Interrupted()
+
+    monkeypatch.setattr(_group_commit, "_Waiting", Waiting)
+    first_in, release = threading.Event(), threading.Event()
+
+    def commit(prepared: Any, results: Any, recorded_at: datetime, stamp: str) -> None:
+        if prepared == ["a"]:
+            first_in.set()
+            release.wait(30)
+
+    group = GroupCommit(commit, max_gather=GATHER)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def caller(name: str) -> None:
+        try:
+            group.write([name], [None], datetime.now(UTC), "stamp")
+            outcomes[name] = None
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    threads = {name: threading.Thread(target=caller, args=(name,), daemon=True) for name in "abc"}
+    try:
+        threads["a"].start()
+        assert first_in.wait(30)
+        threads["b"].start()
+        wait_until(lambda: "b" in outcomes, what="b to be interrupted")
+        threads["c"].start()
+        wait_until(lambda: any(w.prepared == ["c"] for w in group._waiting), what="c to queue")
+    finally:
+        release.set()
+    for thread in threads.values():
+        thread.join(5)
+    assert isinstance(outcomes["b"], KeyboardInterrupt), outcomes
+    assert outcomes.get("a", 0) is None and outcomes.get("c", 0) is None, outcomes
+    assert not group._leading and not group._waiting

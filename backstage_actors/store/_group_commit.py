@@ -14,7 +14,8 @@ good, every group one short of all of them. A lone caller never waits: it is all
 
 A commit's error is every member's; an interruption of the leader (``KeyboardInterrupt``) is
 the leader's own, and the others of its group hear that their appends' outcome is unknown (a
-:class:`StorageError`), as the in-process queue of ``_combiner`` tells its callers.
+:class:`StorageError`), as the in-process queue of ``_combiner`` tells its callers. A caller
+interrupted while it waits leaves the queue, and passes on a lead handed to it.
 """
 
 from __future__ import annotations
@@ -81,18 +82,22 @@ class GroupCommit:
                     self._changed.notify()  # a gathering leader has its group
             else:
                 self._leading = mine.lead = True
-        if not mine.lead:
-            mine.done.wait()
-            if not mine.lead:  # committed by another thread's transaction
-                if mine.error is not None:
-                    raise mine.error
-                return
-        group = self._gather()
+        try:
+            if not mine.lead:
+                mine.done.wait()
+                if not mine.lead:  # committed by another thread's transaction
+                    if mine.error is not None:
+                        raise mine.error
+                    return
+            group = self._gather()
+        except BaseException:  # (KeyboardInterrupt) before it took a group: leave the queue
+            self._withdraw(mine)
+            raise
         started = time.monotonic()
-        committed = False
+        handed_out = False  # each member has its outcome
         try:
             self._commit(group, recorded_at, stamp)
-            committed = True
+            handed_out = True
         finally:
             took = time.monotonic() - started
             with self._changed:
@@ -100,18 +105,31 @@ class GroupCommit:
                 self._about, self._last_took = len(group) + len(self._waiting), took
                 self.groups += 1
                 self.appends += len(group)
-                if self._waiting:  # the next leader: the first that arrived meanwhile
-                    self._waiting[0].lead = True
-                    self._waiting[0].done.set()
-                else:
-                    self._leading = False
+                self._hand_on()
             for member in group:
                 if not member.lead:
-                    if not committed and member.error is None:  # the leader was interrupted
+                    if not handed_out and member.error is None:  # the leader was interrupted
                         member.error = StorageError(_INTERRUPTED)
                     member.done.set()
         if mine.error is not None:
             raise mine.error
+
+    def _hand_on(self) -> None:
+        """(Under the lock.) The lead goes to the first waiting, if any."""
+        if self._waiting:  # the next leader: the first that arrived meanwhile
+            self._waiting[0].lead = True
+            self._waiting[0].done.set()
+        else:
+            self._leading = False
+
+    def _withdraw(self, mine: _Waiting) -> None:
+        """``mine``'s caller stopped waiting: out of the queue if no leader took it yet (one
+        that did commits it for nobody); a lead handed to it goes to the next caller."""
+        with self._changed:
+            if mine in self._waiting:
+                self._waiting.remove(mine)
+                if mine.lead:
+                    self._hand_on()
 
     def _gather(self) -> list[_Waiting]:
         with self._changed:
