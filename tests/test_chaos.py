@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ CLIENTS = 3
 COMMANDS = 600  # a round: about two seconds of load on 2 cores, five kills or more
 ACCOUNTS = 12
 KILLS = 5  # the load goes on, a round of clients at a time, until the killer made this many
-ROUNDS = 6  # at most
+ROUNDS = 6  # at most, and no round begins after LOAD_SECONDS (the test's own timeout is 300 s)
+LOAD_SECONDS = 120
 
 
 # The drill runs on SQLite and on the private PostgreSQL server (app_database).
@@ -45,7 +47,12 @@ def test_killing_actors_under_load_loses_and_duplicates_nothing(
         killer.start()
         # Kills come on a timer and the load's length depends on the machine's speed: rounds of
         # clients (new seeds, so new command ids) until the drill has seen its kills.
-        while len(killer.kills) < KILLS and len(paths) < ROUNDS * CLIENTS:
+        deadline = time.monotonic() + LOAD_SECONDS
+        while (
+            len(killer.kills) < KILLS
+            and len(paths) < ROUNDS * CLIENTS
+            and time.monotonic() < deadline
+        ):
             seeds = range(len(paths), len(paths) + CLIENTS)
             paths += [str(tmp_path / f"client-{seed}.json") for seed in seeds]
             batch = [
