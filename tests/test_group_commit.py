@@ -90,16 +90,7 @@ def test_a_leader_interrupted_in_its_commit_leaves_the_others_an_unknown_outcome
         raise KeyboardInterrupt  # in the thread that leads "b" and "c"
 
     group = GroupCommit(commit, max_gather=GATHER)
-    outcomes: dict[str, BaseException | None] = {}
-
-    def caller(name: str) -> None:
-        try:
-            group.write([name], [None], datetime.now(UTC), "stamp")
-            outcomes[name] = None
-        except BaseException as exc:
-            outcomes[name] = exc
-
-    threads = {name: threading.Thread(target=caller, args=(name,), daemon=True) for name in "abc"}
+    outcomes, threads = _three_callers(group)
     try:
         threads["a"].start()
         assert first_in.wait(30)
@@ -143,16 +134,7 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_queue(monkeypatch: Any) 
             release.wait(30)
 
     group = GroupCommit(commit, max_gather=GATHER)
-    outcomes: dict[str, BaseException | None] = {}
-
-    def caller(name: str) -> None:
-        try:
-            group.write([name], [None], datetime.now(UTC), "stamp")
-            outcomes[name] = None
-        except BaseException as exc:
-            outcomes[name] = exc
-
-    threads = {name: threading.Thread(target=caller, args=(name,), daemon=True) for name in "abc"}
+    outcomes, threads = _three_callers(group)
     try:
         threads["a"].start()
         assert first_in.wait(30)
@@ -167,3 +149,21 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_queue(monkeypatch: Any) 
     assert isinstance(outcomes["b"], KeyboardInterrupt), outcomes
     assert outcomes.get("a", 0) is None and outcomes.get("c", 0) is None, outcomes
     assert not group._leading and not group._waiting
+
+
+def _three_callers(
+    group: GroupCommit,
+) -> tuple[dict[str, BaseException | None], dict[str, threading.Thread]]:
+    """Threads "a", "b" and "c" (not started yet), each appending its name once, and their
+    outcomes as they end: None for a commit, else what the append raised."""
+    outcomes: dict[str, BaseException | None] = {}
+
+    def caller(name: str) -> None:
+        try:
+            group.write([name], [None], datetime.now(UTC), "stamp")
+            outcomes[name] = None
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    threads = {name: threading.Thread(target=caller, args=(name,), daemon=True) for name in "abc"}
+    return outcomes, threads
