@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import resource
@@ -13,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from thespian.actors import Actor, DeadEnvelope
+from thespian.actors import Actor, DeadEnvelope, WakeupMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
 from backstage_actors import _thespian
@@ -310,3 +311,42 @@ def test_actor_processes_run_their_loop_clear_of_data_stack_chunk_ends(tmp_path:
         system.shutdown()
     assert isinstance(faults[1], int), faults
     assert faults[1] < 250, f"{faults[1]} page faults for 100,000 calls: chunks mapped per call"
+
+
+class NearDeadline(Actor):  # type: ignore[misc]
+    """On "arm": a wakeup 0.3 s away, and the transport's next look at the clock (when it
+    decides how long to wait on its sockets) falls 0.3 microseconds before the wakeup is due;
+    the real clock after that. Answers "woke" when the wakeup comes."""
+
+    def receiveMessage(self, message: object, sender: object) -> None:
+        if message == "arm":
+            self.tester = sender
+            self.wakeupAfter(timedelta(seconds=0.3), "due")
+            deadline = self._myRef.transport.run_time._time_to_quit
+            module = importlib.import_module("thespian.system.transport.TCPTransport")
+            real = module.currentTime
+
+            def once() -> float:
+                module.currentTime = real
+                return float(deadline - 3e-7)
+
+            module.currentTime = once
+        elif isinstance(message, WakeupMessage):
+            self.send(self.tester, "woke")
+
+
+def test_a_wakeup_looked_at_a_fraction_of_a_microsecond_before_it_is_due_still_comes(
+    tmp_path: Path,
+) -> None:
+    """Thespian's loop waits on its sockets for the wakeup's remaining time as a timedelta and
+    leaves out delays that are false: under half a microsecond rounds to timedelta(0), and it
+    waited with no timeout, until some message happened to arrive. A subscriber with nothing
+    more coming (its next page and its slow poll both wakeups) then never woke again."""
+    system = _thespian.start_actor_system("multiproc", thespian_log=str(tmp_path / "t.log"))
+    try:
+        actor = system.createActor(NearDeadline)
+        system.tell(actor, "arm")
+        answer = system.listen(timedelta(seconds=5))
+    finally:
+        system.shutdown()
+    assert answer == "woke", "no wakeup: the transport waited on its sockets with no timeout"

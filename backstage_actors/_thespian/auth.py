@@ -37,10 +37,12 @@ import os
 import pickle
 import socket
 import threading
+from datetime import timedelta
 from typing import Any
 
 from thespian.system import utilis
 from thespian.system.multiprocTCPBase import ActorSystemBase as TCPSystemBase
+from thespian.system.timing import ExpirationTimer, ExpirationTimerView
 from thespian.system.transport import IPBase
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.streamBuffer import (
@@ -225,6 +227,28 @@ def _receive_buffer(deserialize: Any = pickle.loads) -> Any:
     return AuthReceiveBuffer(scope.codec)
 
 
+class _DeadlineView(ExpirationTimerView):
+    def remaining(self, forever: Any = None) -> Any:
+        left = super().remaining(forever)
+        if left is not None and not left and not self.expired():
+            return _MICROSECOND
+        return left
+
+
+class _Deadline(ExpirationTimer):
+    """An :class:`ExpirationTimer` whose remaining time is never zero before it expires."""
+
+    def __init__(self, timer: ExpirationTimer) -> None:
+        self.duration = timer.duration
+        self._time_to_quit = timer._time_to_quit
+
+    def view(self, curtime: Any = None) -> ExpirationTimerView:
+        return _DeadlineView(self.duration, self._time_to_quit, curtime)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
 class AuthenticatedTCPTransport(tcp.TCPTransport):
     """Thespian's TCP transport with authenticated frames; subclassed per system with ``scope``."""
 
@@ -249,6 +273,20 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
     def _runWithExpiry(self, incomingHandler: Any) -> Any:
         with entered(self.scope):
             return super()._runWithExpiry(incomingHandler)
+
+    # The deadline of the transport's wait (its next wakeup): Thespian's loop waits on its
+    # sockets for ``run_time.view(now).remaining()``, a timedelta, and leaves out delays that are
+    # false. Less than half a microsecond before the deadline the remaining time rounds to
+    # timedelta(0): the loop then waits with no timeout at all, and the wakeup (a subscriber's
+    # next page, its slow poll) comes only when some message happens to arrive. Here a deadline
+    # not yet passed always has at least a microsecond left.
+    @property
+    def run_time(self) -> Any:
+        return self._run_time
+
+    @run_time.setter
+    def run_time(self, timer: Any) -> None:
+        self._run_time = _Deadline(timer) if type(timer) is ExpirationTimer else timer
 
     def scheduleTransmit(self, *args: Any, **kwargs: Any) -> Any:
         with entered(self.scope):
