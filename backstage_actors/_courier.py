@@ -401,17 +401,18 @@ class Courier:
         called), or by message from a shard whose lane is one of this system's. In a cluster a
         forwarded command's answer, or a call to the lane it named, comes from another member,
         whose count may differ. The homes remembered so far came from answers: they hold."""
-        count = reply.shards
         if self._system_key is None:
             return
         if lane is None and reply.source is not None:
             lane = reply.source[2]
-        if lane is None or lane not in self._lane_names(count):
+        if lane is None or lane not in self._lane_names(reply.shards):
             return
         log().info(
-            "the running system has %d shards (this application says %d)", count, self.shards
+            "the running system has %d shards (this application says %d)",
+            reply.shards,
+            self.shards,
         )
-        self.shards = count
+        self.shards = reply.shards
 
     def _lane_names(self, count: int) -> frozenset[str]:
         """The lanes of this system's shards if it ran ``count`` of them (the last count asked

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import resource
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from thespian.actors import Actor, DeadEnvelope, WakeupMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
+from thespian.system.transport import TCPTransport as tcp_module
 
 from backstage_actors import _thespian
 
@@ -323,14 +323,13 @@ class NearDeadline(Actor):  # type: ignore[misc]
             self.tester = sender
             self.wakeupAfter(timedelta(seconds=0.3), "due")
             deadline = self._myRef.transport.run_time._time_to_quit
-            module = importlib.import_module("thespian.system.transport.TCPTransport")
-            real = module.currentTime
+            real = tcp_module.currentTime
 
             def once() -> float:
-                module.currentTime = real
+                tcp_module.currentTime = real
                 return float(deadline - 3e-7)
 
-            module.currentTime = once
+            tcp_module.currentTime = once
         elif isinstance(message, WakeupMessage):
             self.send(self.tester, "woke")
 

@@ -10,7 +10,8 @@ fast commit). Committing at once would send one append alone and the rest one co
 the leader waits for that many, at most as long as the last commit took (never more than a
 commit it saves) and never past :data:`MAX_GATHER`. Counting the ones already waiting matters:
 a caller left out of a group once (it came back a moment late) would otherwise be left out for
-good, every group one short of all of them. A lone caller never waits: it is all there is. PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
+good, every group one short of all of them. A lone caller never waits: it is all there is.
+PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
 
 A commit's error is every member's; an interruption of the leader (``KeyboardInterrupt``) is
 the leader's own, and the others of its group hear that their appends' outcome is unknown (a
