@@ -7,7 +7,10 @@ the counters in the lock file say which commits a flush has covered.
 from __future__ import annotations
 
 import errno
+import os
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,48 @@ def test_processes_appending_at_once_share_flushes_and_lose_nothing(tmp_path: Pa
         events = list(store.read_all())
         for name in ("a", "b", "c"):
             assert [e.data.seq for e in events if e.data.writer == name] == list(range(per_writer))
+
+
+_OTHER_CONNECTION = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("INSERT INTO checkpoints VALUES ('other', 1, 'now')")
+conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+conn.close()
+"""
+
+
+@pytest.mark.process
+def test_a_store_flushes_the_wal_sqlite_writes_without_asking_its_attributes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store opens the WAL once and never stats it again: on ext4 a stat between two writes
+    made every fdatasync ~60 µs slower (a fifth of a dispatch). That is safe because SQLite
+    deletes a WAL only when its last connection closes: another process's connection coming,
+    checkpointing the log to nothing and going leaves the file the store flushes in place."""
+    database = tmp_path / "events.db"
+    store = EventStore(str(database), shared_flush=True)
+    recorder: Any = store.recorder
+    try:
+        store.append("s-0", [Flushed("w", 0)])
+        wal = recorder._wal.fd
+        assert wal is not None
+        subprocess.run([sys.executable, "-c", _OTHER_CONNECTION, str(database)], check=True)
+        stats: list[Any] = []
+        real_fstat, real_stat = os.fstat, os.stat
+        monkeypatch.setattr(os, "fstat", lambda *a, **k: stats.append(a) or real_fstat(*a, **k))
+        monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+        for seq in range(1, 6):
+            store.append(f"s-{seq}", [Flushed("w", seq)])
+        monkeypatch.undo()
+        assert stats == []
+        assert recorder._wal.fd == wal
+        kept, current = os.fstat(wal), os.stat(f"{database}-wal")
+        assert (kept.st_ino, kept.st_nlink) == (current.st_ino, 1)
+        assert kept.st_size > 0  # the appends after the truncation went to this file
+    finally:
+        store.close()
+    assert counters(database) == (6, 6)
 
 
 def test_a_caller_whose_commit_a_flush_covered_does_not_wait_for_the_next_one(

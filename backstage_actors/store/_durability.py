@@ -32,14 +32,22 @@ _FLUSH_LOCK_AT, _FLUSH_LOCK_LENGTH = _COUNTERS.size, 8  # the bytes locked (lock
 
 
 class WalSync:
-    """fdatasync(2) of a database's write-ahead log, opened once (again if it was replaced)."""
+    """fdatasync(2) of a database's write-ahead log, opened at the first flush and kept.
+
+    Kept for as long as the recorder's connection is open, which is as long as it flushes: SQLite
+    deletes a WAL only when its last connection closes (it must lock the database exclusively
+    first), so the file opened here is the one SQLite writes until then. Nothing asks for the
+    file's attributes on a flush: on this kernel a stat of a file between two writes to it makes
+    the next fdatasync record a fine-grained timestamp too, ~60 µs more (ext4, Linux 6.18:
+    137 → 202 µs for a small write; a P1 dispatch is ~470 µs).
+    """
 
     def __init__(self, database: str) -> None:
         self.path = database + "-wal"
         self.fd: int | None = None
 
     def __call__(self) -> None:
-        if self.fd is None or os.fstat(self.fd).st_nlink == 0:
+        if self.fd is None:
             self._open()
         assert self.fd is not None
         os.fdatasync(self.fd)
