@@ -130,10 +130,10 @@ conn.close()
 def test_a_store_flushes_the_wal_sqlite_writes_without_asking_its_attributes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store opens the WAL once and never stats it again: on ext4 a stat between two writes
-    made every fdatasync ~60 µs slower (a fifth of a dispatch). That is safe because SQLite
-    deletes a WAL only when its last connection closes: another process's connection coming,
-    checkpointing the log to nothing and going leaves the file the store flushes in place."""
+    """A flush asks nothing of the WAL's attributes (on ext4 a stat between two writes made every
+    fdatasync ~60 µs slower, a seventh of a dispatch), and another process's connection coming,
+    checkpointing the log to nothing and going leaves the file the store flushes in place: SQLite
+    deletes a WAL only when its last connection closes or a connection leaves WAL mode."""
     database = tmp_path / "events.db"
     store = EventStore(str(database), shared_flush=True)
     recorder: Any = store.recorder
@@ -142,14 +142,14 @@ def test_a_store_flushes_the_wal_sqlite_writes_without_asking_its_attributes(
         wal = recorder._wal.fd
         assert wal is not None
         subprocess.run([sys.executable, "-c", _OTHER_CONNECTION, str(database)], check=True)
-        stats: list[Any] = []
-        real_fstat, real_stat = os.fstat, os.stat
-        monkeypatch.setattr(os, "fstat", lambda *a, **k: stats.append(a) or real_fstat(*a, **k))
-        monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+        asked: list[Any] = []  # stats, and the directory fsync of a reopened log
+        for name in ("fstat", "stat", "fsync"):
+            real = getattr(os, name)
+            monkeypatch.setattr(os, name, lambda *a, real=real: asked.append(a) or real(*a))
         for seq in range(1, 6):
             store.append(f"s-{seq}", [Flushed("w", seq)])
         monkeypatch.undo()
-        assert stats == []
+        assert asked == []
         assert recorder._wal.fd == wal
         kept, current = os.fstat(wal), os.stat(f"{database}-wal")
         assert (kept.st_ino, kept.st_nlink) == (current.st_ino, 1)
@@ -157,6 +157,43 @@ def test_a_store_flushes_the_wal_sqlite_writes_without_asking_its_attributes(
     finally:
         store.close()
     assert counters(database) == (6, 6)
+
+
+def _synced_is_sqlites(store: EventStore, wal_path: Path) -> bool:
+    """Whether the file the store's flushes sync is the WAL at ``wal_path``."""
+    synced, current = os.fstat(store.recorder._wal.fd), os.stat(wal_path)  # type: ignore[attr-defined]
+    return (synced.st_dev, synced.st_ino, synced.st_nlink) == (current.st_dev, current.st_ino, 1)
+
+
+def test_a_store_whose_connection_leaves_wal_mode_and_comes_back_flushes_the_new_log(
+    tmp_path: Path,
+) -> None:
+    """Leaving WAL mode deletes the log and going back makes a new one (SQLite's way to change
+    the page size): the next flush syncs the new file, not the deleted one it had open."""
+    database = tmp_path / "events.db"
+    with EventStore(str(database), shared_flush=True) as store:
+        store.append("s-0", [Flushed("w", 0)])
+        first = os.fstat(store.recorder._wal.fd).st_ino  # type: ignore[attr-defined]
+        for statement in ("PRAGMA journal_mode=DELETE", "VACUUM", "PRAGMA journal_mode=WAL"):
+            store.conn.execute(statement)
+        store.append("s-1", [Flushed("w", 1)])
+        assert _synced_is_sqlites(store, Path(f"{database}-wal"))
+        assert os.fstat(store.recorder._wal.fd).st_ino != first  # type: ignore[attr-defined]
+
+
+def test_a_store_opened_through_a_symlink_flushes_the_wal_beside_the_real_file(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps the WAL beside the database's real file; a file at the link's ``-wal`` path
+    (a stray one here) is not what gets flushed."""
+    (tmp_path / "real").mkdir()
+    real, link = tmp_path / "real" / "events.db", tmp_path / "events.db"
+    EventStore(str(real)).close()
+    link.symlink_to(real)
+    Path(f"{link}-wal").write_bytes(b"")
+    with EventStore(str(link), shared_flush=True) as store:
+        store.append("s-0", [Flushed("w", 0)])
+        assert _synced_is_sqlites(store, Path(f"{real}-wal"))
 
 
 def test_a_caller_whose_commit_a_flush_covered_does_not_wait_for_the_next_one(

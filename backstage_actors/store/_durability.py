@@ -32,29 +32,41 @@ _FLUSH_LOCK_AT, _FLUSH_LOCK_LENGTH = _COUNTERS.size, 8  # the bytes locked (lock
 
 
 class WalSync:
-    """fdatasync(2) of a database's write-ahead log, opened at the first flush and kept.
+    """fdatasync(2) of a database's write-ahead log, opened once and again if it was replaced.
 
-    Kept for as long as the recorder's connection is open, which is as long as it flushes: SQLite
-    deletes a WAL only when its last connection closes (it must lock the database exclusively
-    first), so the file opened here is the one SQLite writes until then. Nothing asks for the
-    file's attributes on a flush: on this kernel a stat of a file between two writes to it makes
-    the next fdatasync record a fine-grained timestamp too, ~60 µs more (ext4, Linux 6.18:
-    137 → 202 µs for a small write; a P1 dispatch is ~470 µs).
+    SQLite deletes a WAL when its last connection closes, and when a connection leaves WAL mode
+    (``PRAGMA journal_mode``); going back to WAL makes a new file. So before each flush the open
+    log is checked to be still the file at its path, by the name the kernel gives its descriptor
+    (``/proc/self/fd``: a deleted or renamed file's name changes). Not by a stat: on ext4 (Linux
+    6.18 here) asking a file's timestamps between two writes to it made the next fdatasync ~60 µs
+    slower (137 → 202 µs for a small write; a P1 dispatch is ~430 µs); asking only its name, or
+    only its link count (``statx``), does not. Without ``/proc`` the link count comes from a stat.
+    SQLite keeps the WAL beside the database's real file, so a symlinked path is resolved.
     """
 
     def __init__(self, database: str) -> None:
-        self.path = database + "-wal"
+        self.path = os.path.realpath(database) + "-wal"
         self.fd: int | None = None
+        self._name: str | None = None  # the open log's name, as the kernel gave it at the open
 
     def __call__(self) -> None:
-        if self.fd is None:
+        if self.fd is None or not self._still_there(self.fd):
             self._open()
         assert self.fd is not None
         os.fdatasync(self.fd)
 
+    def _still_there(self, fd: int) -> bool:
+        if self._name is None:
+            return os.fstat(fd).st_nlink > 0
+        return os.readlink(f"/proc/self/fd/{fd}") == self._name
+
     def _open(self) -> None:
         self.close()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._name = os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:  # no /proc here
+            self._name = None
         # The log's directory entry must survive a power cut too.
         directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
         try:
