@@ -181,6 +181,18 @@ def test_a_store_whose_connection_leaves_wal_mode_and_comes_back_flushes_the_new
         assert os.fstat(store.recorder._wal.fd).st_ino != first  # type: ignore[attr-defined]
 
 
+def test_a_store_whose_directory_is_renamed_keeps_flushing_its_log(tmp_path: Path) -> None:
+    """The log renamed with its directory is still the file SQLite writes: the flush goes on
+    syncing it (it is not looked for again at the old path, where nothing is)."""
+    (tmp_path / "before").mkdir()
+    with EventStore(str(tmp_path / "before" / "events.db"), shared_flush=True) as store:
+        store.append("s-0", [Flushed("w", 0)])
+        (tmp_path / "before").rename(tmp_path / "after")
+        store.append("s-1", [Flushed("w", 1)])
+        assert _synced_is_sqlites(store, tmp_path / "after" / "events.db-wal")
+    assert counters(tmp_path / "after" / "events.db") == (2, 2)
+
+
 def test_a_store_opened_through_a_symlink_flushes_the_wal_beside_the_real_file(
     tmp_path: Path,
 ) -> None:

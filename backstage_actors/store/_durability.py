@@ -29,6 +29,7 @@ _COUNTERS = struct.Struct("<QQ")  # committed, flushed
 _COUNTER = struct.Struct("<Q")
 _FLUSHED_AT = _COUNTER.size  # where ``flushed`` lives
 _FLUSH_LOCK_AT, _FLUSH_LOCK_LENGTH = _COUNTERS.size, 8  # the bytes locked (lockf) for a flush
+_DELETED = " (deleted)"  # how /proc/self/fd names an open file that no longer has a name
 
 
 class WalSync:
@@ -36,18 +37,19 @@ class WalSync:
 
     SQLite deletes a WAL when its last connection closes, and when a connection leaves WAL mode
     (``PRAGMA journal_mode``); going back to WAL makes a new file. So before each flush the open
-    log is checked to be still the file at its path, by the name the kernel gives its descriptor
-    (``/proc/self/fd``: a deleted or renamed file's name changes). Not by a stat: on ext4 (Linux
-    6.18 here) asking a file's timestamps between two writes to it made the next fdatasync ~60 µs
-    slower (137 → 202 µs for a small write; a P1 dispatch is ~430 µs); asking only its name, or
-    only its link count (``statx``), does not. Without ``/proc`` the link count comes from a stat.
-    SQLite keeps the WAL beside the database's real file, so a symlinked path is resolved.
+    log is checked not to be deleted, by the name the kernel gives its descriptor
+    (``/proc/self/fd``, which ends in " (deleted)" once the file has no name; a file renamed with
+    its directory is still the one SQLite writes). Not by a stat: on ext4 (Linux 6.18 here)
+    asking a file's timestamps between two writes to it made the next fdatasync ~60 µs slower
+    (137 → 202 µs for a small write; a P1 dispatch is ~430 µs); asking only its name, or only its
+    link count (``statx``), does not. Without ``/proc`` the link count comes from a stat. SQLite
+    keeps the WAL beside the database's real file, so a symlinked path is resolved.
     """
 
     def __init__(self, database: str) -> None:
         self.path = os.path.realpath(database) + "-wal"
         self.fd: int | None = None
-        self._name: str | None = None  # the open log's name, as the kernel gave it at the open
+        self._proc = False  # whether /proc names the open log
 
     def __call__(self) -> None:
         if self.fd is None or not self._still_there(self.fd):
@@ -56,17 +58,17 @@ class WalSync:
         os.fdatasync(self.fd)
 
     def _still_there(self, fd: int) -> bool:
-        if self._name is None:
-            return os.fstat(fd).st_nlink > 0
-        return os.readlink(f"/proc/self/fd/{fd}") == self._name
+        if self._proc:
+            return not os.readlink(f"/proc/self/fd/{fd}").endswith(_DELETED)
+        return os.fstat(fd).st_nlink > 0
 
     def _open(self) -> None:
         self.close()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._name = os.readlink(f"/proc/self/fd/{self.fd}")
+            self._proc = not os.readlink(f"/proc/self/fd/{self.fd}").endswith(_DELETED)
         except OSError:  # no /proc here
-            self._name = None
+            self._proc = False
         # The log's directory entry must survive a power cut too.
         directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
         try:
