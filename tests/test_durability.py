@@ -208,6 +208,24 @@ def test_a_store_opened_through_a_symlink_flushes_the_wal_beside_the_real_file(
         assert _synced_is_sqlites(store, Path(f"{real}-wal"))
 
 
+def test_a_database_opened_through_a_symlink_and_by_its_path_has_one_lock_file(
+    tmp_path: Path,
+) -> None:
+    """Both take turns on, and count their commits in, the lock file beside the real file."""
+    (tmp_path / "real").mkdir()
+    real, link = tmp_path / "real" / "events.db", tmp_path / "events.db"
+    EventStore(str(real)).close()
+    link.symlink_to(real)
+    with (
+        EventStore(str(real), shared_flush=True) as by_path,
+        EventStore(str(link), shared_flush=True) as by_link,
+    ):
+        by_path.append("s-0", [Flushed("w", 0)])
+        by_link.append("s-1", [Flushed("w", 1)])
+    assert counters(real) == (2, 2)
+    assert not Path(f"{link}.lock").exists()
+
+
 def test_a_caller_whose_commit_a_flush_covered_does_not_wait_for_the_next_one(
     tmp_path: Path,
 ) -> None:

@@ -83,10 +83,14 @@ class WalSync:
 
 
 class Turns:
-    """The lock file beside a database (``<database>.lock``): append turns and flush counters."""
+    """The lock file beside a database (``<database>.lock``): append turns and flush counters.
+
+    Beside its real file, as SQLite keeps the ``-wal`` and ``-shm``: processes that open the
+    database through a symlink and by its own path take turns on one lock and share flushes.
+    """
 
     def __init__(self, database: str) -> None:
-        self.path = None if database == ":memory:" else database + ".lock"
+        self.path = None if database == ":memory:" else os.path.realpath(database) + ".lock"
         self.fd: int | None = None
         self.counters: mmap.mmap | None = None
         # Commits this process knows to be on disk: those a flush it made or saw covered.
