@@ -16,6 +16,7 @@ Below the members: the fixtures (``cluster``, ``partition``) and helpers the clu
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ import psutil
 import pytest
 
 from backstage_actors._cluster import members_of
+from backstage_actors._placement import owner
 from backstage_actors._thespian import free_port
 from backstage_actors.errors import DispatchTimeout, SystemNotRunning, WrongExpectedVersion
 from examples.bank import make_app as make_bank
@@ -416,14 +418,27 @@ def partition_fixture() -> Iterator[Partition]:
 
 def three_members(cluster: Any, accounts: int) -> tuple[list[Any], list[str], dict[str, str]]:
     """Three members of one shard each, placed: their clients, their keys, and ``accounts``
-    bank account ids with their stream ids."""
+    bank account ids (at least 3) with their stream ids, of which every member owns some.
+
+    Owners are a hash over the members' keys, whose ports change from run to run: 12 accounts
+    taken as they come left a given member none of them in 146 of 20,000 draws of ports."""
     for index in range(3):
         cluster.start(index, shards=1)
     clients = [cluster.client(i) for i in range(3)]
     members = [f"{HOSTS[i]}:{cluster.ports[i]}" for i in range(3)]
     wait_until(lambda: converged(clients, members), timeout=20, what="3 members placed")
     bank = make_bank().router
-    ids = {f"acct-{n}": bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1] for n in range(accounts)}
+    ids: dict[str, str] = {}
+    unowned = set(members)  # members that own none of ``ids`` yet
+    for n in itertools.count():
+        if len(ids) == accounts:
+            break
+        stream = bank.stream_of(OpenAccount(f"acct-{n}", "x"))[1]
+        member = owner(stream, members)
+        # Taken if its owner has none yet, or if enough places are left for those that do not.
+        if member in unowned or accounts - len(ids) > len(unowned):
+            ids[f"acct-{n}"] = stream
+            unowned.discard(member)
     return clients, members, ids
 
 
