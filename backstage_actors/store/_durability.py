@@ -30,6 +30,7 @@ _COUNTER = struct.Struct("<Q")
 _FLUSHED_AT = _COUNTER.size  # where ``flushed`` lives
 _FLUSH_LOCK_AT, _FLUSH_LOCK_LENGTH = _COUNTERS.size, 8  # the bytes locked (lockf) for a flush
 _DELETED = " (deleted)"  # how /proc/self/fd names an open file that no longer has a name
+_PROC_NAMES_FILES = os.path.isdir("/proc/self/fd")
 
 
 class WalSync:
@@ -49,7 +50,6 @@ class WalSync:
     def __init__(self, database: str) -> None:
         self.path = os.path.realpath(database) + "-wal"
         self.fd: int | None = None
-        self._proc = False  # whether /proc names the open log
 
     def __call__(self) -> None:
         if self.fd is None or not self._still_there(self.fd):
@@ -57,18 +57,15 @@ class WalSync:
         assert self.fd is not None
         os.fdatasync(self.fd)
 
-    def _still_there(self, fd: int) -> bool:
-        if self._proc:
+    @staticmethod
+    def _still_there(fd: int) -> bool:
+        if _PROC_NAMES_FILES:
             return not os.readlink(f"/proc/self/fd/{fd}").endswith(_DELETED)
         return os.fstat(fd).st_nlink > 0
 
     def _open(self) -> None:
         self.close()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._proc = not os.readlink(f"/proc/self/fd/{self.fd}").endswith(_DELETED)
-        except OSError:  # no /proc here
-            self._proc = False
         # The log's directory entry must survive a power cut too.
         directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -109,7 +109,9 @@ class GroupCommit:
                 self._hand_on()
             for member in group:
                 if not member.lead:
-                    if not handed_out and member.error is None:  # the leader was interrupted
+                    # The leader interrupted (KeyboardInterrupt) in its commit or while handing
+                    # out: a member it gave no outcome hears that its append's is unknown.
+                    if not handed_out and member.error is None:
                         member.error = StorageError(_INTERRUPTED)
                     member.done.set()
         if mine.error is not None:
@@ -148,16 +150,13 @@ class GroupCommit:
     def _commit(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
         prepared = [item for member in group for item in member.prepared]
         results = [result for member in group for result in member.results]
-        error: BaseException | None = None
+        error: Exception | None = None
         try:
             self.commit(prepared, results, recorded_at, stamp)
-        except BaseException as exc:
+        except Exception as exc:  # every member's (an interruption is the leader's own: write)
             error = exc
-        # The leader's own interruption (KeyboardInterrupt...) is its own: the others hear that
-        # their appends' outcome is unknown.
-        unknown = error is not None and not isinstance(error, Exception)
         at = 0
         for member in group:
             member.results[:] = results[at : at + len(member.results)]
             at += len(member.results)
-            member.error = StorageError(_INTERRUPTED) if unknown and not member.lead else error
+            member.error = error
