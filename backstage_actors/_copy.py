@@ -5,8 +5,9 @@ Every table is copied row for row, in one transaction on the destination: events
 positions and ids, streams their versions (and truncation marks), snapshots (the latest and
 their history), checkpoints, dead letters (with their ids) and process manager state arrive as
 they were. A destination that holds
-anything is refused: a copy never merges two histories. Stop the application writing to SRC
-first; a copy is a snapshot of SRC as its reads find it.
+anything is refused: a copy never merges two histories. The source is read in one read
+transaction: the copy is the store as it stood when the copy began, even while an application
+goes on writing to it (what it writes meanwhile is not in the copy).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
                 f"the destination {redact(destination)} is not empty ({held}); copy into an"
                 " empty store"
             )
-        totals = {table: src.recorder.count(table) for table in TABLES}
-        total, done = sum(totals.values()), 0
-        if progress:
-            progress(0, total)
-        with dst.transaction():
+        with src.snapshot(), dst.transaction():
+            totals = {table: src.recorder.count(table) for table in TABLES}
+            total, done = sum(totals.values()), 0
+            if progress:
+                progress(0, total)
             for table in TABLES:
                 for rows in src.recorder.export(table):
                     dst.recorder.import_rows(table, [tuple(row) for row in rows])

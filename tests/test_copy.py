@@ -109,3 +109,32 @@ def test_export_pages_past_a_thousand_rows_in_key_order(pg_dsn: str) -> None:
     assert positions == sorted(set(positions)) and len(positions) == 2500
     keys = [tuple(row[:2]) for row in exported["snapshot_history"]]
     assert keys == sorted(set(keys)) and len(keys) == 1300
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_copy_is_the_store_as_it_stood_when_the_copy_began(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The application may go on writing to the source: the copy holds none of it. Read table
+    by table instead, the events came from before and the checkpoints from after a writer
+    moved on, and the copy's subscriber would skip the events it never got."""
+    source = str(tmp_path / "live.db") if kind == "sqlite" else request.getfixturevalue("pg_dsn")
+    fill(source)
+    before = dump(source)
+    writes: list[int] = []
+
+    def meanwhile(done: int, total: int) -> None:
+        if writes:
+            return
+        with EventStore(source) as writer:  # another connection, writing as an application would
+            recorded = writer.append("acct-9", [ConfDeposited("late", 1)] * 3)
+            writer.save_checkpoint("balances", recorded[-1].position)
+            writer.save_process("transfers", "t-2", {"step": "begun"})
+        writes.append(recorded[-1].position)
+
+    copy = str(tmp_path / "copy.db")
+    copied = copy_store(source, copy, meanwhile)
+    assert writes, "the writer never ran"
+    assert dump(copy) == before
+    assert copied == {t: len(rows) for t, rows in before.items()}
+    assert len(dump(source)["events"]) == len(before["events"]) + 3  # (the writes did land)

@@ -13,7 +13,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +147,12 @@ class EventStore:
 
     def flush(self) -> None:
         self.recorder.flush()
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """``with store.snapshot():`` this thread's reads see one state of the store, whatever
+        other writers commit meanwhile (a read transaction: on SQLite and PostgreSQL they are
+        not held up; a store in memory makes them wait)."""
+        return self.recorder.snapshot()
 
     # -- projections ------------------------------------------------------------------------
 

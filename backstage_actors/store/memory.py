@@ -348,6 +348,11 @@ class MemoryRecorder(MemoryHistory, Recorder):
 
     # -- copying ----------------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self.state.lock:  # (writers wait: a store in memory keeps one version)
+            yield
+
     def count(self, table: str) -> int:
         return sum(len(page) for page in self.export(table))
 

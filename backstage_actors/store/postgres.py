@@ -218,6 +218,24 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             self._local.conn = None
             raise self._error("commit a transaction", exc) from exc
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        if self._local.conn is not None:
+            yield
+            return
+        try:
+            with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self._local.conn = conn
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+                    if not conn.closed:
+                        conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            raise self._error("read a snapshot", exc) from exc
+
     def connection(self) -> psycopg.Connection[Any] | None:
         """The connection of the transaction open in this thread (projections write on it)."""
         return self._local.conn

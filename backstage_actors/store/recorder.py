@@ -223,6 +223,11 @@ class Recorder(abc.ABC):
     # -- copying a whole store --------------------------------------------------------------
 
     @abc.abstractmethod
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads in this thread inside see one state of the store, whatever is committed
+        meanwhile (a read transaction; writers are not held up, except in memory)."""
+
+    @abc.abstractmethod
     def count(self, table: str) -> int: ...
 
     @abc.abstractmethod

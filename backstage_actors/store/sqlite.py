@@ -551,6 +551,18 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
 
     # -- copying ----------------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read begins
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
+
     def count(self, table: str) -> int:
         return int(self.conn.execute(f"SELECT count(*) FROM {_table(table)}").fetchone()[0])
 
