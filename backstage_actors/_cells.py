@@ -204,16 +204,31 @@ class Cells:
     def run_round(self) -> list[Answer]:
         """Decide, commit and answer what the cells with work have in their mailboxes."""
         ready, self.ready = self.ready, {}
-        requests: list[AppendRequest] = []
-        rounds = [(cell, self._decide(cell, requests)) for cell in ready.values()]
-        results = self.writer.commit(requests)
-        answers: list[Answer] = []
-        for cell, decisions in rounds:
-            self._answer(cell, decisions, results, answers)
-            if cell.mailbox:
-                self.ready[cell.stream_id] = cell
+        try:
+            requests: list[AppendRequest] = []
+            rounds = [(cell, self._decide(cell, requests)) for cell in ready.values()]
+            results = self.writer.commit(requests)
+            answers: list[Answer] = []
+            for cell, decisions in rounds:
+                self._answer(cell, decisions, results, answers)
+                if cell.mailbox:
+                    self.ready[cell.stream_id] = cell
+        except BaseException:
+            self._interrupted(ready)
+            raise
         self._make_room()
         return answers
+
+    def _interrupted(self, ready: dict[str, Cell]) -> None:
+        """The round was interrupted (``KeyboardInterrupt``, a ``BaseException`` of user code):
+        what it decided may or may not be stored, and its answers are lost (their callers hear
+        that the outcome is unknown). Each of its cells rebuilds from the store before its next
+        command, those with work left stay ready, and the next answers count on every commit."""
+        for cell in ready.values():
+            cell.state = None
+            if cell.mailbox:
+                self.ready[cell.stream_id] = cell
+        self.writer.interrupted()
 
     def _decide(self, cell: Cell, requests: list[AppendRequest]) -> list[Decision]:
         taken = list(cell.mailbox)

@@ -173,6 +173,7 @@ class Courier:
         # Answers that reached a call they were not for (in-process, a dispatch made inside
         # another call's wait may read that call's reply): kept for their own call to claim.
         self._unclaimed: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._recorder: Any = None  # in-process: the shards' store, whose commits callers flush
 
     def close(self) -> None:
         """Let go of every thread's lane connections and actor-system handle."""
@@ -222,6 +223,8 @@ class Courier:
             return []
         self.check_running()
         if self.base == "simple":
+            if self._recorder is None:  # (looked up while running: a stop closes it, see below)
+                self._recorder = _shared.shared_store(self.settings).recorder
             # One queue for every thread; its server flushes outside it (see _combiner).
             return self.combiner.submit(items, timeout, batch_size)
         answers, _ = self._send_now(items, timeout, batch_size)
@@ -302,7 +305,11 @@ class Courier:
                 # The shard may have been stopping as the command reached it: ask the router,
                 # which starts it again if need be.
                 self._forget(call.direct)
-                waiting = [call.items[i] for i in call.waiting.values()]
+                # Named: the shard may have run them before it stopped (in-process, a crash
+                # after its commit); a repeat is answered from the store, not decided again.
+                waiting = [
+                    attrs.evolve(call.items[i], idempotent=True) for i in call.waiting.values()
+                ]
                 endpoint.tell(router, Execute(waiting, me))
                 call.direct = None
                 continue
@@ -334,7 +341,9 @@ class Courier:
         """In-process: the answers count on commit number ``commit``; flush it to disk (or
         find it flushed by another caller) now that other callers may go on (see ``_writer``).
         If the flush fails, no answer is given: each becomes the storage error."""
-        recorder: Any = _shared.shared_store(self.settings).recorder
+        # The store the shard committed to, even if the system stopped (and closed it, after a
+        # last flush) since: looking it up again would open the database anew.
+        recorder: Any = self._recorder
         try:
             recorder.flush_through(commit)
         except BackstageError as exc:

@@ -47,6 +47,10 @@ class Writer:
         # The last commit left to the callers to flush: every answer from now on may count on
         # it (even one without an append), so each carries it (0: none).
         self.durable_at = 0
+        # Every commit made before this writer is on disk before it answers anything: its
+        # aggregates rebuild from them, and the shard it replaces may have died between a
+        # commit and its flush (killed, or in-process a crash that lost the commit's answers).
+        self.flush_all()
         self.commits = 0
         self.appends = 0
         self.stats = telemetry.Stats()
@@ -70,6 +74,18 @@ class Writer:
         self.appends += len(requests)
         self.meter.batch(len(requests))
         return results
+
+    def flush_all(self) -> None:
+        """Return once every commit written so far (by any process) is on disk."""
+        barrier = getattr(self.recorder, "barrier", None)
+        if barrier is not None:
+            self.recorder.flush_through(barrier())
+
+    def interrupted(self) -> None:
+        """A round was interrupted (perhaps between its commit and the line that numbers it):
+        from now on answers count on every commit written so far."""
+        if self.defers:
+            self.durable_at = max(self.durable_at, self.recorder.barrier())
 
     def describe(self) -> dict[str, Any]:
         return {

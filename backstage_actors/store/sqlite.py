@@ -244,6 +244,17 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         wal = self._wal
         self._flush_alone(lambda: turns.known_flushed < commit and turns.flush(commit, wal))
 
+    def barrier(self) -> int:
+        """A commit number that a flush covers only once every commit written so far is on disk
+        (for a caller that cannot tell which of them it counts on); 0 without shared flushes."""
+        if self._wal is None:
+            return 0
+        self._begin_turn()
+        try:
+            return self._turns.committed()
+        finally:
+            self._turns.end_turn()
+
     def _begin_turn(self) -> None:
         try:
             self._turns.begin_turn()
