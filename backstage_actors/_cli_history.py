@@ -104,7 +104,8 @@ def _app_and_store(app_spec: str | None, port: int, database: str | None) -> tup
                 EXIT_NOT_RUNNING,
             )
         app_spec = str(state["app"])
-    app = _guard(lambda: _daemon.load_app(app_spec))
+    directory = state.get("app_directory") if state is not None else None
+    app = _guard(lambda: _daemon.load_app(app_spec, directory))
     if database is None:
         database = str(state["database"]) if state is not None else str(app.database)
     return app, _store(port, database)

@@ -49,7 +49,8 @@ def default_port() -> int:
 
 
 class DaemonState(dict[str, Any]):
-    """The state file's content: app, database, port, host, admin_pid, log_file, pid_file."""
+    """The state file's content: app, app_directory (where it was started: its modules import
+    from there), database, port, host, admin_pid, log_file, pid_file."""
 
 
 def file_stem(port: int, host: str = LOCAL) -> str:
@@ -90,18 +91,36 @@ def remove_state(port: int, host: str = LOCAL) -> None:
             Path(state["pid_file"]).unlink()
 
 
-def load_app(spec: str) -> Any:
-    """The Application named by ``module:attribute`` (the current directory is importable)."""
+def add_import_directory(directory: str | None = None) -> str | None:
+    """Make ``directory`` (default: the current one) importable first, like ``python -m``, unless
+    everyone can write to it, or it is another user's: a module planted there would run as
+    this user. The directory refused, if it was."""
+    directory = os.path.realpath(directory or os.getcwd())
+    if directory in sys.path:
+        return None
+    if not _security.safe_import_directory(directory):
+        return directory
+    sys.path.insert(0, directory)
+    return None
+
+
+def load_app(spec: str, directory: str | None = None) -> Any:
+    """The Application named by ``module:attribute``, importable from ``directory`` (the one the
+    daemon was started from; default the current one) if nobody else can write to it."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise BackstageError(f"APP must look like module:attribute, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    refused = add_import_directory(directory)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # not found, a syntax error, an exception while importing
+        why = (
+            f" ({refused} is not searched: another user could plant modules there)"
+            if refused is not None and isinstance(exc, ImportError)
+            else ""
+        )
         raise BackstageError(
-            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}{why}"
         ) from None
     app = getattr(module, attribute, None)
     if not isinstance(app, Application):
@@ -258,6 +277,7 @@ def start_daemon(
     root_pid = int(system.tree()["pid"])
     state = DaemonState(
         app=app_spec,
+        app_directory=os.path.realpath(os.getcwd()),
         name=app.name,
         database=database,
         port=port,
@@ -328,7 +348,7 @@ def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, An
                 f"{where} runs {state['name']}, and no daemon of this machine says which "
                 "module holds it"
             )
-        app = load_app(state["app"])
+        app = load_app(state["app"], state.get("app_directory"))
     except BackstageError as exc:
         if need_app:
             raise BackstageError(f"{exc} (run this where the daemon's app imports)") from None

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import time
 from typing import Any
 
@@ -73,7 +74,7 @@ def check_free(database: str) -> None:
     if path is None or not os.path.exists(path):
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return
     try:
@@ -95,9 +96,15 @@ class OwnerLock:
         if path is None:
             return
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Never through a link, nor a file someone else put there: it is truncated and
+            # written as this user (the database may sit in a shared directory).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open the lock file {path}: {exc}") from None
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise StorageError(f"the lock file {path} belongs to another user: remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -43,7 +43,31 @@ def home() -> Path:
     created 0700."""
     path = Path(os.environ.get("BACKSTAGE_HOME") or Path.home() / ".backstage")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A directory that was already there (made by someone else, in /tmp say) holds the state
+    # files that name the processes to kill, the files to remove and the module to import.
+    info = path.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise BackstageError(
+            f"{path} must belong to this user and be writable by it alone "
+            f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}): "
+            "set BACKSTAGE_HOME to a directory of your own"
+        )
     return path
+
+
+def safe_import_directory(path: str | os.PathLike[str]) -> bool:
+    """Whether modules may be imported from ``path``: a directory of this user's (or root's)
+    that not everyone can write to (not ``/tmp``, not another user's; a group this user shares
+    a project directory with is trusted, as Python and git trust it)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid in (os.geteuid(), 0)
+        and not info.st_mode & stat.S_IWOTH
+    )
 
 
 def secret() -> bytes:

@@ -98,8 +98,8 @@ def cli(ctx: click.Context) -> None:
     """Backstage: start an event-sourced application, send it commands, inspect its tree."""
     if ctx.obj is None:
         ctx.obj = Session()
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: the app's modules are found from here
+    # Like `python -m`: the app's modules are found from here (unless others can write here).
+    _daemon.add_import_directory()
 
 
 # -- start / stop -------------------------------------------------------------------------------

@@ -20,13 +20,16 @@ from typing import Any
 import pytest
 
 from backstage_actors import _daemon, _lane, _security, _thespian
+from backstage_actors._owner import OwnerLock
 from backstage_actors._shard import shard_name, shard_of
 from backstage_actors.application import default_shards
+from backstage_actors.errors import BackstageError, StorageError
+from backstage_actors.store._durability import Turns
 from examples.bank.domain import Deposit
 
 from .conftest import wait_until
 from .dispatch_domain import Add, make_app
-from .test_cli import Backstage, running
+from .test_cli import BACKSTAGE, Backstage, running
 
 pytestmark = pytest.mark.process
 
@@ -168,7 +171,7 @@ def test_the_same_attack_runs_code_in_plain_thespian(tmp_path: Path) -> None:
 def test_a_client_with_a_wrong_secret_is_refused(daemon: Backstage) -> None:
     env = {**daemon.env(), "BACKSTAGE_SECRET": "ab" * 32}
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("backstage")), "status", "--port", str(daemon.port)],
+        [BACKSTAGE, "status", "--port", str(daemon.port)],
         env=env,
         capture_output=True,
         text=True,
@@ -303,3 +306,115 @@ def test_an_application_attaches_by_port_with_the_secret_of_its_home(
     monkeypatch.setenv("BACKSTAGE_SECRET", "cd" * 32)  # another secret: refused, clearly
     with pytest.raises(_thespian.AuthenticationRefused):
         make_app().attach(port)
+
+
+# -- files and directories another user of the host could plant (helper-24's review) -----------
+
+PLANT_PACKAGE = r"""
+import os, sys
+os.makedirs(os.path.join(sys.argv[1], "examples"))
+with open(os.path.join(sys.argv[1], "examples", "__init__.py"), "w") as f:
+    f.write("import os\nopen(%r, 'w').write(str(os.getuid()))\n" % sys.argv[2])
+"""
+
+
+@as_nobody
+def test_a_verb_run_from_a_shared_directory_imports_nothing_planted_there(
+    tmp_path: Path, shared_tmp: Path
+) -> None:
+    marker = shared_tmp / "ran-as"
+    with running(tmp_path / "home") as backstage:
+        planted = nobody(PLANT_PACKAGE, shared_tmp, marker)
+        assert planted.returncode == 0, planted.stderr
+        # The owner looks at the daemon from the shared directory (`cd /tmp; backstage status`).
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("backstage")),
+                "status",
+                "--port",
+                str(backstage.port),
+            ],
+            cwd=shared_tmp,
+            env=backstage.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not marker.exists(), f"a module planted by nobody ran as uid {marker.read_text()}"
+
+
+@as_nobody
+def test_a_link_planted_at_a_databases_owner_lock_is_not_followed(
+    shared_tmp: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    database = shared_tmp / "bank.db"
+    planted = nobody(
+        "import os, sys; os.symlink(sys.argv[1], sys.argv[2])", victim, f"{database}.owner"
+    )
+    assert planted.returncode == 0, planted.stderr
+    with pytest.raises(StorageError):
+        OwnerLock(str(database), {"app": "bank"}).release()
+    assert victim.read_text() == "root's\n"
+
+
+@as_nobody
+def test_a_lock_file_of_another_user_beside_a_database_is_refused(shared_tmp: Path) -> None:
+    database = shared_tmp / "bank.db"
+    for name in ("owner", "lock"):
+        planted = nobody(
+            "import os, sys; os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o666))",
+            f"{database}.{name}",
+        )
+        assert planted.returncode == 0, planted.stderr
+    with pytest.raises(StorageError, match="another user"):
+        OwnerLock(str(database), {"app": "bank"})
+    with pytest.raises(PermissionError, match="another user"):
+        Turns(str(database)).open()
+
+
+@as_nobody
+def test_a_home_made_by_another_user_is_refused(
+    shared_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file planted in it would name the session to kill and the pid file to remove."""
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    home = shared_tmp / "home"
+    state = (
+        '{"app": "examples.bank:app", "name": "bank", "port": 19799, "host": "127.0.0.1",'
+        f' "admin_pid": 999999, "sid": {sleeper.pid}, "pid_file": "{victim}"}}'
+    )
+    planted = nobody(
+        "import os, sys; os.mkdir(sys.argv[1], 0o777); os.chmod(sys.argv[1], 0o777);"
+        " open(os.path.join(sys.argv[1], 'daemon-19799.json'), 'w').write(sys.argv[2])",
+        home,
+        state,
+    )
+    assert planted.returncode == 0, planted.stderr
+    try:
+        monkeypatch.setenv("BACKSTAGE_HOME", str(home))
+        with pytest.raises(BackstageError, match="must belong to this user"):
+            _security.home()
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("backstage")),
+                "stop",
+                "--force",
+                "--port",
+                "19799",
+            ],
+            env={**os.environ, "BACKSTAGE_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0 and "must belong to this user" in result.stderr
+        assert sleeper.poll() is None, f"stop killed another session: {result.stdout}"
+        assert victim.exists(), "stop removed a file named by another user"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -97,6 +97,9 @@ class Turns:
         """Open (and if need be create) the lock file; None for an in-memory database."""
         if self.fd is None and self.path is not None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            if os.fstat(fd).st_uid != os.geteuid():  # its counters decide what is flushed
+                os.close(fd)
+                raise PermissionError(f"the lock file {self.path} belongs to another user")
             if os.fstat(fd).st_size < _COUNTERS.size:
                 os.ftruncate(fd, _COUNTERS.size)  # zeros; a larger file is left as it is
             self.counters = mmap.mmap(fd, _COUNTERS.size)
