@@ -126,6 +126,14 @@ class Lease:
                 keepalives_count=3,
                 application_name=f"backstage {self.member or '-'}"[:63],
             )
+            # The keepalives above are the client's socket's: they let this member notice a
+            # cut. The server holds the lock until *its* socket gives up, which by the OS's
+            # defaults takes hours (an idle connection: tcp_keepalive_time 7200 s) or ~15 min
+            # (a reply unacknowledged: tcp_retries2). Ask the server for the same bounds.
+            self._conn.execute(
+                "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
+                " SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000"
+            )
             row = self._conn.execute("SELECT current_schema()").fetchone()
             self.schema = row[0] if row else "public"
             self._key = lease_key(self.schema, self.app_name, self.name)

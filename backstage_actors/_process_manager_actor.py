@@ -26,7 +26,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ._protocol import Execute, Executed
-from ._subscriber import SubscriberActor
+from ._subscriber import CheckpointMoved, SubscriberActor
 from .aggregate import events_of
 from .command import CommandItem, DispatchResult
 from .errors import CommandRejected
@@ -360,15 +360,19 @@ class ProcessManagerActor(SubscriberActor):
     def _save(self, finished: list[_Step]) -> None:
         if not finished:
             return
-        with self.store.transaction():
-            for step in finished:
-                manager = step.manager
-                if manager is None or step.recorded is None:
-                    continue
-                manager.apply(step.recorded.data)
-                state = None if step.action == "stop" else manager.state()
-                self.store.save_process(self.name, manager.process_id, state)
-            self.store.save_checkpoint(self.name, finished[-1].position)
+        try:
+            with self.store.transaction():
+                for step in finished:
+                    manager = step.manager
+                    if manager is None or step.recorded is None:
+                        continue
+                    manager.apply(step.recorded.data)
+                    state = None if step.action == "stop" else manager.state()
+                    self.store.save_process(self.name, manager.process_id, state)
+                self.save_checkpoint_fenced(self.store, finished[-1].position)
+        except CheckpointMoved:  # (nothing of these steps saved over the new holder's)
+            self.checkpoint_moved()
+            return
         self.position = finished[-1].position
         self.handled += len(finished)
         self.failures = 0

@@ -13,7 +13,13 @@ import time
 from typing import Any
 
 from . import telemetry
-from ._subscriber import BOOKKEEPING_SYNC, Rebuild, RebuildProgress, SubscriberActor
+from ._subscriber import (
+    BOOKKEEPING_SYNC,
+    CheckpointMoved,
+    Rebuild,
+    RebuildProgress,
+    SubscriberActor,
+)
 from .handler import Metadata
 from .projection import Projection
 from .store import EventStore, RecordedEvent
@@ -40,16 +46,20 @@ class ProjectionActor(SubscriberActor):
         self.subscriber.init(self.target)
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
-        if self._project_quickly(rows):
-            return True, False
-        position = self.position
-        with self.target_store.transaction():
-            for row in rows:
-                if not self._give(row, self._project_in_savepoint):
-                    break
-                position = row[0]
-            if position != self.position:
-                self.target_store.save_checkpoint(self.name, position)
+        try:
+            if self._project_quickly(rows):
+                return True, False
+            position = self.position
+            with self.target_store.transaction():
+                for row in rows:
+                    if not self._give(row, self._project_in_savepoint):
+                        break
+                    position = row[0]
+                if position != self.position:
+                    self.save_checkpoint_fenced(self.target_store, position)
+        except CheckpointMoved:  # (the page's transaction rolled back)
+            self.checkpoint_moved()
+            return False, False
         self.position = position
         return self.state == "running", False
 
@@ -66,7 +76,9 @@ class ProjectionActor(SubscriberActor):
                 for row in rows:
                     recorded = self.store.decode_row(row)
                     self.subscriber.project(recorded.data, Metadata.of(recorded), self.target)
-                self.target_store.save_checkpoint(self.name, rows[-1][0])
+                self.save_checkpoint_fenced(self.target_store, rows[-1][0])
+        except CheckpointMoved:
+            raise
         except Exception:
             return False
         elapsed = time.perf_counter() - started

@@ -116,6 +116,11 @@ class LettersRetried:
         self.request_id, self.outcome = request_id, outcome
 
 
+class CheckpointMoved(Exception):
+    """The checkpoint is not where this subscriber left it: another member ran it meanwhile
+    (see :meth:`SubscriberActor.save_checkpoint_fenced`)."""
+
+
 class _Continue:
     """Read the next page (a message to itself, or a wakeup on multiproc)."""
 
@@ -291,9 +296,7 @@ class SubscriberActor(SupervisedActor):
         elif isinstance(payload, _Poll):
             self.wakeupAfter(POLL_INTERVAL, _Poll())
             if self.lease is not None and self.state != "standby" and not self.lease.still_held():
-                self.state = "standby"  # lost with its connection: another member may run it
-                self.lease_lost()
-                self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
+                self._stand_by()  # lost with its connection: another member may run it
             if self.state == "running" and not self.continue_pending and not self.busy():
                 self._process()
         elif isinstance(payload, _RetryDue):
@@ -319,6 +322,33 @@ class SubscriberActor(SupervisedActor):
         self.resumed()
         self._report(idle=False)
         self._kick()
+
+    def _stand_by(self) -> None:
+        self.state = "standby"
+        self.lease_lost()
+        self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
+
+    def save_checkpoint_fenced(self, store: EventStore, position: int) -> None:
+        """Save the checkpoint, last in the transaction of the work it covers. Under a lease (a
+        cluster) only if it is still where this subscriber left it: the lease decides who runs,
+        this decides what commits. A member whose lease lapsed while it worked (its connection
+        cut, the process paused) finds the checkpoint moved by the new holder:
+        :class:`CheckpointMoved` rolls its transaction back, and :meth:`checkpoint_moved`."""
+        if self.lease is None:
+            store.save_checkpoint(self.name, position)
+        elif not store.move_checkpoint(self.name, position, self.position):
+            raise CheckpointMoved(f"{self.name}: the checkpoint moved from {self.position}")
+
+    def checkpoint_moved(self) -> None:
+        """After :class:`CheckpointMoved` (its work rolled back): stand by, as when the lease
+        is found lost, and resume from the new holder's checkpoint if the lease comes back."""
+        log().warning(
+            "%s: its checkpoint moved from %d while it worked: another member runs it; this "
+            "one's work since was rolled back and it stands by",
+            self.name,
+            self.position,
+        )
+        self._stand_by()
 
     def resumed(self) -> None:
         """Called when this member took the lease over and resumes from the checkpoint."""

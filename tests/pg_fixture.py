@@ -53,8 +53,9 @@ class PrivateServer:
 
     user = "postgres"
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, listen: str | None = None) -> None:
         self.bindir = bindir
+        self.listen = listen  # a TCP address to listen on too (a test's own network only)
         self.dir = Path(tempfile.mkdtemp(prefix="backstage-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -95,12 +96,17 @@ class PrivateServer:
         pwfile.unlink()
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr}")
+        if self.listen is not None:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.listen}/24 scram-sha-256\n")
         self._start()
 
     def _start(self) -> None:
-        """``pg_ctl start`` on the private socket only (no TCP listener), waiting until ready."""
+        """``pg_ctl start`` on the private socket only (no TCP listener unless ``listen``),
+        waiting until ready."""
         options = (
-            f"-c listen_addresses='' -c unix_socket_directories={self.dir} -p {self.port}"
+            f"-c listen_addresses='{self.listen or ''}' -c unix_socket_directories={self.dir}"
+            f" -p {self.port}"
             " -c max_connections=200 -c shared_buffers=32MB"
         )
         started = self._run(

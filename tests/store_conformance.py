@@ -595,6 +595,22 @@ class EventStoreConformance(HistoryConformance, abc.ABC):
         store.delete_checkpoint("balances")
         assert (store.checkpoint("balances"), store.checkpoint("notifier")) == (0, 3)
 
+    def test_a_checkpoint_moves_only_from_where_its_mover_says_it_is(
+        self, store: EventStore
+    ) -> None:
+        """The compare and set a subscriber under a lease saves its checkpoint with."""
+        assert store.move_checkpoint("balances", 5, expected=0)  # none yet counts as 0
+        assert not store.move_checkpoint("balances", 9, expected=0)
+        assert not store.move_checkpoint("balances", 9, expected=4)
+        assert store.checkpoint("balances") == 5
+        assert store.move_checkpoint("balances", 9, expected=5)
+        assert not store.move_checkpoint("notifier", 3, expected=2)  # none is not 2
+        assert (store.checkpoint("balances"), store.checkpoint("notifier")) == (9, 0)
+        with store.transaction():  # inside a transaction too
+            assert store.move_checkpoint("balances", 12, expected=9)
+            store.delete_checkpoint("notifier")
+        assert store.checkpoint("balances") == 12
+
     def test_dead_letters(self, store: EventStore) -> None:
         first, second = store.append("s", deposits(2))
         store.park("notifier", first, "ValueError", "bad amount", "Traceback ...", failures=3)

@@ -6,12 +6,16 @@ is lost, nothing is stored twice, stream versions are contiguous, projections eq
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 from backstage_actors._cluster import freeze
+from backstage_actors._lease import Lease
 from backstage_actors._placement import owner
 from backstage_actors._thespian import free_port
 from examples.bank import make_app as make_bank
@@ -32,6 +36,7 @@ from .cluster_members import (  # noqa: F401 (the ``cluster`` and ``partition`` 
     three_members,
 )
 from .conftest import wait_until
+from .pg_fixture import PrivateServer, _bindir
 
 
 def test_two_members_hosting_one_aggregate_at_once_store_no_wrong_or_doubled_event(
@@ -234,3 +239,46 @@ def test_the_leaders_death_leaves_the_others_serving_every_aggregate(
         assert hosted[accounts[account]] == owner(accounts[account], members[1:])
     # Not asserted: that a leader started again gathers the others (Thespian's members did not
     # register with it within 150 s here; see the README's cluster section).
+
+
+def test_the_server_drops_the_leases_of_a_member_cut_off_from_it(partition: Partition) -> None:
+    """A member holding a lease over TCP is cut off: the server must let the lock go within
+    seconds, or no other member can run that subscriber. Its own socket gave up only by the
+    host's defaults (hours for an idle connection); the lease connection asks for ~11 s."""
+    bindir = _bindir()
+    assert bindir is not None
+    server = PrivateServer(bindir, listen=partition.hosts[0])  # on the link that is cut
+    holder: subprocess.Popen[str] | None = None
+    try:
+        server.start()
+        url = f"postgresql://postgres:{server.password}@{partition.hosts[0]}:{server.port}/postgres"
+        hold = textwrap.dedent(
+            f"""
+            import time
+            from backstage_actors._lease import Lease
+            lease = Lease({url!r}, "bank", "balances", "inside")
+            assert lease.try_acquire()
+            print("held", flush=True)
+            time.sleep(300)
+            """
+        )
+        holder = subprocess.Popen(
+            ["ip", "netns", "exec", partition.name, sys.executable, "-c", hold],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        outside = Lease(server.dsn(), "bank", "balances", "outside")  # by the Unix socket
+        try:
+            assert not outside.try_acquire()
+            partition.cut()
+            cut = time.monotonic()
+            wait_until(outside.try_acquire, timeout=45, interval=0.5, what="the lease to pass on")
+            assert time.monotonic() - cut < 30
+        finally:
+            outside.close()
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        server.remove()

@@ -12,13 +12,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from backstage_actors._lease import Lease
+from backstage_actors import Application
+from backstage_actors._lease import Lease, lease_key
+from backstage_actors.handler import Metadata
+from backstage_actors.projection import Projection
 from examples.bank import make_app as make_bank
-from examples.bank.domain import Deposit, OpenAccount
+from examples.bank import router as bank_router
+from examples.bank.domain import Deposit, MoneyDeposited, OpenAccount
 
 from .conftest import wait_until
 
@@ -110,3 +117,94 @@ def test_a_second_member_stands_by_and_takes_over_from_the_checkpoint(start_app:
     assert balances(second) == [("ada", 15)]  # exactly once across the takeover
     notes = list(second.store.handle.query("SELECT count(*) FROM notifications"))
     assert notes == [(1,)]  # the opening's note, written by the first member only
+
+
+# -- fencing: a member whose lease lapsed while it worked commits nothing (helper-25's review) -
+
+HOLD = 999  # a deposit of this amount: the projection below waits at it until released
+
+
+class Seen(Projection):
+    """One row per event projected (no key: an event projected twice shows twice). At a
+    deposit of HOLD it waits, in the middle of its page's transaction, for the test to release
+    it (``release-<pid>`` in ``$FENCE_DIR``; ``arrived-<pid>`` says it is there)."""
+
+    name = "seen"
+    tables = ("seen",)
+
+    def init(self, db: Any) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS seen (position BIGINT NOT NULL, pid INT NOT NULL)")
+
+    def project(self, event: Any, metadata: Metadata, db: Any) -> None:
+        db.execute(
+            "INSERT INTO seen (position, pid) VALUES (?, ?)", (metadata.position, os.getpid())
+        )
+        if isinstance(event, MoneyDeposited) and event.amount == HOLD:
+            folder = Path(os.environ["FENCE_DIR"])
+            (folder / f"arrived-{os.getpid()}").touch()
+            deadline = time.monotonic() + 60
+            while not (folder / f"release-{os.getpid()}").exists():
+                assert time.monotonic() < deadline, "never released"
+                time.sleep(0.01)
+
+
+def lease_backend(dsn: str, app_name: str, name: str) -> int | None:
+    """The PostgreSQL backend holding the lease of subscriber ``name``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        key = lease_key(row[0] if row else "public", app_name, name) & 0xFFFF_FFFF_FFFF_FFFF
+        for pid, high, low in conn.execute(
+            "SELECT pid, classid::int8, objid::int8 FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        ).fetchall():
+            if (high << 32) | low == key:
+                return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("base", ["multiproc"], indirect=True)
+def test_a_member_whose_lease_lapsed_mid_page_commits_none_of_it(
+    start_app: Any, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first member's projection is in the middle of a page when its lease connection is
+    cut (a failover, a proxy's timeout, a long pause of the process); the second takes the
+    lease over, projects the same events and moves the checkpoint on. Then the first goes on
+    with its page: its checkpoint is no longer where it left it, so its page rolls back,
+    instead of projecting those events a second time."""
+    monkeypatch.setenv("FENCE_DIR", str(tmp_path))
+    app = Application("fencebank", router=bank_router, projections=[Seen], database=pg_dsn)
+    first = start_app(app)
+    second = start_app(app)
+    wait_until(lambda: states(first).get("seen") == "running" and "seen" in states(second))
+    assert states(second)["seen"] == "standby"
+
+    second.dispatch(OpenAccount("ada", "Ada"))
+    [held] = second.dispatch(Deposit("ada", HOLD)).events
+
+    def arrived(other_than: int = 0) -> int | None:
+        pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("arrived-*")]
+        return next((pid for pid in pids if pid != other_than), None)
+
+    stale = wait_until(arrived, what="the first member's projection at the held event")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # its lease connection is cut
+        conn.execute(
+            "SELECT pg_terminate_backend(%s)", (lease_backend(pg_dsn, "fencebank", "seen"),)
+        )
+    # The second takes the lease over and projects from the checkpoint, up to the held event.
+    fresh = wait_until(lambda: arrived(other_than=stale), what="the new holder at the event")
+    (tmp_path / f"release-{fresh}").touch()
+    wait_until(lambda: second.store.checkpoint("seen") >= held.position, what="the new holder")
+
+    (tmp_path / f"release-{stale}").touch()  # the first member goes on with its page
+    wait_until(
+        lambda: states(first).get("seen") == "standby", what="the first member's page to end"
+    )
+    twice = second.store.handle.query(
+        "SELECT position, count(*) FROM seen GROUP BY position HAVING count(*) > 1"
+    )
+    assert list(twice) == [], "events projected twice: the stale member committed its page"
+    assert second.store.checkpoint("seen") >= held.position
+    by = second.store.handle.query(
+        "SELECT DISTINCT pid FROM seen WHERE position = %s", (held.position,)
+    )
+    assert list(by) == [(fresh,)]

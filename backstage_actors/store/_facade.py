@@ -387,6 +387,11 @@ class EventStore:
     def save_checkpoint(self, name: str, position: int) -> None:
         self.recorder.save_checkpoint(name, position, _now())
 
+    def move_checkpoint(self, name: str, position: int, expected: int) -> bool:
+        """Move ``name``'s checkpoint from ``expected`` (none counts as 0) to ``position``;
+        False, and nothing changed, if it is elsewhere (someone else moved it)."""
+        return self.recorder.move_checkpoint(name, position, expected, _now())
+
     def delete_checkpoint(self, name: str) -> None:
         self.recorder.delete_checkpoint(name)
 

@@ -44,6 +44,8 @@ class Statements(NamedTuple):
     snapshot_at: str
     checkpoint: str
     save_checkpoint: str
+    move_checkpoint_from_origin: str
+    move_checkpoint: str
     delete_checkpoint: str
     park: str
     dead_letters: str
@@ -82,6 +84,12 @@ SQLITE = Statements(
     save_checkpoint="INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
     " updated_at = excluded.updated_at",
+    # (a compare and set: a row back only if it moved from where the caller says it was)
+    move_checkpoint_from_origin="INSERT INTO checkpoints (name, position, updated_at)"
+    " VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+    " updated_at = excluded.updated_at WHERE checkpoints.position = 0 RETURNING position",
+    move_checkpoint="UPDATE checkpoints SET position = ?, updated_at = ?"
+    " WHERE name = ? AND position = ? RETURNING position",
     delete_checkpoint="DELETE FROM checkpoints WHERE name = ?",
     park=f"INSERT INTO dead_letters ({', '.join(TABLES['dead_letters'][1:])})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -156,6 +164,14 @@ class SQLBookkeeping:
 
     def save_checkpoint(self, name: str, position: int, at: str) -> None:
         self._change("save a checkpoint", (self.sql.save_checkpoint, (name, position, at)))
+
+    def move_checkpoint(self, name: str, position: int, expected: int, at: str) -> bool:
+        if expected == 0:  # (no checkpoint yet counts as 0)
+            statement = self.sql.move_checkpoint_from_origin
+            params: tuple[Any, ...] = (name, position, at)
+        else:
+            statement, params = self.sql.move_checkpoint, (position, at, name, expected)
+        return bool(self._all("move a checkpoint", statement, params))
 
     def delete_checkpoint(self, name: str) -> None:
         self._change("delete a checkpoint", (self.sql.delete_checkpoint, (name,)))

@@ -287,6 +287,13 @@ class MemoryRecorder(MemoryHistory, Recorder):
         with self.transaction():
             self._set(self.state.checkpoints, name, (position, at))
 
+    def move_checkpoint(self, name: str, position: int, expected: int, at: str) -> bool:
+        with self.transaction():
+            if self.checkpoint(name) != expected:
+                return False
+            self._set(self.state.checkpoints, name, (position, at))
+            return True
+
     def delete_checkpoint(self, name: str) -> None:
         with self.transaction():
             self._set(self.state.checkpoints, name, None)

@@ -175,6 +175,12 @@ class Recorder(abc.ABC):
     def save_checkpoint(self, name: str, position: int, at: str) -> None: ...
 
     @abc.abstractmethod
+    def move_checkpoint(self, name: str, position: int, expected: int, at: str) -> bool:
+        """Save ``position`` only if the checkpoint is at ``expected`` (none counts as 0); False,
+        and nothing changed, otherwise. On PostgreSQL a transaction moving it meanwhile is
+        waited for, then decides."""
+
+    @abc.abstractmethod
     def delete_checkpoint(self, name: str) -> None: ...
 
     @abc.abstractmethod
