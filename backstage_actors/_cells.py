@@ -148,7 +148,6 @@ class Cells:
         max_retries: int = 3,
         max_live: int = 10_000,
         lifespan: float | None = None,
-        defer_flush: bool = False,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
@@ -157,7 +156,7 @@ class Cells:
         self.max_live = max(1, max_live)
         self.lifespan = lifespan
         self.limits = limits
-        self.writer = Writer(store, defer_flush)
+        self.writer = Writer(store)
         self.cells: OrderedDict[str, Cell] = OrderedDict()  # least recently used first
         self.ready: dict[str, Cell] = {}  # cells with work, in arrival order
         self.passivated = 0

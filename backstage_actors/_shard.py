@@ -90,7 +90,6 @@ class ShardActor(SupervisedActor):
             self.settings.max_retries,
             per_shard,
             self.settings.lifespan,
-            defer_flush=self.settings.base == "simple",
             limits=self.settings.limits,
         )
         self.round_due = False
@@ -210,6 +209,8 @@ class ShardActor(SupervisedActor):
         self.rounds += 1
         before = self.cells.last_position
         answers = self.cells.run_round()
+        if self.settings.base != "simple":  # (in-process its callers flush: see _courier)
+            answers = self.cells.writer.on_disk(answers)
         self._send_answers(answers)
         if self.placement is not None:  # cells of streams not owned go once idle
             placement, cells = self.placement, self.cells.cells

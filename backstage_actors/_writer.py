@@ -9,11 +9,15 @@ that within a transaction), so no append is ever stored on a state that is not.
 A storage error that fails the whole transaction is every append's outcome: nothing of it is
 stored, and each caller hears of it (or has its command decided again, see ``_cells``).
 
-In-process (SQLite), the commit's flush to disk is left to the server of the batch
-(``durable_at``, :meth:`SQLiteRecorder.flush_through`, see ``_combiner``): it waits for it
-outside any lock other callers wait on, so the next batch is decided and committed while it
-waits, and one fdatasync covers them all. No caller returns an answer before the flush that
-covers its commit has ended.
+On SQLite a commit's flush to disk is left for later: every answer carries the last commit the
+shard made (``durable_at``), which its state may count on even when it records nothing, and is
+given only once a flush that covers that commit has ended
+(:meth:`SQLiteRecorder.flush_through`). In-process the server of the batch flushes it (see
+``_combiner``), outside any lock other callers wait on, so the next batch is decided and
+committed while it waits, and one fdatasync covers them all; on multiproc the shard flushes
+before it sends the round's answers (:meth:`Writer.on_disk`), after its turn on the database,
+so other shards commit meanwhile. A flush that failed fails every answer that counts on it,
+and every later one (the store refuses to acknowledge anything until it is opened again).
 """
 
 from __future__ import annotations
@@ -35,13 +39,12 @@ def log() -> logging.Logger:
 class Writer:
     """Commits a round's appends for one shard, and counts its commits (for ``tree``/``top``)."""
 
-    def __init__(self, store: EventStore, defer_flush: bool = False) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
-        # In-process: the flush of a commit is left to the callers of its answers (see
-        # ``durable_at``), so that threads waiting on the disk do not hold up the next round.
+        # The flush of a commit is left until its answers are given (see ``durable_at``).
         recorder: Any = store.recorder
         self.recorder = recorder
-        self.defers = defer_flush and hasattr(recorder, "flush_through")
+        self.defers = hasattr(recorder, "flush_through")
         if self.defers:
             recorder.defer_flush = True
         # The last commit left to the callers to flush: every answer from now on may count on
@@ -80,6 +83,20 @@ class Writer:
         barrier = getattr(self.recorder, "barrier", None)
         if barrier is not None:
             self.recorder.flush_through(barrier())
+
+    def on_disk(self, answers: list[Any]) -> list[Any]:
+        """``answers`` (``(reply_to, request_id, answer, stream_id)``) once the commits they
+        count on are on disk, for callers that cannot flush (multiproc): each answer becomes
+        the storage error if that flush fails."""
+        if not self.defers or not self.durable_at:
+            return answers
+        try:
+            self.recorder.flush_through(self.durable_at)
+        except BackstageError as exc:
+            return [
+                (reply_to, request_id, exc, stream) for reply_to, request_id, _, stream in answers
+            ]
+        return answers
 
     def interrupted(self) -> None:
         """A round was interrupted (perhaps between its commit and the line that numbers it):
