@@ -259,19 +259,27 @@ def test_a_shard_flushes_what_it_rebuilds_from_before_it_answers(
 # -- found by helper-26's review of the multiproc write path -------------------------------------
 
 
+def armed(trigger: str) -> bool:
+    """Whether this process is the one whose pid the file ``trigger`` holds (once: the file is
+    removed)."""
+    try:
+        with open(trigger) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return False
+    if pid != os.getpid():
+        return False
+    os.unlink(trigger)
+    return True
+
+
 def failing_flush_in(trigger: str) -> Any:
     """A WalSync.__call__ whose next call in the process named by ``trigger`` (a file holding
     its pid) fails as a write-back error would (EIO), once."""
     real = _durability.WalSync.__call__
 
     def call(self: Any) -> None:
-        try:
-            with open(trigger) as f:
-                pid = int(f.read())
-        except (OSError, ValueError):
-            pid = -1
-        if pid == os.getpid():
-            os.unlink(trigger)
+        if armed(trigger):
             raise OSError(errno.EIO, "Input/output error")
         real(self)
 
@@ -316,14 +324,8 @@ def killed_in(trigger: str, real: Any) -> Any:
     """``real`` (a method), except that the process named by ``trigger`` SIGKILLs itself at it."""
 
     def call(self: Any, *args: Any) -> Any:
-        try:
-            with open(trigger) as f:
-                pid = int(f.read())
-        except (OSError, ValueError):
-            pid = -1
-        if pid == os.getpid():
-            os.unlink(trigger)
-            os.kill(pid, 9)
+        if armed(trigger):
+            os.kill(os.getpid(), 9)
         return real(self, *args)
 
     return call

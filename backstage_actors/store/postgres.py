@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -198,43 +198,38 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
 
     @contextmanager
     def transaction(self, flush: bool = True) -> Iterator[PostgresRecorder]:
-        if self._local.conn is not None:
+        with self._session("BEGIN", "COMMIT", "commit a transaction"):
             yield self
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        return self._session(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "ROLLBACK", "read a snapshot"
+        )
+
+    @contextmanager
+    def _session(self, begin: str, end: str, what: str) -> Iterator[None]:
+        """A transaction on a connection of the pool that every call of this thread joins
+        meanwhile (nested use joins the open one): ``begin``, then ``end`` (COMMIT or
+        ROLLBACK); ROLLBACK if the body raises."""
+        if self._local.conn is not None:
+            yield
             return
         try:
             with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                conn.execute("BEGIN")
+                conn.execute(begin)
                 self._local.conn = conn
                 try:
-                    yield self
+                    yield
                 except BaseException:
                     self._local.conn = None
                     if not conn.closed:
                         conn.execute("ROLLBACK")
                     raise
                 self._local.conn = None
-                conn.execute("COMMIT")
+                conn.execute(end)
         except psycopg.Error as exc:
             self._local.conn = None
-            raise self._error("commit a transaction", exc) from exc
-
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
-        if self._local.conn is not None:
-            yield
-            return
-        try:
-            with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                self._local.conn = conn
-                try:
-                    yield
-                finally:
-                    self._local.conn = None
-                    if not conn.closed:
-                        conn.execute("ROLLBACK")
-        except psycopg.Error as exc:
-            raise self._error("read a snapshot", exc) from exc
+            raise self._error(what, exc) from exc
 
     def connection(self) -> psycopg.Connection[Any] | None:
         """The connection of the transaction open in this thread (projections write on it)."""
