@@ -151,6 +151,53 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_queue(monkeypatch: Any) 
     assert not group._leading and not group._waiting
 
 
+def test_a_leader_interrupted_as_it_ends_its_gathering_leaves_nobody_waiting() -> None:
+    """The second group's leader is interrupted (KeyboardInterrupt) the moment its gathering
+    ends. It took the group there, outside the block that hands a group on: the lead stayed
+    with it, its member waited forever, and so did every later append of the process."""
+    first_in, release = threading.Event(), threading.Event()
+    groups: list[list[str]] = []
+
+    def commit(prepared: Any, results: Any, recorded_at: datetime, stamp: str) -> None:
+        groups.append(list(prepared))
+        if len(groups) == 1:  # "a" commits alone while "b" and "c" queue behind it
+            first_in.set()
+            release.wait(30)
+
+    class Interrupted(GroupCommit):
+        interrupted = False
+
+        def _gather(self) -> Any:
+            gathered = super()._gather()
+            if len(groups) == 1 and not self.interrupted:  # the leader after "a"
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return gathered
+
+    group = Interrupted(commit, max_gather=GATHER)
+    outcomes, threads = _three_callers(group)
+    try:
+        threads["a"].start()
+        assert first_in.wait(30)
+        for name, queued in (("b", 1), ("c", 2)):
+            threads[name].start()
+            wait_until(lambda n=queued: len(group._waiting) == n, what=f"{name} to queue")
+    finally:
+        release.set()
+    for thread in threads.values():
+        thread.join(30)
+        assert not thread.is_alive(), f"an append waits forever: {outcomes}"
+    interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
+    assert len(interrupted) == 1, outcomes
+    [other] = [n for n in "bc" if n not in interrupted]
+    assert outcomes[other] is None or isinstance(outcomes[other], StorageError), outcomes
+    done = threading.Thread(target=group.write, args=(["d"], [None], datetime.now(UTC), "s"))
+    done.start()
+    done.join(30)
+    assert not done.is_alive(), "a later append waits forever"
+    assert groups[-1] == ["d"]
+
+
 def _three_callers(
     group: GroupCommit,
 ) -> tuple[dict[str, BaseException | None], dict[str, threading.Thread]]:

@@ -16,7 +16,9 @@ PostgreSQL's ``commit_delay`` with ``commit_siblings`` makes the same bet.
 A commit's error is every member's; an interruption of the leader (``KeyboardInterrupt``) is
 the leader's own, and the others of its group hear that their appends' outcome is unknown (a
 :class:`StorageError`), as the in-process queue of ``_combiner`` tells its callers. A caller
-interrupted while it waits leaves the queue, and passes on a lead handed to it.
+interrupted while it waits leaves the queue, and passes on a lead handed to it. The leader
+takes its group inside the block that hands it on, so no interruption leaves a group taken
+and nobody leading.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class GroupCommit:
                     self._changed.notify()  # a gathering leader has its group
             else:
                 self._leading = mine.lead = True
+        group: list[_Waiting] | None = None  # what this caller took to commit, as leader
+        handed_out = False  # each member of it has its outcome
+        started = time.monotonic()
         try:
             if not mine.lead:
                 mine.done.wait()
@@ -90,32 +95,35 @@ class GroupCommit:
                     if mine.error is not None:
                         raise mine.error
                     return
-            group = self._gather()
-        except BaseException:  # (KeyboardInterrupt) before it took a group: leave the queue
-            self._withdraw(mine)
-            raise
-        started = time.monotonic()
-        handed_out = False  # each member has its outcome
-        try:
+            self._gather()
+            started = time.monotonic()
+            with self._changed:
+                group, self._waiting = self._waiting, []
             self._commit(group, recorded_at, stamp)
             handed_out = True
         finally:
-            took = time.monotonic() - started
-            with self._changed:
-                # (Before the group is woken: none of it can be waiting again, counted twice.)
-                self._about, self._last_took = len(group) + len(self._waiting), took
-                self.groups += 1
-                self.appends += len(group)
-                self._hand_on()
-            for member in group:
-                if not member.lead:
-                    # The leader interrupted (KeyboardInterrupt) in its commit or while handing
-                    # out: a member it gave no outcome hears that its append's is unknown.
-                    if not handed_out and member.error is None:
-                        member.error = StorageError(_INTERRUPTED)
-                    member.done.set()
+            # One rule whatever interrupted it (KeyboardInterrupt) and where: a caller that took
+            # no group leaves the queue; a group taken is handed on, and a member its leader
+            # gave no outcome hears that it is unknown.
+            if group is None:
+                self._withdraw(mine)
+            else:
+                self._hand_out(group, handed_out, time.monotonic() - started)
         if mine.error is not None:
             raise mine.error
+
+    def _hand_out(self, group: list[_Waiting], handed_out: bool, took: float) -> None:
+        with self._changed:
+            # (Before the group is woken: none of it can be waiting again, counted twice.)
+            self._about, self._last_took = len(group) + len(self._waiting), took
+            self.groups += 1
+            self.appends += len(group)
+            self._hand_on()
+        for member in group:
+            if not member.lead:
+                if not handed_out and member.error is None:
+                    member.error = StorageError(_INTERRUPTED)
+                member.done.set()
 
     def _hand_on(self) -> None:
         """(Under the lock.) The lead goes to the first waiting, if any."""
@@ -134,7 +142,8 @@ class GroupCommit:
                 if mine.lead:
                     self._hand_on()
 
-    def _gather(self) -> list[_Waiting]:
+    def _gather(self) -> None:
+        """(The leader.) Wait until the callers about have queued, or the gathering time ends."""
         with self._changed:
             if len(self._waiting) < self._about:
                 self.gathers += 1
@@ -144,8 +153,6 @@ class GroupCommit:
                     if left <= 0:
                         break
                     self._changed.wait(left)
-            group, self._waiting = self._waiting, []
-        return group
 
     def _commit(self, group: list[_Waiting], recorded_at: datetime, stamp: str) -> None:
         prepared = [item for member in group for item in member.prepared]
