@@ -247,7 +247,12 @@ class EventsSupervisor(Supervisor):
             if now >= given_up_at:
                 continue  # the asker timed out (ConsistencyTimeout): nobody to answer
             names = request.names or tuple(n for n, t in self.tracked.items() if t.strong)
-            stopped = [n for n in names if self.tracked[n].stopped]
+            # (one stopped past the position reached it: only one stopped short of it fails)
+            stopped = [
+                n
+                for n in names
+                if self.tracked[n].stopped and self.tracked[n].position < request.position
+            ]
             if stopped:
                 self.send(
                     sender,

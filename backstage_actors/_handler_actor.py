@@ -48,5 +48,5 @@ class HandlerActor(SubscriberActor):
             self.store.save_checkpoint(self.name, position)
         return self.state == "running", cut_short
 
-    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata, letter_id: int = 0) -> None:
         self.subscriber.handle(recorded.data, meta)

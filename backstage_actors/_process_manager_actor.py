@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections import OrderedDict, deque
 from typing import Any
 
+from . import _serialization as ser
 from ._protocol import Execute, Executed
 from ._subscriber import CheckpointMoved, SubscriberActor
 from .aggregate import events_of
@@ -55,6 +56,7 @@ class _Step:
         "error",
         "manager",
         "meta",
+        "new_state",
         "position",
         "process_id",
         "recorded",
@@ -76,6 +78,7 @@ class _Step:
         self.deadline = 0.0  # monotonic time by which its commands must be answered
         self.error: BaseException | None = None
         self.done = True
+        self.new_state: dict[str, Any] | None = None  # what _save stores (after apply)
 
 
 class ProcessManagerActor(SubscriberActor):
@@ -133,7 +136,7 @@ class ProcessManagerActor(SubscriberActor):
     def redelivery_refusal(self) -> str:
         return "process managers cannot retry a parked event out of order"
 
-    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata, letter_id: int = 0) -> None:
         raise NotImplementedError(self.redelivery_refusal())
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
@@ -344,6 +347,8 @@ class ProcessManagerActor(SubscriberActor):
         finished: list[_Step] = []
         while steps and steps[0].done:
             step = steps[0]
+            if step.error is None:
+                self._applied(step)  # (user code: its failure is the step's error)
             if step.error is not None:
                 self._save(finished)
                 finished = []
@@ -357,6 +362,21 @@ class ProcessManagerActor(SubscriberActor):
             finished.append(steps.popleft())
         self._save(finished)
 
+    def _applied(self, step: _Step) -> None:
+        """Apply a finished step's event to its instance and take the state to save; an error
+        of ``apply`` or ``state`` becomes the step's, for the error policy."""
+        manager = step.manager
+        if manager is None or step.recorded is None:
+            return
+        try:
+            manager.apply(step.recorded.data)
+            state = None if step.action == "stop" else manager.state()
+            if state is not None:
+                ser.dumps(state, f"{self.name} state")  # (unserializable: fails here)
+            step.new_state = state
+        except Exception as exc:
+            step.error = exc
+
     def _save(self, finished: list[_Step]) -> None:
         if not finished:
             return
@@ -366,9 +386,7 @@ class ProcessManagerActor(SubscriberActor):
                     manager = step.manager
                     if manager is None or step.recorded is None:
                         continue
-                    manager.apply(step.recorded.data)
-                    state = None if step.action == "stop" else manager.state()
-                    self.store.save_process(self.name, manager.process_id, state)
+                    self.store.save_process(self.name, manager.process_id, step.new_state)
                 self.save_checkpoint_fenced(self.store, finished[-1].position)
         except CheckpointMoved:  # (nothing of these steps saved over the new holder's)
             self.checkpoint_moved()

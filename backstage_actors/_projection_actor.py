@@ -36,6 +36,7 @@ class ProjectionActor(SubscriberActor):
     def open(self) -> None:
         self.target: Any = self.store.handle  # sqlite_utils.Database, or PostgresHandle
         self.rebuild: Rebuild | None = None
+        self.rebuild_requests: list[Rebuild] = []  # everyone waiting for the current rebuild
         self.rebuild_total = 0
         self.rebuild_started = 0.0
         database = self.subscriber.database
@@ -93,33 +94,45 @@ class ProjectionActor(SubscriberActor):
         self.failures = 0
         return True
 
-    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata, letter_id: int = 0) -> None:
         with self.target_store.transaction():
             self.subscriber.project(recorded.data, meta, self.target)
+            if letter_id and self.target_store is self.store:  # (rows and letter: one commit)
+                self.store.set_dead_letter_status(letter_id, "retried")
 
     # -- rebuild ----------------------------------------------------------------------------
 
     def rebuild_from_origin(self, request: Rebuild) -> None:
         with self.target_store.transaction():
             self.target_store.drop_tables(self.subscriber.tables)
-            self.target_store.delete_checkpoint(self.name)
+            # 0, not none: a "current" projection restarted mid-rebuild goes on from the
+            # origin (with no checkpoint it would start at the end: its tables left empty)
+            self.target_store.save_checkpoint(self.name, 0)
+            # Its letters are replayed too (parked again if they still fail): retried, a
+            # letter of the old rows would project its event a second time.
+            with self.store.transaction():
+                for letter in self.store.dead_letters(self.name):
+                    self.store.set_dead_letter_status(letter.id, "rebuilt")
         self.subscriber.init(self.target)
         self.position = 0
         self.state = "running"
         self.failures = 0
         self.rebuild = request
+        self.rebuild_requests.append(request)  # (an earlier one's rebuild starts over too)
         self.rebuild_total = self.store.last_position()
         self.rebuild_started = time.perf_counter()
+        self._report(idle=False)  # (the bus: its old position no longer holds)
         self._kick()
 
     def after_report(self, idle: bool) -> None:
         if self.rebuild is None:
             return
         done = self.position
-        self.send(
-            self.rebuild.reply_to,
-            RebuildProgress(self.rebuild.request_id, done, self.rebuild_total, finished=idle),
-        )
+        for request in self.rebuild_requests:
+            self.send(
+                request.reply_to,
+                RebuildProgress(request.request_id, done, self.rebuild_total, finished=idle),
+            )
         if idle:
             telemetry.emit(
                 "rebuild",
@@ -127,3 +140,4 @@ class ProjectionActor(SubscriberActor):
                 {"projection": self.name},
             )
             self.rebuild = None
+            self.rebuild_requests = []

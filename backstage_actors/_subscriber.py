@@ -172,9 +172,15 @@ class SubscriberActor(SupervisedActor):
         if self.state == "standby":
             self.wakeupAfter(RETRY_INTERVAL, _LeaseRetry())
         # -- end of the lease gate
-        elif self.position == 0 and self.cls.start_from == "current":
+        elif (
+            self.position == 0
+            and self.cls.start_from == "current"
+            and not self.target_store.has_checkpoint(self.name)
+        ):
             self.position = self.store.last_position()
             self.target_store.save_checkpoint(self.name, self.position)
+        if self.state == "running":
+            self._forget_letters_ahead()
         self.failures = 0
         self.attempt = 0
         self.last_error = ""
@@ -216,9 +222,9 @@ class SubscriberActor(SupervisedActor):
         cut short)``: cut short when rows were left for the next page."""
         raise NotImplementedError
 
-    def redeliver(self, recorded: RecordedEvent, meta: Metadata) -> None:
+    def redeliver(self, recorded: RecordedEvent, meta: Metadata, letter_id: int = 0) -> None:
         """Hand a parked event to the user's code again (``dead-letters retry``); raise if it
-        fails again."""
+        fails again. (A kind may mark ``letter_id`` retried in the same transaction.)"""
         raise NotImplementedError
 
     def redelivery_refusal(self) -> str:
@@ -319,9 +325,19 @@ class SubscriberActor(SupervisedActor):
             return
         self.position = self.target_store.checkpoint(self.name)  # (after the lease: final)
         self.state = "running"
+        self._forget_letters_ahead()
         self.resumed()
         self._report(idle=False)
         self._kick()
+
+    def _forget_letters_ahead(self) -> None:
+        """Letters past the checkpoint were written by work that never committed (a crash
+        between the letter's commit and the page's, as when a projection keeps its tables in a
+        file of its own): those events come again and are parked again if they still fail.
+        Left parked, a retry would hand an event over a second time."""
+        for letter in self.store.dead_letters(self.name, None):
+            if letter.position > self.position and letter.status in ("parked", "skipped"):
+                self.store.set_dead_letter_status(letter.id, "replayed")
 
     def _stand_by(self) -> None:
         self.state = "standby"
@@ -493,6 +509,8 @@ class SubscriberActor(SupervisedActor):
         )
         if letter is None:
             return f"failed: no dead letter {letter_id} for {self.name}"
+        if letter.status != "parked":  # retried already (a second request), skipped, rebuilt
+            return f"failed: dead letter {letter_id} is {letter.status}, not parked"
         refusal = self.redelivery_refusal()
         if refusal:
             return f"failed: {refusal}"
@@ -501,7 +519,7 @@ class SubscriberActor(SupervisedActor):
             recorded = self.store.event_at(letter.position)
             if recorded is None:
                 return f"failed: the event at position {letter.position} is gone"
-            self.redeliver(recorded, Metadata.of(recorded))
+            self.redeliver(recorded, Metadata.of(recorded), letter_id)
         except Exception as exc:
             self.store.park(
                 self.name,
@@ -515,7 +533,7 @@ class SubscriberActor(SupervisedActor):
                 letter.failures + 1,
             )
             return f"failed: {type(exc).__name__}: {exc}"
-        self.store.set_dead_letter_status(letter_id, "retried")
+        self.store.set_dead_letter_status(letter_id, "retried")  # (again: idempotent)
         return "retried"
 
 

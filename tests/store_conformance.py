@@ -584,6 +584,9 @@ class EventStoreConformance(HistoryConformance, abc.ABC):
 
     def test_checkpoints(self, store: EventStore) -> None:
         assert store.checkpoint("balances") == 0
+        assert not store.has_checkpoint("balances")
+        store.save_checkpoint("balances", 0)  # (saved at 0 is not the same as never saved)
+        assert store.has_checkpoint("balances") and store.checkpoint("balances") == 0
 
         store.save_checkpoint("balances", 12)
         store.save_checkpoint("notifier", 3)

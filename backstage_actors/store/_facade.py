@@ -384,6 +384,10 @@ class EventStore:
         """The last position ``name`` processed (0 if none)."""
         return self.recorder.checkpoint(name)
 
+    def has_checkpoint(self, name: str) -> bool:
+        """Whether ``name`` saved a checkpoint (0 saved is not the same as none)."""
+        return self.recorder.has_checkpoint(name)
+
     def save_checkpoint(self, name: str, position: int) -> None:
         self.recorder.save_checkpoint(name, position, _now())
 

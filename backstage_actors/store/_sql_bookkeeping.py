@@ -162,6 +162,9 @@ class SQLBookkeeping:
         row = self._one("read a checkpoint", self.sql.checkpoint, (name,))
         return int(row[0]) if row else 0
 
+    def has_checkpoint(self, name: str) -> bool:
+        return self._one("read a checkpoint", self.sql.checkpoint, (name,)) is not None
+
     def save_checkpoint(self, name: str, position: int, at: str) -> None:
         self._change("save a checkpoint", (self.sql.save_checkpoint, (name, position, at)))
 

@@ -283,6 +283,9 @@ class MemoryRecorder(MemoryHistory, Recorder):
         found = self.state.checkpoints.get(name)
         return found[0] if found else 0
 
+    def has_checkpoint(self, name: str) -> bool:
+        return name in self.state.checkpoints
+
     def save_checkpoint(self, name: str, position: int, at: str) -> None:
         with self.transaction():
             self._set(self.state.checkpoints, name, (position, at))

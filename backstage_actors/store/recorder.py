@@ -172,6 +172,9 @@ class Recorder(abc.ABC):
     def checkpoint(self, name: str) -> int: ...
 
     @abc.abstractmethod
+    def has_checkpoint(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
     def save_checkpoint(self, name: str, position: int, at: str) -> None: ...
 
     @abc.abstractmethod
