@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     position INTEGER NOT NULL,
     updated_at TEXT NOT NULL
 );
--- Events a subscriber gave up on, with why; `status` is parked, retried or skipped.
+-- Events a subscriber gave up on, with why; `status` is parked, retried or skipped (rebuilt:
+-- its projection was rebuilt since; replayed: its page never committed, the event came again).
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     subscriber TEXT NOT NULL,
