@@ -242,6 +242,19 @@ class Cells:
             if item.idempotent:
                 first = named.get(item.command_id)
                 if first is not None:
+                    if first.work.item.metadata.get("command_digest") != item.metadata.get(
+                        "command_digest"
+                    ) or type(first.work.item.command) is not type(item.command):
+                        decisions.append(
+                            Decision(
+                                work,
+                                InvalidCommand(
+                                    f"command_id {item.command_id!r} names two different "
+                                    "commands: give each a name of its own"
+                                ),
+                            )
+                        )
+                        continue
                     decisions.append(Decision(work, same_as=first))
                     continue
                 try:
@@ -439,6 +452,17 @@ class Cells:
         version = self.store.event_version(first, cell.stream_id)
         if version is None:
             return None
+        stored = next(iter(self.store.read_stream(cell.stream_id, version, version)), None)
+        if stored is not None:
+            meta = stored.metadata
+            digest = item.metadata.get("command_digest")
+            if meta.get("command") != type(item.command).__name__ or (
+                digest and meta.get("command_digest") not in (None, digest)
+            ):
+                raise InvalidCommand(
+                    f"command_id {item.command_id!r} already names another command on "
+                    f"{cell.stream_id} ({meta.get('command')}): give this one a name of its own"
+                )
         events = []
         for event in self.store.read_stream(cell.stream_id, from_version=version):
             if event.metadata.get("command_id") != item.command_id:

@@ -122,8 +122,10 @@ def resolve_command(app: Any, name: str) -> type:
         try:
             module = __import__(module_name, fromlist=[class_name])
             cls = getattr(module, class_name)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ValueError) as exc:
             fail(f"unknown command {name}: {exc}", EXIT_INPUT)
+        if not isinstance(cls, type):
+            fail(f"command {name} is not a class", EXIT_INPUT)
         if app.router.command_class(f"{cls.__module__}:{cls.__qualname__}") is None:
             fail(f"command {name} is not routed by {app.name}", EXIT_INPUT)
         return cls

@@ -27,7 +27,13 @@ from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
 from ._shard import shard_name, shard_of
 from .command import CommandItem, DispatchResult
-from .errors import BackstageError, CommandRejected, DispatchTimeout, UnhandledCommand
+from .errors import (
+    BackstageError,
+    CommandRejected,
+    DispatchTimeout,
+    SystemNotRunning,
+    UnhandledCommand,
+)
 
 __all__ = ["Courier"]
 
@@ -101,6 +107,7 @@ class _Call:
         "direct",
         "durable_at",
         "items",
+        "sent",
         "timeout",
         "waiting",
     )
@@ -114,6 +121,7 @@ class _Call:
         self.direct: str | None = None  # sent straight to this stream's shard, by message
         self.detour_at = 0.0  # when to ask the router instead
         self.durable_at = 0  # in-process: the commit to see flushed first (see _writer)
+        self.sent = False  # something of it went out already (by a lane)
 
 
 def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
@@ -154,6 +162,7 @@ class Courier:
         self.check_running = check_running
         self._router: Any = None
         self._lock = _SystemLock()
+        self._pid = self._owner_pid = os.getpid()  # the process whose main thread owns actor_system
         self._local = threading.local()
         self._contexts: list[Any] = []
         # Every thread's lane connections (a thread's go when it ends; see _lane_client).
@@ -187,17 +196,31 @@ class Courier:
                 context.exit_clone()
 
     def endpoint(self) -> contextlib.AbstractContextManager[Any]:
-        """The actor-system handle this thread may use."""
+        """The actor-system handle this thread may use. A forked child (a pre-forking web
+        server's worker) never uses its parent's: their copies of one socket would read each
+        other's answers; each of its threads gets an endpoint of its own."""
         self.check_running()
-        if self.base == "simple" or threading.current_thread() is threading.main_thread():
+        if self.base == "simple":
+            return _Locked(self._lock, self.actor_system)
+        pid = os.getpid()
+        if pid != self._pid:
+            self._forked(pid)
+        if pid == self._owner_pid and threading.current_thread() is threading.main_thread():
             return _Locked(self._lock, self.actor_system)
         context = getattr(self._local, "context", None)
-        if context is None:
+        if context is None or getattr(self._local, "pid", None) != pid:
             context = _thespian.external_context(self.actor_system)
-            self._local.context = context
+            self._local.context, self._local.pid = context, pid
             with self._lock:
                 self._contexts.append(context)
         return contextlib.nullcontext(context)
+
+    def _forked(self, pid: int) -> None:
+        """In a forked child: a lock of its own (another thread of the parent may have held
+        it at the fork), and none of the parent's endpoints."""
+        self._lock = _SystemLock()
+        self._contexts = []
+        self._pid = pid
 
     def router_address(self, refresh: bool = False) -> Any:
         """The router actor's address (looked up once; ``refresh`` looks again). For tools that
@@ -257,6 +280,7 @@ class Courier:
             return direct
         lanes = self._lane_client()
         request = Execute(call.items, None, False, stream_id)
+        call.sent = True
         reply = lanes.call(lane, request, min(DIRECT_PATIENCE, call.timeout / 2))
         if isinstance(reply, Executed):
             self._take(reply, call.waiting, call.answers, lane=lane)
@@ -271,7 +295,25 @@ class Courier:
     ) -> None:
         """Send by Thespian message (to the shard ``direct`` names, or the router) and listen
         for the answers until the deadline."""
-        router = self.router_address()
+        if self._router is None:
+            # Looked up within the call's own deadline (a dispatch's timeout bounds its wait):
+            # no answer by then is this call's timeout, not "the system is not running".
+            left = call.deadline - time.monotonic()
+            try:
+                with self.endpoint() as endpoint:
+                    self._router = _shared.locate(
+                        endpoint,
+                        self.root,
+                        ROUTER,
+                        max(0.05, min(10.0, left)),
+                        "the router is not running",
+                    )
+            except SystemNotRunning:
+                if left >= 10.0 or not call.sent:  # (nothing of it was sent: say why)
+                    raise
+                self._router = None
+                return  # (the answers still waiting time out: _time_out)
+        router = self._router
         with self.endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:

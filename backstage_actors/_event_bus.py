@@ -320,7 +320,7 @@ def wait_for_position(
         raise ConsistencyTimeout(
             f"the events were stored (up to position {position}), but "
             f"{'handlers ' + ', '.join(names) if names else 'the strongly consistent handlers'} "
-            f"did not process them within {timeout}s"
+            f"did not process them within {round(timeout, 2)}s"
         ) from None
     if isinstance(reply, Reached) and reply.error:
         raise ConsistencyTimeout(

@@ -304,6 +304,8 @@ def send(
     host: str,
 ) -> None:
     """Send COMMAND (a routed name or module:Class) with DATA (a JSON object)."""
+    if timeout is not None and not timeout > 0:  # (NaN too)
+        fail(f"--timeout must be a positive number of seconds, not {timeout}", EXIT_INPUT)
     if path:
         send_file(session, path, port, batch, timeout, as_json, host)
         return

@@ -37,6 +37,18 @@ __all__ = ["RunningSystem"]
 CONSISTENCIES = ("eventual", "strong")
 
 
+# What "wait as long as it takes" becomes: seconds (~11 days; poll() takes at most 2**31 ms).
+MAX_TIMEOUT = 10.0**6
+
+
+def _check_timeout(timeout: float) -> float:
+    """A deadline that can never pass (NaN) would wait forever on multiproc: refuse it; an
+    infinite one overflows Thespian's timers: it becomes a very long one."""
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds, not NaN")
+    return min(float(timeout), MAX_TIMEOUT)
+
+
 class RunningSystem:
     """A handle on a running application: dispatch commands through it, inspect and stop it.
 
@@ -109,6 +121,8 @@ class RunningSystem:
         """
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be 'eventual' or 'strong', not {consistency!r}")
+        timeout = _check_timeout(timeout)
+        deadline = time.monotonic() + timeout  # (the strong wait gets what is left of it)
         pipeline = Pipeline(command, dict(metadata or {}), consistency)
         for middleware in self.app.middleware:
             middleware.before_dispatch(pipeline)
@@ -123,7 +137,8 @@ class RunningSystem:
                 if isinstance(answer, BaseException):
                     raise answer
                 if consistency == "strong" and answer.position:
-                    self.wait_for(answer.position, handlers, deadline_in=timeout)
+                    left = max(0.05, deadline - time.monotonic())  # (one round trip)
+                    self.wait_for(answer.position, handlers, deadline_in=left)
         except BaseException as exc:
             pipeline.error = exc
             return self._failed(pipeline)
@@ -178,6 +193,12 @@ class RunningSystem:
         one mapping for every command, or a sequence of one per command (a ``command_id`` in it
         names the command: sent again, it is answered, not run again).
         """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        if isinstance(metadata, Mapping) and metadata.get("command_id") and len(commands) > 1:
+            raise ValueError(
+                "one command_id for many commands: give metadata as a sequence, one per command"
+            )
         answers: list[DispatchResult | BaseException | None] = [None] * len(commands)
         items: list[tuple[int, CommandItem, Pipeline | None]] = []
         chain = self.app.middleware

@@ -7,6 +7,7 @@ and answers each with a :class:`DispatchResult` or an error.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,7 +95,15 @@ def new_item(
     meta.setdefault("correlation_id", command_id)
     meta.setdefault("causation_id", command_id)
     meta["command"] = type(command).__name__
+    if given_id:  # a repeat under this name must be this very command (see _cells._already_done)
+        meta["command_digest"] = command_digest(command)
     return CommandItem(request_id(), command, meta, bool(given_id))
+
+
+def command_digest(command: Any) -> str:
+    """A short digest of ``command``'s type and fields: what a named repeat must match."""
+    text = ser.dumps(ser.unstructure(command), type(command).__name__)
+    return hashlib.sha256(f"{type(command).__name__}:{text}".encode()).hexdigest()[:16]
 
 
 def command_from_data(cls: type, data: Any) -> Any:

@@ -199,3 +199,12 @@ def version_matches(expected: ExpectedVersion | int, exists: bool, current: int)
     if expected is STREAM_EXISTS:
         return exists
     return expected == current
+
+
+def reused_name(request: AppendRequest) -> str:
+    """What to add to "an event id is already stored elsewhere" when the caller named the
+    command: the name is taken (by a command of another stream)."""
+    name = (request.metadata or {}).get("command_id")
+    if not name or not (request.metadata or {}).get("command_digest"):
+        return ""
+    return f" (command_id {name!r} already names a command of another stream)"

@@ -252,6 +252,7 @@ def _plan(
             else:
                 results[index] = BackstageError(
                     f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+                    f"{ap.reused_name(request)}"
                 )
                 ap.note_failure(failed, request)
             continue

@@ -169,6 +169,7 @@ class MemoryRecorder(MemoryHistory, Recorder):
                 return existing
             raise BackstageError(
                 f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+                f"{ap.reused_name(request)}"
             )
         first = self.state.next_position
         for offset, row in enumerate(ap.rows(ids, stream_id, current, encoded, meta_text, stamp)):

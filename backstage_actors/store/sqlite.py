@@ -452,6 +452,7 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
                 return existing
             raise BackstageError(
                 f"stream {stream_id!r}: an event id of this append is already stored elsewhere"
+                f"{ap.reused_name(request)}"
             ) from None
         return ap.recorded(
             ids, stream_id, current, last - len(rows) + 1, encoded, metadata, recorded_at

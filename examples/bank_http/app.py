@@ -17,6 +17,7 @@ from backstage_actors import (
     CommandRejected,
     ConsistencyTimeout,
     DispatchTimeout,
+    InvalidCommand,
     SerializationError,
     SystemNotRunning,
     WrongExpectedVersion,
@@ -32,8 +33,8 @@ Handler = Callable[[Request], Awaitable[JSONResponse]]
 
 def status_for(error: BaseException) -> int:
     """The HTTP status of a failed command."""
-    if isinstance(error, SerializationError):
-        return 422
+    if isinstance(error, (SerializationError, InvalidCommand)):
+        return 422  # bad input: a field, an empty identity, a reused Idempotency-Key
     if isinstance(error, (CommandRejected, WrongExpectedVersion)):
         return 409
     if isinstance(error, (DispatchTimeout, ConsistencyTimeout)):
