@@ -310,9 +310,16 @@ def _bus(endpoint: Any, root: Any) -> Any:
 
 
 def wait_for_position(
-    endpoint: Any, root: Any, position: int, names: Sequence[str] | None, timeout: float
+    endpoint: Any,
+    root: Any,
+    position: int,
+    names: Sequence[str] | None,
+    timeout: float,
+    asked: float | None = None,
 ) -> None:
-    """Block until the subscribers reached ``position``; :class:`ConsistencyTimeout` otherwise."""
+    """Block until the subscribers reached ``position``, at most ``timeout`` seconds (what is
+    left of the caller's ``asked``, which the error names); :class:`ConsistencyTimeout`
+    otherwise."""
     request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None, timeout)
     try:
         reply = supervisors.request(endpoint, _bus(endpoint, root), request, timeout)
@@ -320,7 +327,7 @@ def wait_for_position(
         raise ConsistencyTimeout(
             f"the events were stored (up to position {position}), but "
             f"{'handlers ' + ', '.join(names) if names else 'the strongly consistent handlers'} "
-            f"did not process them within {round(timeout, 2)}s"
+            f"did not process them within {timeout if asked is None else asked}s"
         ) from None
     if isinstance(reply, Reached) and reply.error:
         raise ConsistencyTimeout(

@@ -138,7 +138,7 @@ class RunningSystem:
                     raise answer
                 if consistency == "strong" and answer.position:
                     left = max(0.05, deadline - time.monotonic())  # (one round trip)
-                    self.wait_for(answer.position, handlers, deadline_in=left)
+                    self._wait_for(answer.position, handlers, left, timeout)
         except BaseException as exc:
             pipeline.error = exc
             return self._failed(pipeline)
@@ -257,10 +257,16 @@ class RunningSystem:
         self, position: int, handlers: Sequence[str] | None = None, deadline_in: float = 5.0
     ) -> None:
         """Return once the handlers (named, or all strongly consistent ones) reached ``position``."""
+        self._wait_for(position, handlers, deadline_in, deadline_in)
+
+    def _wait_for(
+        self, position: int, handlers: Sequence[str] | None, left: float, asked: float
+    ) -> None:
+        """:meth:`wait_for` within ``left`` seconds, what is left of a call of ``asked``."""
         if not self.app.subscribers:
             return
         with self._endpoint() as endpoint:
-            wait_for_position(endpoint, self.root, position, handlers, deadline_in)
+            wait_for_position(endpoint, self.root, position, handlers, left, asked)
 
     @property
     def store(self) -> Any:

@@ -14,6 +14,7 @@ import pytest
 
 from backstage_actors import BackstageError, InvalidCommand
 
+from .conftest import wait_until
 from .dispatch_domain import Add, make_app, stored
 from .test_bank_http import Call, bank, run  # noqa: F401  (bank: a fixture)
 from .test_cli import Backstage, running
@@ -91,13 +92,55 @@ def test_strong_dispatch_is_bounded_by_its_timeout(start_app: Any) -> None:
     assert took < 2.9, f"dispatch(timeout=2.0, strong) returned after {took:.2f}s"
 
 
-@pytest.mark.parametrize("base", ["multiproc"])
-def test_attached_handle_after_fork(start_app: Any) -> None:
-    """gunicorn-style pre-fork: the master attaches, then forks a worker; both dispatch."""
+def _fork_worker(client: Any, prefix: str) -> tuple[int, int]:
+    """Fork a worker (a pre-forking web server's) that dispatches through ``client``: its pid,
+    and the pipe on which it reports what it got (one JSON object)."""
     import json
     import os
-    import time
 
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write)
+        return pid, read
+    try:  # the worker
+        os.close(read)
+        out: dict[str, Any] = {}
+        try:
+            res = client.dispatch_many([Add(f"{prefix}{i}", 1) for i in range(5)], timeout=8)
+            out["many"] = [type(r).__name__ for r in res]
+            out["one"] = client.dispatch(Add(f"{prefix}new", 1), timeout=8).stream_id
+            out["tree"] = client.tree()["name"]
+        except BaseException as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        os.write(write, json.dumps(out).encode())
+    finally:
+        os._exit(0)
+
+
+def _report(pid: int, read: int) -> dict[str, Any]:
+    """What the worker ``pid`` reported; a worker still busy after 25 s is killed (a hang)."""
+    import json
+    import os
+    import signal
+
+    try:
+        wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0], 25, what=f"worker {pid}")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    try:
+        return dict(json.loads(os.read(read, 65536) or b"{}"))
+    finally:
+        os.close(read)
+
+
+@pytest.mark.parametrize("base", ["multiproc"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_attached_handle_serves_forked_workers(start_app: Any, workers: int) -> None:
+    """gunicorn --preload: the master attaches (and uses the handle), then forks workers; each
+    worker, and the master, dispatches and gets its own answers."""
     from .conftest import free_port
 
     port = free_port()
@@ -106,101 +149,15 @@ def test_attached_handle_after_fork(start_app: Any) -> None:
     client = app.attach(port=port)
     try:
         client.dispatch(Add("p0", 1))  # the handle has been used before the fork
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                os.close(read)
-                out: dict[str, Any] = {}
-                started = time.monotonic()
-                try:
-                    res = client.dispatch_many([Add(f"w{i}", 1) for i in range(5)], timeout=10)
-                    out["many"] = [type(r).__name__ for r in res]
-                    out["one"] = client.dispatch(Add("wnew", 1), timeout=10).stream_id
-                    out["tree"] = client.tree()["name"]
-                except BaseException as exc:
-                    out["error"] = f"{type(exc).__name__}: {exc}"
-                out["took"] = round(time.monotonic() - started, 2)
-                os.write(write, json.dumps(out).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        mine: dict[str, Any] = {}
-        try:
-            res = client.dispatch_many([Add(f"m{i}", 1) for i in range(5)], timeout=10)
-            mine["many"] = [type(r).__name__ for r in res]
-            mine["one"] = client.dispatch(Add("mnew", 1), timeout=10).stream_id
-        except BaseException as exc:
-            mine["error"] = f"{type(exc).__name__}: {exc}"
-        os.waitpid(pid, 0)
-        child = json.loads(os.read(read, 65536) or b"{}")
-        os.close(read)
-        assert "error" not in mine and "error" not in child
-        assert child["many"] == ["DispatchResult"] * 5
-        assert mine["many"] == ["DispatchResult"] * 5
+        forked = [_fork_worker(client, f"w{n}-") for n in range(workers)]
+        mine = [type(r).__name__ for r in client.dispatch_many([Add(f"m{i}", 1) for i in range(5)])]
+        reports = [_report(pid, read) for pid, read in forked]
     finally:
         client.stop()
-
-
-@pytest.mark.parametrize("base", ["multiproc"])
-def test_attached_handle_shared_by_two_forked_workers(start_app: Any) -> None:
-    """gunicorn --preload: the master attaches at import, forks two workers, each dispatches."""
-    import json
-    import os
-
-    from .conftest import free_port
-
-    port = free_port()
-    app = make_app()
-    start_app(app, port=port)
-    client = app.attach(port=port)
-    try:
-        client.dispatch(Add("p0", 1))
-        workers = []
-        for w in range(2):
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.close(read)
-                    out: dict[str, Any] = {}
-                    try:
-                        res = client.dispatch_many(
-                            [Add(f"w{w}-{i}", 1) for i in range(5)], timeout=8
-                        )
-                        out["many"] = [type(r).__name__ for r in res]
-                        out["tree"] = client.tree()["name"]
-                    except BaseException as exc:
-                        out["error"] = f"{type(exc).__name__}: {exc}"
-                    os.write(write, json.dumps(out).encode())
-                finally:
-                    os._exit(0)
-            os.close(write)
-            workers.append((pid, read))
-        import signal
-        import time
-
-        outs = []
-        deadline = time.monotonic() + 25
-        for pid, read in workers:
-            while True:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    outs.append(json.loads(os.read(read, 65536) or b"{}"))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    outs.append({"error": "hung for 25 s (killed)"})
-                    break
-                time.sleep(0.1)
-            os.close(read)
-        for out in outs:
-            assert out.get("many") == ["DispatchResult"] * 5, out
-    finally:
-        client.stop()
+    assert mine == ["DispatchResult"] * 5
+    for report in reports:
+        assert report.get("many") == ["DispatchResult"] * 5, report
+        assert "error" not in report and report["tree"] == f"backstage:{app.name}", report
 
 
 # -- the HTTP example ----------------------------------------------------------------------

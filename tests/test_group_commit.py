@@ -90,18 +90,7 @@ def test_a_leader_interrupted_in_its_commit_leaves_the_others_an_unknown_outcome
         raise KeyboardInterrupt  # in the thread that leads "b" and "c"
 
     group = GroupCommit(commit, max_gather=GATHER)
-    outcomes, threads = _three_callers(group)
-    try:
-        threads["a"].start()
-        assert first_in.wait(30)
-        for name, queued in (("b", 1), ("c", 2)):
-            threads[name].start()
-            wait_until(lambda n=queued: len(group._waiting) == n, what=f"{name} to queue")
-    finally:
-        release.set()
-    for thread in threads.values():
-        thread.join(30)
-        assert not thread.is_alive(), outcomes
+    outcomes = _b_and_c_behind_a(group, first_in, release)
     assert groups == [1, 2]
     assert outcomes["a"] is None
     interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
@@ -175,6 +164,24 @@ def test_a_leader_interrupted_as_it_ends_its_gathering_leaves_nobody_waiting() -
             return gathered
 
     group = Interrupted(commit, max_gather=GATHER)
+    outcomes = _b_and_c_behind_a(group, first_in, release)
+    interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
+    assert len(interrupted) == 1, outcomes
+    [other] = [n for n in "bc" if n not in interrupted]
+    assert outcomes[other] is None or isinstance(outcomes[other], StorageError), outcomes
+    done = threading.Thread(target=group.write, args=(["d"], [None], datetime.now(UTC), "s"))
+    done.start()
+    done.join(30)
+    assert not done.is_alive(), "a later append waits forever"
+    assert groups[-1] == ["d"]
+
+
+def _b_and_c_behind_a(
+    group: GroupCommit, first_in: threading.Event, release: threading.Event
+) -> dict[str, BaseException | None]:
+    """Callers "a", "b" and "c": "a" first (its commit sets ``first_in`` and waits for
+    ``release``), then "b" and "c" queued behind it; ``release``, and their outcomes once all
+    three have ended (an append still waiting after 30 s fails the test)."""
     outcomes, threads = _three_callers(group)
     try:
         threads["a"].start()
@@ -187,15 +194,7 @@ def test_a_leader_interrupted_as_it_ends_its_gathering_leaves_nobody_waiting() -
     for thread in threads.values():
         thread.join(30)
         assert not thread.is_alive(), f"an append waits forever: {outcomes}"
-    interrupted = [n for n in "bc" if isinstance(outcomes[n], KeyboardInterrupt)]
-    assert len(interrupted) == 1, outcomes
-    [other] = [n for n in "bc" if n not in interrupted]
-    assert outcomes[other] is None or isinstance(outcomes[other], StorageError), outcomes
-    done = threading.Thread(target=group.write, args=(["d"], [None], datetime.now(UTC), "s"))
-    done.start()
-    done.join(30)
-    assert not done.is_alive(), "a later append waits forever"
-    assert groups[-1] == ["d"]
+    return outcomes
 
 
 def _three_callers(

@@ -110,8 +110,12 @@ def test_a_current_handler_restarted_before_its_first_event_skips_nothing(
 
     first = start_app(make_app(handlers=[ReCurrentRecorder]))  # on an empty store
     poison = first.dispatch(HdNote("c1", "poison")).position
-    wait_until(  # it fails on it, and retries
-        lambda: query(first, "SELECT count(*) FROM hd_errors")[0][0], what="a failure"
+    wait_until(  # it fails on it, and retries (its table is made when it starts)
+        lambda: (
+            query(first, "SELECT count(*) FROM sqlite_master WHERE name = 'hd_errors'")[0][0]
+            and query(first, "SELECT count(*) FROM hd_errors")[0][0]
+        ),
+        what="a failure",
     )
     first.stop()  # a deploy...
     import sqlite3
