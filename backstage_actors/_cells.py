@@ -138,6 +138,17 @@ class Cell:
         return node
 
 
+def _names_another(metadata: dict[str, Any], item: CommandItem) -> bool:
+    """Whether the command that ``metadata`` describes (stored, or earlier in a round) is not
+    ``item``, which bears its name: another type, or fields of another digest (a command named
+    by its caller carries the digest of its fields; an older event, or a name the system gave,
+    none: the type alone is compared)."""
+    digest = item.metadata.get("command_digest")
+    return metadata.get("command") != type(item.command).__name__ or bool(
+        digest and metadata.get("command_digest") not in (None, digest)
+    )
+
+
 class Cells:
     """The aggregates of one shard and their rounds (see the module's docstring)."""
 
@@ -242,9 +253,7 @@ class Cells:
             if item.idempotent:
                 first = named.get(item.command_id)
                 if first is not None:
-                    if first.work.item.metadata.get("command_digest") != item.metadata.get(
-                        "command_digest"
-                    ) or type(first.work.item.command) is not type(item.command):
+                    if _names_another(first.work.item.metadata, item):
                         decisions.append(
                             Decision(
                                 work,
@@ -452,21 +461,16 @@ class Cells:
         version = self.store.event_version(first, cell.stream_id)
         if version is None:
             return None
-        stored = next(iter(self.store.read_stream(cell.stream_id, version, version)), None)
-        if stored is not None:
-            meta = stored.metadata
-            digest = item.metadata.get("command_digest")
-            if meta.get("command") != type(item.command).__name__ or (
-                digest and meta.get("command_digest") not in (None, digest)
-            ):
-                raise InvalidCommand(
-                    f"command_id {item.command_id!r} already names another command on "
-                    f"{cell.stream_id} ({meta.get('command')}): give this one a name of its own"
-                )
-        events = []
+        events: list[RecordedEvent] = []
         for event in self.store.read_stream(cell.stream_id, from_version=version):
             if event.metadata.get("command_id") != item.command_id:
                 break
+            if not events and _names_another(event.metadata, item):
+                raise InvalidCommand(
+                    f"command_id {item.command_id!r} already names another command on "
+                    f"{cell.stream_id} ({event.metadata.get('command')}): give this one a name "
+                    "of its own"
+                )
             events.append(event)
         return DispatchResult(
             cell.stream_id, events[-1].version, events, item.command_id, item.correlation_id

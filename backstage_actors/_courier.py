@@ -222,13 +222,14 @@ class Courier:
         self._contexts = []
         self._pid = pid
 
-    def router_address(self, refresh: bool = False) -> Any:
-        """The router actor's address (looked up once; ``refresh`` looks again). For tools that
-        talk to the actors themselves; dispatching needs none of it."""
+    def router_address(self, refresh: bool = False, patience: float = 10.0) -> Any:
+        """The router actor's address (looked up once, waiting ``patience`` seconds at most;
+        ``refresh`` looks again). For tools that talk to the actors themselves; dispatching
+        needs none of it."""
         if self._router is None or refresh:
             with self.endpoint() as endpoint:
                 self._router = _shared.locate(
-                    endpoint, self.root, ROUTER, 10.0, "the router is not running"
+                    endpoint, self.root, ROUTER, patience, "the router is not running"
                 )
         return self._router
 
@@ -295,25 +296,15 @@ class Courier:
     ) -> None:
         """Send by Thespian message (to the shard ``direct`` names, or the router) and listen
         for the answers until the deadline."""
-        if self._router is None:
-            # Looked up within the call's own deadline (a dispatch's timeout bounds its wait):
-            # no answer by then is this call's timeout, not "the system is not running".
-            left = call.deadline - time.monotonic()
-            try:
-                with self.endpoint() as endpoint:
-                    self._router = _shared.locate(
-                        endpoint,
-                        self.root,
-                        ROUTER,
-                        max(0.05, min(10.0, left)),
-                        "the router is not running",
-                    )
-            except SystemNotRunning:
-                if left >= 10.0 or not call.sent:  # (nothing of it was sent: say why)
-                    raise
-                self._router = None
-                return  # (the answers still waiting time out: _time_out)
-        router = self._router
+        # Looked up within the call's own deadline (a dispatch's timeout bounds its wait): no
+        # answer by then is this call's timeout, not "the system is not running".
+        left = call.deadline - time.monotonic()
+        try:
+            router = self.router_address(patience=max(0.05, min(10.0, left)))
+        except SystemNotRunning:
+            if left >= 10.0 or not call.sent:  # (nothing of it was sent: say why)
+                raise
+            return  # (the answers still waiting time out: _time_out)
         with self.endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:

@@ -29,7 +29,7 @@ def park_poison(system: Any) -> tuple[int, int]:
     return letter.id, poison
 
 
-def test_a_letter_retried_twice_at_once_is_projected_twice(start_app: Any) -> None:
+def test_a_letter_retried_twice_at_once_is_projected_once(start_app: Any) -> None:
     system = start_app(make_app(projections=[ReProj]))
     letter_id, poison = park_poison(system)
     outcomes: list[Any] = []
