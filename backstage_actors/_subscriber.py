@@ -517,8 +517,9 @@ class SubscriberActor(SupervisedActor):
         recorded = None
         try:
             recorded = self.store.event_at(letter.position)
-            if recorded is None:
-                return f"failed: the event at position {letter.position} is gone"
+            if recorded is None:  # truncate_stream deleted it: nothing is left to retry
+                self.store.set_dead_letter_status(letter_id, "truncated")
+                return f"failed: the event at position {letter.position} is gone (truncated)"
             self.redeliver(recorded, Metadata.of(recorded), letter_id)
         except Exception as exc:
             self.store.park(

@@ -90,7 +90,13 @@ def new_item(
                 f"(at most {(limits or DEFAULT_LIMITS).max_metadata_bytes:,})"
             )
     given_id = meta.get("command_id")
-    command_id = str(given_id) if given_id else new_id()
+    if given_id is not None and (not isinstance(given_id, str) or not given_id):
+        # 0 or "" would pass for no name (a retry runs again), 1 for the name "1"
+        raise InvalidCommand(
+            f"{type(command).__name__} metadata: command_id must be a non-empty string, "
+            f"not {given_id!r} ({type(given_id).__name__})"
+        )
+    command_id = given_id or new_id()
     meta["command_id"] = command_id
     meta.setdefault("correlation_id", command_id)
     meta.setdefault("causation_id", command_id)

@@ -44,6 +44,18 @@ def test_command_id_reused_on_another_stream(start_app: Any) -> None:
         system.dispatch(Add("c2", 7), metadata={"command_id": "k-2"})
 
 
+@pytest.mark.parametrize("given", [0, "", 1, 2.5, ["k"]])
+def test_command_id_must_be_a_non_empty_string(start_app: Any, given: Any) -> None:
+    """A command_id of 0 or "" was taken as no name (a retry ran the command again), and 1 was
+    the same name as "1": a name that is not a non-empty string is refused, with what it was
+    (None is no name)."""
+    system = start_app(make_app())
+    with pytest.raises(InvalidCommand, match=r"command_id must be a non-empty string, not "):
+        system.dispatch(Add("ci", 5), metadata={"command_id": given})
+    assert stored(system, "Counter-ci") == []
+    assert system.dispatch(Add("ci", 5), metadata={"command_id": "1"}).events  # still serving
+
+
 def test_dispatch_many_refuses_one_command_id_for_many(start_app: Any) -> None:
     system = start_app(make_app())
     with pytest.raises(ValueError, match="one command_id for many commands"):

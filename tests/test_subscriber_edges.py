@@ -56,6 +56,21 @@ def test_a_letter_parked_before_a_rebuild_is_not_projected_again(start_app: Any)
     assert applied(system, poison) == 1, f"projected {applied(system, poison)} times: {outcome}"
 
 
+def test_a_letter_whose_event_was_truncated_is_closed_by_its_retry(start_app: Any) -> None:
+    """A parked letter whose event truncate_stream deleted stayed parked: every retry failed
+    again and it was listed for ever. Its retry says the event is gone and closes it."""
+    system = start_app(make_app(projections=[ReProj]))
+    letter_id, poison = park_poison(system)
+    stream = system.store.event_at(poison).stream_id
+    system.store.truncate_stream(stream, system.store.stream_version(stream))
+    assert system.store.event_at(poison) is None
+    outcome = system.retry_dead_letters()
+    assert outcome == {letter_id: f"failed: the event at position {poison} is gone (truncated)"}
+    assert system.store.dead_letters("re-proj") == []
+    assert [d.status for d in system.store.dead_letters("re-proj", None)] == ["truncated"]
+    assert system.retry_dead_letters() == {}
+
+
 def test_two_rebuilds_at_once_both_finish(start_app: Any) -> None:
     system = start_app(make_app(projections=[ReSlowProj]))
     assert not any(

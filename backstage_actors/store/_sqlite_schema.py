@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     updated_at TEXT NOT NULL
 );
 -- Events a subscriber gave up on, with why; `status` is parked, retried or skipped (rebuilt:
--- its projection was rebuilt since; replayed: its page never committed, the event came again).
+-- its projection was rebuilt since; replayed: its page never committed, the event came again;
+-- truncated: truncate_stream deleted its event, found by a retry).
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     subscriber TEXT NOT NULL,
