@@ -53,6 +53,8 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
                     done += len(rows)
                     if progress:
                         progress(done, total)
+            # Positions of events deleted since (truncated) are not handed out again either.
+            dst.recorder.reserve_positions(src.recorder.next_position())
         return totals
 
 

@@ -88,6 +88,31 @@ class PgBookkeeping:
 
         self._run("import rows", work, retry=False)
 
+    def next_position(self) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            named = conn.execute("SELECT pg_get_serial_sequence('events', 'position')").fetchone()
+            assert named is not None
+            row = conn.execute(
+                f"SELECT last_value, is_called FROM {named[0]}"  # (a name PostgreSQL gave)
+            ).fetchone()
+            top = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+            assert row is not None and top is not None
+            last, called = int(row[0]), bool(row[1])
+            return max(last + 1 if called else last, int(top[0]) + 1)
+
+        return self._run("read the next position", work)
+
+    def reserve_positions(self, next_position: int) -> None:
+        wanted = max(next_position, self.next_position())
+        self._run(
+            "reserve positions",
+            lambda conn: conn.execute(
+                "SELECT setval(pg_get_serial_sequence('events', 'position'), %s, false)",
+                (wanted,),
+            ),
+            retry=False,
+        )
+
 
 def _table(name: str) -> str:
     if name not in TABLES:

@@ -398,6 +398,15 @@ class MemoryRecorder(MemoryHistory, Recorder):
         for start in range(0, len(rows), 1000):
             yield rows[start : start + 1000]
 
+    def next_position(self) -> int:
+        return self.state.next_position
+
+    def reserve_positions(self, next_position: int) -> None:
+        state = self.state
+        old = state.next_position
+        state.next_position = max(old, next_position)
+        self._changed(lambda: setattr(state, "next_position", old))
+
     def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         state = self.state
         for row in rows:

@@ -246,3 +246,13 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         """Insert rows as exported (keeping positions and ids), inside :meth:`transaction`."""
+
+    @abc.abstractmethod
+    def next_position(self) -> int:
+        """The position the next appended event gets: past every position ever handed out,
+        also those of events deleted since (truncated streams)."""
+
+    @abc.abstractmethod
+    def reserve_positions(self, next_position: int) -> None:
+        """Inside :meth:`transaction`: no event appended later gets a position below
+        ``next_position`` (a copy goes on where its source stopped)."""

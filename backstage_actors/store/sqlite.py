@@ -591,6 +591,22 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         marks = ", ".join("?" * len(columns))
         self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
+    def next_position(self) -> int:
+        row = self.conn.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+            " coalesce((SELECT max(position) FROM events), 0))"
+        ).fetchone()
+        return int(row[0]) + 1
+
+    def reserve_positions(self, next_position: int) -> None:
+        seq = max(next_position, self.next_position()) - 1
+        if not self.conn.execute(
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (seq,)
+        ).rowcount:
+            self.conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (seq,)
+            )
+
 
 def _table(name: str) -> str:
     if name not in TABLES:

@@ -1,0 +1,68 @@
+"""Review (helper-31): history, snapshots, schema evolution, export and copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from backstage_actors._copy import copy_store
+from backstage_actors.store import EventStore
+
+
+@attrs.frozen
+class RvhDeposited:
+    account: str
+    amount: int
+
+
+def _fill_then_erase_newest(where: str) -> int:
+    """Events at positions 1..6, a subscriber that processed all six, then the stream that
+    holds the newest events erased (a total truncation, as ``truncate_stream`` allows).
+    Returns the highest position ever handed out."""
+    with EventStore(where) as store:
+        store.append("keep", [RvhDeposited("k", n) for n in range(1, 4)])
+        last = store.append("erase", [RvhDeposited("e", n) for n in range(1, 4)])[-1].position
+        store.save_checkpoint("notifier", last)
+        assert store.truncate_stream("erase", before_version=4) == 3
+        # The source itself never hands a position out twice.
+        return last
+
+
+@pytest.mark.parametrize(
+    "route", ["sqlite->sqlite", "sqlite->postgres", "postgres->sqlite", "sqlite->memory"]
+)
+def test_a_copy_never_hands_out_a_position_the_source_already_used(
+    tmp_path: Path, route: str, request: pytest.FixtureRequest
+) -> None:
+    """A copy continues where the source stopped: the next event appended to the copy gets a
+    position past every position the source ever handed out, or a subscriber whose checkpoint
+    was copied (at the last position it processed) skips it."""
+    kinds = route.split("->")
+
+    def where(kind: str, name: str) -> str:
+        if kind == "postgres":
+            return str(request.getfixturevalue("pg_dsn"))
+        if kind == "memory":
+            return f"memory:rvh-{name}"
+        return str(tmp_path / f"{name}.db")
+
+    source, destination = where(kinds[0], "source"), where(kinds[1], "copy")
+    highest = _fill_then_erase_newest(source)
+    keep_open = EventStore(destination) if kinds[1] == "memory" else None
+    try:
+        copy_store(source, destination)
+        with EventStore(destination) as copy:
+            checkpoint = copy.checkpoint("notifier")
+            assert checkpoint == highest
+            [event] = copy.append("new", [RvhDeposited("n", 1)])
+            assert event.position > highest, (
+                f"the copy handed out position {event.position} again (the source had used up"
+                f" to {highest}, the notifier's checkpoint): the notifier never sees this event"
+            )
+            # What a subscriber reads after its checkpoint includes it.
+            assert [e.position for e in copy.read_all(checkpoint + 1)] == [event.position]
+    finally:
+        if keep_open is not None:
+            keep_open.close()
