@@ -442,6 +442,14 @@ class Cells:
                     aggregate = self._fresh(cell)
         try:
             for version, event in self.store.stream_events(cell.stream_id, aggregate.version):
+                if version != aggregate.version + 1:  # truncated, and no snapshot covers it
+                    cell.broken = (
+                        f"{cell.stream_id}: cannot rebuild: the events from version"
+                        f" {aggregate.version + 1} to {version - 1} were truncated and no usable"
+                        f" snapshot at or after version {version - 1} is kept"
+                    )
+                    log().error("%s", cell.broken)
+                    break
                 aggregate.apply(event)
                 aggregate.version = version
         except StorageError:

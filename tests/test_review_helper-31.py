@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
 from backstage_actors._copy import copy_store
+from backstage_actors.errors import AggregateFailed
+from backstage_actors.history import HistoryError, state_of
 from backstage_actors.store import EventStore
+
+from .dispatch_domain import Add, Count, Tally, aggregate_nodes, make_app
 
 
 @attrs.frozen
@@ -66,3 +71,35 @@ def test_a_copy_never_hands_out_a_position_the_source_already_used(
     finally:
         if keep_open is not None:
             keep_open.close()
+
+
+# -- a rebuild over truncated events ----------------------------------------------------------
+
+
+def evict(system: Any, stream_id: str) -> None:
+    """With ``max_live=1`` and one shard: a command to another aggregate passivates
+    ``stream_id`` (as in test_passivation)."""
+    system.dispatch(Add("evictor", 1))
+    assert stream_id not in aggregate_nodes(system)
+
+
+def test_a_rebuild_never_skips_truncated_events_the_snapshot_does_not_cover(
+    start_app: Any,
+) -> None:
+    """Truncated past the latest snapshot (Tally snapshots every 5 events; the events 6 and 7
+    are gone with no snapshot at 7): the aggregate that stayed live knows its total, a rebuilt
+    one would start from the snapshot at 5 and apply 8, 9 on it, missing 6 and 7, and go on
+    deciding on that total. It must refuse, as ``state_of`` does, not decide on a wrong state."""
+    system = start_app(make_app(max_live=1, shards=1))
+    for amount in range(1, 10):
+        system.dispatch(Count("t", amount))
+    assert system.store.load_snapshot("Tally-t").version == 5
+    evict(system, "Tally-t")
+    assert system.store.truncate_stream("Tally-t", before_version=8) == 7
+    with pytest.raises(HistoryError, match="truncated"):
+        state_of(system.store, Tally, "t")
+
+    with pytest.raises(AggregateFailed, match="truncated"):
+        result = system.dispatch(Count("t", 10))
+        pytest.fail(f"decided on a wrong state: {result.events[0].data} (the total is 55)")
+    assert system.store.stream_version("Tally-t") == 9
