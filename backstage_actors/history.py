@@ -179,11 +179,21 @@ def diff(
     start = before = state_fields(aggregate)
     steps = []
     for recorded in store.read_stream(stream_id, from_version + 1, to_version):
+        if recorded.version != aggregate.version + 1:
+            raise HistoryError(
+                f"{stream_id}: the events from version {aggregate.version + 1} to"
+                f" {recorded.version - 1} were truncated: no diff from version {from_version}"
+            )
         aggregate.apply(recorded.data)
         aggregate.version = recorded.version
         after = state_fields(aggregate)
         steps.append({**_event_fields(recorded), "changed": _changes(before, after)})
         before = after
+    if aggregate.version != to_version:
+        raise HistoryError(
+            f"{stream_id}: the events from version {aggregate.version + 1} to {to_version} were"
+            f" truncated: no diff from version {from_version}"
+        )
     return {
         "stream_id": stream_id,
         "from": from_version,

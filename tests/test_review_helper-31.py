@@ -8,9 +8,10 @@ from typing import Any
 import attrs
 import pytest
 
+from backstage_actors import Aggregate
 from backstage_actors._copy import copy_store
 from backstage_actors.errors import AggregateFailed
-from backstage_actors.history import HistoryError, state_of
+from backstage_actors.history import HistoryError, diff, state_of
 from backstage_actors.store import EventStore
 
 from .dispatch_domain import Add, Count, Tally, aggregate_nodes, make_app
@@ -103,3 +104,33 @@ def test_a_rebuild_never_skips_truncated_events_the_snapshot_does_not_cover(
         result = system.dispatch(Count("t", 10))
         pytest.fail(f"decided on a wrong state: {result.events[0].data} (the total is 55)")
     assert system.store.stream_version("Tally-t") == 9
+
+
+class RvhCounter(Aggregate):
+    def __init__(self) -> None:
+        self.total = 0
+
+    def apply(self, event: Any) -> None:
+        self.total += event.amount
+
+
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_a_diff_over_truncated_events_is_an_error_not_a_wrong_answer(
+    tmp_path: Path, where: str
+) -> None:
+    """The state at version 0 is the fresh one, but the events 1..3 that lead from it are gone:
+    a diff from 0 to 5 cannot be told, and must not be told as 0 -> 9 (only 4 and 5 applied)
+    when the state at 5 is 15."""
+    database = str(tmp_path / "d.db") if where == "sqlite" else "memory:rvh-diff"
+    with EventStore(database) as store:
+        store.append("RvhCounter-x", [RvhDeposited("x", n) for n in range(1, 6)])
+        store.save_snapshot("RvhCounter-x", 3, {"total": 6})
+        store.truncate_stream("RvhCounter-x", before_version=4)
+        assert state_of(store, RvhCounter, "x").total == 15
+        assert diff(store, RvhCounter, "x", 3, 5)["changed"] == {"total": [6, 15]}
+        with pytest.raises(HistoryError, match="truncated"):
+            changes = diff(store, RvhCounter, "x", 0, 5)
+            pytest.fail(f"a wrong diff: {changes['changed']} (the state at 5 is 15)")
+        with pytest.raises(HistoryError, match="truncated"):
+            changes = diff(store, RvhCounter, "x", 0, 2)  # (none of its events is kept)
+            pytest.fail(f"a wrong diff: {changes['changed']} (the state at 2 is 3)")
