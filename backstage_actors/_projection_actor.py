@@ -19,6 +19,7 @@ from ._subscriber import (
     Rebuild,
     RebuildProgress,
     SubscriberActor,
+    log,
 )
 from .handler import Metadata
 from .projection import Projection
@@ -44,7 +45,31 @@ class ProjectionActor(SubscriberActor):
             # The tables and their checkpoint live together in the projection's own file.
             self.target_store = EventStore(database, BOOKKEEPING_SYNC)
             self.target = self.target_store.handle
+        self._replay_lost_tables()
         self.subscriber.init(self.target)
+
+    def _replay_lost_tables(self) -> None:
+        """A checkpoint past the origin with none of the projection's tables (a store copied
+        without them, tables dropped by hand): what they held is lost, so replay from the
+        origin rather than go on from the checkpoint on empty tables."""
+        tables = self.subscriber.tables
+        if not tables or self.target_store.checkpoint(self.name) == 0:
+            return
+        if any(self._has_table(table) for table in tables):
+            return
+        log().warning(
+            "%s: its checkpoint is at %d but none of its tables (%s) exists: replaying from"
+            " the origin",
+            self.name,
+            self.target_store.checkpoint(self.name),
+            ", ".join(tables),
+        )
+        self.target_store.save_checkpoint(self.name, 0)
+
+    def _has_table(self, table: str) -> bool:
+        if self.target_store.kind == "postgres":
+            return self.target.query("SELECT to_regclass(%s)", (table,))[0][0] is not None
+        return table in self.target.table_names()
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
         try:

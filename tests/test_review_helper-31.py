@@ -13,6 +13,8 @@ from backstage_actors._copy import copy_store
 from backstage_actors.errors import AggregateFailed
 from backstage_actors.history import HistoryError, diff, state_of
 from backstage_actors.store import EventStore
+from examples.bank import make_app as make_bank
+from examples.bank.domain import Deposit, OpenAccount
 
 from .dispatch_domain import Add, Count, Tally, aggregate_nodes, make_app
 
@@ -134,3 +136,42 @@ def test_a_diff_over_truncated_events_is_an_error_not_a_wrong_answer(
         with pytest.raises(HistoryError, match="truncated"):
             changes = diff(store, RvhCounter, "x", 0, 2)  # (none of its events is kept)
             pytest.fail(f"a wrong diff: {changes['changed']} (the state at 2 is 3)")
+
+
+# -- an application on a copied store ---------------------------------------------------------
+
+
+def _balances(store: EventStore) -> list[tuple[Any, ...]]:
+    sql = "SELECT account_id, balance FROM balances ORDER BY account_id"
+    if store.kind == "postgres":
+        return [tuple(r) for r in store.handle.query(sql)]
+    return [tuple(r) for r in store.handle.execute(sql).fetchall()]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_bank_goes_on_on_a_copy_with_its_balances(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``backstage copy`` moves the store's tables and the checkpoints, not the projection's
+    own tables (they are the application's): on the copy the balances projection found its
+    checkpoint at the end and no table, so every account it had shown was gone and the next
+    deposit to one was parked ("no balances row"). A projection whose tables are all missing
+    while its checkpoint says it wrote them replays from the origin."""
+    source = str(tmp_path / "bank.db")
+    with make_bank(source).start(base="simple") as system:
+        system.dispatch(OpenAccount("ada", "Ada"))
+        system.dispatch(Deposit("ada", 100))
+        system.dispatch(OpenAccount("bo", "Bo"))
+        system.settle()
+        assert _balances(system.store) == [("ada", 100), ("bo", 0)]
+    destination = (
+        str(request.getfixturevalue("pg_dsn")) if kind == "postgres" else str(tmp_path / "c.db")
+    )
+    copy_store(source, destination)
+
+    with make_bank(destination).start(base="simple") as system:
+        system.dispatch(Deposit("ada", 5), consistency="strong")
+        system.dispatch(Deposit("bo", 7), consistency="strong")
+        system.settle()
+        assert system.store.dead_letters("balances") == []
+        assert _balances(system.store) == [("ada", 105), ("bo", 7)]
