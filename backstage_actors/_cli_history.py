@@ -111,21 +111,32 @@ def _app_and_store(app_spec: str | None, port: int, database: str | None) -> tup
     return app, _store(port, database)
 
 
-def _aggregate_of(app: Any, stream: str) -> tuple[type[Aggregate], str]:
-    """The aggregate class and identity of ``stream`` (``Class-identity``) in ``app``."""
+def _aggregate_of(app: Any, stream: str, bad: str | None = None) -> tuple[type[Aggregate], str]:
+    """The aggregate class and identity of ``stream`` (``Class-identity``) in ``app``; fails
+    with ``bad`` (another option's problem) too."""
+    problems = [bad] if bad else []
     for cls in sorted(app.router.aggregates, key=lambda c: -len(c.__name__)):
         prefix = f"{cls.__name__}-"
         if stream.startswith(prefix) and len(stream) > len(prefix):
+            if problems:
+                fail("; ".join(problems), EXIT_INPUT)
             return cls, stream[len(prefix) :]
     known = ", ".join(f"{c.__name__}-ID" for c in app.router.aggregates) or "none"
-    fail(f"{stream!r} is no stream of {app.name}'s aggregates ({known})", EXIT_INPUT)
+    problems.append(f"{stream!r} is no stream of {app.name}'s aggregates ({known})")
+    fail("; ".join(problems), EXIT_INPUT)
 
 
 def _query(
-    types: str | None, stream_prefix: str | None, where: tuple[str, ...], since: str | None
+    types: str | None,
+    stream_prefix: str | None,
+    where: tuple[str, ...],
+    since: str | None,
+    bad: list[str] | None = None,
 ) -> tuple[EventQuery, int]:
-    """The query the options name, and the position to read after (``--since N``)."""
-    pairs, bad = [], []
+    """The query the options name, and the position to read after (``--since N``); fails
+    naming every bad option (``bad``: those the caller found already)."""
+    pairs: list[tuple[str, str]] = []
+    bad = list(bad or [])
     for condition in where:
         name, sep, value = condition.partition("=")
         try:
@@ -278,9 +289,14 @@ def state(
     from its events (the live aggregate is not asked)."""
     if version is not None and at is not None:
         fail("give --version or --at, not both", EXIT_INPUT)
-    moment = _guard(lambda: history.parse_time(at)) if at is not None else None
+    moment, bad_time = None, None
+    if at is not None:
+        try:
+            moment = history.parse_time(at)
+        except BackstageError as exc:
+            bad_time = str(exc)
     app, store = _app_and_store(app_spec, port, database)
-    cls, identity = _aggregate_of(app, stream)
+    cls, identity = _aggregate_of(app, stream, bad_time)
     try:
         aggregate = _guard(lambda: history.state_of(store, cls, identity, version, moment))
         fields = history.state_fields(aggregate)
@@ -392,9 +408,15 @@ def export(
 ) -> None:
     """Write events with their metadata to FILE for analysis (JSON lines, or Parquet with the
     extra `export`), in constant memory; --resume finishes an interrupted export."""
+    bad = []
     if format_ not in FORMATS:
-        fail(f"unknown export format {format_!r}: use {' or '.join(FORMATS)}", EXIT_INPUT)
-    query, after = _query(types, stream_prefix, where, since)
+        bad.append(f"unknown export format {format_!r}: use {' or '.join(FORMATS)}")
+    elif format_ == "parquet" and resume:
+        bad.append(
+            "--resume works with jsonl only (a Parquet file cannot be appended to);"
+            " export the rest with --since POSITION into a new file"
+        )
+    query, after = _query(types, stream_prefix, where, since, bad)
     store = _store(port, database)
     try:
         with progress_bar("exporting") as progress:

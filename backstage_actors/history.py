@@ -172,9 +172,18 @@ def diff(
     """Which fields changed between ``from_version`` and ``to_version`` (``{"field": [before,
     after]}``) and, event by event, what each of the events in between changed."""
     stream_id = stream_id_of(cls, identity)
+    problems = []  # every one, not the first only
+    for version in (from_version, to_version):
+        try:
+            target_version(store, stream_id, version)
+        except HistoryError as exc:
+            if str(exc) not in problems:
+                problems.append(str(exc))
+    missing = bool(problems)
     if from_version > to_version:
-        raise BackstageError(f"--from {from_version} is after --to {to_version}")
-    target_version(store, stream_id, to_version)
+        problems.append(f"--from {from_version} is after --to {to_version}")
+    if problems:
+        raise (HistoryError if missing else BackstageError)("; ".join(problems))
     aggregate = state_of(store, cls, identity, version=from_version)
     start = before = state_fields(aggregate)
     steps = []

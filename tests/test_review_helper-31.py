@@ -10,6 +10,7 @@ import pytest
 
 from backstage_actors import Aggregate
 from backstage_actors._copy import copy_store
+from backstage_actors.cli import run
 from backstage_actors.errors import AggregateFailed
 from backstage_actors.history import HistoryError, diff, state_of
 from backstage_actors.store import EventStore
@@ -175,3 +176,55 @@ def test_the_bank_goes_on_on_a_copy_with_its_balances(
         system.settle()
         assert system.store.dead_letters("balances") == []
         assert _balances(system.store) == [("ada", 105), ("bo", 7)]
+
+
+# -- the history verbs name every bad input at once --------------------------------------------
+
+
+def test_history_verbs_name_every_bad_input_in_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One run tells everything that is wrong with its input (exit 2, one line), not the first
+    problem only, to be found again on the next run."""
+    db = str(tmp_path / "bank.db")
+    with make_bank(db).start(base="simple") as system:
+        system.dispatch(OpenAccount("ada", "Ada"))
+        system.dispatch(Deposit("ada", 100))
+    app = ["--app", "examples.bank:app", "--db", db]
+    out = str(tmp_path / "x.jsonl")
+    cases = [
+        (
+            [
+                "export",
+                out,
+                "--format",
+                "xml",
+                "--where",
+                "a b=1",
+                "--since",
+                "someday",
+                "--db",
+                db,
+            ],
+            ["unknown export format 'xml'", "'a b'", "--since: bad time 'someday'"],
+        ),
+        (
+            ["export", out, "--format", "parquet", "--resume", "--where", "user", "--db", db],
+            ["--resume works with jsonl only", "--where 'user': use FIELD=VALUE"],
+        ),
+        (
+            ["diff", "Account-ada", "--from", "-1", "--to", "9", *app],
+            ["has no version -1", "has no version 9"],
+        ),
+        (
+            ["state", "Nothing-1", "--at", "someday", *app],
+            ["bad time 'someday'", "'Nothing-1' is no stream of bank's aggregates"],
+        ),
+    ]
+    for args, messages in cases:
+        code = run(args)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (args, err)
+        assert len(err.splitlines()) == 1, err
+        for message in messages:
+            assert message in err, (args, err)
