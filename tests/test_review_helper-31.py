@@ -228,3 +228,35 @@ def test_history_verbs_name_every_bad_input_in_one_error(
         assert len(err.splitlines()) == 1, err
         for message in messages:
             assert message in err, (args, err)
+
+
+# -- --where on a boolean, the same on every store ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "memory"])
+def test_where_on_a_boolean_or_a_number_matches_the_same_events_on_every_store(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``backstage events --where flagged=true`` is what an audit of a boolean looks like: on
+    SQLite it found nothing (json_extract gives 1 for true), and ``--where flagged=1`` found
+    the ``true`` events too; PostgreSQL and memory compare the value's JSON text."""
+    from backstage_actors.history import query_rows
+    from backstage_actors.store.records import EventQuery
+
+    where = {
+        "sqlite": str(tmp_path / "w.db"),
+        "memory": "memory:rvh-where",
+        "postgres": "",
+    }[kind] or str(request.getfixturevalue("pg_dsn"))
+    with EventStore(where) as store:
+        for n, flag in enumerate([True, False, 1, 0, "true", None]):
+            store.append(f"s-{n}", [RvhDeposited("x", n)], metadata={"flagged": flag})
+
+        def found(value: str) -> list[str]:
+            query = EventQuery(metadata=(("flagged", value),))
+            return [row[2] for row in query_rows(store, query)]
+
+        assert found("true") == ["s-0", "s-4"]
+        assert found("false") == ["s-1"]
+        assert found("1") == ["s-2"]
+        assert found("0") == ["s-3"]

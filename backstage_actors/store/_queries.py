@@ -81,6 +81,15 @@ def where(dialect: str, query: EventQuery) -> tuple[str, list[Any]]:
         else:
             parts.append(f"{field_sql(dialect, name)} IN ({', '.join([mark] * len(values))})")
         params.extend(values)
+        if dialect == "sqlite":
+            # json_extract gives 1 and 0 for true and false: tell them apart by the JSON type,
+            # so that a boolean matches its JSON text ("true") as on the other stores.
+            kind = f"json_type(CASE WHEN json_valid(metadata) THEN metadata END, '$.{name}')"
+            if value in ("true", "false"):
+                parts[-1] = f"({parts[-1]} AND {kind} = 'text' OR {kind} = {mark})"
+                params.append(value)
+            elif len(values) > 1:
+                parts.append(f"{kind} NOT IN ('true', 'false')")
     return "".join(f" AND {part}" for part in parts), params
 
 
