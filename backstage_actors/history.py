@@ -120,7 +120,9 @@ def state_of(
     stream_id = stream_id_of(cls, identity)
     target = target_version(store, stream_id, version, at)
     aggregate = _fresh(cls, identity)
-    snapshot = store.load_snapshot_at(stream_id, target, cls.snapshot_version)
+    snapshot = None  # (as for the live aggregate: none is looked up for a class that saves none)
+    if cls.snapshot_every:
+        snapshot = store.load_snapshot_at(stream_id, target, cls.snapshot_version)
     if snapshot is not None:
         try:
             aggregate.restore_snapshot(snapshot.state)

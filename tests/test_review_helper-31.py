@@ -117,6 +117,10 @@ class RvhCounter(Aggregate):
         self.total += event.amount
 
 
+class RvhSnapCounter(RvhCounter):
+    snapshot_every = 3
+
+
 @pytest.mark.parametrize("where", ["sqlite", "memory"])
 def test_a_diff_over_truncated_events_is_an_error_not_a_wrong_answer(
     tmp_path: Path, where: str
@@ -126,16 +130,16 @@ def test_a_diff_over_truncated_events_is_an_error_not_a_wrong_answer(
     when the state at 5 is 15."""
     database = str(tmp_path / "d.db") if where == "sqlite" else "memory:rvh-diff"
     with EventStore(database) as store:
-        store.append("RvhCounter-x", [RvhDeposited("x", n) for n in range(1, 6)])
-        store.save_snapshot("RvhCounter-x", 3, {"total": 6})
-        store.truncate_stream("RvhCounter-x", before_version=4)
-        assert state_of(store, RvhCounter, "x").total == 15
-        assert diff(store, RvhCounter, "x", 3, 5)["changed"] == {"total": [6, 15]}
+        store.append("RvhSnapCounter-x", [RvhDeposited("x", n) for n in range(1, 6)])
+        store.save_snapshot("RvhSnapCounter-x", 3, {"total": 6})
+        store.truncate_stream("RvhSnapCounter-x", before_version=4)
+        assert state_of(store, RvhSnapCounter, "x").total == 15
+        assert diff(store, RvhSnapCounter, "x", 3, 5)["changed"] == {"total": [6, 15]}
         with pytest.raises(HistoryError, match="truncated"):
-            changes = diff(store, RvhCounter, "x", 0, 5)
+            changes = diff(store, RvhSnapCounter, "x", 0, 5)
             pytest.fail(f"a wrong diff: {changes['changed']} (the state at 5 is 15)")
         with pytest.raises(HistoryError, match="truncated"):
-            changes = diff(store, RvhCounter, "x", 0, 2)  # (none of its events is kept)
+            changes = diff(store, RvhSnapCounter, "x", 0, 2)  # (none of its events is kept)
             pytest.fail(f"a wrong diff: {changes['changed']} (the state at 2 is 3)")
 
 
@@ -260,3 +264,25 @@ def test_where_on_a_boolean_or_a_number_matches_the_same_events_on_every_store(
         assert found("false") == ["s-1"]
         assert found("1") == ["s-2"]
         assert found("0") == ["s-3"]
+
+
+# -- state_of and snapshots of a class that takes none -------------------------------------------
+
+
+def test_state_of_a_class_that_takes_no_snapshots_ignores_old_ones(tmp_path: Path) -> None:
+    """The class took snapshots once (its state was ``amount_sum`` then); it takes none now,
+    so it never bumped ``snapshot_version`` when it renamed its state to ``total``. The live
+    aggregate looks up no snapshot for such a class and replays; ``state_of`` must give the
+    same state, not restore the old shape and replay only the events after it."""
+    with EventStore(str(tmp_path / "s.db")) as store:
+        store.append("RvhCounter-x", [RvhDeposited("x", n) for n in range(1, 6)])
+        store.save_snapshot("RvhCounter-x", 3, {"amount_sum": 6}, 1, "RvhCounter")
+        assert RvhCounter.snapshot_every is None
+        replayed = RvhCounter()
+        for event in store.read_stream("RvhCounter-x"):
+            replayed.apply(event.data)
+        assert replayed.total == 15
+        for version in (3, 4, 5):
+            rebuilt = state_of(store, RvhCounter, "x", version=version)
+            assert rebuilt.total == sum(range(1, version + 1)), version
+            assert not hasattr(rebuilt, "amount_sum")
