@@ -96,7 +96,18 @@ def target_version(
         found = store.recorder.version_at(stream_id, _stamp(at))
         if found == 0:
             first = next(iter(store.read_stream(stream_id, limit=1)), None)
-            since = "" if first is None else f" (its first is of {first.recorded_at.isoformat()})"
+            if first is None or first.version > 1:  # what it held then was truncated
+                kept = (
+                    "none is kept"
+                    if first is None
+                    else f"the first kept, version {first.version}, is of"
+                    f" {first.recorded_at.isoformat()}"
+                )
+                raise HistoryError(
+                    f"{stream_id}: its state at {_stamp(at)} is not known: its earlier events"
+                    f" were truncated ({kept})"
+                )
+            since = f" (its first is of {first.recorded_at.isoformat()})"
             raise HistoryError(f"{stream_id} had no event yet at {_stamp(at)}{since}")
         return found
     if version is None:

@@ -286,3 +286,25 @@ def test_state_of_a_class_that_takes_no_snapshots_ignores_old_ones(tmp_path: Pat
             rebuilt = state_of(store, RvhCounter, "x", version=version)
             assert rebuilt.total == sum(range(1, version + 1)), version
             assert not hasattr(rebuilt, "amount_sum")
+
+
+def test_state_at_a_time_among_truncated_events_does_not_say_the_stream_had_none(
+    tmp_path: Path,
+) -> None:
+    """Events 1..3 truncated (a snapshot at 3 kept), 4 and 5 kept: at a time between 3 and 4
+    the stream held three events. "had no event yet" is false; the error must say that the
+    events of that time were truncated."""
+    from datetime import timedelta
+
+    with EventStore(str(tmp_path / "t.db")) as store:
+        store.append("RvhSnapCounter-x", [RvhDeposited("x", n) for n in range(1, 4)])
+        store.save_snapshot("RvhSnapCounter-x", 3, {"total": 6})
+        [fourth] = store.append("RvhSnapCounter-x", [RvhDeposited("x", 4)])
+        store.append("RvhSnapCounter-x", [RvhDeposited("x", 5)])
+        store.truncate_stream("RvhSnapCounter-x", before_version=4)
+        before_fourth = fourth.recorded_at - timedelta(microseconds=1)
+        with pytest.raises(HistoryError) as caught:
+            state_of(store, RvhSnapCounter, "x", at=before_fourth)
+        assert "had no event yet" not in str(caught.value)
+        assert "truncated" in str(caught.value)
+        assert state_of(store, RvhSnapCounter, "x", at=fourth.recorded_at).total == 10
