@@ -114,7 +114,14 @@ class EventRegistry:
                     f"but the class is version {target} and no upcaster from {version} is registered",
                     position,
                 )
-            data = function(data)
+            try:
+                data = function(data)
+            except Exception as exc:  # a payload its upcaster cannot read: an unreadable event
+                raise StoredEventError(
+                    f"event at position {position}: {type_name} version {version}: its upcaster"
+                    f" failed: {type(exc).__name__}: {exc}",
+                    position,
+                ) from exc
             version += 1
         if version > target:
             raise StoredEventError(

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
-from backstage_actors import Aggregate
+from backstage_actors import Aggregate, register_event, upcaster
 from backstage_actors._copy import copy_store
 from backstage_actors.cli import run
 from backstage_actors.errors import AggregateFailed
@@ -308,3 +308,80 @@ def test_state_at_a_time_among_truncated_events_does_not_say_the_stream_had_none
         assert "had no event yet" not in str(caught.value)
         assert "truncated" in str(caught.value)
         assert state_of(store, RvhSnapCounter, "x", at=fourth.recorded_at).total == 10
+
+
+# -- an upcaster that fails on one stored payload ------------------------------------------------
+
+
+@register_event
+@attrs.frozen
+class RvhNoted:
+    """Version 2 renamed ``txt`` to ``text`` and added ``size``."""
+
+    __event_version__ = 2
+
+    text: str
+    size: int
+
+
+@upcaster("RvhNoted", 1)
+def _rvh_noted_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return {"text": data["txt"], "size": len(data["txt"])}
+
+
+def test_an_upcaster_that_fails_makes_its_event_unreadable_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old payload the upcaster does not expect (its KeyError) is an unreadable event like
+    one whose JSON is broken: ``backstage events`` skips it with a warning naming its position
+    and shows the rest (README, Reliability), and readers get a StoredEventError naming it."""
+    import json
+
+    from backstage_actors.errors import StoredEventError
+
+    db = str(tmp_path / "up.db")
+    topic = f"{RvhNoted.__module__}:RvhNoted"
+    with EventStore(db) as store:
+        store.append("n-1", [RvhNoted("a", 1)])
+        with store.transaction():
+            store.recorder.import_rows(
+                "events",
+                [
+                    (
+                        2,
+                        "old-1",
+                        "n-1",
+                        2,
+                        "RvhNoted",
+                        1,
+                        topic,
+                        json.dumps({"txt": "hello"}),
+                        "{}",
+                        "2026-01-01T00:00:00+00:00",
+                    ),
+                    (
+                        3,
+                        "old-2",
+                        "n-1",
+                        3,
+                        "RvhNoted",
+                        1,
+                        topic,
+                        json.dumps({"text": "odd"}),
+                        "{}",
+                        "2026-01-01T00:00:00+00:00",
+                    ),
+                ],
+            )
+        unreadable: list[StoredEventError] = []
+        readable = list(store.read_all(on_unreadable=unreadable.append))
+        assert [e.position for e in readable] == [1, 2]
+        assert readable[1].data == RvhNoted("hello", 5)
+        assert [e.position for e in unreadable] == [3]
+        assert "KeyError" in str(unreadable[0]) and "RvhNoted" in str(unreadable[0])
+
+    code = run(["events", "--db", db])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "warning: skipped the event at position 3" in err
+    assert len(out.splitlines()) == 2
