@@ -67,9 +67,15 @@ class ProjectionActor(SubscriberActor):
         self.target_store.save_checkpoint(self.name, 0)
 
     def _has_table(self, table: str) -> bool:
+        """Whether ``table`` exists, however its name was written (quoted or not)."""
         if self.target_store.kind == "postgres":
-            return self.target.query("SELECT to_regclass(%s)", (table,))[0][0] is not None
-        return table in self.target.table_names()
+            found = self.target.query(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+                " AND tablename IN (%s, lower(%s))",
+                (table, table),
+            )
+            return bool(found[0][0])
+        return table.lower() in {name.lower() for name in self.target.table_names()}
 
     def process_page(self, rows: list[tuple[Any, ...]]) -> tuple[bool, bool]:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
-from backstage_actors import Aggregate, register_event, upcaster
+from backstage_actors import Aggregate, Projection, register_event, upcaster
 from backstage_actors._copy import copy_store
 from backstage_actors.cli import run
 from backstage_actors.errors import AggregateFailed
@@ -385,3 +385,49 @@ def test_an_upcaster_that_fails_makes_its_event_unreadable_not_a_crash(
     assert code == 0, err
     assert "warning: skipped the event at position 3" in err
     assert len(out.splitlines()) == 2
+
+
+class RvhLog(Projection):
+    """Appends a row per event (a replay would double them); declares its table in another
+    case than it creates it (SQLite and PostgreSQL fold unquoted names)."""
+
+    name = "rvh_log"
+    tables = ("RvhLog",)
+
+    def init(self, db: Any) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS rvhlog (position BIGINT)")
+
+    def project(self, event: Any, metadata: Any, db: Any) -> None:
+        db.execute("INSERT INTO rvhlog (position) VALUES (?)", (metadata.position,))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_projection_with_its_tables_is_not_replayed_on_restart(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The check for lost tables must not mistake a table for missing (another case of its
+    name): that would replay every event into the tables it kept."""
+    from backstage_actors import Application
+
+    database = (
+        str(request.getfixturevalue("pg_dsn")) if kind == "postgres" else str(tmp_path / "l.db")
+    )
+
+    def app() -> Application:
+        bank = make_bank(database)
+        return Application("rvh", router=bank.router, projections=[RvhLog], database=database)
+
+    for deposit in (1, 2):
+        with app().start(base="simple") as system:
+            if deposit == 1:
+                system.dispatch(OpenAccount("ada", "Ada"))
+            system.dispatch(Deposit("ada", deposit), consistency="strong")
+            system.settle()
+            rows = _rows(system.store, "SELECT position FROM rvhlog ORDER BY position")
+            assert rows == [(n,) for n in range(1, deposit + 2)], rows
+
+
+def _rows(store: EventStore, sql: str) -> list[tuple[Any, ...]]:
+    if store.kind == "postgres":
+        return [tuple(r) for r in store.handle.query(sql)]
+    return [tuple(r) for r in store.handle.execute(sql).fetchall()]
