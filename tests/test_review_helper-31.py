@@ -431,3 +431,68 @@ def _rows(store: EventStore, sql: str) -> list[tuple[Any, ...]]:
     if store.kind == "postgres":
         return [tuple(r) for r in store.handle.query(sql)]
     return [tuple(r) for r in store.handle.execute(sql).fetchall()]
+
+
+# -- times on a PostgreSQL database whose collation is not C -------------------------------------
+
+
+def test_times_compare_as_times_on_a_postgres_database_with_an_icu_collation(
+    pg_server: Any,
+) -> None:
+    """``recorded_at`` is ISO 8601 text, compared as text: in C order the time of a whole
+    second ('...:00+00:00') sorts before the same second's fractions ('...:00.5+00:00'), but
+    an ICU collation puts '.' before '+'. On a database made with one, ``state --at`` a whole
+    second counted an event of half a second later, and ``--since`` it left that event out."""
+    import uuid
+
+    import psycopg
+
+    from backstage_actors.store.records import EventQuery
+
+    name = f"rvh_icu_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            " LOCALE 'C.UTF-8'"
+        )
+    try:
+        dsn = pg_server.dsn().replace("@/postgres?", f"@/{name}?")
+        with EventStore(dsn) as store:
+            topic = f"{RvhDeposited.__module__}:RvhDeposited"
+            with store.transaction():
+                store.recorder.import_rows(
+                    "events",
+                    [
+                        (
+                            1,
+                            "e-1",
+                            "RvhSnapCounter-x",
+                            1,
+                            "RvhDeposited",
+                            1,
+                            topic,
+                            '{"account": "x", "amount": 1}',
+                            "{}",
+                            "2026-01-01T00:00:00+00:00",
+                        ),
+                        (
+                            2,
+                            "e-2",
+                            "RvhSnapCounter-x",
+                            2,
+                            "RvhDeposited",
+                            1,
+                            topic,
+                            '{"account": "x", "amount": 2}',
+                            "{}",
+                            "2026-01-01T00:00:01.500000+00:00",
+                        ),
+                    ],
+                )
+            whole_second = "2026-01-01T00:00:01+00:00"
+            assert store.recorder.version_at("RvhSnapCounter-x", whole_second) == 1
+            since = store.recorder.query_page(0, 10, EventQuery(since=whole_second))
+            assert [row[0] for row in since] == [2]
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

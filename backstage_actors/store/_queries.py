@@ -65,8 +65,10 @@ def where(dialect: str, query: EventQuery) -> tuple[str, list[Any]]:
     mark = "?" if dialect == "sqlite" else "%s"
     parts: list[str] = []
     params: list[Any] = []
-    if query.since is not None:
-        parts.append(f"recorded_at >= {mark}")
+    if query.since is not None:  # (in C order on PostgreSQL: see _sql_bookkeeping.POSTGRES)
+        parts.append(
+            f"recorded_at >= {mark}" if dialect == "sqlite" else 'recorded_at COLLATE "C" >= %s'
+        )
         params.append(query.since)
     if query.types:
         parts.append(f"type IN ({', '.join([mark] * len(query.types))})")

@@ -114,7 +114,12 @@ SQLITE = Statements(
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     rejections=f"SELECT {_REJECTION_COLUMNS} FROM rejections WHERE {{field}} = ? ORDER BY id",
 )
-POSTGRES = SQLITE.with_mark("%s")
+# ISO 8601 text compares as time in C order only: not in an ICU collation, where '.' sorts
+# before '+' (a whole second's time before its fractions): the comparison says which order.
+POSTGRES = SQLITE.with_mark("%s")._replace(
+    version_at="SELECT max(version) FROM events WHERE stream_id = %s"
+    ' AND recorded_at COLLATE "C" <= %s'
+)
 
 
 class SQLBookkeeping:
