@@ -295,6 +295,11 @@ def trace(store: EventStore, ident: str) -> dict[str, Any]:
     correlation = _correlation_of(store, ident)
     query = EventQuery(metadata=(("correlation_id", correlation),))
     rows = list(query_rows(store, query))
+    # The event a request began with when no command did (appended without a correlation id,
+    # a process manager then took its id for the request's): it is the request's first.
+    origin = store.recorder.event_by_id(correlation)
+    if origin is not None and all(row[1] != origin[1] for row in rows):
+        rows = sorted([origin, *rows], key=lambda row: int(row[0]))
     refused = store.recorder.rejections("correlation_id", correlation)
     commands: dict[str, dict[str, Any]] = {}
     events: dict[str, dict[str, Any]] = {}

@@ -496,3 +496,41 @@ def test_times_compare_as_times_on_a_postgres_database_with_an_icu_collation(
     finally:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- the trace of a request begun by an event appended without a command --------------------------
+
+
+def test_the_trace_of_a_saga_begun_by_an_appended_event_starts_with_that_event(
+    tmp_path: Path,
+) -> None:
+    """An event appended to the store directly (an integration: no command, no correlation id)
+    starts the transfer saga; the process manager's commands carry its event id as their
+    correlation and causation. Their trace, found from any of its ids, must hold that first
+    event with the saga under it, not leave it out."""
+    from examples.bank.transfers import TransferRequested
+
+    from .conftest import wait_until
+
+    with make_bank(str(tmp_path / "t.db")).start(base="simple") as system:
+        system.dispatch(OpenAccount("a", "A"))
+        system.dispatch(OpenAccount("b", "B"))
+        system.dispatch(Deposit("a", 100))
+        [begun] = system.store.append("Transfer-x", [TransferRequested("x", "a", "b", 10)])
+
+        def completed() -> bool:
+            system.settle()
+            return system.store.stream_version("Transfer-x") == 2  # TransferCompleted
+
+        wait_until(completed, timeout=30, what="the saga's three steps")
+        tree = system.trace(begun.event_id)
+        assert tree["events"] == 4 and tree["commands"] == 3
+        [root] = tree["roots"]
+        assert (root["kind"], root["event_id"]) == ("event", begun.event_id)
+        [withdraw] = root["children"]
+        assert (withdraw["command"], withdraw["process_manager"]) == (
+            "WithdrawForTransfer",
+            "transfers",
+        )
+        # The same tree from a command of the saga.
+        assert system.trace(withdraw["command_id"])["roots"] == tree["roots"]
