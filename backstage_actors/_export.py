@@ -62,7 +62,21 @@ def export_events(
     interrupted export finishes without duplicating or skipping an event."""
     if format not in FORMATS:
         raise BackstageError(f"unknown export format {format!r}: use {' or '.join(FORMATS)}")
-    query = query or EventQuery()
+    try:
+        return _export(store, path, format, query or EventQuery(), after, resume, progress)
+    except OSError as exc:  # the file: a missing directory, a directory, a full disk
+        raise BackstageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _export(
+    store: EventStore,
+    path: str,
+    format: str,
+    query: EventQuery,
+    after: int,
+    resume: bool,
+    progress: Progress | None,
+) -> ExportResult:
     if format == "parquet":
         if resume:
             raise BackstageError(

@@ -534,3 +534,23 @@ def test_the_trace_of_a_saga_begun_by_an_appended_event_starts_with_that_event(
         )
         # The same tree from a command of the saga.
         assert system.trace(withdraw["command_id"])["roots"] == tree["roots"]
+
+
+def test_export_to_a_file_it_cannot_write_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory that does not exist, a directory in the file's place: one line naming the
+    file and why (exit 2), not a Python traceback."""
+    db = str(tmp_path / "bank.db")
+    with make_bank(db).start(base="simple") as system:
+        system.dispatch(OpenAccount("ada", "Ada"))
+    (tmp_path / "a-dir").mkdir()
+    for target, extra in [
+        (tmp_path / "missing" / "x.jsonl", []),
+        (tmp_path / "a-dir", []),
+        (tmp_path / "a-dir", ["--resume"]),
+    ]:
+        code = run(["export", str(target), *extra, "--db", db])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert len(err.splitlines()) == 1 and str(target) in err, err
