@@ -263,12 +263,28 @@ def is_enum(value: Any) -> bool:
 
 
 def attributes_state(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``obj``'s public instance attributes, unstructured (what snapshots store)."""
+    """``obj``'s public instance attributes, unstructured (what snapshots store); a set is a
+    list (JSON has no sets; restored as a set by annotation or the fresh instance's value)."""
     return {
-        name: unstructure(value)
+        name: _no_sets(unstructure(value))
         for name, value in vars(obj).items()
         if name not in exclude and not name.startswith("_")
     }
+
+
+def _no_sets(value: Any) -> Any:
+    """``value`` with every set and frozenset in it made a list (sorted when it can be)."""
+    if isinstance(value, (set, frozenset)):
+        items = [_no_sets(item) for item in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, dict):
+        return {key: _no_sets(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_sets(item) for item in value]
+    return value
 
 
 def _hints_of(cls: type) -> dict[str, Any]:
