@@ -154,33 +154,44 @@ def _balances(store: EventStore) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in store.handle.execute(sql).fetchall()]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("route", ["sqlite->sqlite", "sqlite->postgres", "postgres->sqlite"])
 def test_the_bank_goes_on_on_a_copy_with_its_balances(
-    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+    tmp_path: Path, route: str, request: pytest.FixtureRequest
 ) -> None:
     """``backstage copy`` moves the store's tables and the checkpoints, not the projection's
     own tables (they are the application's): on the copy the balances projection found its
     checkpoint at the end and no table, so every account it had shown was gone and the next
     deposit to one was parked ("no balances row"). A projection whose tables are all missing
-    while its checkpoint says it wrote them replays from the origin."""
-    source = str(tmp_path / "bank.db")
+    while its checkpoint says it wrote them replays from the origin. The transfer saga goes on
+    too (its state and checkpoint are copied)."""
+    from examples.bank.transfers import TransferMoney
+
+    def where(kind: str, name: str) -> str:
+        if kind == "postgres":
+            return str(request.getfixturevalue("pg_dsn"))
+        return str(tmp_path / f"{name}.db")
+
+    source_kind, destination_kind = route.split("->")
+    source = where(source_kind, "bank")
     with make_bank(source).start(base="simple") as system:
         system.dispatch(OpenAccount("ada", "Ada"))
         system.dispatch(Deposit("ada", 100))
         system.dispatch(OpenAccount("bo", "Bo"))
+        system.dispatch(TransferMoney("t-1", "ada", "bo", 30))
         system.settle()
-        assert _balances(system.store) == [("ada", 100), ("bo", 0)]
-    destination = (
-        str(request.getfixturevalue("pg_dsn")) if kind == "postgres" else str(tmp_path / "c.db")
-    )
+        assert _balances(system.store) == [("ada", 70), ("bo", 30)]
+    destination = where(destination_kind, "copy")
     copy_store(source, destination)
 
     with make_bank(destination).start(base="simple") as system:
         system.dispatch(Deposit("ada", 5), consistency="strong")
-        system.dispatch(Deposit("bo", 7), consistency="strong")
+        system.dispatch(TransferMoney("t-2", "bo", "ada", 7))
         system.settle()
-        assert system.store.dead_letters("balances") == []
-        assert _balances(system.store) == [("ada", 105), ("bo", 7)]
+        assert system.store.dead_letters(None) == []
+        assert _balances(system.store) == [("ada", 82), ("bo", 23)]
+        # Nothing was done twice: one withdrawal and one deposit per transfer.
+        kinds = [e.type for e in system.store.read_stream("Account-bo")]
+        assert kinds == ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"], kinds
 
 
 # -- the history verbs name every bad input at once --------------------------------------------
