@@ -12,6 +12,8 @@ import dataclasses
 import enum
 import json
 import math
+import re
+import types
 import typing
 import weakref
 from collections.abc import Callable
@@ -317,4 +319,37 @@ def restore_attributes(obj: Any, state: dict[str, Any]) -> None:
             plain = current is None or isinstance(current, (dict, list))
             hint = None if plain else type(current)
         label = f"{type(obj).__name__}.{name}"
-        setattr(obj, name, structure(value, hint, label) if hint is not None else value)
+        if hint is not None:
+            value = structure(_int_keys(value, hint), hint, label)
+        setattr(obj, name, value)
+
+
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+_INT_TEXT = re.compile(r"-?[0-9]+\Z")
+
+
+def _int_keys(value: Any, hint: Any) -> Any:
+    """``value`` with the keys JSON made strings made ints again where ``hint`` says
+    ``dict[int, ...]`` (also nested, and in an optional): what a snapshot of such a state
+    needs to be restored at all."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if typing.get_origin(arg) in _MAPPINGS or _is_array_type(arg):
+                return _int_keys(value, arg)
+        return value
+    if origin in _MAPPINGS and len(args) == 2 and isinstance(value, dict):
+        key, item = args
+        if key is not int and typing.get_origin(item) is None:
+            return value  # (nothing to change: most states)
+        return {
+            (int(k) if key is int and isinstance(k, str) and _INT_TEXT.match(k) else k): (
+                _int_keys(v, item)
+            )
+            for k, v in value.items()
+        }
+    if _is_array_type(hint) and args and isinstance(value, list):
+        if typing.get_origin(args[0]) is None:
+            return value
+        return [_int_keys(v, args[0]) for v in value]
+    return value
