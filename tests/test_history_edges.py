@@ -1,4 +1,8 @@
-"""Review (helper-31): history, snapshots, schema evolution, export and copy."""
+"""History, snapshots, schema evolution, export and copy at their edges (found by helper-31's
+review; each test failed before its fix): positions a copy must not hand out again, truncated
+events no snapshot covers (rebuild, diff, state at a time), a copy's projections, upcasters
+that raise, snapshots of sets and of int-keyed dicts, --where on booleans, times under an ICU
+collation, a saga begun by an appended event, and bad inputs to the history verbs."""
 
 from __future__ import annotations
 
