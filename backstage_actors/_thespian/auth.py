@@ -70,6 +70,11 @@ __all__ = [
 
 MAC_SIZE = 32  # HMAC-SHA256
 MAX_FRAME = 256 << 20  # bytes: a frame claiming more is refused before it is buffered
+# Accepted connections that have not yet delivered an authentic frame, per transport: past
+# this, the oldest is closed. Each costs a descriptor and a turn of every wait of the loop; a
+# peer without the secret could otherwise hold the process's last descriptor (its admin then
+# fails to make any socket and dies) or slow every wait with thousands of idle connections.
+MAX_UNPROVEN = 64
 _PROBE = b"backstage-probe\0"  # not a pickle: every pickle Thespian sends starts with b"\x80"
 _PROBED = b"backstage-probed\0"
 # Thespian's ACK frames are constants (b"<n>>" + pickle): their bodies, and what they mean.
@@ -292,6 +297,42 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
         with entered(self.scope):
             return super().scheduleTransmit(*args, **kwargs)
 
+    def new_socket(self, op: Any, *args: Any, **kwargs: Any) -> Any:
+        made = super().new_socket(op, *args, **kwargs)
+        if getattr(self, "_accepting", False):
+            self._accepted = made[0]
+        return made
+
+    def _acceptNewIncoming(self) -> Any:
+        if self.codec is None:
+            return super()._acceptNewIncoming()
+        self._accepting, self._accepted = True, None
+        try:
+            return super()._acceptNewIncoming()
+        finally:
+            self._accepting, sock, self._accepted = False, self._accepted, None
+            if sock is not None:
+                self._unproven_connection(sock)
+
+    def _unproven_connection(self, sock: Any) -> None:
+        """Note ``sock`` (just accepted, nothing read yet); close the oldest unproven ones
+        beyond :data:`MAX_UNPROVEN`."""
+        unproven = self.__dict__.setdefault("_unproven", {})
+        for fd, known in list(unproven.items()):  # forget the ones closed meanwhile
+            inc = self._incomingSockets.get(fd)
+            if inc is None or inc.socket is not known:
+                del unproven[fd]
+        with contextlib.suppress(OSError):
+            inc = self._incomingSockets.get(sock.fileno())
+            if inc is not None and inc.socket is sock:
+                unproven[sock.fileno()] = sock
+        while len(unproven) > MAX_UNPROVEN:
+            fd = next(iter(unproven))
+            del unproven[fd]
+            inc = self._incomingSockets.pop(fd)
+            self._refuse(inc.socket, "a connection that sent no authentic frame in time")
+            inc.close()
+
     def _addedDataToIncoming(self, inc: Any, *args: Any, **kwargs: Any) -> Any:
         if self.codec is not None and inc.receivedAllData():
             buffer = inc._rData
@@ -303,6 +344,9 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
                 self._refuse(inc.socket, verdict)
                 inc.close()
                 return None
+            with contextlib.suppress(AttributeError, OSError):
+                if self._unproven.get(inc.socket.fileno()) is inc.socket:
+                    del self._unproven[inc.socket.fileno()]
             if buffer.is_probe():
                 self._answer_probe(inc, bytes(buffer._buf[MAC_SIZE + len(_PROBE) :]))
                 return None

@@ -1,0 +1,118 @@
+"""helper-30's review: what a peer without the secret can make a running daemon do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backstage_actors import _daemon
+
+from .conftest import wait_until
+from .test_cli import APP, BACKSTAGE, ROOT, Backstage, shut_down
+
+pytestmark = pytest.mark.process
+
+FD_LIMIT = 1024  # the usual default soft limit of a login session on Linux
+
+
+def _low_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+
+
+@pytest.fixture
+def daemon_1024(tmp_path: Path) -> Iterator[Backstage]:
+    """A bank daemon started from a shell with the usual ``ulimit -n 1024``."""
+    backstage = Backstage(tmp_path / "home")
+    try:
+        started = subprocess.run(
+            [
+                BACKSTAGE,
+                "start",
+                APP,
+                "--db",
+                str(backstage.database),
+                "--port",
+                str(backstage.port),
+            ],
+            cwd=ROOT,
+            env=backstage.env(),
+            preexec_fn=_low_fd_limit,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode == 0, started.stderr
+        backstage.send("OpenAccount", {"account_id": "rva", "owner": "A"})
+        yield backstage
+    finally:
+        shut_down(backstage)
+
+
+def hold_connections(port: int, count: int) -> list[socket.socket]:
+    """Open ``count`` TCP connections to ``port`` and send nothing (no secret, no frame);
+    stop early when the port refuses (nothing listens any longer)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 200), hard))
+    held: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(10)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            break
+        held.append(sock)
+    return held
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def admin_pid(backstage: Backstage) -> int:
+    return int(
+        json.loads((backstage.home / f"daemon-{backstage.port}.json").read_text())["admin_pid"]
+    )
+
+
+def test_idle_connections_without_the_secret_do_not_kill_the_daemon(
+    daemon_1024: Backstage,
+) -> None:
+    """Idle TCP connections to the admin's port from a process that has no secret (a slow
+    loris: connect, send nothing) used to pile up until the admin ran out of descriptors, failed
+    to make a socket and exited: every process of the daemon died with it."""
+    pid = admin_pid(daemon_1024)
+    state = _daemon.DaemonState(daemon_1024.state())
+    held = hold_connections(daemon_1024.port, FD_LIMIT + 100)
+    try:
+        assert _daemon.admin_alive(state), (
+            f"the admin (pid {pid}) died of {len(held)} idle connections"
+        )
+        deposit = daemon_1024.send("Deposit", {"account_id": "rva", "amount": 5})
+        assert deposit["version"] == 2
+        # It closed the connections that never sent an authentic frame (all but a few).
+        wait_until(
+            lambda: sum(map(closed_by_peer, held)) >= len(held) - 100,
+            what="the admin closing idle connections",
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    assert _daemon.admin_alive(state)
