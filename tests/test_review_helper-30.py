@@ -116,3 +116,26 @@ def test_idle_connections_without_the_secret_do_not_kill_the_daemon(
         for sock in held:
             sock.close()
     assert _daemon.admin_alive(state)
+
+
+def test_a_peer_without_the_secret_cannot_make_the_admin_buffer_a_large_frame(
+    daemon_1024: Backstage,
+) -> None:
+    """A frame's MAC can only be checked once the whole frame is in, so a peer that claims a
+    frame of 200 MB used to make the admin buffer (and copy, chunk after chunk) all of it, on
+    each of as many connections as it liked: memory and CPU of every process with a port."""
+    claimed = 200 << 20
+    chunk = b"\x80" * (1 << 20)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", daemon_1024.port), 10) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"%d>" % claimed)
+        with contextlib.suppress(OSError):  # reset or broken pipe: refused
+            while sent < 48 << 20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        wait_until(lambda: closed_by_peer(sock), timeout=10, what="the admin closing it")
+    assert sent < 16 << 20, (
+        f"the admin took {sent >> 20} MiB of a frame from a peer without the secret"
+    )
+    assert daemon_1024.send("Deposit", {"account_id": "rva", "amount": 5})["version"] == 2

@@ -6,9 +6,10 @@ answers each with an ACK frame; the receiving side feeds the bytes to a ``Receiv
 
 Here, in the actor systems Backstage starts or attaches to and in no other:
 
-* A frame's body is ``HMAC-SHA256(secret, pickle) + pickle``. The buffer checks the MAC with
+* A frame's body is ``tag + HMAC-SHA256(secret, pickle) + pickle``, the tag a MAC of the
+  body's length, checked as soon as its bytes are in. The buffer checks the MAC with
   ``hmac.compare_digest`` before ``pickle.loads`` sees a byte; a frame whose header is not a
-  length, that claims more than ``MAX_FRAME`` bytes or whose MAC is wrong is refused: nothing of
+  length, that claims more than ``MAX_FRAME`` bytes, whose tag or MAC is wrong is refused: nothing of
   it is unpickled, the refusal is logged at a bounded rate (peer address, never the payload) and
   the connection is closed.
 * The two ACK frames stay Thespian's constants; they are recognised by equality, never
@@ -69,6 +70,11 @@ __all__ = [
 ]
 
 MAC_SIZE = 32  # HMAC-SHA256
+# A body is tag + MAC + pickle; the tag is the MAC of the body's length, checked as soon as
+# its bytes arrive: a peer without the secret cannot make a process buffer the length it
+# claims (up to MAX_FRAME per connection) before the MAC of the whole can be checked.
+TAG_SIZE = MAC_SIZE
+HEAD = TAG_SIZE + MAC_SIZE
 MAX_FRAME = 256 << 20  # bytes: a frame claiming more is refused before it is buffered
 # Accepted connections that have not yet delivered an authentic frame, per transport: past
 # this, the oldest is closed. Each costs a descriptor and a turn of every wait of the loop; a
@@ -109,18 +115,27 @@ class FrameCodec:
         keyed.update(data)
         return keyed.digest()
 
+    def tag(self, size: int) -> bytes:
+        """The tag of a body of ``size`` bytes (its first :data:`TAG_SIZE` bytes)."""
+        return self.mac(b"backstage-frame-length\0%d" % size)
+
+    def body(self, data: bytes) -> bytes:
+        size = HEAD + len(data)
+        return self.tag(size) + self.mac(data) + data
+
     def dumps(self, obj: Any) -> bytes:
-        data = pickle.dumps(obj)  # the protocol Thespian's own serializer uses
-        return self.mac(data) + data
+        return self.body(pickle.dumps(obj))  # the protocol Thespian's own serializer uses
 
     def authentic(self, body: bytes) -> bool:
         view = memoryview(body)
-        return len(body) > MAC_SIZE and hmac.compare_digest(
-            view[:MAC_SIZE], self.mac(view[MAC_SIZE:])
+        return (
+            len(body) > HEAD
+            and hmac.compare_digest(view[:TAG_SIZE], self.tag(len(body)))
+            and hmac.compare_digest(view[TAG_SIZE:HEAD], self.mac(view[HEAD:]))
         )
 
     def frame(self, data: bytes) -> bytes:
-        return b"%d>" % (MAC_SIZE + len(data)) + self.mac(data) + data
+        return b"%d>" % (HEAD + len(data)) + self.body(data)
 
 
 class Scope:
@@ -174,6 +189,7 @@ class AuthReceiveBuffer(ReceiveBuffer):
         self.codec = codec
         self.rejected: str | None = None
         self.checked = False
+        self.tagged = False
 
     def addMore(self, buf: bytes) -> None:
         if self.rejected is not None:
@@ -189,6 +205,15 @@ class AuthReceiveBuffer(ReceiveBuffer):
                 self.rejected = f"a frame of {int(digits)} bytes (more than {MAX_FRAME})"
                 return
         super().addMore(buf)
+        if (
+            not self.tagged
+            and self._size is not None
+            and self._size > _ACK_SIZE
+            and len(self._buf) >= TAG_SIZE
+        ):
+            self.tagged = True
+            if not hmac.compare_digest(bytes(self._buf[:TAG_SIZE]), self.codec.tag(self._size)):
+                self.rejected = "a frame whose length fails authentication"
 
     def isDone(self) -> bool:
         return self.rejected is not None or bool(super().isDone())
@@ -208,7 +233,7 @@ class AuthReceiveBuffer(ReceiveBuffer):
         return self.rejected
 
     def is_probe(self) -> bool:
-        return bytes(self._buf[MAC_SIZE : MAC_SIZE + len(_PROBE)]) == _PROBE
+        return bytes(self._buf[HEAD : HEAD + len(_PROBE)]) == _PROBE
 
     def completed(self) -> Any:
         if self.rejected is not None:
@@ -220,7 +245,7 @@ class AuthReceiveBuffer(ReceiveBuffer):
             return _ACKS[body], self._extra  # an answer, compared, never unpickled
         if self.verdict() is not None:
             raise FrameRejected(self.rejected)
-        return pickle.loads(memoryview(body)[MAC_SIZE:]), self._extra
+        return pickle.loads(memoryview(body)[HEAD:]), self._extra
 
 
 def _receive_buffer(deserialize: Any = pickle.loads) -> Any:
@@ -348,7 +373,7 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
                 if self._unproven.get(inc.socket.fileno()) is inc.socket:
                     del self._unproven[inc.socket.fileno()]
             if buffer.is_probe():
-                self._answer_probe(inc, bytes(buffer._buf[MAC_SIZE + len(_PROBE) :]))
+                self._answer_probe(inc, bytes(buffer._buf[HEAD + len(_PROBE) :]))
                 return None
         return super()._addedDataToIncoming(inc, *args, **kwargs)
 
