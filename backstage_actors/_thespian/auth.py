@@ -213,7 +213,7 @@ class AuthReceiveBuffer(ReceiveBuffer):
         ):
             self.tagged = True
             if not hmac.compare_digest(bytes(self._buf[:TAG_SIZE]), self.codec.tag(self._size)):
-                self.rejected = "a frame whose length fails authentication"
+                self.rejected = "a frame that fails authentication (its length)"
 
     def isDone(self) -> bool:
         return self.rejected is not None or bool(super().isDone())
