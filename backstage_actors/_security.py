@@ -77,15 +77,24 @@ def secret() -> bytes:
         return _parse(text, f"${SECRET_ENV}")
     named = os.environ.get(SECRET_FILE_ENV)
     path = Path(named) if named else home() / "secret"
-    if not named:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as file:
-                file.write(secrets.token_bytes(SECRET_BYTES).hex() + "\n")
+    if not named and not os.path.lexists(path):
+        _create_secret_file(path)
     return _read_secret_file(path)
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write a new secret beside ``path`` and link it there whole: a process starting at the
+    same moment reads either no file or the complete secret, never an empty one; if another
+    linked its secret first, that one stays."""
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_bytes(SECRET_BYTES).hex() + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(spare, path)
+    finally:
+        os.unlink(spare)
 
 
 def _read_secret_file(path: Path) -> bytes:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
 import resource
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backstage_actors import _daemon
+from backstage_actors import _daemon, _security
 
 from .conftest import wait_until
 from .test_cli import APP, BACKSTAGE, ROOT, Backstage, shut_down
@@ -139,3 +143,37 @@ def test_a_peer_without_the_secret_cannot_make_the_admin_buffer_a_large_frame(
         f"the admin took {sent >> 20} MiB of a frame from a peer without the secret"
     )
     assert daemon_1024.send("Deposit", {"account_id": "rva", "amount": 5})["version"] == 2
+
+
+def _first_secret(home: str, barrier: Any, answers: Any) -> None:
+    os.environ["BACKSTAGE_HOME"] = home
+    os.environ.pop("BACKSTAGE_SECRET", None)
+    os.environ.pop("BACKSTAGE_SECRET_FILE", None)
+    barrier.wait()
+    try:
+        answers.put(_security.secret().hex())
+    except Exception as exc:
+        answers.put(f"error: {exc}")
+
+
+def test_processes_that_start_at_once_in_a_new_home_all_get_the_one_secret(tmp_path: Path) -> None:
+    """The first process creates the secret file; one that started at the same moment used to
+    read it empty ("has 0 bytes; it needs at least 32") and fail to start or attach."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(60):
+        home = tmp_path / f"home-{round_}"
+        home.mkdir(mode=0o700)
+        barrier, answers = context.Barrier(4), context.Queue()
+        processes = [
+            context.Process(target=_first_secret, args=(str(home), barrier, answers))
+            for _ in range(4)
+        ]
+        for process in processes:
+            process.start()
+        got = [answers.get(timeout=30) for _ in processes]
+        for process in processes:
+            process.join(30)
+        assert len(set(got)) == 1 and not got[0].startswith("error"), got
+        assert bytes.fromhex((home / "secret").read_text()).hex() == got[0]
+        assert stat.S_IMODE((home / "secret").stat().st_mode) == 0o600
+        assert sorted(p.name for p in home.iterdir()) == ["secret"]
