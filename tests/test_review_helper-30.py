@@ -6,6 +6,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import resource
 import socket
 import stat
@@ -120,6 +121,32 @@ def test_idle_connections_without_the_secret_do_not_kill_the_daemon(
         for sock in held:
             sock.close()
     assert _daemon.admin_alive(state)
+
+
+def shard_node(backstage: Backstage) -> dict[str, Any]:
+    def find(node: dict[str, Any]) -> dict[str, Any] | None:
+        if node.get("name") == "shard-0":
+            return node
+        return next((n for c in node.get("children", []) if (n := find(c))), None)
+
+    node = find(backstage.json("tree"))
+    assert node is not None, "no shard-0 in the tree"
+    return node
+
+
+def test_idle_connections_without_the_secret_do_not_kill_a_shard(daemon_1024: Backstage) -> None:
+    """The same against a shard's own port: the shard process died (and was restarted)."""
+    before = shard_node(daemon_1024)
+    port = int(re.search(r":(\d+)\)", before["address"]).group(1))  # type: ignore[union-attr]
+    held = hold_connections(port, FD_LIMIT + 100)
+    try:
+        deposit = daemon_1024.send("Deposit", {"account_id": "rva", "amount": 5})
+        assert deposit["version"] == 2
+        after = shard_node(daemon_1024)
+        assert after["pid"] == before["pid"], f"the shard died of {len(held)} idle connections"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_peer_without_the_secret_cannot_make_the_admin_buffer_a_large_frame(
