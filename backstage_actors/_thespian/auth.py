@@ -330,7 +330,8 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
 
     def new_socket(self, op: Any, *args: Any, **kwargs: Any) -> Any:
         made = super().new_socket(op, *args, **kwargs)
-        if getattr(self, "_accepting", False):
+        # (accept's (socket, address); not the socket interrupt_wait makes from a handler)
+        if getattr(self, "_accepting", False) and isinstance(made, tuple):
             self._accepted = made[0]
         return made
 
