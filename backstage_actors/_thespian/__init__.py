@@ -3,6 +3,7 @@
 | target (Thespian 4.0.1) | change | reason | kind | felt by |
 |---|---|---|---|---|
 | ``TCPTransport``: a subclass per system (``auth``) | an HMAC on every frame, checked before anything is unpickled; refusals logged at a bounded rate | its ports unpickle what anyone sends | security | Backstage's systems only |
+| ``TCPTransport._acceptNewIncoming``, ``_incomingSockets`` (``auth``) | at most 64 accepted connections per port that have sent no authentic frame; the oldest is closed | idle connections from anyone exhaust the process's descriptors (the admin then dies) | security | Backstage's systems only |
 | ``TCPTransport`` module's ``ReceiveBuffer`` name (``auth``) | a factory: the authenticating buffer while a Backstage transport works | Thespian makes buffers where the transport is out of sight | security | nobody else: Thespian's own buffer otherwise |
 | ``IPBase.IPActorAddress.__init__`` (``auth``) | bind to and advertise the system's host (127.0.0.1) | Thespian binds every interface | security | nobody else: unchanged outside a Backstage system |
 | ``utilis._thesplog_file`` (``start_actor_system``, ``auth``) | Thespian's own log in a private file | ``/tmp/thespian.log`` is world-readable and opened through symlinks | security | the system's processes; the process that starts or attaches only if it would log to that default |

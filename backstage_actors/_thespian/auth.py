@@ -328,36 +328,28 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
         with entered(self.scope):
             return super().scheduleTransmit(*args, **kwargs)
 
-    def new_socket(self, op: Any, *args: Any, **kwargs: Any) -> Any:
-        made = super().new_socket(op, *args, **kwargs)
-        # (accept's (socket, address); not the socket interrupt_wait makes from a handler)
-        if getattr(self, "_accepting", False) and isinstance(made, tuple):
-            self._accepted = made[0]
-        return made
-
     def _acceptNewIncoming(self) -> Any:
         if self.codec is None:
             return super()._acceptNewIncoming()
-        self._accepting, self._accepted = True, None
+        before = {fd: inc.socket for fd, inc in self._incomingSockets.items()}
         try:
             return super()._acceptNewIncoming()
-        finally:
-            self._accepting, sock, self._accepted = False, self._accepted, None
-            if sock is not None:
-                self._unproven_connection(sock)
+        finally:  # the connection accepted is the socket that was not there before
+            self._cap_unproven(
+                (fd, inc.socket)
+                for fd, inc in self._incomingSockets.items()
+                if before.get(fd) is not inc.socket
+            )
 
-    def _unproven_connection(self, sock: Any) -> None:
-        """Note ``sock`` (just accepted, nothing read yet); close the oldest unproven ones
+    def _cap_unproven(self, accepted: Any) -> None:
+        """Note sockets just accepted (nothing read yet); close the oldest unproven ones
         beyond :data:`MAX_UNPROVEN`."""
         unproven = self.__dict__.setdefault("_unproven", {})
         for fd, known in list(unproven.items()):  # forget the ones closed meanwhile
             inc = self._incomingSockets.get(fd)
             if inc is None or inc.socket is not known:
                 del unproven[fd]
-        with contextlib.suppress(OSError):
-            inc = self._incomingSockets.get(sock.fileno())
-            if inc is not None and inc.socket is sock:
-                unproven[sock.fileno()] = sock
+        unproven.update(accepted)
         while len(unproven) > MAX_UNPROVEN:
             fd = next(iter(unproven))
             del unproven[fd]

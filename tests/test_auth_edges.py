@@ -1,4 +1,7 @@
-"""helper-30's review: what a peer without the secret can make a running daemon do."""
+"""What a peer without the secret can make a running daemon do (found by helper-30's review;
+each test failed before its fix): idle connections that used up the admin's or a shard's
+descriptors, a claimed frame buffered before its MAC could be checked, and processes that start
+at once in a new home reading the secret file empty."""
 
 from __future__ import annotations
 
