@@ -235,14 +235,22 @@ _STORABLE = Limits(
 )
 
 
-def check_request(stream_id: str, metadata: Mapping[str, Any] | None) -> None:
-    """What the store checks of every append before writing: a storable stream id and
-    metadata (events are checked as they are encoded)."""
+def check_request(
+    stream_id: str, metadata: Mapping[str, Any] | None, event_ids: Any = None
+) -> None:
+    """What the store checks of every append before writing: a storable stream id, event ids
+    and metadata (events are checked as they are encoded)."""
     problem = _text_problem(stream_id, _STORABLE) if type(stream_id) is str else None
     if type(stream_id) is not str:
         problem = f"a stream id must be a string, not {type(stream_id).__name__}"
     if problem is not None:
         raise InvalidCommand(f"stream id {stream_id!r:.80}: {problem}")
+    for given in event_ids or ():
+        problem = _text_problem(given, _STORABLE) if type(given) is str else None
+        if type(given) is not str:
+            problem = f"an event id must be a string, not {type(given).__name__}"
+        if problem is not None:
+            raise InvalidCommand(f"stream {stream_id!r:.80}: event id {given!r:.80}: {problem}")
     if metadata:
         check_data(metadata, f"{stream_id}: metadata", _STORABLE)
 

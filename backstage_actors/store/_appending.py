@@ -46,7 +46,7 @@ def prepare(requests: Sequence[AppendRequest], validate: bool) -> tuple[Prepared
             continue
         try:
             check_expected(request.expected_version)
-            check_request(request.stream_id, request.metadata)
+            check_request(request.stream_id, request.metadata, request.event_ids)
             prepared.append((request, [encode_event(e, validate) for e in request.events]))
             results.append([])
         except BackstageError as exc:

@@ -1,0 +1,73 @@
+"""Review helper-29: the PostgreSQL store under faults and odd input (each test failed before
+its fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import psycopg
+import pytest
+
+from backstage_actors import EventStore
+from backstage_actors.errors import BackstageError
+from backstage_actors.store.records import AppendRequest
+
+from .pg_fixture import PrivateServer
+
+
+@attrs.frozen
+class RvhzDeposited:
+    n: int
+
+
+def _terminate_others(dsn: str) -> int:
+    """pg_terminate_backend every other client connection of the server (a private one)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchall()
+    return len(rows)
+
+
+def test_an_unstorable_event_id_fails_its_append_alone_on_postgres(pg_dsn: str) -> None:
+    """An event id PostgreSQL cannot hold (NUL, a lone surrogate) fails that append alone, with
+    a Backstage error naming it, as on SQLite; the appends beside it in the group are stored."""
+    store = EventStore(pg_dsn)
+    try:
+        results: list[Any] = store.append_batches(
+            [
+                AppendRequest("rv-good", [RvhzDeposited(1)]),
+                AppendRequest("rv-nul", [RvhzDeposited(2)], event_ids=["a\x00b"]),
+                AppendRequest("rv-sur", [RvhzDeposited(3)], event_ids=["\ud800"]),
+            ]
+        )
+        assert [e.version for e in results[0]] == [1], results
+        for bad in results[1:]:
+            assert isinstance(bad, BackstageError), results
+            assert "event id" in str(bad), bad
+        assert store.stream_version("rv-nul") == 0 and store.stream_version("rv-sur") == 0
+        assert store.append("rv-good", [RvhzDeposited(4)], expected_version=1)[0].version == 2
+    finally:
+        store.close()
+
+
+def test_an_append_after_an_idle_connection_was_killed_is_retried_not_uncertain(
+    pg_dsn: str, pg_server: PrivateServer
+) -> None:
+    """The group commit's connection killed while idle (pg_terminate_backend, or a server
+    restart between two appends): nothing of the next append reached a server, so the append
+    is made on a new connection, not failed as "may or may not have happened"."""
+    store = EventStore(pg_dsn)
+    try:
+        store.append("rv-idle", [RvhzDeposited(1)])
+        assert _terminate_others(pg_dsn) >= 1
+        recorded = store.append("rv-idle", [RvhzDeposited(2)], expected_version=1)
+        assert recorded[0].version == 2
+        pg_server.restart()
+        recorded = store.append("rv-idle", [RvhzDeposited(3)], expected_version=2)
+        assert recorded[0].version == 3
+        assert [e.data.n for e in store.read_stream("rv-idle")] == [1, 2, 3]
+    finally:
+        store.close()
