@@ -22,10 +22,11 @@ class RvhzDeposited:
 
 
 def _terminate_others(dsn: str) -> int:
-    """pg_terminate_backend every other client connection of the server (a private one)."""
+    """pg_terminate_backend every other client connection of the server (a private one),
+    waiting until each is gone."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
             " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
         ).fetchall()
     return len(rows)

@@ -28,6 +28,7 @@ announced to it otherwise).
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 import uuid
@@ -323,6 +324,10 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         """The group commit's own connection: one leader at a time writes (see :meth:`write`),
         so one connection serves them all, without a pool's handoff per commit."""
         conn = self._writer_conn
+        if conn is not None and not conn.closed and _closed_by_server(conn):
+            # Closed while it sat idle (a restart, pg_terminate_backend): replaced before an
+            # append is sent on it, rather than failing that append as an uncertain commit.
+            conn.close()
         if conn is None or conn.closed:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._timeout)
             self._configure(conn)
@@ -422,6 +427,24 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         except psycopg.OperationalError:
             self._listener = None
         return self.last_position() > after_position
+
+
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server closed ``conn`` (idle, nothing pending) meanwhile: its farewell
+    (a FATAL message, then the end of the stream) waits on the socket; read without waiting."""
+    pgconn = conn.pgconn
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    for _ in range(4):  # a message, then the end of the stream
+        if not poller.poll(0):
+            return False
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            return True
+    return False
 
 
 def _lost(exc: BaseException) -> bool:
