@@ -72,3 +72,35 @@ def test_an_append_after_an_idle_connection_was_killed_is_retried_not_uncertain(
         assert [e.data.n for e in store.read_stream("rv-idle")] == [1, 2, 3]
     finally:
         store.close()
+
+
+
+def test_a_transaction_or_read_snapshot_after_the_connections_were_killed_is_made_anew(
+    pg_dsn: str, pg_server: PrivateServer
+) -> None:
+    """The pool's connections killed while idle (pg_terminate_backend, a server restart):
+    ``store.snapshot()`` (a read), ``store.transaction()`` and ``truncate_stream`` begin on a
+    new connection (nothing was done yet), instead of failing once per dead connection."""
+    store = EventStore(pg_dsn)
+    try:
+        store.append("rv-tx", [RvhzDeposited(1), RvhzDeposited(2)], expected_version=0)
+        for round_ in range(2):
+            assert store.last_position() == 2  # (a pooled connection, idle from now on)
+            if round_ == 0:
+                assert _terminate_others(pg_dsn) >= 1
+            else:
+                pg_server.restart()
+            with store.snapshot():
+                assert store.last_position() == 2
+            if round_ == 0:
+                _terminate_others(pg_dsn)
+            else:
+                pg_server.restart()
+            with store.transaction():
+                store.save_checkpoint("rv-tx", round_ + 1)
+            assert store.checkpoint("rv-tx") == round_ + 1
+            _terminate_others(pg_dsn)
+            assert store.truncate_stream("rv-tx", 2) == (1 if round_ == 0 else 0)
+        assert store.stream_version("rv-tx") == 2
+    finally:
+        store.close()

@@ -215,19 +215,36 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         if self._local.conn is not None:
             yield
             return
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
         try:
-            with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                conn.execute(begin)
-                self._local.conn = conn
-                try:
-                    yield
-                except BaseException:
-                    self._local.conn = None
-                    if not conn.closed:
-                        conn.execute("ROLLBACK")
-                    raise
-                self._local.conn = None
-                conn.execute(end)
+            while True:
+                with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+                    try:
+                        conn.execute(begin)
+                    except psycopg.OperationalError as exc:
+                        # Nothing done yet: a connection lost (a server restart) is replaced.
+                        if not _lost(exc) or time.monotonic() + delay > deadline:
+                            raise
+                        _log.warning(
+                            "%s: connection lost (%s); beginning again",
+                            self.location,
+                            first_line(exc),
+                        )
+                    else:
+                        self._local.conn = conn
+                        try:
+                            yield
+                        except BaseException:
+                            self._local.conn = None
+                            if not conn.closed:
+                                conn.execute("ROLLBACK")
+                            raise
+                        self._local.conn = None
+                        conn.execute(end)
+                        return
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         except psycopg.Error as exc:
             self._local.conn = None
             raise self._error(what, exc) from exc
