@@ -3,6 +3,7 @@ its fix)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import attrs
@@ -102,5 +103,24 @@ def test_a_transaction_or_read_snapshot_after_the_connections_were_killed_is_mad
             _terminate_others(pg_dsn)
             assert store.truncate_stream("rv-tx", 2) == (1 if round_ == 0 else 0)
         assert store.stream_version("rv-tx") == 2
+    finally:
+        store.close()
+
+
+def test_wait_for_events_waits_out_its_timeout_past_notices_of_earlier_commits(
+    pg_dsn: str,
+) -> None:
+    """``wait_for_events(last, timeout)`` with nothing new: False after ``timeout`` seconds,
+    not at once because notices of commits made before the call were still queued."""
+    store = EventStore(pg_dsn)
+    try:
+        assert not store.wait_for_events(0, 0.05)  # (listening from now on)
+        for n in range(3):
+            store.append("rv-wait", [RvhzDeposited(n)])
+        last = store.last_position()
+        started = time.monotonic()
+        assert not store.wait_for_events(last, 1.0)
+        assert time.monotonic() - started >= 0.9
+        assert store.wait_for_events(last - 1, 1.0)
     finally:
         store.close()

@@ -433,14 +433,21 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         ``timeout`` seconds; True if there is one."""
         if self.last_position() > after_position:
             return True
+        deadline = time.monotonic() + timeout
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=self._timeout
+                )
                 self._listener.execute(f'LISTEN "{self.channel}"')
                 if self.last_position() > after_position:
                     return True
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                return self.last_position() > after_position
+            # A notice may be of a commit made before this call (queued since): wait on.
+            while (left := deadline - time.monotonic()) > 0:
+                for _ in self._listener.notifies(timeout=left, stop_after=1):
+                    break
+                if self.last_position() > after_position:
+                    return True
         except psycopg.OperationalError:
             self._listener = None
         return self.last_position() > after_position
