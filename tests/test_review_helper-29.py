@@ -3,6 +3,7 @@ its fix)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -11,9 +12,10 @@ import psycopg
 import pytest
 
 from backstage_actors import EventStore
-from backstage_actors.errors import BackstageError
+from backstage_actors.errors import BackstageError, WrongExpectedVersion
 from backstage_actors.store.records import AppendRequest
 
+from .conftest import wait_until
 from .pg_fixture import PrivateServer
 
 
@@ -124,3 +126,54 @@ def test_wait_for_events_waits_out_its_timeout_past_notices_of_earlier_commits(
         assert store.wait_for_events(last - 1, 1.0)
     finally:
         store.close()
+
+
+def test_truncating_while_another_store_appends_keeps_the_stream_version(pg_dsn: str) -> None:
+    """``truncate_stream`` and an append by another store at the same time: the stream's version
+    stays where the append left it ("its version stays"), as on SQLite, so an append that
+    expects the old version is refused. (The other store's append is made, for real, right
+    after the truncation read the stream's version: the one window that matters.)"""
+    store, other = EventStore(pg_dsn), EventStore(pg_dsn)
+    try:
+        store.append("rv-tr", [RvhzDeposited(1), RvhzDeposited(2)], expected_version=0)
+        recorder = store.recorder
+        read_version = recorder.stream_version
+        outcome: list[Any] = []
+
+        def append_elsewhere() -> None:
+            try:
+                outcome.append(other.append("rv-tr", [RvhzDeposited(3)], expected_version=2))
+            except Exception as exc:
+                outcome.append(exc)
+
+        def blocked() -> bool:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'events'::regclass"
+                ).fetchone()
+            return bool(row and row[0])
+
+        appender = threading.Thread(target=append_elsewhere)
+
+        def version_then_append(stream_id: str) -> int:
+            version = read_version(stream_id)
+            if not appender.is_alive() and not outcome:
+                appender.start()
+                wait_until(lambda: outcome or blocked(), 30, what="the other append")
+            return version
+
+        recorder.stream_version = version_then_append  # type: ignore[method-assign]
+        try:
+            store.truncate_stream("rv-tr", 100)
+        finally:
+            del recorder.stream_version
+            appender.join(timeout=60)
+        [recorded] = outcome[0]
+        assert recorded.version == 3
+        assert store.stream_version("rv-tr") == 3
+        with pytest.raises(WrongExpectedVersion):
+            store.append("rv-tr", [RvhzDeposited(4)], expected_version=2)
+    finally:
+        store.close()
+        other.close()

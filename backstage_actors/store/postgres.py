@@ -403,6 +403,12 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
 
     def truncate_stream(self, stream_id: str, before_version: int) -> int:
         with self.transaction():
+            # The writers' lock first: no append commits between the version read here and the
+            # delete (its events deleted, the version kept here would be the older one).
+            self._run(
+                "truncate a stream",
+                lambda conn: conn.execute("LOCK TABLE events IN EXCLUSIVE MODE"),
+            )
             version = self.stream_version(stream_id)
 
             def work(conn: psycopg.Connection[Any]) -> int:
