@@ -11,12 +11,16 @@ import attrs
 import psycopg
 import pytest
 
-from backstage_actors import EventStore
+from backstage_actors import Application, EventHandler, EventStore, Metadata
 from backstage_actors.errors import BackstageError, WrongExpectedVersion
 from backstage_actors.store.records import AppendRequest
 
+from examples.bank import router as bank_router
+
 from .conftest import wait_until
 from .pg_fixture import PrivateServer
+
+STORES = ["postgres"]  # (start_app's database: a schema of pg_dsn's)
 
 
 @attrs.frozen
@@ -177,3 +181,32 @@ def test_truncating_while_another_store_appends_keeps_the_stream_version(pg_dsn:
     finally:
         store.close()
         other.close()
+
+
+class RvhzFussy(EventHandler):
+    """Gives up at once on an event whose ``n`` is 1 or 2, with an error message holding a NUL
+    or a lone surrogate (a message quoting outside input, say)."""
+
+    name = "rvhz-fussy"
+    max_failures = 1
+    messages = {1: "bad input 'a\x00b'", 2: "bad input '\udcff'"}
+
+    def handle(self, event: Any, metadata: Metadata) -> None:
+        if isinstance(event, RvhzDeposited) and event.n in self.messages:
+            raise ValueError(self.messages[event.n])
+
+
+def test_a_handler_error_message_postgres_cannot_hold_is_parked_not_stuck(
+    start_app: Any, base: str, pg_dsn: str
+) -> None:
+    """A subscriber's error whose text holds a NUL or a lone surrogate is parked (its text
+    made storable) and the subscriber goes on, as on SQLite; it did not stay stuck on the
+    event for good, failing to record the dead letter."""
+    system = start_app(Application("rvhz", router=bank_router, handlers=[RvhzFussy]))
+    with EventStore(pg_dsn) as outsider:
+        [*_, last] = outsider.append("rv-fussy", [RvhzDeposited(n) for n in (1, 2, 3)])
+        wait_until(lambda: outsider.checkpoint("rvhz-fussy") == last.position, 30)
+        letters = outsider.dead_letters("rvhz-fussy")
+        assert [letter.version for letter in letters] == [1, 2]
+        assert "bad input 'a" in letters[0].error and "bad input '" in letters[1].error
+    system.stop()

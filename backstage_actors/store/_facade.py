@@ -420,8 +420,8 @@ class EventStore:
                 event.version,
                 event.type,
                 error_type,
-                error,
-                traceback,
+                _storable(error),
+                _storable(traceback),
                 failures,
                 status,
                 _now(),
@@ -455,6 +455,16 @@ def _open_recorder(where: str, synchronous: str, busy_timeout: float, shared: bo
     if kind == "memory":
         return MemoryRecorder(where)
     return SQLiteRecorder(_sqlite_path(where), synchronous, busy_timeout, shared)
+
+
+def _storable(text: str) -> str:
+    """Free text of the framework's own (an error message, a traceback) as every store holds
+    it: a NUL (PostgreSQL's text refuses it) and lone surrogates (not UTF-8) escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _now() -> str:
