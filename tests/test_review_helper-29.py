@@ -210,3 +210,65 @@ def test_a_handler_error_message_postgres_cannot_hold_is_parked_not_stuck(
         assert [letter.version for letter in letters] == [1, 2]
         assert "bad input 'a" in letters[0].error and "bad input '" in letters[1].error
     system.stop()
+
+
+def _set_and_reload(pg_server: PrivateServer, name: str, value: str | None) -> None:
+    """ALTER SYSTEM SET (or RESET, for None) ``name``, reloaded, and in force for new sessions."""
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        if value is None:
+            conn.execute(f"ALTER SYSTEM RESET {name}")
+        else:
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+    def in_force() -> bool:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            row = conn.execute(f"SHOW {name}").fetchone()
+        return bool(row) and row[0] == (value or "")
+
+    wait_until(in_force, 30, what=f"{name} reloaded")
+
+
+def test_a_rejection_whose_commit_outcome_was_lost_is_recorded_once(
+    pg_dsn: str, pg_server: PrivateServer
+) -> None:
+    """The connection recording a rejection dies after the server committed it (killed while
+    its commit waits for a synchronous standby: committed locally, the client hears only that
+    the connection is gone). Retried on a new connection, the rejection must not be stored a
+    second time (``backstage trace`` would show the command refused twice)."""
+    store = EventStore(pg_dsn)
+    outcome: list[BaseException | None] = []
+
+    def record() -> None:
+        try:
+            store.record_rejection(
+                "rv-rej", {"command_id": "rv-cmd-1", "command": "RvhzCmd"}, ValueError("no")
+            )
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    recorder = threading.Thread(target=record)
+    try:
+        _set_and_reload(pg_server, "synchronous_standby_names", "rvhz_nobody")
+        recorder.start()
+
+        def waiting() -> list[Any]:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                return conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                    " AND query LIKE 'INSERT INTO rejections%%'"
+                ).fetchall()
+
+        [(pid,)] = wait_until(waiting, 30, what="the rejection's commit waiting")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+    finally:
+        _set_and_reload(pg_server, "synchronous_standby_names", None)
+        if recorder.is_alive() or outcome:
+            recorder.join(timeout=60)
+    try:
+        assert outcome and outcome[0] is None, outcome
+        assert len(store.recorder.rejections("command_id", "rv-cmd-1")) == 1
+    finally:
+        store.close()

@@ -110,8 +110,11 @@ SQLITE = Statements(
     " ORDER BY position LIMIT ?",
     version_at="SELECT max(version) FROM events WHERE stream_id = ? AND recorded_at <= ?",
     event_by_id=f"SELECT {COLUMNS} FROM events WHERE event_id = ?",
+    # (a repeat of the same rejection, retried after a connection lost at its commit, stores
+    # nothing: the same command, stream and moment)
     record_rejection=f"INSERT INTO rejections ({', '.join(TABLES['rejections'][1:])})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM rejections"
+    " WHERE command_id = ? AND stream_id = ? AND recorded_at = ?)",
     rejections=f"SELECT {_REJECTION_COLUMNS} FROM rejections WHERE {{field}} = ? ORDER BY id",
 )
 # ISO 8601 text compares as time in C order only: not in an ICU collation, where '.' sorts
@@ -228,7 +231,8 @@ class SQLBookkeeping:
 
     def record_rejection(self, rejection: Rejection) -> None:
         row = tuple(getattr(rejection, column) for column in TABLES["rejections"][1:])
-        self._change("record a rejection", (self.sql.record_rejection, row))
+        key = (rejection.command_id, rejection.stream_id, rejection.recorded_at)
+        self._change("record a rejection", (self.sql.record_rejection, row + key))
 
     def rejections(self, field: str, value: str) -> list[Rejection]:
         statement = self.sql.rejections.format(field=check_rejection_field(field))
