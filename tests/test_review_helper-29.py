@@ -3,6 +3,7 @@ its fix)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -12,9 +13,9 @@ import psycopg
 import pytest
 
 from backstage_actors import Application, EventHandler, EventStore, Metadata
+from backstage_actors._copy import copy_store
 from backstage_actors.errors import BackstageError, WrongExpectedVersion
 from backstage_actors.store.records import AppendRequest
-
 from examples.bank import router as bank_router
 
 from .conftest import wait_until
@@ -272,3 +273,65 @@ def test_a_rejection_whose_commit_outcome_was_lost_is_recorded_once(
         assert len(store.recorder.rejections("command_id", "rv-cmd-1")) == 1
     finally:
         store.close()
+
+
+def test_a_copy_to_postgres_never_hands_out_a_position_a_checkpoint_has_passed(
+    pg_dsn: str, tmp_path: Any
+) -> None:
+    """A SQLite store whose newest events were truncated, with a subscriber's checkpoint (and
+    a dead letter) at them, copied to PostgreSQL: the next event appended there must come after
+    that checkpoint (as it would on the source), or the subscriber never sees it."""
+    source = str(tmp_path / "source.db")
+    with EventStore(source) as src:
+        src.append("rv-keep", [RvhzDeposited(n) for n in (1, 2, 3)])
+        [*_, last] = src.append("rv-gone", [RvhzDeposited(4), RvhzDeposited(5)])
+        src.save_checkpoint("rvhz-proj", last.position)
+        src.park("rvhz-proj", last, "ValueError", "no", "", 3)
+        assert src.truncate_stream("rv-gone", 3) == 2
+    copy_store(source, pg_dsn)
+    with EventStore(pg_dsn) as dst:
+        assert dst.checkpoint("rvhz-proj") == last.position
+        [new] = dst.append("rv-new", [RvhzDeposited(6)])
+        assert new.position > last.position
+        # (what a subscriber at its checkpoint reads next)
+        assert [row[0] for row in dst.read_page(last.position + 1, 10)] == [new.position]
+
+
+def _blocked_in_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked inside the recorder's wait (on the listening connection or
+    behind another waiter), past its first look at the last position."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    names = []
+    while frame is not None:
+        names.append((frame.f_code.co_name, frame.f_code.co_filename))
+        frame = frame.f_back
+    in_wait = any(n == "wait" and f.endswith("postgres.py") for n, f in names)
+    blocked = any(n == "notifies" or (n == "wait" and f.endswith("threading.py")) for n, f in names)
+    return in_wait and blocked
+
+
+def test_every_thread_waiting_for_events_on_one_store_wakes_on_a_commit(pg_dsn: str) -> None:
+    """Threads of one process waiting with ``wait_for_events`` on a shared store (a web
+    server's long polls, say) all return at the next commit, not only the one that read the
+    NOTIFY (the others slept out their whole timeout)."""
+    store, writer = EventStore(pg_dsn), EventStore(pg_dsn)
+    try:
+        assert not store.wait_for_events(0, 0.05)  # (listening from now on)
+        returned: dict[int, tuple[bool, float]] = {}
+
+        def waiter(index: int) -> None:
+            returned[index] = (store.wait_for_events(0, 20.0), time.monotonic())
+
+        threads = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(_blocked_in_wait(t) for t in threads), 30, what="all waiting")
+        writer.append("rv-woken", [RvhzDeposited(1)])
+        appended = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert all(ok for ok, _ in returned.values()) and len(returned) == 3, returned
+        assert max(at for _, at in returned.values()) - appended < 5.0, returned
+    finally:
+        store.close()
+        writer.close()

@@ -100,6 +100,9 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         self._local = _Local()
         self.group = GroupCommit(self._write_now)
         self._listener: psycopg.Connection[Any] | None = None
+        self._woken = threading.Condition()  # (wait: the thread reading the listener wakes others)
+        self._listening = False
+        self._notices = 0
         self._writer_conn: psycopg.Connection[Any] | None = None
         self._timeout = int(connect_timeout)
         # Reach the server once, directly: a wrong address or password is one clear error now.
@@ -436,27 +439,47 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
 
     def wait(self, after_position: int, timeout: float) -> bool:
         """Block until an event past ``after_position`` is committed (a NOTIFY), at most
-        ``timeout`` seconds; True if there is one."""
+        ``timeout`` seconds; True if there is one. Threads waiting at once share the listening
+        connection: one reads it, and wakes the others at each notice (or at its timeout)."""
         if self.last_position() > after_position:
             return True
         deadline = time.monotonic() + timeout
+        # A notice may be of a commit made before this call (queued since): wait on.
+        while (left := deadline - time.monotonic()) > 0:
+            with self._woken:
+                lead = not self._listening
+                if lead:
+                    self._listening = True
+                else:  # another thread reads the connection: it says when it read something
+                    seen = self._notices
+                    self._woken.wait_for(lambda: self._notices != seen, left)
+            if lead:
+                try:
+                    self._await_notice(left)
+                finally:
+                    with self._woken:
+                        self._listening = False
+                        self._notices += 1
+                        self._woken.notify_all()
+            if self.last_position() > after_position:
+                return True
+        return self.last_position() > after_position
+
+    def _await_notice(self, timeout: float) -> None:
+        """(One thread at a time.) Wait for a NOTIFY on the listening connection, opened if
+        need be, at most ``timeout`` seconds."""
         try:
             if self._listener is None or self._listener.closed:
                 self._listener = psycopg.connect(
                     self.url, autocommit=True, connect_timeout=self._timeout
                 )
                 self._listener.execute(f'LISTEN "{self.channel}"')
-                if self.last_position() > after_position:
-                    return True
-            # A notice may be of a commit made before this call (queued since): wait on.
-            while (left := deadline - time.monotonic()) > 0:
-                for _ in self._listener.notifies(timeout=left, stop_after=1):
-                    break
-                if self.last_position() > after_position:
-                    return True
+                return  # (the caller looks at the last position: a commit may precede LISTEN)
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                break
         except psycopg.OperationalError:
             self._listener = None
-        return self.last_position() > after_position
+            time.sleep(min(0.1, timeout))  # (before opening it again)
 
 
 def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
