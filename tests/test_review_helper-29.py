@@ -82,7 +82,6 @@ def test_an_append_after_an_idle_connection_was_killed_is_retried_not_uncertain(
         store.close()
 
 
-
 def test_a_transaction_or_read_snapshot_after_the_connections_were_killed_is_made_anew(
     pg_dsn: str, pg_server: PrivateServer
 ) -> None:

@@ -452,7 +452,8 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
                     self._listening = True
                 else:  # another thread reads the connection: it says when it read something
                     seen = self._notices
-                    self._woken.wait_for(lambda: self._notices != seen, left)
+                    while self._notices == seen and (left := deadline - time.monotonic()) > 0:
+                        self._woken.wait(left)
             if lead:
                 try:
                     self._await_notice(left)
