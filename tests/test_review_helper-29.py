@@ -14,7 +14,8 @@ import pytest
 
 from backstage_actors import Application, EventHandler, EventStore, Metadata
 from backstage_actors._copy import copy_store
-from backstage_actors.errors import BackstageError, WrongExpectedVersion
+from backstage_actors.errors import BackstageError, StorageError, WrongExpectedVersion
+from backstage_actors.store.postgres import PostgresRecorder
 from backstage_actors.store.records import AppendRequest
 from examples.bank import router as bank_router
 
@@ -334,3 +335,46 @@ def test_every_thread_waiting_for_events_on_one_store_wakes_on_a_commit(pg_dsn: 
     finally:
         store.close()
         writer.close()
+
+
+def test_an_append_cancelled_by_an_administrator_is_not_blamed_on_statement_timeout(
+    pg_dsn: str,
+) -> None:
+    """An append cancelled with pg_cancel_backend (an administrator, or a pooler) fails with an
+    error that says so, not "a statement ran past statement_timeout" (a setting the user would
+    then raise for nothing); nothing is stored and the store serves on."""
+    store = EventStore(recorder=PostgresRecorder(pg_dsn, lock_timeout=60, statement_timeout=60))
+    outcome: list[BaseException | None] = []
+
+    def append() -> None:
+        try:
+            store.append("rv-cancel", [RvhzDeposited(1)])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    appender = threading.Thread(target=append)
+    try:
+        with psycopg.connect(pg_dsn) as other:
+            other.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+
+            def waiting() -> list[Any]:
+                with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                    return conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).fetchall()
+
+            appender.start()
+            [(pid,)] = wait_until(waiting, 30, what="the append waiting for the lock")
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            appender.join(timeout=30)
+        [error] = outcome
+        assert isinstance(error, StorageError), outcome
+        assert "statement_timeout" not in str(error), error
+        assert "cancel" in str(error), error
+        assert store.stream_version("rv-cancel") == 0
+        assert store.append("rv-cancel", [RvhzDeposited(2)])[0].version == 1
+    finally:
+        appender.join(timeout=30)
+        store.close()

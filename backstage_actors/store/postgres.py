@@ -192,8 +192,10 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
                 raise self._error(what, exc) from exc
 
     def _error(self, what: str, exc: BaseException) -> StorageError:
-        if isinstance(exc, pg_errors.QueryCanceled):
+        if isinstance(exc, pg_errors.QueryCanceled) and "timeout" in first_line(exc):
             reason = "a statement ran past statement_timeout"
+        elif isinstance(exc, pg_errors.QueryCanceled):  # pg_cancel_backend, not a timeout
+            reason = f"the statement was cancelled ({first_line(exc)})"
         elif isinstance(exc, pg_errors.LockNotAvailable):
             reason = "a lock was not granted within lock_timeout"
         else:
