@@ -378,3 +378,27 @@ def test_an_append_cancelled_by_an_administrator_is_not_blamed_on_statement_time
     finally:
         appender.join(timeout=30)
         store.close()
+
+
+def test_opening_a_store_does_not_wait_for_a_writer_transaction(pg_dsn: str) -> None:
+    """A store opened (a new actor process, a CLI read) while another connection's append
+    transaction holds the events lock opens at once: it wanted a lock only to create indexes
+    that exist (and waited with no lock_timeout for as long as that transaction lasted)."""
+    EventStore(pg_dsn).close()  # (the tables and indexes exist)
+    opened: list[Any] = []
+
+    def open_store() -> None:
+        try:
+            with EventStore(pg_dsn, busy_timeout=1) as store:
+                opened.append(store.last_position())
+        except Exception as exc:
+            opened.append(exc)
+
+    with psycopg.connect(pg_dsn) as writer:
+        writer.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # (what every append takes)
+        opener = threading.Thread(target=open_store, daemon=True)
+        opener.start()
+        wait_until(lambda: opened, 15, what="the store opened")
+        writer.rollback()
+    opener.join(timeout=30)
+    assert opened == [0], opened

@@ -97,6 +97,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             f" SET statement_timeout = {int(statement_timeout * 1000)};"
             + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
         )
+        self._lock_timeout = f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}"
         self._local = _Local()
         self.group = GroupCommit(self._write_now)
         self._listener: psycopg.Connection[Any] | None = None
@@ -140,6 +141,7 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         """The tables, created once even when many processes open the store at the same time."""
         try:
             with conn.transaction():
+                conn.execute(self._lock_timeout)  # (what it must create may wait for a writer)
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.events'))"
                 )
