@@ -1,5 +1,7 @@
-"""Review helper-29: the PostgreSQL store under faults and odd input (each test failed before
-its fix)."""
+"""The PostgreSQL store under faults and odd input (found by helper-29's review; each test
+failed before its fix): connections killed while idle or at a commit whose outcome is lost,
+waits for events, truncation beside a writer, text PostgreSQL cannot hold, a copy's positions,
+a cancelled statement, and opening a store while a writer holds its lock."""
 
 from __future__ import annotations
 
