@@ -10,6 +10,8 @@ and the session.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import importlib
 import json
 import os
@@ -80,6 +82,33 @@ def write_state(port: int, state: dict[str, Any], host: str = LOCAL) -> None:
     path = state_path(port, host)
     with os.fdopen(_security.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as file:
         file.write(json.dumps(state, indent=2))
+
+
+@contextlib.contextmanager
+def start_lock(port: int, host: str = LOCAL, timeout: float = 60.0) -> Any:
+    """Held while one ``backstage start`` of ``host:port`` runs: a second start of the same
+    daemon waits for the first, then finds it running (or crashed) in the state file, instead
+    of racing it for the port and cleaning up "leftovers" that are the first one's processes.
+    A POSIX record lock: the daemon's processes, forked meanwhile, do not inherit it."""
+    fd = _security.open_private(home() / f"{file_stem(port, host)}.start", os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+            if time.monotonic() > deadline:
+                raise SystemNotRunning(
+                    f"another `backstage start` of port {port} is still starting "
+                    f"after {timeout}s"
+                )
+            time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_state(port: int, host: str = LOCAL) -> None:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from importlib import metadata
+from typing import Any
 
 import click
 
@@ -49,6 +50,7 @@ from .errors import (
     BackstageError,
     CommandRejected,
     StorageError,
+    SystemNotRunning,
 )
 from .store import redact
 
@@ -180,6 +182,41 @@ def start(
         fail(str(exc), EXIT_INPUT)
     if roles and not join:
         fail("--role is for a cluster member: add --join HOST:PORT", EXIT_INPUT)
+    try:
+        with _daemon.start_lock(port, host, timeout):  # one start of this daemon at a time
+            state = _start_unlocked(
+                app, application, database, port, host, log_file, pid_file, timeout,
+                metrics_port, metrics_host, join, roles, shards,
+            )
+    except SystemNotRunning as exc:
+        fail(str(exc), EXIT_NOT_RUNNING)
+    if as_json:
+        click.echo(json.dumps(dict(state)))
+        return
+    click.echo(
+        f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
+        f"  database {redact(state['database'])}\n  log      {state['log_file']}"
+        + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
+        + (f"\n  cluster  {_cli_cluster.joined(host, port, join, state)}" if join else "")
+    )
+
+
+def _start_unlocked(
+    app: str,
+    application: Any,
+    database: str | None,
+    port: int,
+    host: str,
+    log_file: str | None,
+    pid_file: str | None,
+    timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    join: str | None,
+    roles: tuple[str, ...],
+    shards: int | None,
+) -> Any:
+    """``start``'s work, under its lock."""
     state = _daemon.read_state(port, host)
     if state is not None and _daemon.admin_alive(state):
         fail(
@@ -219,15 +256,7 @@ def start(
     except Exception as exc:
         _daemon.kill_leftovers(port, host=host)
         fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
-    if as_json:
-        click.echo(json.dumps(dict(state)))
-        return
-    click.echo(
-        f"{state['name']} running on {host}:{port} (admin pid {state['admin_pid']})\n"
-        f"  database {redact(state['database'])}\n  log      {state['log_file']}"
-        + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
-        + (f"\n  cluster  {_cli_cluster.joined(host, port, join, state)}" if join else "")
-    )
+    return state
 
 
 @cli.command()
