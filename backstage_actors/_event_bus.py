@@ -46,7 +46,7 @@ from ._subscriber import (
     RouterAt,
     SubscriberActor,
 )
-from .errors import BackstageError, ConsistencyTimeout
+from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
 from .handler import EventHandler
 from .process_manager import ProcessManager
 from .projection import Projection
@@ -305,8 +305,8 @@ def events_supervisor_spec(app: Any, settings: Settings) -> ChildSpec:
     )
 
 
-def _bus(endpoint: Any, root: Any) -> Any:
-    return locate(endpoint, root, EVENTS, 5.0, "the application has no running event bus")
+def _bus(endpoint: Any, root: Any, timeout: float = 5.0) -> Any:
+    return locate(endpoint, root, EVENTS, timeout, "the application has no running event bus")
 
 
 def wait_for_position(
@@ -321,8 +321,18 @@ def wait_for_position(
     left of the caller's ``asked``, which the error names); :class:`ConsistencyTimeout`
     otherwise."""
     request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None, timeout)
+    deadline = time.monotonic() + timeout
     try:
-        reply = supervisors.request(endpoint, _bus(endpoint, root), request, timeout)
+        # (the events are stored whatever happens here: a bus that cannot be found, stopping
+        # or behind a root that does not answer, is a consistency timeout, within the timeout)
+        bus = _bus(endpoint, root, min(5.0, timeout))
+        left = max(0.05, deadline - time.monotonic())
+        reply = supervisors.request(endpoint, bus, request, left)
+    except SystemNotRunning as exc:
+        raise ConsistencyTimeout(
+            f"the events were stored (up to position {position}), but the handlers cannot "
+            f"be asked whether they processed them: {exc}"
+        ) from None
     except supervisors.SupervisionError:
         raise ConsistencyTimeout(
             f"the events were stored (up to position {position}), but "

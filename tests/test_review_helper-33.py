@@ -60,3 +60,50 @@ def test_two_starts_at_once_on_one_home_leave_one_daemon_running(tmp_path: Path)
             shut_down(backstage) if (home / f"daemon-{backstage.port}.json").exists() else None
             for sid in sids:
                 _kill_session(sid)
+
+
+# -- a strong dispatch whose events were stored, when the bus cannot be found -----------------
+
+
+def test_strong_dispatch_stored_but_bus_gone_says_stored_within_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """The events are stored; the bus is gone (stopping) or the root does not answer: the
+    caller must hear "stored, but not processed" (ConsistencyTimeout), not SystemNotRunning
+    (which reads as "nothing happened": a retry without a command id deposits twice), and
+    within the timeout it gave."""
+    import time
+
+    import supervisors
+    from backstage_actors.errors import ConsistencyTimeout
+    from examples.bank import make_app
+    from examples.bank.domain import Deposit, OpenAccount
+
+    from .conftest import thespian_log_defs
+
+    app = make_app(str(tmp_path / "bank.db"))
+    system = app.start(base="multiproc", log_defs=thespian_log_defs(str(tmp_path / "a.log")))
+    root_pid = int(system.tree()["pid"])
+    try:
+        system.dispatch(OpenAccount("rvq", "Rvq"), consistency="strong", timeout=30)
+        # The root does not answer (SIGSTOP): the answer comes from the shard, the wait must
+        # still end within the caller's timeout, saying the events were stored.
+        os.kill(root_pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ConsistencyTimeout, match="were stored"):
+                system.dispatch(Deposit("rvq", 1), consistency="strong", timeout=1.5)
+            assert time.monotonic() - started < 3.5
+        finally:
+            os.kill(root_pid, signal.SIGCONT)
+        # The bus is stopped (as in `backstage stop`, which stops it first).
+        with system._endpoint() as endpoint:
+            supervisors.terminate_child(endpoint, system.root, "events")
+        with pytest.raises(ConsistencyTimeout, match="were stored"):
+            system.dispatch(Deposit("rvq", 10), consistency="strong", timeout=5)
+        amounts = [e.data.amount for e in list(system.store.read_stream("Account-rvq"))[1:]]
+        assert amounts == [1, 10]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(root_pid, signal.SIGCONT)
+        system.stop()
