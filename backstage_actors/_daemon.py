@@ -165,16 +165,49 @@ def daemon_processes(port: int, host: str = LOCAL) -> list[int]:
     """
     state = read_state(port, host)
     sid = state.get("sid") if state else None
-    if not sid:
-        return []
+    if not sid or not _same_boot(state):
+        return []  # (after a reboot nothing of it is left, and its session id means nothing)
+    # A session id is the pid of a process long gone, which Linux hands out again: only the
+    # daemon's own processes (forks of `backstage start`, its command line) are its leftovers.
+    command = state.get("cmdline") if state else None
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat(int(entry.name))
         if fields and fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
+            if command is None or _cmdline(int(entry.name)) == command:
+                found.append(int(entry.name))
     return sorted(found)
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _same_boot(state: DaemonState | None) -> bool:
+    recorded = state.get("boot_id") if state else None
+    return recorded is None or recorded == _boot_id()
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [arg.decode("utf-8", "backslashreplace") for arg in raw.split(b"\0")]
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, the process itself."""
+    fields = _stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -304,6 +337,7 @@ def start_daemon(
     finally:
         os.umask(previous)
     root_pid = int(system.tree()["pid"])
+    admin_pid = _ppid(root_pid)
     state = DaemonState(
         app=app_spec,
         app_directory=os.path.realpath(os.getcwd()),
@@ -311,7 +345,10 @@ def start_daemon(
         database=database,
         port=port,
         host=host,
-        admin_pid=_ppid(root_pid),
+        admin_pid=admin_pid,
+        admin_started=_start_time(admin_pid),  # (pids are handed out again)
+        boot_id=_boot_id(),
+        cmdline=_cmdline(root_pid),
         sid=os.getsid(root_pid),
         log_file=log_file,
         pid_file=pid_file,
@@ -341,7 +378,10 @@ def admin_alive(state: DaemonState | None) -> bool:
     """Whether the daemon's admin process is alive (its port may outlive it in an orphan)."""
     pid = state.get("admin_pid") if state else None
     fields = _stat(int(pid)) if pid else None
-    return fields is not None and fields[0] != "Z"
+    if fields is None or fields[0] == "Z" or not _same_boot(state):
+        return False
+    started = state.get("admin_started") if state else None
+    return started is None or _start_time(int(pid)) == started  # not another process's pid
 
 
 def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, Any]:

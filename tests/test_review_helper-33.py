@@ -107,3 +107,45 @@ def test_strong_dispatch_stored_but_bus_gone_says_stored_within_its_timeout(
         with contextlib.suppress(ProcessLookupError):
             os.kill(root_pid, signal.SIGCONT)
         system.stop()
+
+
+# -- a stale state file: its session id now belongs to someone else ----------------------------
+
+
+def test_start_with_a_stale_state_file_kills_nothing_but_the_daemons(tmp_path: Path) -> None:
+    """A crashed daemon (or a reboot) leaves its state file; the session id and admin pid
+    recorded there are pids of processes long gone, which Linux hands out again: a new login,
+    a tmux server, any daemon that calls setsid() gets that session id. `backstage start` must
+    neither SIGKILL that unrelated session as "leftovers of a crashed daemon" nor take it for
+    a daemon that "already runs"."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    started = backstage.start()
+    assert started.returncode == 0, started.stderr
+    state = backstage.state()
+    # The daemon dies at once, every process of it (a power cut, an OOM kill of the session).
+    for pid in session_processes(int(state["sid"])):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not session_processes(int(state["sid"])), what="the daemon's end")
+    # Someone else now has a session whose id is the one the stale state file records.
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        # (its pid may be the recorded admin's too: that does not make it the daemon's admin)
+        stale = dict(state, sid=bystander.pid, admin_pid=bystander.pid)
+        (home / f"daemon-{backstage.port}.json").write_text(json.dumps(stale))
+
+        restarted = backstage.start()
+
+        assert restarted.returncode == 0, restarted.stderr
+        assert bystander.poll() is None, "backstage start killed an unrelated session"
+        assert "leftover" not in restarted.stderr, restarted.stderr
+    finally:
+        bystander.kill()
+        bystander.wait()
+        shut_down(backstage)
