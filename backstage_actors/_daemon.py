@@ -347,6 +347,8 @@ def start_daemon(
         host=host,
         admin_pid=admin_pid,
         admin_started=_start_time(admin_pid),  # (pids are handed out again)
+        root_pid=root_pid,
+        root_started=_start_time(root_pid),
         boot_id=_boot_id(),
         cmdline=_cmdline(root_pid),
         sid=os.getsid(root_pid),
@@ -384,6 +386,24 @@ def admin_alive(state: DaemonState | None) -> bool:
     return started is None or _start_time(int(pid)) == started  # not another process's pid
 
 
+def root_alive(state: DaemonState | None) -> bool:
+    """Whether the application's root supervisor lives (nothing restarts it: when it gives up
+    or is killed, the admin lives on with nothing in it). True when the state does not say."""
+    pid = state.get("root_pid") if state else None
+    if not pid:
+        return True
+    fields = _stat(int(pid))
+    if fields is None or fields[0] == "Z":
+        return False
+    started = state.get("root_started") if state else None
+    return started is None or _start_time(int(pid)) == started
+
+
+def running(state: DaemonState | None) -> bool:
+    """Whether the daemon of ``state`` runs: its admin and its application's root."""
+    return admin_alive(state) and root_alive(state)
+
+
 def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, Any]:
     """``(app, running_system)`` for the daemon on ``host:port``; SystemNotRunning if none.
 
@@ -400,6 +420,12 @@ def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, An
         raise SystemNotRunning(
             f"the daemon on {where} crashed (its admin, pid {state['admin_pid']}, is gone); "
             "`backstage start` cleans up and starts it again"
+        )
+    if state is not None and not root_alive(state):
+        raise SystemNotRunning(
+            f"the application on {where} stopped: its root supervisor (pid {state['root_pid']}) "
+            f"is gone (it gave up after too many crashes, or was killed; see "
+            f"{state.get('log_file')}); `backstage start` cleans up and starts it again"
         )
     if not _thespian.port_in_use(port, host) or (state is None and host in (LOCAL, "localhost")):
         raise SystemNotRunning(

@@ -218,7 +218,7 @@ def _start_unlocked(
 ) -> Any:
     """``start``'s work, under its lock."""
     state = _daemon.read_state(port, host)
-    if state is not None and _daemon.admin_alive(state):
+    if state is not None and _daemon.running(state):
         fail(
             f"{state['app']} already runs on port {port} (admin pid {state['admin_pid']})",
             EXIT_NOT_RUNNING,
@@ -270,6 +270,9 @@ def stop(
     session: Session, port: int, host: str, force: bool, timeout: float, as_json: bool
 ) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
+    state = _daemon.read_state(port, host)
+    if state is not None and _daemon.admin_alive(state) and not _daemon.root_alive(state):
+        force = True  # its application is gone: nothing is left to drain, only processes
     if not force:
         _, system = session.system(port, need_app=False, host=host)
         system.owns_system = True  # this stop is meant to end the actor system

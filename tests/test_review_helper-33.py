@@ -149,3 +149,54 @@ def test_start_with_a_stale_state_file_kills_nothing_but_the_daemons(tmp_path: P
         bystander.kill()
         bystander.wait()
         shut_down(backstage)
+
+
+# -- the application's root supervisor is gone, its admin is not ---------------------------------
+
+
+def test_a_daemon_whose_root_supervisor_died_is_reported_and_started_again(
+    tmp_path: Path,
+) -> None:
+    """The root supervisor ends (SIGKILL here; it also ends when it gives up after more than
+    `restart_intensity` crashes of the store, the router or the bus) while Thespian's admin
+    lives on holding the port. Nothing restarts the application: the verbs must say it
+    stopped, at once, and `backstage start` must clean up and start it again, not refuse with
+    "already runs" (before: every verb waited 6 s for "root supervisor does not answer", and
+    only a `backstage stop` that waited out its whole timeout got the user out)."""
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    try:
+        started = backstage.start()
+        assert started.returncode == 0, started.stderr
+        backstage.send("OpenAccount", {"account_id": "rvr", "owner": "R"})
+        root = int(backstage.json("tree")["pid"])
+        admin = int(backstage.state()["admin_pid"])
+        os.kill(root, signal.SIGKILL)
+        wait_until(lambda: not process_alive(root), what="the root's end")
+
+        began = time.monotonic()
+        status = backstage.run("status")
+        assert status.returncode == 3, status
+        assert "root supervisor" in status.stderr and "is gone" in status.stderr, status.stderr
+        assert time.monotonic() - began < 5.0
+
+        again = backstage.start()
+
+        assert again.returncode == 0, again.stderr
+        assert not process_alive(admin)
+        deposited = backstage.send("Deposit", {"account_id": "rvr", "amount": 7}, "--strong")
+        assert deposited["version"] == 2
+        # The same again, ended by `backstage stop`: it ends what is left, at once.
+        root, admin = int(backstage.json("tree")["pid"]), int(backstage.state()["admin_pid"])
+        os.kill(root, signal.SIGKILL)
+        wait_until(lambda: not process_alive(root), what="the root's end")
+        began = time.monotonic()
+        stopped = backstage.run("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert time.monotonic() - began < 10.0
+        wait_until(lambda: not process_alive(admin), timeout=10, what="the admin's end")
+    finally:
+        shut_down(backstage)
