@@ -163,7 +163,11 @@ def daemon_processes(port: int, host: str = LOCAL) -> list[int]:
     Thespian's admin starts a new session (``setsid``) and every actor process is forked inside
     it, so the session id recorded at start finds them all, orphans of a killed admin included.
     """
-    state = read_state(port, host)
+    return _session_processes(read_state(port, host))
+
+
+def _session_processes(state: DaemonState | dict[str, Any] | None) -> list[int]:
+    """The live processes of the daemon of ``state`` (see :func:`daemon_processes`)."""
     sid = state.get("sid") if state else None
     if not sid or not _same_boot(state):
         return []  # (after a reboot nothing of it is left, and its session id means nothing)
@@ -188,7 +192,7 @@ def _boot_id() -> str | None:
         return None
 
 
-def _same_boot(state: DaemonState | None) -> bool:
+def _same_boot(state: DaemonState | dict[str, Any] | None) -> bool:
     recorded = state.get("boot_id") if state else None
     return recorded is None or recorded == _boot_id()
 
@@ -224,11 +228,16 @@ def kill_leftovers(port: int, timeout: float = 5.0, host: str = LOCAL) -> list[i
     The processes are listed again while they die: a supervisor that outlives its child for a
     moment forks a replacement, which must not survive as an orphan.
     """
+    return _end_processes(lambda: daemon_processes(port, host), timeout)
+
+
+def _end_processes(listed: Any, timeout: float) -> list[int]:
+    """SIGTERM, then SIGKILL, every process ``listed()`` names, listing them again meanwhile."""
     found: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         signalled: set[int] = set()
         deadline = time.monotonic() + timeout / 2
-        while (pids := daemon_processes(port, host)) and time.monotonic() < deadline:
+        while (pids := listed()) and time.monotonic() < deadline:
             for pid in pids:
                 if pid not in signalled:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -237,7 +246,7 @@ def kill_leftovers(port: int, timeout: float = 5.0, host: str = LOCAL) -> list[i
                 if pid not in found:
                     found.append(pid)
             time.sleep(0.05)
-        if not daemon_processes(port, host):
+        if not listed():
             break
     return sorted(found)
 
@@ -358,9 +367,19 @@ def start_daemon(
         join=join,
         roles=list(roles) if join else None,
     )
-    write_state(port, state, host)
-    with os.fdopen(_security.open_private(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as file:
-        file.write(f"{state['admin_pid']}\n")
+    try:
+        write_state(port, state, host)
+        with os.fdopen(_security.open_private(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as file:
+            file.write(f"{state['admin_pid']}\n")
+    except OSError as exc:
+        # Without its state file no verb finds the daemon, and nothing would ever stop it:
+        # stop it now, by its session, and say why (a full disk, say).
+        _end_processes(lambda: _session_processes(state), 5.0)
+        with contextlib.suppress(OSError):
+            state_path(port, host).unlink()
+        raise StorageError(
+            f"cannot write the daemon's state in {home()}: {exc}; the daemon was stopped"
+        ) from None
     return state
 
 

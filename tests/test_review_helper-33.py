@@ -200,3 +200,80 @@ def test_a_daemon_whose_root_supervisor_died_is_reported_and_started_again(
         wait_until(lambda: not process_alive(admin), timeout=10, what="the admin's end")
     finally:
         shut_down(backstage)
+
+
+# -- a full disk under BACKSTAGE_HOME while `backstage start` writes its state -------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Any:
+    import subprocess
+
+    path.mkdir(mode=0o700)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def _fill(directory: Path) -> Path:
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def _sessions_of(database: Path) -> set[int]:
+    """Sessions of live processes whose command line names ``database`` (a daemon's)."""
+    from .test_cli import session_of
+
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(database).encode() in (entry / "cmdline").read_bytes():
+                    if process_alive(int(entry.name)) and (sid := session_of(int(entry.name))):
+                        found.add(sid)
+    return found
+
+
+def test_start_that_cannot_write_its_state_file_leaves_no_daemon_behind(tmp_path: Path) -> None:
+    """BACKSTAGE_HOME is full: `backstage start` gets the tree up, then cannot write the state
+    file. It must fail clearly and stop what it started: before, the daemon lived on with an
+    empty state file, unreachable by every verb ("no backstage daemon runs on port N"), its port
+    "in use by another program" for the next start, and its database locked."""
+    database = tmp_path / "data" / "bank.db"
+    database.parent.mkdir(mode=0o700)
+    with _tmpfs(tmp_path / "home", "1m") as home:
+        backstage = Backstage(home)
+        # What a home holds before a start: the secret, Thespian's log.
+        from unittest import mock
+
+        from backstage_actors import _security
+
+        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
+            _security.secret()
+        (home / "thespian.log").touch()
+        ballast = _fill(home)
+        try:
+            failed = backstage.run("start", "examples.bank:app", "--db", str(database))
+            assert failed.returncode != 0
+            assert "No space left on device" in failed.stderr, failed.stderr
+            wait_until(lambda: not _sessions_of(database), timeout=15, what="no daemon left")
+            ballast.unlink()
+            started = backstage.run("start", "examples.bank:app", "--db", str(database))
+            assert started.returncode == 0, started.stderr
+            assert backstage.send("OpenAccount", {"account_id": "rvf", "owner": "F"})["version"] == 1
+        finally:
+            with contextlib.suppress(Exception):
+                shut_down(backstage)
+            for sid in _sessions_of(database):
+                _kill_session(sid)
