@@ -277,3 +277,56 @@ def test_start_that_cannot_write_its_state_file_leaves_no_daemon_behind(tmp_path
                 shut_down(backstage)
             for sid in _sessions_of(database):
                 _kill_session(sid)
+
+
+# -- Thespian's logger process of a daemon is killed ---------------------------------------------
+
+
+def test_sigkill_of_the_daemons_logger_process_does_not_take_the_daemon_down(
+    tmp_path: Path,
+) -> None:
+    """Thespian's admin restarts its logger process when it dies, but reads `self.logDefs`
+    where it stored `self.logdefs`: the AttributeError ended the admin, and with it (every
+    process dies with its admin) the whole daemon. One SIGKILL of a process that only writes
+    log lines must not stop the application."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    try:
+        started = backstage.start()
+        assert started.returncode == 0, started.stderr
+        backstage.send("OpenAccount", {"account_id": "rvl", "owner": "L"})
+        admin = int(backstage.state()["admin_pid"])
+        actors = {int(n["pid"]) for n in _walk(backstage.json("tree")) if n.get("pid")}
+        children = [
+            pid for pid in backstage.processes() if _ppid(pid) == admin and pid not in actors
+        ]
+        assert len(children) == 1, children  # the logger: the admin's child that is no actor
+        logger = children[0]
+        os.kill(logger, signal.SIGKILL)
+        wait_until(lambda: not process_alive(logger), what="the logger's end")
+        # A new logger is started; the daemon serves on, its log still written.
+        wait_until(
+            lambda: [p for p in backstage.processes() if _ppid(p) == admin and p not in actors],
+            timeout=15,
+            what="a new logger",
+        )
+        assert process_alive(admin), "the admin died with its logger"
+        deposited = backstage.send("Deposit", {"account_id": "rvl", "amount": 3}, "--strong")
+        assert deposited["version"] == 2
+        assert backstage.run("status").returncode == 0
+    finally:
+        shut_down(backstage)
+
+
+def _walk(node: dict[str, Any]) -> Any:
+    yield node
+    for child in node.get("children", []):
+        yield from _walk(child)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

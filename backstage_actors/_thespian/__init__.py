@@ -15,6 +15,7 @@
 | simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
 | ``admin.convention.CONVENTION_REREGISTRATION_PERIOD``, ``CONVENTION_RESTART_PERIOD`` (``convention``, a cluster member only) | 2 s instead of 7 min 22 s and 3 min 22 s | a dead member is seen after 3 missed registrations (6 s); a member's first check comes before the leader drops it | failure detection | the admins of cluster members |
+| ``multiprocCommon.MultiProcAdmin.logDefs`` (``keep_the_logger``) | a property reading the ``logdefs`` the admin keeps | when its logger process dies the admin starts another with ``self.logDefs``, an attribute it never set: the AttributeError ended the admin, and the whole daemon with it | semantics | Backstage's systems only (an admin forked by ``start_actor_system``) |
 | reads: ``_systemBase``, ``actorRegistry``, ``System:ExternalRequester``, ``transport.myAddress``, ``adminAddr``, ``_myRef._adminAddr``, ``external_clone()`` | none | answers already delivered, own address, a system's identity, a context per thread | read | - |
 
 Thespian's behaviour Backstage relies on without patching it (tested in
@@ -114,8 +115,17 @@ def start_actor_system(
     use_poll_selector()
     terse_messages()
     run_actors_on_a_floor()
+    keep_the_logger()
     capabilities = {**(capabilities or {}), "Admin Port": port or free_port(host)}
     return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
+
+
+def keep_the_logger() -> None:
+    """Let the admin start a new logger process when its logger dies (see the table above)."""
+    from thespian.system.multiprocCommon import MultiProcAdmin
+
+    if not hasattr(MultiProcAdmin, "logDefs"):
+        MultiProcAdmin.logDefs = property(lambda admin: admin.logdefs)  # type: ignore[attr-defined]
 
 
 def attach(
