@@ -102,8 +102,7 @@ def start_lock(port: int, host: str = LOCAL, timeout: float = 60.0) -> Any:
                     raise
             if time.monotonic() > deadline:
                 raise SystemNotRunning(
-                    f"another `backstage start` of port {port} is still starting "
-                    f"after {timeout}s"
+                    f"another `backstage start` of port {port} is still starting after {timeout}s"
                 )
             time.sleep(0.05)
         yield
@@ -179,9 +178,9 @@ def _session_processes(state: DaemonState | dict[str, Any] | None) -> list[int]:
         if not entry.name.isdigit():
             continue
         fields = _stat(int(entry.name))
-        if fields and fields[0] != "Z" and int(fields[3]) == sid:
-            if command is None or _cmdline(int(entry.name)) == command:
-                found.append(int(entry.name))
+        ours = fields and fields[0] != "Z" and int(fields[3]) == sid
+        if ours and (command is None or _cmdline(int(entry.name)) == command):
+            found.append(int(entry.name))
     return sorted(found)
 
 
@@ -398,7 +397,9 @@ def _ppid(pid: int) -> int:
 def admin_alive(state: DaemonState | None) -> bool:
     """Whether the daemon's admin process is alive (its port may outlive it in an orphan)."""
     pid = state.get("admin_pid") if state else None
-    fields = _stat(int(pid)) if pid else None
+    if not pid:
+        return False
+    fields = _stat(int(pid))
     if fields is None or fields[0] == "Z" or not _same_boot(state):
         return False
     started = state.get("admin_started") if state else None

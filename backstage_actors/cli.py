@@ -185,8 +185,19 @@ def start(
     try:
         with _daemon.start_lock(port, host, timeout):  # one start of this daemon at a time
             state = _start_unlocked(
-                app, application, database, port, host, log_file, pid_file, timeout,
-                metrics_port, metrics_host, join, roles, shards,
+                app,
+                application,
+                database,
+                port,
+                host,
+                log_file,
+                pid_file,
+                timeout,
+                metrics_port,
+                metrics_host,
+                join,
+                roles,
+                shards,
             )
     except SystemNotRunning as exc:
         fail(str(exc), EXIT_NOT_RUNNING)

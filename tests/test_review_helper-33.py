@@ -210,7 +210,9 @@ def _tmpfs(path: Path, size: str) -> Any:
     import subprocess
 
     path.mkdir(mode=0o700)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)])
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)]
+    )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
@@ -239,8 +241,10 @@ def _sessions_of(database: Path) -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if str(database).encode() in (entry / "cmdline").read_bytes():
-                    if process_alive(int(entry.name)) and (sid := session_of(int(entry.name))):
+                named = str(database).encode() in (entry / "cmdline").read_bytes()
+                if named and process_alive(int(entry.name)):
+                    sid = session_of(int(entry.name))
+                    if sid:
                         found.add(sid)
     return found
 
@@ -271,7 +275,9 @@ def test_start_that_cannot_write_its_state_file_leaves_no_daemon_behind(tmp_path
             ballast.unlink()
             started = backstage.run("start", "examples.bank:app", "--db", str(database))
             assert started.returncode == 0, started.stderr
-            assert backstage.send("OpenAccount", {"account_id": "rvf", "owner": "F"})["version"] == 1
+            assert (
+                backstage.send("OpenAccount", {"account_id": "rvf", "owner": "F"})["version"] == 1
+            )
         finally:
             with contextlib.suppress(Exception):
                 shut_down(backstage)

@@ -125,7 +125,7 @@ def keep_the_logger() -> None:
     from thespian.system.multiprocCommon import MultiProcAdmin
 
     if not hasattr(MultiProcAdmin, "logDefs"):
-        MultiProcAdmin.logDefs = property(lambda admin: admin.logdefs)  # type: ignore[attr-defined]
+        MultiProcAdmin.logDefs = property(lambda admin: admin.logdefs)
 
 
 def attach(
