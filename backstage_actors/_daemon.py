@@ -170,16 +170,18 @@ def _session_processes(state: DaemonState | dict[str, Any] | None) -> list[int]:
     sid = state.get("sid") if state else None
     if not sid or not _same_boot(state):
         return []  # (after a reboot nothing of it is left, and its session id means nothing)
-    # A session id is the pid of a process long gone, which Linux hands out again: only the
-    # daemon's own processes (forks of `backstage start`, its command line) are its leftovers.
-    command = state.get("cmdline") if state else None
+    # A session id is the pid of its first process, which Thespian's admin leaves at once (it
+    # calls setsid(), forks and exits): alive, that pid was handed out again, to a process
+    # that now leads a session of its own (a login, a tmux server): none of it is the daemon's.
+    leader = _stat(int(sid))
+    if leader is not None and leader[0] != "Z":
+        return []
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat(int(entry.name))
-        ours = fields and fields[0] != "Z" and int(fields[3]) == sid
-        if ours and (command is None or _cmdline(int(entry.name)) == command):
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -194,14 +196,6 @@ def _boot_id() -> str | None:
 def _same_boot(state: DaemonState | dict[str, Any] | None) -> bool:
     recorded = state.get("boot_id") if state else None
     return recorded is None or recorded == _boot_id()
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [arg.decode("utf-8", "backslashreplace") for arg in raw.split(b"\0")]
 
 
 def _start_time(pid: int) -> int | None:
@@ -358,7 +352,6 @@ def start_daemon(
         root_pid=root_pid,
         root_started=_start_time(root_pid),
         boot_id=_boot_id(),
-        cmdline=_cmdline(root_pid),
         sid=os.getsid(root_pid),
         log_file=log_file,
         pid_file=pid_file,
