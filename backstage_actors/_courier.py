@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from thespian.actors import PoisonMessage
+from thespian.actors import ActorSystemFailure, PoisonMessage
 
 from . import _combiner, _lane, _shared, _thespian, telemetry
 from ._names import ROUTER
@@ -122,6 +122,16 @@ class _Call:
         self.detour_at = 0.0  # when to ask the router instead
         self.durable_at = 0  # in-process: the commit to see flushed first (see _writer)
         self.sent = False  # something of it went out already (by a lane)
+
+
+def _tell(endpoint: Any, address: Any, message: Any) -> bool:
+    """``endpoint.tell``; False where Thespian found the target dead as it sent (it raises)."""
+    try:
+        endpoint.tell(address, message)
+    except ActorSystemFailure as exc:
+        log().info("could not send to %s: %s", address, exc)
+        return False
+    return True
 
 
 def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
@@ -309,15 +319,21 @@ class Courier:
             me = _thespian.own_address(endpoint)
             if direct is not None and me is not None:
                 address, stream_id, _ = direct
+                call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
                 for start in range(0, len(call.items), batch_size):
                     batch = call.items[start : start + batch_size]
-                    endpoint.tell(address, Execute(batch, me, False, stream_id or None))
-                call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
+                    if not _tell(endpoint, address, Execute(batch, me, False, stream_id or None)):
+                        call.detour_at = 0.0  # the shard is gone: through the router at once
+                        break
                 call.direct = stream_id
             else:
                 pending = [item for item in call.items if item.request_id in call.waiting]
                 for start in range(0, len(pending), batch_size):
-                    endpoint.tell(router, Execute(pending[start : start + batch_size], me))
+                    router = self._tell_router(
+                        endpoint, call, router, pending[start : start + batch_size], me
+                    )
+                    if router is None:
+                        return  # (what is left times out: _time_out)
             self._listen(endpoint, call, router, me)
             if self.base == "simple":
                 self._sent += len(call.items)
@@ -343,8 +359,10 @@ class Courier:
                 waiting = [
                     attrs.evolve(call.items[i], idempotent=True) for i in call.waiting.values()
                 ]
-                endpoint.tell(router, Execute(waiting, me))
                 call.direct = None
+                router = self._tell_router(endpoint, call, router, waiting, me)
+                if router is None:
+                    return
                 continue
             reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
             if reply is None:
@@ -356,6 +374,23 @@ class Courier:
             elif isinstance(reply, PoisonMessage):
                 self._router = None  # the router moved; the next call looks it up again
                 return
+
+    def _tell_router(
+        self, endpoint: Any, call: _Call, router: Any, items: list[CommandItem], me: Any
+    ) -> Any:
+        """Tell the router ``items``; if it died under this call (Thespian then raises), tell
+        its next instance, the items named (the one that died may have passed them on). The
+        router told, or None when none could be (what is left then times out)."""
+        if _tell(endpoint, router, Execute(items, me)):
+            return router
+        self._router = None
+        left = call.deadline - time.monotonic()
+        try:
+            router = self.router_address(patience=max(0.05, min(10.0, left)))
+        except SystemNotRunning:
+            return None
+        named = [attrs.evolve(item, idempotent=True) for item in items]
+        return router if _tell(endpoint, router, Execute(named, me)) else None
 
     def _time_out(self, call: _Call) -> None:
         """What is still waiting gets :class:`DispatchTimeout`."""

@@ -336,3 +336,72 @@ def _ppid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+# -- dispatch_many (and `send --file`) while the router is killed -------------------------------
+
+
+def test_dispatch_many_while_the_router_is_killed_gives_answers_not_a_thespian_error(
+    tmp_path: Path,
+) -> None:
+    """A `dispatch_many` of many batches is being sent through the router when the router is
+    SIGKILLed. Thespian's `tell` to the dead router raised `ActorSystemFailure: Error sending
+    to ...: -SENDSTS_DEADTARGET` out of `dispatch_many`: not a BackstageError, every answer of
+    the call lost, and `backstage send --file` died with a traceback half-way through its file
+    (no report of what was stored). Each command must get an answer: its result, or a
+    DispatchTimeout; the named ones sent again are stored once."""
+    import sqlite3
+    import threading
+
+    from backstage_actors.command import DispatchResult
+    from backstage_actors.errors import DispatchTimeout
+    from examples.bank import make_app
+    from examples.bank.domain import Deposit, OpenAccount
+
+    from .conftest import thespian_log_defs
+
+    database = tmp_path / "bank.db"
+    app = make_app(str(database))
+    system = app.start(base="multiproc", log_defs=thespian_log_defs(str(tmp_path / "a.log")))
+    try:
+        system.dispatch(OpenAccount("rvm", "M"), timeout=30)
+        router = next(c for c in system.tree()["children"] if c["name"] == "router")
+        count = 20_000
+        commands = [Deposit("rvm", 1) for _ in range(count)]
+        ids = [{"command_id": f"rvm-{n}"} for n in range(count)]
+
+        def stored() -> int:
+            with contextlib.closing(sqlite3.connect(database)) as db:
+                return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+        def killer() -> None:
+            import time
+
+            deadline = time.monotonic() + 60
+            while stored() < 1_000 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.kill(int(router["pid"]), signal.SIGKILL)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            results = system.dispatch_many(commands, metadata=ids, timeout=10, batch_size=100)
+        finally:
+            thread.join()
+        assert all(isinstance(r, (DispatchResult, DispatchTimeout)) for r in results)
+        # Sending the unanswered ones again (named) settles them; nothing is stored twice.
+        again = [n for n, r in enumerate(results) if not isinstance(r, DispatchResult)]
+        settled = system.dispatch_many(
+            [commands[n] for n in again], metadata=[ids[n] for n in again], timeout=60
+        )
+        assert all(isinstance(r, DispatchResult) for r in settled)
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            named = [
+                json.loads(m).get("command_id")
+                for (m,) in db.execute(
+                    "SELECT metadata FROM events WHERE type = 'MoneyDeposited'"
+                ).fetchall()
+            ]
+        assert sorted(named) == sorted(i["command_id"] for i in ids)
+    finally:
+        system.stop()
