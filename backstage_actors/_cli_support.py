@@ -99,21 +99,38 @@ class Session:
 
     def __init__(self) -> None:
         self.attached: dict[tuple[str, int], tuple[Any, Any]] = {}
+        # (host, port) -> the daemon attached to there, as its state file named it
+        self.daemons: dict[tuple[str, int], Any] = {}
 
     def system(
         self, port: int, need_app: bool = True, host: str = _daemon.LOCAL
     ) -> tuple[Any, Any]:
-        """The daemon on ``host:port``; without ``need_app`` its module need not import here."""
+        """The daemon on ``host:port``; without ``need_app`` its module need not import here.
+        A daemon stopped and started again since (a shell outlives it) is attached afresh."""
         known = self.attached.get((host, port))
+        now = _identity(_daemon.read_state(port, host))
+        if known is not None and self.daemons.get((host, port)) != now:
+            self.forget(port, host)
+            known = None
         if known is None or (need_app and getattr(known[0], "stand_in", False)):
             try:
                 self.attached[host, port] = _daemon.attach(port, need_app, host)
             except BackstageError as exc:
                 fail(str(exc), exit_code_for(exc))
+            self.daemons[host, port] = now
         return self.attached[host, port]
 
     def forget(self, port: int, host: str = _daemon.LOCAL) -> None:
-        self.attached.pop((host, port), None)
+        known = self.attached.pop((host, port), None)
+        self.daemons.pop((host, port), None)
+        if known is not None:
+            with contextlib.suppress(Exception):
+                known[1].stop()  # (an attached handle only lets go)
+
+
+def _identity(state: Any) -> Any:
+    """Which daemon a state file names: its admin and when it started (None: no state)."""
+    return (state.get("admin_pid"), state.get("started_at")) if state else None
 
 
 def resolve_command(app: Any, name: str) -> type:

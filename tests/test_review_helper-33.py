@@ -405,3 +405,41 @@ def test_dispatch_many_while_the_router_is_killed_gives_answers_not_a_thespian_e
         assert sorted(named) == sorted(i["command_id"] for i in ids)
     finally:
         system.stop()
+
+
+# -- a shell (one Session) outlives a restart of its daemon --------------------------------------
+
+
+def test_a_shell_keeps_working_after_its_daemon_was_restarted(tmp_path: Path) -> None:
+    """`backstage shell` keeps the daemon it attached to for its whole session. After a
+    `backstage stop` and `backstage start` (another terminal, a deploy), every `send` of the
+    open shell timed out ("may or may not have been executed": it was not) and every `status`
+    said the root does not answer, until a `tree` happened to drop the stale handle. The
+    shell must talk to the daemon that runs now."""
+    from unittest import mock
+
+    from backstage_actors.cli import Session, run
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    session = Session()
+    port = str(backstage.port)
+    try:
+        started = backstage.start()
+        assert started.returncode == 0, started.stderr
+        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
+            opened = ["send", "OpenAccount", '{"account_id": "rvs", "owner": "S"}']
+            assert run([*opened, "--port", port], session) == 0
+            assert backstage.run("stop").returncode == 0
+            restarted = backstage.start()
+            assert restarted.returncode == 0, restarted.stderr
+
+            deposit = ["send", "Deposit", '{"account_id": "rvs", "amount": 2}', "--timeout", "5"]
+            assert run([*deposit, "--port", port], session) == 0
+            assert run(["status", "--port", port], session) == 0
+    finally:
+        for _, system in session.attached.values():
+            with contextlib.suppress(Exception):
+                system.stop()
+        shut_down(backstage)
