@@ -28,7 +28,7 @@ from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_positio
 from ._protocol import Settings
 from .aggregate import Aggregate
 from .command import CommandItem, DispatchResult, new_item
-from .errors import BackstageError, SystemNotRunning
+from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
 from .middleware import Pipeline
 from .store import EventStore
 
@@ -265,8 +265,34 @@ class RunningSystem:
         """:meth:`wait_for` within ``left`` seconds, what is left of a call of ``asked``."""
         if not self.app.subscribers:
             return
-        with self._endpoint() as endpoint:
-            wait_for_position(endpoint, self.root, position, handlers, left, asked)
+        began = time.monotonic()
+        try:
+            with self._endpoint() as endpoint:
+                wait_for_position(endpoint, self.root, position, handlers, left, asked)
+        except ConsistencyTimeout:
+            # An attached program's daemon may have been started again: its root moved.
+            rest = left - (time.monotonic() - began)
+            if not self._root_moved() or rest <= 0.05:
+                raise
+            with self._endpoint() as endpoint:
+                wait_for_position(endpoint, self.root, position, handlers, rest, asked)
+
+    def _root_moved(self) -> bool:
+        """Whether the application's root is somewhere else now (an attached handle whose
+        daemon was stopped and started again): then it is looked up by its global name, as
+        ``attach`` did, and the handle uses the new one."""
+        if self.owns_system or self.base == "simple" or self._stopped:
+            return False
+        try:
+            with self._endpoint() as endpoint:
+                root = endpoint.createActor(supervisors.Supervisor, globalName=self.app.root_name)
+        except Exception:  # no admin there (yet): nothing moved that can be found
+            return False
+        if root == self.root:
+            return False
+        self.root = self._courier.root = root
+        self._courier._router = None
+        return True
 
     @property
     def store(self) -> Any:
@@ -317,13 +343,15 @@ class RunningSystem:
 
     def tree(self, timeout: float = 5.0) -> dict[str, Any]:
         """The live supervision tree as nested dicts."""
-        with self._endpoint() as endpoint:
-            try:
-                return supervisors.tree(endpoint, self.root, timeout=timeout)
-            except supervisors.SupervisionError as exc:
-                raise SystemNotRunning(
-                    f"the application's root supervisor does not answer: {exc}"
-                ) from None
+        for attempt in (1, 2):
+            with self._endpoint() as endpoint:
+                try:
+                    return supervisors.tree(endpoint, self.root, timeout=timeout)
+                except supervisors.SupervisionError as exc:
+                    failure = exc
+            if attempt == 2 or not self._root_moved():
+                break
+        raise SystemNotRunning(f"the application's root supervisor does not answer: {failure}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Orderly shutdown: the tree stops in reverse start order, then the actor system.
