@@ -348,25 +348,49 @@ def wait_for_position(
 def rebuild_projection(
     endpoint: Any, root: Any, name: str, progress: Any = None, timeout: float = 600.0
 ) -> int:
-    """Reset projection ``name`` and replay it from the origin; returns the events replayed."""
+    """Reset projection ``name`` and replay it from the origin; returns the events replayed.
+
+    A projection restarted in the middle (its process killed) has lost who waits for it: after
+    a quiet spell the bus is asked where it is, and a new instance is asked for the rebuild
+    again (it starts over from the origin: the same end, and the caller hears of it)."""
     request_id = str(uuid.uuid4())
-    endpoint.tell(_bus(endpoint, root), RebuildRequest(name, request_id))
+    bus = _bus(endpoint, root)
+    endpoint.tell(bus, RebuildRequest(name, request_id))
     deadline = time.monotonic() + timeout
+    instance: Any = None  # the projection's address, once the bus said it
+    asked = ""  # the id of an unanswered question to the bus, where the projection is
+    quiet_since = time.monotonic()
+    endpoint.tell(bus, supervisors.WhereIs(name, asked := f"{request_id}-where"))
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BackstageError(f"rebuild of {name!r} did not finish within {timeout}s")
         reply = endpoint.listen(min(remaining, 0.5))
+        if isinstance(reply, supervisors.ChildAddress) and reply.request_id == asked:
+            asked = ""
+            if instance is not None and reply.address not in (None, instance):
+                endpoint.tell(bus, RebuildRequest(name, request_id))  # its new instance
+            instance = reply.address or instance
+            continue
         if isinstance(reply, supervisors.Failure):
             raise BackstageError(f"cannot rebuild {name!r}: {reply.message}")
         if not isinstance(reply, RebuildProgress) or reply.request_id != request_id:
+            if not asked and time.monotonic() - quiet_since > QUIET_REBUILD:
+                quiet_since = time.monotonic()
+                asked = f"{request_id}-where-{quiet_since}"
+                endpoint.tell(bus, supervisors.WhereIs(name, asked))
             continue
+        quiet_since = time.monotonic()
         if reply.error:
             raise BackstageError(f"cannot rebuild {name!r}: {reply.error}")
         if progress is not None:
             progress(reply.done, reply.total)
         if reply.finished:
             return reply.done
+
+
+#: Seconds without a word of a rebuild before the bus is asked whether its projection restarted.
+QUIET_REBUILD = 2.0
 
 
 def retry_dead_letters(

@@ -492,3 +492,52 @@ def test_an_attached_program_recovers_its_strong_dispatches_after_a_daemon_resta
         if system is not None:
             system.stop()
         shut_down(backstage)
+
+
+# -- a projection killed in the middle of its rebuild --------------------------------------------
+
+
+def test_rebuild_finishes_when_the_projection_is_killed_in_the_middle(tmp_path: Path) -> None:
+    """`backstage rebuild` (RunningSystem.rebuild) waits for the projection's progress; the
+    projection's process is SIGKILLed half-way. Its next instance goes on from the checkpoint
+    the rebuild reset, and catches up; but nobody told the caller, who waited out its whole
+    timeout (600 s by default, the CLI has no other) for a "finished" that never came. The
+    caller must get its answer once the rebuild is done."""
+    import time
+
+    from backstage_actors.command import DispatchResult
+    from examples.bank import make_app
+    from examples.bank.domain import Deposit, OpenAccount
+
+    from .conftest import thespian_log_defs
+
+    app = make_app(str(tmp_path / "bank.db"))
+    system = app.start(base="multiproc", log_defs=thespian_log_defs(str(tmp_path / "a.log")))
+    try:
+        system.dispatch(OpenAccount("rvb", "B"), timeout=30)
+        results = system.dispatch_many([Deposit("rvb", 1) for _ in range(6_000)], timeout=120)
+        assert all(isinstance(r, DispatchResult) for r in results)
+        last = system.settle(timeout=60)
+
+        def balances_pid() -> int:
+            return next(int(n["pid"]) for n in _walk(system.tree()) if n.get("name") == "balances")
+
+        victim = balances_pid()
+        killed: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            if not killed and 0 < done < total:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(done)
+
+        began = time.monotonic()
+        count = system.rebuild("balances", progress=progress, timeout=60)
+
+        assert killed, "the rebuild ended before it could be interrupted"
+        assert count == last
+        assert time.monotonic() - began < 30
+        assert balances_pid() != victim
+        with contextlib.closing(__import__("sqlite3").connect(tmp_path / "bank.db")) as db:
+            assert db.execute("SELECT balance FROM balances").fetchall() == [(6_000,)]
+    finally:
+        system.stop()
