@@ -1,0 +1,131 @@
+"""Domain of helper-32's review tests (module-level: multiproc actors unpickle by reference)."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Optional, Union
+from uuid import UUID
+
+import attrs
+
+from backstage_actors import Aggregate, Application, Router
+
+
+class RvqColour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@attrs.frozen
+class RvqLine:
+    sku: str
+    qty: int
+
+
+@attrs.frozen
+class RvqRich:
+    box_id: str
+    count: int
+    maybe: Optional[int] = None
+    either: Union[int, str] = 0
+    lines: list[RvqLine] = attrs.Factory(list)
+    tags: dict[str, int] = attrs.Factory(dict)
+    when: Optional[datetime] = None
+    price: Decimal = Decimal("0")
+    ref: Optional[UUID] = None
+    colour: RvqColour = RvqColour.RED
+
+
+@attrs.frozen
+class RvqPut:
+    box_id: str
+    amount: int
+
+
+@attrs.frozen
+class RvqOdd:
+    box_id: str
+    mode: str
+
+
+@attrs.frozen
+class RvqPutted:
+    box_id: str
+    amount: int
+
+
+@attrs.frozen
+class RvqBoomed:
+    """Its apply raises an exception whose str() fails."""
+
+    box_id: str
+
+
+class RvqBase(BaseException):
+    """A BaseException of user code (not Exception)."""
+
+
+class RvqNoStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class RvqNoPickle(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class RvqBox(Aggregate):
+    def __init__(self) -> None:
+        self.total = 0
+
+    def execute(self, command: Any) -> Any:
+        if isinstance(command, RvqPut):
+            return RvqPutted(command.box_id, command.amount)
+        if isinstance(command, RvqRich):
+            return RvqPutted(command.box_id, command.count)
+        if isinstance(command, RvqOdd):
+            mode = command.mode
+            if mode == "str":
+                return "not an event"
+            if mode == "dict":
+                return {"box_id": command.box_id, "amount": 1}
+            if mode == "gen":
+                return (RvqPutted(command.box_id, n) for n in range(2))
+            if mode == "type":
+                return RvqPutted
+            if mode == "nones":
+                return [None]
+            if mode == "base":
+                raise RvqBase("user BaseException")
+            if mode == "sysexit":
+                raise SystemExit(3)
+            if mode == "nostr":
+                raise RvqNoStr()
+            if mode == "nopickle":
+                raise RvqNoPickle("holds a lock")
+            if mode == "applynostr":
+                return RvqBoomed(command.box_id)
+            if mode == "recursion":
+                raise RecursionError("deep")
+        return []
+
+    def apply(self, event: Any) -> None:
+        if isinstance(event, RvqBoomed):
+            raise RvqNoStr()
+        self.total += event.amount
+
+
+router = Router()
+router.dispatch([RvqRich, RvqPut, RvqOdd], to=RvqBox, identity="box_id")
+
+
+def make_app(**options: Any) -> Application:
+    return Application("review32", router=router, **options)
+
+
+app = make_app(database="review32.db")
