@@ -173,7 +173,8 @@ def structure(data: Any, cls: type[T], what: str | None = None) -> T:
             # Every bad field at once, in one error: a user fixes them all in one go.
             problems = [message.rpartition(" @ ") for message in messages]
             described = "; ".join(f"{message} at {path}" for message, _, path in problems)
-            raise SerializationError(f"{label}: {_one_line(described)}", problems[0][2]) from None
+            paths = [_one_line(path) for _, _, path in problems]
+            raise SerializationError(f"{label}: {_one_line(described)}", paths[0], paths) from None
         raise SerializationError(f"{label}: {type(exc).__name__}: {exc}") from None
 
 

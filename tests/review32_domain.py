@@ -30,7 +30,7 @@ class RvqRich:
     box_id: str
     count: int
     maybe: Optional[int] = None
-    either: Union[int, str] = 0
+    either: Optional[str] = None
     lines: list[RvqLine] = attrs.Factory(list)
     tags: dict[str, int] = attrs.Factory(dict)
     when: Optional[datetime] = None

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from backstage_actors import AggregateFailed, CommandRejected
-from backstage_actors.command import DispatchResult
+from backstage_actors import AggregateFailed, CommandRejected, SerializationError
+from backstage_actors.command import DispatchResult, command_from_data
 
-from .review32_domain import RvqOdd, RvqPut, make_app
+from .review32_domain import RvqOdd, RvqPut, RvqRich, make_app
 
 
 def amounts(system: Any, stream_id: str) -> list[int]:
@@ -32,3 +32,15 @@ def test_an_exception_whose_str_fails_is_a_rejection_of_that_command_alone(
         system.dispatch(RvqOdd("ns-1", "applynostr"), timeout=8.0)
     assert system.dispatch(RvqPut("ns-1", 4), timeout=8.0).version == 2
     assert amounts(system, "RvqBox-ns-1") == [1, 4]
+
+
+def test_a_command_built_from_json_names_every_bad_field_in_paths() -> None:
+    with pytest.raises(SerializationError) as caught:
+        command_from_data(
+            RvqRich,
+            {"box_id": 5, "count": "x", "lines": [{"sku": 1, "qty": 1}], "colour": "green"},
+        )
+    error = caught.value
+    assert error.paths == ["$.box_id", "$.count", "$.lines[0].sku", "$.colour"], error.paths
+    for path in error.paths:
+        assert path in str(error)
