@@ -124,10 +124,16 @@ class RunningSystem:
         timeout = _check_timeout(timeout)
         deadline = time.monotonic() + timeout  # (the strong wait gets what is left of it)
         pipeline = Pipeline(command, dict(metadata or {}), consistency)
-        for middleware in self.app.middleware:
-            middleware.before_dispatch(pipeline)
-            if pipeline.halted:
-                return self._failed(pipeline)
+        try:
+            for middleware in self.app.middleware:
+                middleware.before_dispatch(pipeline)
+                if pipeline.halted:
+                    break
+        except Exception as exc:  # as a halt: the after_failure hooks hear of it (as in
+            pipeline.error = exc  # dispatch_many)
+            return self._failed(pipeline)
+        if pipeline.halted:
+            return self._failed(pipeline)
         try:
             with telemetry.span(
                 "dispatch", command=type(command).__name__, consistency=consistency
@@ -237,8 +243,11 @@ class RunningSystem:
             else:
                 sent.result = result
                 hooks = "after_dispatch"
-            for middleware in chain:
-                getattr(middleware, hooks)(sent)
+            try:
+                for middleware in chain:
+                    getattr(middleware, hooks)(sent)
+            except Exception as exc:  # this command's answer, as dispatch() raises it; the
+                answers[index] = exc  # others' answers (stored, some of them) still come back
         return [answer for answer in answers if answer is not None]
 
     def _item(self, command: Any, metadata: Mapping[str, Any] | None) -> CommandItem:

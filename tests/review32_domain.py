@@ -129,3 +129,26 @@ def make_app(**options: Any) -> Application:
 
 
 app = make_app(database="review32.db")
+
+
+class RvqRecorder:
+    """Middleware that records each hook call; raises in a hook for box ids starting ``boom-``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def _box(self, pipeline: Any) -> str:
+        return str(getattr(pipeline.command, "box_id", ""))
+
+    def before_dispatch(self, pipeline: Any) -> None:
+        self.calls.append(("before", self._box(pipeline)))
+        if self._box(pipeline).startswith("boom-before"):
+            raise RuntimeError("before_dispatch failed")
+
+    def after_dispatch(self, pipeline: Any) -> None:
+        self.calls.append(("after", self._box(pipeline)))
+        if self._box(pipeline).startswith("boom-after"):
+            raise RuntimeError("after_dispatch failed")
+
+    def after_failure(self, pipeline: Any) -> None:
+        self.calls.append(("failure", self._box(pipeline)))

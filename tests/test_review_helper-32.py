@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from backstage_actors import AggregateFailed, CommandRejected, SerializationError
+from backstage_actors import AggregateFailed, CommandRejected, Middleware, SerializationError
 from backstage_actors.command import DispatchResult, command_from_data
 
-from .review32_domain import RvqOdd, RvqPut, RvqRich, make_app
+from .review32_domain import RvqOdd, RvqPut, RvqRecorder, RvqRich, make_app
 
 
 def amounts(system: Any, stream_id: str) -> list[int]:
@@ -44,3 +44,35 @@ def test_a_command_built_from_json_names_every_bad_field_in_paths() -> None:
     assert error.paths == ["$.box_id", "$.count", "$.lines[0].sku", "$.colour"], error.paths
     for path in error.paths:
         assert path in str(error)
+
+
+class RvqMiddleware(RvqRecorder, Middleware):
+    pass
+
+
+def test_a_middleware_raising_after_one_command_of_a_batch_loses_no_other_answer(
+    start_app: Any, base: str
+) -> None:
+    recorder = RvqMiddleware()
+    system = start_app(make_app(middleware=[recorder]))
+    answers = system.dispatch_many([RvqPut("mw-1", 1), RvqPut("boom-after-1", 2), RvqPut("mw-2", 3)])
+    assert [type(answer).__name__ for answer in answers] == [
+        "DispatchResult",
+        "RuntimeError",
+        "DispatchResult",
+    ]
+    assert answers[0].version == 1 and answers[2].version == 1  # type: ignore[union-attr]
+    assert ("after", "mw-2") in recorder.calls  # its own hooks still ran
+    assert system.dispatch(RvqPut("mw-1", 4)).version == 2
+
+
+def test_a_middleware_raising_before_dispatch_is_heard_by_after_failure(start_app: Any) -> None:
+    recorder = RvqMiddleware()
+    system = start_app(make_app(middleware=[recorder]))
+    with pytest.raises(RuntimeError, match="before_dispatch failed"):
+        system.dispatch(RvqPut("boom-before-1", 1))
+    # As in dispatch_many, and as for a halt: the failure hooks hear of it.
+    assert recorder.calls[-1] == ("failure", "boom-before-1")
+    assert system.dispatch_many([RvqPut("boom-before-2", 1)])[0].args == ("before_dispatch failed",)
+    assert recorder.calls[-1] == ("failure", "boom-before-2")
+    assert system.dispatch(RvqPut("mw-3", 1)).version == 1
