@@ -12,6 +12,7 @@ from uuid import UUID
 import attrs
 
 from backstage_actors import Aggregate, Application, Router
+from backstage_actors.event import upcaster
 
 
 class RvqColour(enum.Enum):
@@ -152,3 +153,19 @@ class RvqRecorder:
 
     def after_failure(self, pipeline: Any) -> None:
         self.calls.append(("failure", self._box(pipeline)))
+
+
+@attrs.frozen
+class RvqRenamed:
+    """Version 2; its upcaster from version 1 fails on a payload without ``old_name``."""
+
+    __event_version__ = 2
+    box_id: str
+    name: str
+
+
+def _rvq_upcast_renamed(data: dict[str, Any]) -> dict[str, Any]:
+    return {"box_id": data["box_id"], "name": data.pop("old_name")}  # KeyError without it
+
+
+upcaster("RvqRenamed", 1)(_rvq_upcast_renamed)

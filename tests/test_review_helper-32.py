@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backstage_actors import AggregateFailed, CommandRejected, Middleware, SerializationError
+from backstage_actors import (
+    AggregateFailed,
+    CommandRejected,
+    EventStore,
+    Middleware,
+    SerializationError,
+    StoredEventError,
+)
 from backstage_actors.command import DispatchResult, command_from_data
 
-from .review32_domain import RvqOdd, RvqPut, RvqRecorder, RvqRich, make_app
+from .review32_domain import (
+    RvqOdd,
+    RvqPut,
+    RvqPutted,
+    RvqRecorder,
+    RvqRenamed,
+    RvqRich,
+    make_app,
+)
+from .test_cli import BACKSTAGE
 
 
 def amounts(system: Any, stream_id: str) -> list[int]:
@@ -76,3 +96,31 @@ def test_a_middleware_raising_before_dispatch_is_heard_by_after_failure(start_ap
     assert system.dispatch_many([RvqPut("boom-before-2", 1)])[0].args == ("before_dispatch failed",)
     assert recorder.calls[-1] == ("failure", "boom-before-2")
     assert system.dispatch(RvqPut("mw-3", 1)).version == 1
+
+
+@pytest.mark.process
+def test_an_upcaster_that_fails_on_a_stored_payload_makes_that_row_unreadable(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "events.db"
+    with contextlib.closing(EventStore(str(database))) as store:
+        store.append("RvqBox-u1", [RvqPutted("u1", 1), RvqRenamed("u1", "a"), RvqPutted("u1", 2)])
+    # The middle row as an older release wrote it: version 1, without the field its upcaster reads.
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE events SET schema_version = 1 WHERE position = 2")
+
+    with contextlib.closing(EventStore(str(database))) as store:
+        with pytest.raises(StoredEventError, match="position 2.*upcaster.*KeyError") as caught:
+            list(store.read_stream("RvqBox-u1"))
+        assert caught.value.position == 2
+        skipped: list[StoredEventError] = []
+        shown = list(store.read_all(on_unreadable=skipped.append))
+        assert [event.position for event in shown] == [1, 3]
+        assert [error.position for error in skipped] == [2]
+
+    result = subprocess.run(
+        [BACKSTAGE, "events", "--db", str(database)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: skipped the event at position 2")
+    assert [int(line.split()[0]) for line in result.stdout.splitlines()] == [1, 3]
