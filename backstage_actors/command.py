@@ -8,6 +8,7 @@ and answers each with a :class:`DispatchResult` or an error.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import _serialization as ser
 from ._ids import new_id, request_id
 from .errors import InvalidCommand, SerializationError
 from .limits import DEFAULT_LIMITS, Limits, check_command, check_data
+from .router import UnknownCommand
 from .store.records import RecordedEvent
 
 __all__ = ["CommandItem", "DispatchResult", "command_from_data", "new_item"]
@@ -51,9 +53,27 @@ class CommandItem:
     def command_id(self) -> str:
         return str(self.metadata["command_id"])
 
+    def __reduce__(self) -> Any:
+        # The command travels as a pickle of its own: a process that cannot load its class (a
+        # daemon running another version of the app) still reads the item, and answers it with
+        # an UnregisteredCommand, instead of dropping the whole message (every command in it).
+        command = pickle.dumps(self.command, pickle.HIGHEST_PROTOCOL)
+        return (_load_item, (self.request_id, command, self.metadata, self.idempotent))
+
     @property
     def correlation_id(self) -> str:
         return str(self.metadata.get("correlation_id", ""))
+
+
+def _load_item(
+    request_id: str, command: bytes, metadata: dict[str, Any], idempotent: bool
+) -> CommandItem:
+    try:
+        loaded = pickle.loads(command)
+    except Exception as exc:
+        name = str(metadata.get("command", "a command"))
+        loaded = UnknownCommand(name, f"{type(exc).__name__}: {exc}")
+    return CommandItem(request_id, loaded, metadata, idempotent)
 
 
 def new_item(

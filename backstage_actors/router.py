@@ -31,6 +31,25 @@ class Route:
     lifespan: float | None = None
 
 
+class UnknownCommand:
+    """Stands for a command whose class this process cannot load; routed nowhere."""
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, name: str, error: str) -> None:
+        self.name = name
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        return (UnknownCommand, (self.name, self.error))
+
+    def refusal(self) -> UnregisteredCommand:
+        return UnregisteredCommand(
+            f"{self.name}: the running system cannot load this command's class ({self.error}); "
+            "is it routed by the application it runs?"
+        )
+
+
 def _field_names(cls: type) -> list[str]:
     if attrs.has(cls):
         return [f.name for f in attrs.fields(cls)]
@@ -75,6 +94,8 @@ class Router:
         """The route of ``command``'s type; :class:`UnregisteredCommand` if it has none."""
         route = self.routes.get(type(command))
         if route is None:
+            if isinstance(command, UnknownCommand):
+                raise command.refusal()
             raise UnregisteredCommand(f"no route for command {type(command).__name__}")
         return route
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,20 @@ import pytest
 
 from backstage_actors import (
     AggregateFailed,
+    Application,
     CommandRejected,
     EventStore,
     Middleware,
+    Router,
     SerializationError,
     StoredEventError,
+    UnregisteredCommand,
 )
 from backstage_actors.command import DispatchResult, command_from_data
 
+from .conftest import free_port
 from .review32_domain import (
+    RvqBox,
     RvqOdd,
     RvqPut,
     RvqPutted,
@@ -124,3 +131,47 @@ def test_an_upcaster_that_fails_on_a_stored_payload_makes_that_row_unreadable(
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("warning: skipped the event at position 2")
     assert [int(line.split()[0]) for line in result.stdout.splitlines()] == [1, 3]
+
+
+CLIENT_ONLY = '''
+import attrs
+
+
+@attrs.frozen
+class RvqClientOnly:
+    box_id: str
+    amount: int
+'''
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_command_class_the_daemon_cannot_load_is_unregistered_at_once(
+    start_app: Any, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    system = start_app(make_app(), port=port)
+    system.dispatch(RvqPut("cl-1", 1))
+    # A newer client: a command class of a module the running system's processes cannot import.
+    (tmp_path / "rvq_client_only_module.py").write_text(CLIENT_ONLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rvq_client_only_module", raising=False)
+    from rvq_client_only_module import RvqClientOnly  # type: ignore[import-not-found]
+
+    newer = Router()
+    newer.dispatch([RvqPut, RvqClientOnly], to=RvqBox, identity="box_id")
+    with Application("review32", router=newer).attach(port=port) as client:
+        started = time.monotonic()
+        with pytest.raises(UnregisteredCommand, match="RvqClientOnly.*cannot load"):
+            client.dispatch(RvqClientOnly("cl-1", 5), timeout=8.0)
+        answers = client.dispatch_many(
+            [RvqPut("cl-2", 1), RvqClientOnly("cl-2", 5), RvqPut("cl-3", 1)], timeout=8.0
+        )
+        assert time.monotonic() - started < 8.0  # answered, not timed out
+        assert [type(answer).__name__ for answer in answers] == [
+            "DispatchResult",
+            "UnregisteredCommand",
+            "DispatchResult",
+        ]
+        assert client.dispatch(RvqPut("cl-1", 2)).version == 2
+    sys.modules.pop("rvq_client_only_module", None)
