@@ -27,7 +27,7 @@ from . import _async, _courier, _shared, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._protocol import Settings
 from .aggregate import Aggregate
-from .command import CommandItem, DispatchResult, new_item
+from .command import CommandItem, DispatchResult, check_sendable, new_item
 from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
 from .middleware import Pipeline
 from .store import EventStore
@@ -255,7 +255,10 @@ class RunningSystem:
         way in comes here: the API, the CLI, the shell, ``send --file``)."""
         route = self.app.router.routes.get(type(command))
         identity = route.identity if route is not None else None
-        return new_item(command, metadata, self.settings.limits, identity)
+        item = new_item(command, metadata, self.settings.limits, identity)
+        if self.base != "simple":  # it travels as a pickle: check it here, not mid-send
+            check_sendable(command)
+        return item
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
         return self._courier.send(items, timeout, batch_size)

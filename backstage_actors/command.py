@@ -7,6 +7,7 @@ and answers each with a :class:`DispatchResult` or an error.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from .limits import DEFAULT_LIMITS, Limits, check_command, check_data
 from .router import UnknownCommand
 from .store.records import RecordedEvent
 
-__all__ = ["CommandItem", "DispatchResult", "command_from_data", "new_item"]
+__all__ = ["CommandItem", "DispatchResult", "check_sendable", "command_from_data", "new_item"]
 
 
 @attrs.frozen
@@ -74,6 +75,36 @@ def _load_item(
         name = str(metadata.get("command", "a command"))
         loaded = UnknownCommand(name, f"{type(exc).__name__}: {exc}")
     return CommandItem(request_id, loaded, metadata, idempotent)
+
+
+def check_sendable(command: Any) -> None:
+    """A command that must travel to other processes (multiproc) must pickle: one that does
+    not (a function, a lock, a generator in a loosely typed field) is a
+    :class:`SerializationError` naming its fields, before anything is sent."""
+    try:
+        pickle.dumps(command, pickle.HIGHEST_PROTOCOL)
+        return
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    name = type(command).__name__
+    paths = []
+    for field in attrs.fields(type(command)) if attrs.has(type(command)) else []:
+        try:
+            pickle.dumps(getattr(command, field.name, None), pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            paths.append(f"$.{field.name}")
+    if dataclasses.is_dataclass(command):
+        for field in dataclasses.fields(command):
+            try:
+                pickle.dumps(getattr(command, field.name, None), pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                paths.append(f"$.{field.name}")
+    where = ", ".join(paths) or "$"
+    raise SerializationError(
+        f"{name}: cannot be sent to the running system's processes: {where}: {error}",
+        paths[0] if paths else "$",
+        paths,
+    )
 
 
 def new_item(

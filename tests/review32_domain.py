@@ -169,3 +169,19 @@ def _rvq_upcast_renamed(data: dict[str, Any]) -> dict[str, Any]:
 
 
 upcaster("RvqRenamed", 1)(_rvq_upcast_renamed)
+
+
+@attrs.frozen
+class RvqLoose:
+    """A command with an untyped field: whatever the caller puts there."""
+
+    box_id: str
+    payload: Any = None
+
+
+class RvqLooseBox(Aggregate):
+    def execute(self, command: Any) -> Any:
+        return RvqPutted(command.box_id, 1)
+
+
+router.dispatch(RvqLoose, to=RvqLooseBox, identity="box_id")

@@ -6,6 +6,7 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from backstage_actors.command import DispatchResult, command_from_data
 from .conftest import free_port
 from .review32_domain import (
     RvqBox,
+    RvqLoose,
     RvqOdd,
     RvqPut,
     RvqPutted,
@@ -175,3 +177,23 @@ def test_a_command_class_the_daemon_cannot_load_is_unregistered_at_once(
         ]
         assert client.dispatch(RvqPut("cl-1", 2)).version == 2
     sys.modules.pop("rvq_client_only_module", None)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_a_command_that_cannot_travel_fails_alone_with_a_serialization_error(
+    start_app: Any, base: str
+) -> None:
+    system = start_app(make_app())
+    with pytest.raises(SerializationError, match=r"\$\.payload.*cannot pickle") as caught:
+        system.dispatch(RvqLoose("lo-1", threading.Lock()))
+    assert caught.value.paths == ["$.payload"]
+    answers = system.dispatch_many(
+        [RvqPut("lo-2", 1), RvqLoose("lo-1", threading.Lock()), RvqPut("lo-3", 1)], batch_size=1
+    )
+    assert [type(answer).__name__ for answer in answers] == [
+        "DispatchResult",
+        "SerializationError",
+        "DispatchResult",
+    ]
+    assert system.dispatch(RvqLoose("lo-1", [1, 2])).version == 1
