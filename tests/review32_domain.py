@@ -185,3 +185,26 @@ class RvqLooseBox(Aggregate):
 
 
 router.dispatch(RvqLoose, to=RvqLooseBox, identity="box_id")
+
+
+@attrs.frozen
+class RvqNewer:
+    """Its aggregate records an event of a module only the running system's processes load
+    (a daemon newer than its client): ``where`` is that module's directory."""
+
+    box_id: str
+    where: str
+
+
+class RvqNewerBox(Aggregate):
+    def execute(self, command: Any) -> Any:
+        import importlib
+        import sys
+
+        if command.where not in sys.path:
+            sys.path.insert(0, command.where)
+        module = importlib.import_module("rvq_server_only")
+        return module.RvqServerOnlyEvent(command.box_id, 1)
+
+
+router.dispatch(RvqNewer, to=RvqNewerBox, identity="box_id")

@@ -30,6 +30,7 @@ from .conftest import free_port
 from .review32_domain import (
     RvqBox,
     RvqLoose,
+    RvqNewer,
     RvqOdd,
     RvqPut,
     RvqPutted,
@@ -197,3 +198,36 @@ def test_a_command_that_cannot_travel_fails_alone_with_a_serialization_error(
         "DispatchResult",
     ]
     assert system.dispatch(RvqLoose("lo-1", [1, 2])).version == 1
+
+
+SERVER_ONLY = '''
+import attrs
+
+
+@attrs.frozen
+class RvqServerOnlyEvent:
+    box_id: str
+    amount: int
+'''
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_an_answer_whose_event_class_the_caller_cannot_load_still_arrives(
+    start_app: Any, base: str, tmp_path: Path
+) -> None:
+    # The running system records an event of a module its client cannot import (the client
+    # runs an older release): the command is stored, and its caller must hear so.
+    (tmp_path / "rvq_server_only.py").write_text(SERVER_ONLY)
+    assert "rvq_server_only" not in sys.modules
+    system = start_app(make_app())
+    started = time.monotonic()
+    result = system.dispatch(RvqNewer("nw-1", str(tmp_path)), timeout=8.0)
+    assert time.monotonic() - started < 8.0
+    assert (result.stream_id, result.version) == ("RvqNewerBox-nw-1", 1)
+    [event] = result.events
+    assert event.type == "RvqServerOnlyEvent"
+    assert type(event.data).__name__ == "UnloadedEvent"  # (store.records)
+    assert "rvq_server_only" in event.data.error
+    assert "rvq_server_only" not in sys.modules
+    assert system.dispatch(RvqPut("nw-1", 1)).version == 1

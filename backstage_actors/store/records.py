@@ -8,6 +8,7 @@ can name them without importing a store.
 from __future__ import annotations
 
 import enum
+import pickle
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "RecordedEvent",
     "Rejection",
     "Snapshot",
+    "UnloadedEvent",
 ]
 
 
@@ -43,7 +45,8 @@ STREAM_EXISTS = ExpectedVersion.STREAM_EXISTS
 
 @attrs.frozen
 class RecordedEvent:
-    """An event as stored: ``data`` is the event object (upcast and structured)."""
+    """An event as stored: ``data`` is the event object (upcast and structured), or an
+    :class:`UnloadedEvent` in a process that received it but cannot load its class."""
 
     event_id: str
     stream_id: str
@@ -53,6 +56,42 @@ class RecordedEvent:
     data: Any
     metadata: dict[str, Any]
     recorded_at: datetime
+
+    def __reduce__(self) -> Any:
+        # The event object travels as a pickle of its own: a caller that cannot load its class
+        # (a client older than the running system) still gets its answer (the command was
+        # stored), instead of losing the whole message and timing out.
+        data = pickle.dumps(self.data, pickle.HIGHEST_PROTOCOL)
+        fields = (self.event_id, self.stream_id, self.version, self.position, self.type)
+        return (_load_recorded, (*fields, data, self.metadata, self.recorded_at))
+
+
+@attrs.frozen
+class UnloadedEvent:
+    """A received event's ``data`` whose class this process cannot load (``error`` says why):
+    the event is stored; import its class to read it (``EventStore.read_stream`` does)."""
+
+    type: str
+    error: str
+
+
+def _load_recorded(
+    event_id: str,
+    stream_id: str,
+    version: int,
+    position: int,
+    type_name: str,
+    data: bytes,
+    metadata: dict[str, Any],
+    recorded_at: datetime,
+) -> RecordedEvent:
+    try:
+        event = pickle.loads(data)
+    except Exception as exc:
+        event = UnloadedEvent(type_name, f"{type(exc).__name__}: {exc}")
+    return RecordedEvent(
+        event_id, stream_id, version, position, type_name, event, metadata, recorded_at
+    )
 
 
 @attrs.frozen
