@@ -26,7 +26,7 @@ from . import _combiner, _lane, _shared, _thespian, telemetry
 from ._names import ROUTER
 from ._protocol import Execute, Executed, Settings
 from ._shard import shard_name, shard_of
-from .command import CommandItem, DispatchResult
+from .command import MAX_SENDABLE, CommandItem, DispatchResult
 from .errors import (
     BackstageError,
     CommandRejected,
@@ -145,6 +145,24 @@ def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
     return DispatchTimeout(
         f"{name}: no answer within {timeout}s; it may or may not have been executed"
     )
+
+
+def _batches(items: list[CommandItem], batch_size: int) -> list[list[CommandItem]]:
+    """``items`` in messages of at most ``batch_size`` commands and, where their sizes were
+    measured (multiproc), at most :data:`MAX_SENDABLE` bytes: a message past what the
+    transport takes would be refused unread, and every command in it time out."""
+    batches: list[list[CommandItem]] = []
+    batch: list[CommandItem] = []
+    size = 0
+    for item in items:
+        if batch and (len(batch) >= batch_size or size + item.size > MAX_SENDABLE):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item.size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class Courier:
@@ -320,18 +338,15 @@ class Courier:
             if direct is not None and me is not None:
                 address, stream_id, _ = direct
                 call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
-                for start in range(0, len(call.items), batch_size):
-                    batch = call.items[start : start + batch_size]
+                for batch in _batches(call.items, batch_size):
                     if not _tell(endpoint, address, Execute(batch, me, False, stream_id or None)):
                         call.detour_at = 0.0  # the shard is gone: through the router at once
                         break
                 call.direct = stream_id
             else:
                 pending = [item for item in call.items if item.request_id in call.waiting]
-                for start in range(0, len(pending), batch_size):
-                    router = self._tell_router(
-                        endpoint, call, router, pending[start : start + batch_size], me
-                    )
+                for batch in _batches(pending, batch_size):
+                    router = self._tell_router(endpoint, call, router, batch, me)
                     if router is None:
                         return  # (what is left times out: _time_out)
             self._listen(endpoint, call, router, me)
@@ -360,9 +375,10 @@ class Courier:
                     attrs.evolve(call.items[i], idempotent=True) for i in call.waiting.values()
                 ]
                 call.direct = None
-                router = self._tell_router(endpoint, call, router, waiting, me)
-                if router is None:
-                    return
+                for batch in _batches(waiting, len(waiting)):
+                    router = self._tell_router(endpoint, call, router, batch, me)
+                    if router is None:
+                        return
                 continue
             reply = _thespian.ready_response(endpoint) if self.base == "simple" else None
             if reply is None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
+
 import supervisors
 
 from . import _async, _courier, _shared, history, telemetry
@@ -257,7 +259,7 @@ class RunningSystem:
         identity = route.identity if route is not None else None
         item = new_item(command, metadata, self.settings.limits, identity)
         if self.base != "simple":  # it travels as a pickle: check it here, not mid-send
-            check_sendable(command)
+            item = attrs.evolve(item, size=check_sendable(command))
         return item
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:

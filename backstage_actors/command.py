@@ -49,6 +49,7 @@ class CommandItem:
     command: Any
     metadata: dict[str, Any]
     idempotent: bool = False  # the caller named the command: a repeat is answered, not re-run
+    size: int = attrs.field(default=0, eq=False)  # bytes pickled, where measured (multiproc)
 
     @property
     def command_id(self) -> str:
@@ -77,16 +78,28 @@ def _load_item(
     return CommandItem(request_id, loaded, metadata, idempotent)
 
 
-def check_sendable(command: Any) -> None:
-    """A command that must travel to other processes (multiproc) must pickle: one that does
-    not (a function, a lock, a generator in a loosely typed field) is a
-    :class:`SerializationError` naming its fields, before anything is sent."""
+# What one command may take as a pickle: a message between processes is refused past 256 MiB
+# (see _thespian.auth), and the message holds more than the command.
+MAX_SENDABLE = (256 << 20) - (1 << 20)
+
+
+def check_sendable(command: Any) -> int:
+    """A command that must travel to other processes (multiproc) must pickle, within
+    :data:`MAX_SENDABLE` bytes: one that does not (a function, a lock, a generator in a loosely
+    typed field) is a :class:`SerializationError` naming its fields, before anything is sent.
+    Returns its size pickled."""
+    name = type(command).__name__
     try:
-        pickle.dumps(command, pickle.HIGHEST_PROTOCOL)
-        return
+        size = len(pickle.dumps(command, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-    name = type(command).__name__
+    else:
+        if size <= MAX_SENDABLE:
+            return size
+        raise SerializationError(
+            f"{name}: {size:,} bytes pickled, more than a message between the running system's "
+            f"processes holds ({MAX_SENDABLE:,}); keep large blobs outside commands"
+        )
     paths = []
     for field in attrs.fields(type(command)) if attrs.has(type(command)) else []:
         try:

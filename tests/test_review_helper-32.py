@@ -231,3 +231,25 @@ def test_an_answer_whose_event_class_the_caller_cannot_load_still_arrives(
     assert "rvq_server_only" in event.data.error
     assert "rvq_server_only" not in sys.modules
     assert system.dispatch(RvqPut("nw-1", 1)).version == 1
+
+
+def megabytes(tag: str, count: int) -> list[str]:
+    """``count`` distinct strings of about 1 MB (pickle would share equal ones)."""
+    return [f"{tag}-{index:06d}" + "x" * 999_000 for index in range(count)]
+
+
+@pytest.mark.process
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_commands_past_what_one_message_holds(start_app: Any, base: str) -> None:
+    system = start_app(make_app())
+    # One command larger than a message between processes may be: refused at once, unsent.
+    started = time.monotonic()
+    with pytest.raises(SerializationError, match="bytes pickled, more than a message"):
+        system.dispatch(RvqLoose("big-0", megabytes("0", 300)), timeout=60.0)
+    assert time.monotonic() - started < 30.0
+    # Three that each fit, and together would not: sent in several messages, all answered.
+    commands = [RvqLoose(f"big-{n}", megabytes(str(n), 95)) for n in (1, 2, 3)]
+    answers = system.dispatch_many(commands, timeout=200.0)
+    assert [type(answer).__name__ for answer in answers] == ["DispatchResult"] * 3
+    assert system.dispatch(RvqPut("big-0", 1)).version == 1
