@@ -50,6 +50,7 @@ from .errors import (
     UnhandledCommand,
     UnregisteredCommand,
     WrongExpectedVersion,
+    error_text,
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .router import Router
@@ -136,15 +137,6 @@ class Cell:
         if self.last_failure:
             node["last_failure"] = self.last_failure
         return node
-
-
-def _text_of(exc: BaseException) -> str:
-    """``str(exc)``, or what can be said of it when its ``__str__`` itself raises: an answer
-    must not crash the round that gives it (and every other answer of that round)."""
-    try:
-        return str(exc)
-    except Exception as error:
-        return f"<its str() raised {type(error).__name__}>"
 
 
 def _names_another(metadata: dict[str, Any], item: CommandItem) -> bool:
@@ -303,7 +295,7 @@ class Cells:
         except UnhandledCommand as exc:  # a mistake in the aggregate, not a refusal
             return Decision(work, exc)
         except Exception as exc:
-            return Decision(work, CommandRejected(name, type(exc).__name__, _text_of(exc)))
+            return Decision(work, CommandRejected(name, type(exc).__name__, error_text(exc)))
         finally:
             metadata = {"stream_id": cell.stream_id, "command": name}
             telemetry.finish("execute", self.stats, started, metadata)
@@ -334,7 +326,7 @@ class Cells:
         round is committed first); the command gets the error returned."""
         message = (
             f"{cell.stream_id}: {name}: applying its events raised "
-            f"{type(exc).__name__}: {_text_of(exc)}"
+            f"{type(exc).__name__}: {error_text(exc)}"
         )
         log().error("%s", message, exc_info=exc)
         self.restarts += 1
@@ -424,7 +416,8 @@ class Cells:
             except BackstageError as exc:
                 return None, exc
             except Exception as exc:  # its class cannot even be made: no use retrying now
-                message = f"{cell.stream_id} cannot start: {type(exc).__name__}: {_text_of(exc)}"
+                what = f"{type(exc).__name__}: {error_text(exc)}"
+                message = f"{cell.stream_id} cannot start: {what}"
                 log().error("%s", message, exc_info=exc)
                 return None, AggregateFailed(message)
         if cell.broken is not None:
@@ -468,7 +461,7 @@ class Cells:
             # A stored event this code cannot read or apply: answer errors, no crash loop.
             cell.broken = (
                 f"{cell.stream_id}: cannot rebuild: the event at version "
-                f"{aggregate.version + 1}: {type(exc).__name__}: {_text_of(exc)}"
+                f"{aggregate.version + 1}: {type(exc).__name__}: {error_text(exc)}"
             )
             log().error("%s", cell.broken, exc_info=exc)
         return aggregate

@@ -35,6 +35,7 @@ from supervisors import SupervisedActor
 from . import telemetry
 from ._lease import RETRY_INTERVAL, lease_for
 from ._protocol import Settings
+from .errors import error_text
 from .handler import PARK, SKIP, STOP, Metadata, Retry, Subscriber
 from .store import EventStore, RecordedEvent
 
@@ -458,7 +459,7 @@ class SubscriberActor(SupervisedActor):
     ) -> bool:
         """Apply the subscriber's error policy; True to go on past this event."""
         self.failures += 1
-        self.last_error = f"position {row[0]}: {type(error).__name__}: {error}"
+        self.last_error = f"position {row[0]}: {type(error).__name__}: {error_text(error)}"
         try:
             decision = self.subscriber.error(
                 error, recorded.data if recorded else None, meta, self.failures
@@ -482,7 +483,7 @@ class SubscriberActor(SupervisedActor):
                 self.name,
                 recorded or _placeholder(row),
                 type(error).__name__,
-                str(error),
+                error_text(error),
                 "".join(traceback.format_exception(error)),
                 self.failures,
                 status,
@@ -529,11 +530,11 @@ class SubscriberActor(SupervisedActor):
                     (letter.position, letter.event_id, letter.stream_id, letter.version)
                 ),
                 type(exc).__name__,
-                str(exc),
+                error_text(exc),
                 "".join(traceback.format_exception(exc)),
                 letter.failures + 1,
             )
-            return f"failed: {type(exc).__name__}: {exc}"
+            return f"failed: {type(exc).__name__}: {error_text(exc)}"
         self.store.set_dead_letter_status(letter_id, "retried")  # (again: idempotent)
         return "retried"
 

@@ -148,5 +148,14 @@ class SystemNotRunning(BackstageError):
     """No actor system answers (not started, stopped, or the port is wrong)."""
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` itself raises (user code's
+    exceptions are described in answers, logs and dead letters: that must not crash)."""
+    try:
+        return str(exc)
+    except Exception as error:
+        return f"<its str() raised {type(error).__name__}>"
+
+
 def _describe_expected(expected: Any) -> str:
     return str(getattr(expected, "name", expected))

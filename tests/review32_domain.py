@@ -11,7 +11,7 @@ from uuid import UUID
 
 import attrs
 
-from backstage_actors import Aggregate, Application, Router
+from backstage_actors import Aggregate, Application, EventHandler, Router
 from backstage_actors.event import upcaster
 
 
@@ -208,3 +208,38 @@ class RvqNewerBox(Aggregate):
 
 
 router.dispatch(RvqNewer, to=RvqNewerBox, identity="box_id")
+
+
+@attrs.frozen
+class RvqEcho:
+    box_id: str
+    text: str
+
+
+@attrs.frozen
+class RvqEchoed:
+    box_id: str
+    text: str
+
+
+class RvqEchoBox(Aggregate):
+    def execute(self, command: Any) -> Any:
+        return RvqEchoed(command.box_id, command.text)
+
+
+router.dispatch(RvqEcho, to=RvqEchoBox, identity="box_id")
+
+
+class RvqFussyHandler(EventHandler):
+    """Raises an exception whose str() fails for amounts of 13; records the others."""
+
+    name = "rvq-fussy"
+    retry_base = 0.01
+
+    def handle(self, event: Any, metadata: Any) -> None:
+        if getattr(event, "amount", None) == 13:
+            raise RvqNoStr()
+
+
+def make_handled_app(**options: Any) -> Application:
+    return Application("review32h", router=router, handlers=[RvqFussyHandler], **options)

@@ -38,6 +38,7 @@ from .review32_domain import (
     RvqRenamed,
     RvqRich,
     make_app,
+    make_handled_app,
 )
 from .test_cli import BACKSTAGE
 
@@ -253,3 +254,16 @@ def test_commands_past_what_one_message_holds(start_app: Any, base: str) -> None
     answers = system.dispatch_many(commands, timeout=200.0)
     assert [type(answer).__name__ for answer in answers] == ["DispatchResult"] * 3
     assert system.dispatch(RvqPut("big-0", 1)).version == 1
+
+
+def test_a_handler_raising_an_exception_whose_str_fails_parks_the_event(
+    start_app: Any, base: str
+) -> None:
+    system = start_app(make_handled_app())
+    system.dispatch(RvqPut("hs-1", 13))  # its handler raises RvqNoStr
+    last = system.dispatch(RvqPut("hs-1", 1)).position
+    # The default policy: a few retries, then the event is parked and the handler goes on.
+    assert system.settle(timeout=25.0) >= last
+    [letter] = system.store.dead_letters()
+    assert (letter.subscriber, letter.position, letter.error_type) == ("rvq-fussy", 1, "RvqNoStr")
+    assert system.dispatch(RvqPut("hs-1", 2)).version == 3
