@@ -25,6 +25,7 @@ from uuid import UUID
 import attrs
 import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
+from cattrs.gen import make_mapping_structure_fn
 
 from .errors import SerializationError
 
@@ -147,6 +148,44 @@ def _array_hook(tp: Any) -> Any:
 
 
 converter.register_structure_hook_factory(_is_array_type, _array_hook)
+
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def _is_int_keyed(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    return (
+        typing.get_origin(tp) in _MAPPINGS
+        and len(args) == 2
+        and isinstance(args[0], type)
+        and issubclass(args[0], int)
+        and not issubclass(args[0], bool)
+    )
+
+
+def _int_keyed_hook(tp: Any) -> Any:
+    # JSON keys are strings: a stored ``dict[int, ...]`` comes back as {"1": ...}. A key that
+    # is an integer written out is taken as that integer; any other string is refused below.
+    inner = make_mapping_structure_fn(tp, converter, detailed_validation=True)
+
+    def structure_int_keyed(value: Any, cls: Any) -> Any:
+        if isinstance(value, dict):
+            value = {_integer_key(key): item for key, item in value.items()}
+        return inner(value, cls)
+
+    return structure_int_keyed
+
+
+def _integer_key(key: Any) -> Any:
+    if type(key) is str and key.lstrip("-").isdigit() and key.isascii():
+        try:
+            return int(key)
+        except ValueError:  # more digits than int() takes
+            return key
+    return key
+
+
+converter.register_structure_hook_factory(_is_int_keyed, _int_keyed_hook)
 converter.register_unstructure_hook(Decimal, str)
 converter.register_unstructure_hook(UUID, str)
 converter.register_unstructure_hook(datetime, datetime.isoformat)

@@ -243,3 +243,11 @@ class RvqFussyHandler(EventHandler):
 
 def make_handled_app(**options: Any) -> Application:
     return Application("review32h", router=router, handlers=[RvqFussyHandler], **options)
+
+
+@attrs.frozen
+class RvqScored:
+    """An event keyed by integers (JSON keys are strings)."""
+
+    box_id: str
+    by_level: dict[int, int]

@@ -37,6 +37,7 @@ from .review32_domain import (
     RvqRecorder,
     RvqRenamed,
     RvqRich,
+    RvqScored,
     make_app,
     make_handled_app,
 )
@@ -267,3 +268,15 @@ def test_a_handler_raising_an_exception_whose_str_fails_parks_the_event(
     [letter] = system.store.dead_letters()
     assert (letter.subscriber, letter.position, letter.error_type) == ("rvq-fussy", 1, "RvqNoStr")
     assert system.dispatch(RvqPut("hs-1", 2)).version == 3
+
+
+def test_an_event_with_integer_keys_is_stored_and_read_back(tmp_path: Path) -> None:
+    event = RvqScored("sc-1", {1: 10, -2: 20})
+    with contextlib.closing(EventStore(str(tmp_path / "scores.db"))) as store:
+        [recorded] = store.append("RvqBox-sc-1", [event])
+        assert recorded.data == event
+        assert [e.data for e in store.read_stream("RvqBox-sc-1")] == [event]
+    # From JSON too, where every key is a string: an integer written out is taken as one.
+    assert command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"1": 10, "-2": 20}}) == event
+    with pytest.raises(SerializationError, match=r"by_level\['x'\]"):
+        command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"x": 1}})
