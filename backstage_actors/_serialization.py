@@ -112,11 +112,12 @@ for _type, _hook in (
     converter.register_structure_hook(_type, _hook)
 
 _ARRAYS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+_SETS = (set, frozenset, collections.abc.Set, collections.abc.MutableSet)
 
 
 def _is_array_type(tp: Any) -> bool:
     origin = typing.get_origin(tp)
-    if origin in _ARRAYS:
+    if origin in _ARRAYS or origin in _SETS:
         return True
     args = typing.get_args(tp)
     return origin is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -125,7 +126,8 @@ def _is_array_type(tp: Any) -> bool:
 def _array_hook(tp: Any) -> Any:
     # cattrs iterates any iterable into a list field: "vip" -> ["v", "i", "p"]. Only arrays do.
     item_type = typing.get_args(tp)[0] if typing.get_args(tp) else Any
-    make = tuple if typing.get_origin(tp) is tuple else list
+    origin = typing.get_origin(tp)
+    make: Any = {tuple: tuple, frozenset: frozenset}.get(origin, set if origin in _SETS else list)
 
     def structure_array(value: Any, _: Any) -> Any:
         if not isinstance(value, (list, tuple)):
@@ -148,6 +150,29 @@ def _array_hook(tp: Any) -> Any:
 
 
 converter.register_structure_hook_factory(_is_array_type, _array_hook)
+
+
+def _is_set_type(tp: Any) -> bool:
+    return tp in (set, frozenset) or typing.get_origin(tp) in _SETS
+
+
+def _set_unstructure_hook(tp: Any) -> Any:
+    # JSON has no sets: a set is stored as an array (sorted where its items sort, so that the
+    # same set is always the same JSON), and structured back into a set.
+    args = typing.get_args(tp)
+    item_type = args[0] if args else Any
+
+    def unstructure_set(value: Any) -> list[Any]:
+        items = [converter.unstructure(item, item_type) for item in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+
+    return unstructure_set
+
+
+converter.register_unstructure_hook_factory(_is_set_type, _set_unstructure_hook)
 
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 

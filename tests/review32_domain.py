@@ -251,3 +251,11 @@ class RvqScored:
 
     box_id: str
     by_level: dict[int, int]
+
+
+@attrs.frozen
+class RvqTagged:
+    """An event with a set field (frozen classes hold frozensets)."""
+
+    box_id: str
+    tags: frozenset[str]

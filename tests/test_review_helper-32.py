@@ -38,6 +38,7 @@ from .review32_domain import (
     RvqRenamed,
     RvqRich,
     RvqScored,
+    RvqTagged,
     make_app,
     make_handled_app,
 )
@@ -280,3 +281,14 @@ def test_an_event_with_integer_keys_is_stored_and_read_back(tmp_path: Path) -> N
     assert command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"1": 10, "-2": 20}}) == event
     with pytest.raises(SerializationError, match=r"by_level\['x'\]"):
         command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"x": 1}})
+
+
+def test_an_event_with_a_set_field_is_stored_and_read_back(tmp_path: Path) -> None:
+    event = RvqTagged("tg-1", frozenset({"vip", "new"}))
+    with contextlib.closing(EventStore(str(tmp_path / "tags.db"))) as store:
+        [recorded] = store.append("RvqBox-tg-1", [event])
+        assert recorded.data == event
+        assert [e.data for e in store.read_stream("RvqBox-tg-1")] == [event]
+    assert command_from_data(RvqTagged, {"box_id": "tg-1", "tags": ["new", "vip"]}) == event
+    with pytest.raises(SerializationError, match=r"\$\.tags"):  # a string is no array of tags
+        command_from_data(RvqTagged, {"box_id": "tg-1", "tags": "vip"})
