@@ -259,3 +259,11 @@ class RvqTagged:
 
     box_id: str
     tags: frozenset[str]
+
+
+@attrs.frozen
+class RvqLabelled:
+    """An event with a field of a union of JSON types."""
+
+    box_id: str
+    label: Union[int, str]

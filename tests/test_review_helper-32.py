@@ -29,6 +29,7 @@ from backstage_actors.command import DispatchResult, command_from_data
 from .conftest import free_port
 from .review32_domain import (
     RvqBox,
+    RvqLabelled,
     RvqLoose,
     RvqNewer,
     RvqOdd,
@@ -292,3 +293,13 @@ def test_an_event_with_a_set_field_is_stored_and_read_back(tmp_path: Path) -> No
     assert command_from_data(RvqTagged, {"box_id": "tg-1", "tags": ["new", "vip"]}) == event
     with pytest.raises(SerializationError, match=r"\$\.tags"):  # a string is no array of tags
         command_from_data(RvqTagged, {"box_id": "tg-1", "tags": "vip"})
+
+
+def test_an_event_with_a_union_of_json_types_is_stored_and_read_back(tmp_path: Path) -> None:
+    events = [RvqLabelled("lb-1", 7), RvqLabelled("lb-1", "seven")]
+    with contextlib.closing(EventStore(str(tmp_path / "labels.db"))) as store:
+        store.append("RvqBox-lb-1", events)
+        assert [e.data for e in store.read_stream("RvqBox-lb-1")] == events
+    assert command_from_data(RvqLabelled, {"box_id": "lb-1", "label": "seven"}) == events[1]
+    with pytest.raises(SerializationError, match=r"\$\.label"):
+        command_from_data(RvqLabelled, {"box_id": "lb-1", "label": [7]})
