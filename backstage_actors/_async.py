@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,16 +42,29 @@ T = TypeVar("T")
 _pools_lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    global _pools_lock
+    _pools_lock = threading.Lock()  # (another thread of the parent may have held it)
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _pool(system: RunningSystem) -> concurrent.futures.ThreadPoolExecutor:
+    """The system's pool in this process. A forked child (a pre-forking web server's worker)
+    makes its own: its parent's pool has no threads here, and a call queued there never ran."""
     pool: concurrent.futures.ThreadPoolExecutor | None = system.async_pool
-    if pool is None:
+    pid = os.getpid()
+    if pool is None or getattr(pool, "backstage_pid", pid) != pid:
         with _pools_lock:
             system._check_running()
             pool = system.async_pool
-            if pool is None:
-                pool = system.async_pool = concurrent.futures.ThreadPoolExecutor(
+            if pool is None or getattr(pool, "backstage_pid", pid) != pid:
+                pool = concurrent.futures.ThreadPoolExecutor(
                     MAX_THREADS, thread_name_prefix=f"backstage-{system.app.name}"
                 )
+                pool.backstage_pid = pid  # type: ignore[attr-defined]
+                system.async_pool = pool
     return pool
 
 

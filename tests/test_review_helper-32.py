@@ -26,7 +26,7 @@ from backstage_actors import (
 )
 from backstage_actors.command import DispatchResult, command_from_data
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 from .review32_domain import (
     RvqBox,
     RvqLabelled,
@@ -303,3 +303,62 @@ def test_an_event_with_a_union_of_json_types_is_stored_and_read_back(tmp_path: P
     assert command_from_data(RvqLabelled, {"box_id": "lb-1", "label": "seven"}) == events[1]
     with pytest.raises(SerializationError, match=r"\$\.label"):
         command_from_data(RvqLabelled, {"box_id": "lb-1", "label": [7]})
+
+
+def _forked_async_dispatch(client: Any, box_id: str) -> tuple[int, int]:
+    """Fork a worker that awaits ``client.dispatch_async`` (bounded by asyncio at 10 s, as the
+    call's own timeout only runs once a thread takes it); its pid and the read end of its pipe."""
+    import asyncio
+    import json
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write)
+        return pid, read
+    try:
+        out: dict[str, Any] = {}
+        try:
+
+            async def main() -> Any:
+                call = client.dispatch_async(RvqPut(box_id, 1), timeout=5.0)
+                return await asyncio.wait_for(call, 10.0)
+
+            out["version"] = asyncio.run(main()).version
+        except BaseException as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        os.write(write, json.dumps(out).encode())
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_dispatch_async_in_a_forked_worker(start_app: Any, base: str) -> None:
+    """A pre-forking server's master used dispatch_async (its pool has a thread, idle), then
+    forked: a worker's dispatch_async must run, not wait in a pool with no thread."""
+    import asyncio
+    import json
+    import os
+    import signal
+
+    port = free_port()
+    app = make_app()
+    start_app(app, port=port)
+    client = app.attach(port=port)
+    try:
+        assert asyncio.run(client.dispatch_async(RvqPut("fk-0", 1))).version == 1
+        pid, read = _forked_async_dispatch(client, "fk-1")
+        try:
+            wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0], 30, what=f"worker {pid}")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        with contextlib.closing(os.fdopen(read, "rb")) as pipe:
+            report = json.loads(pipe.read() or b"{}")
+        assert report == {"version": 1}, report
+        assert asyncio.run(client.dispatch_async(RvqPut("fk-0", 1))).version == 2
+    finally:
+        client.stop()
