@@ -279,6 +279,8 @@ class RunningSystem:
         """:meth:`wait_for` within ``left`` seconds, what is left of a call of ``asked``."""
         if not self.app.subscribers:
             return
+        if isinstance(handlers, str):  # one name (a str is a sequence: of its letters)
+            handlers = [handlers]
         began = time.monotonic()
         try:
             with self._endpoint() as endpoint:

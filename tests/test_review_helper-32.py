@@ -362,3 +362,10 @@ def test_dispatch_async_in_a_forked_worker(start_app: Any, base: str) -> None:
         assert asyncio.run(client.dispatch_async(RvqPut("fk-0", 1))).version == 2
     finally:
         client.stop()
+
+
+def test_a_strong_dispatch_naming_one_handler_as_a_string_waits_for_it(start_app: Any) -> None:
+    system = start_app(make_handled_app())
+    result = system.dispatch(RvqPut("hn-1", 1), consistency="strong", handlers="rvq-fussy")
+    assert result.version == 1
+    system.wait_for(result.position, handlers="rvq-fussy")
