@@ -147,6 +147,25 @@ def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
     )
 
 
+class _ThreadEndpoint:
+    """A thread's own actor-system endpoint, let go when the thread ends (its thread-local
+    reference is the only one): a server that runs each request in a new thread would
+    otherwise keep every one's sockets open until it runs out of file descriptors."""
+
+    __slots__ = ("__weakref__", "context", "pid", "release")
+
+    def __init__(self, context: Any, pid: int) -> None:
+        self.context = context
+        self.pid = pid
+        self.release = weakref.finalize(self, _exit_context, context, pid)
+
+
+def _exit_context(context: Any, pid: int) -> None:
+    if os.getpid() == pid:  # (a forked child's copies of its parent's sockets are not its own)
+        with contextlib.suppress(Exception):
+            context.exit_clone()
+
+
 def _batches(items: list[CommandItem], batch_size: int) -> list[list[CommandItem]]:
     """``items`` in messages of at most ``batch_size`` commands and, where their sizes were
     measured (multiproc), at most :data:`MAX_SENDABLE` bytes: a message past what the
@@ -192,7 +211,8 @@ class Courier:
         self._lock = _SystemLock()
         self._pid = self._owner_pid = os.getpid()  # the process whose main thread owns actor_system
         self._local = threading.local()
-        self._contexts: list[Any] = []
+        # Every thread's endpoint; one goes (its sockets closed) when its thread ends.
+        self._contexts: weakref.WeakSet[_ThreadEndpoint] = weakref.WeakSet()
         # Every thread's lane connections (a thread's go when it ends; see _lane_client).
         self._lane_clients: weakref.WeakSet[_lane.LaneClient] = weakref.WeakSet()
         # Lanes of aggregates not heard from yet are named after the system (multiproc only).
@@ -219,9 +239,10 @@ class Courier:
         for lanes in lane_clients:
             if lanes.pid == os.getpid():
                 lanes.close()
-        for context in self._contexts:
-            with contextlib.suppress(Exception):
-                context.exit_clone()
+        with self._lock:
+            endpoints = list(self._contexts)
+        for held in endpoints:
+            held.release()
 
     def endpoint(self) -> contextlib.AbstractContextManager[Any]:
         """The actor-system handle this thread may use. A forked child (a pre-forking web
@@ -235,19 +256,19 @@ class Courier:
             self._forked(pid)
         if pid == self._owner_pid and threading.current_thread() is threading.main_thread():
             return _Locked(self._lock, self.actor_system)
-        context = getattr(self._local, "context", None)
-        if context is None or getattr(self._local, "pid", None) != pid:
-            context = _thespian.external_context(self.actor_system)
-            self._local.context, self._local.pid = context, pid
+        held: _ThreadEndpoint | None = getattr(self._local, "endpoint", None)
+        if held is None or held.pid != pid:
+            held = _ThreadEndpoint(_thespian.external_context(self.actor_system), pid)
+            self._local.endpoint = held
             with self._lock:
-                self._contexts.append(context)
-        return contextlib.nullcontext(context)
+                self._contexts.add(held)
+        return contextlib.nullcontext(held.context)
 
     def _forked(self, pid: int) -> None:
         """In a forked child: a lock of its own (another thread of the parent may have held
         it at the fork), and none of the parent's endpoints."""
         self._lock = _SystemLock()
-        self._contexts = []
+        self._contexts = weakref.WeakSet()
         self._pid = pid
 
     def router_address(self, refresh: bool = False, patience: float = 10.0) -> Any:

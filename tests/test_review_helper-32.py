@@ -369,3 +369,35 @@ def test_a_strong_dispatch_naming_one_handler_as_a_string_waits_for_it(start_app
     result = system.dispatch(RvqPut("hn-1", 1), consistency="strong", handlers="rvq-fussy")
     assert result.version == 1
     system.wait_for(result.position, handlers="rvq-fussy")
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_an_attached_handle_used_from_short_lived_threads_keeps_no_sockets(
+    start_app: Any, base: str
+) -> None:
+    """A server running each request in a thread of its own (socketserver.ThreadingMixIn):
+    what a finished thread opened to reach the system is let go."""
+    import os
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    port = free_port()
+    app = make_app()
+    start_app(app, port=port)
+    with app.attach(port=port) as client:
+        client.dispatch_many([RvqPut("th-0", 1), RvqPut("th-1", 1)])
+        before = open_files()
+        answers: list[Any] = []
+        for n in range(60):  # each a request of its own, in a new thread
+            request = threading.Thread(
+                target=lambda n=n: answers.append(
+                    client.dispatch_many([RvqPut(f"th-{n % 2}", 1), RvqPut("th-2", 1)])
+                )
+            )
+            request.start()
+            request.join()
+        assert len(answers) == 60
+        assert all(type(a).__name__ == "DispatchResult" for many in answers for a in many)
+        wait_until(lambda: open_files() < before + 10, 10, what=f"open files back near {before}")
