@@ -144,9 +144,13 @@ def new_item(
         name = type(command).__name__
         check_data(meta, f"{name} metadata", limits or DEFAULT_LIMITS)
         try:  # what the caller gave must be storable with the events
-            text = ser.dumps(ser.unstructure(meta), "metadata")
+            plain = ser.unstructure(meta)
+            text = ser.dumps(plain, "metadata")
         except SerializationError as exc:
             raise SerializationError(f"{name} metadata: {exc}", exc.path) from None
+        # Sent as the JSON data it is stored as: a process that cannot load a class of the
+        # caller's (a value's) still reads the command.
+        meta = dict(plain)
         size = len(text.encode("utf-8"))
         if size > (limits or DEFAULT_LIMITS).max_metadata_bytes:
             raise SerializationError(

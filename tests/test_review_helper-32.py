@@ -181,6 +181,12 @@ def test_a_command_class_the_daemon_cannot_load_is_unregistered_at_once(
             "DispatchResult",
         ]
         assert client.dispatch(RvqPut("cl-1", 2)).version == 2
+        # Such a value in a command's metadata travels as the JSON it is stored as.
+        result = client.dispatch(
+            RvqPut("cl-1", 3), metadata={"by": RvqClientOnly("me", 1)}, timeout=8.0
+        )
+        assert result.version == 3
+        assert result.events[0].metadata["by"] == {"box_id": "me", "amount": 1}
     sys.modules.pop("rvq_client_only_module", None)
 
 
