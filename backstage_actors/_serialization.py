@@ -177,9 +177,7 @@ converter.register_unstructure_hook_factory(_is_set_type, _set_unstructure_hook)
 
 # A union of JSON scalars (``int | str``) takes a value of one of its types as it is (cattrs
 # has no hook for it otherwise: every class with such a field was refused).
-configure_union_passthrough(
-    typing.Union[str, int, float, bool, None], converter, accept_ints_as_floats=False
-)
+configure_union_passthrough(str | int | float | bool | None, converter, accept_ints_as_floats=False)
 
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 

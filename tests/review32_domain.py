@@ -6,7 +6,7 @@ import enum
 import threading
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Optional, Union
+from typing import Any
 from uuid import UUID
 
 import attrs
@@ -30,13 +30,13 @@ class RvqLine:
 class RvqRich:
     box_id: str
     count: int
-    maybe: Optional[int] = None
-    either: Optional[str] = None
+    maybe: int | None = None
+    either: str | None = None
     lines: list[RvqLine] = attrs.Factory(list)
     tags: dict[str, int] = attrs.Factory(dict)
-    when: Optional[datetime] = None
+    when: datetime | None = None
     price: Decimal = Decimal("0")
-    ref: Optional[UUID] = None
+    ref: UUID | None = None
     colour: RvqColour = RvqColour.RED
 
 
@@ -266,4 +266,4 @@ class RvqLabelled:
     """An event with a field of a union of JSON types."""
 
     box_id: str
-    label: Union[int, str]
+    label: int | str

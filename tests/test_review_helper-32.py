@@ -89,7 +89,9 @@ def test_a_middleware_raising_after_one_command_of_a_batch_loses_no_other_answer
 ) -> None:
     recorder = RvqMiddleware()
     system = start_app(make_app(middleware=[recorder]))
-    answers = system.dispatch_many([RvqPut("mw-1", 1), RvqPut("boom-after-1", 2), RvqPut("mw-2", 3)])
+    answers = system.dispatch_many(
+        [RvqPut("mw-1", 1), RvqPut("boom-after-1", 2), RvqPut("mw-2", 3)]
+    )
     assert [type(answer).__name__ for answer in answers] == [
         "DispatchResult",
         "RuntimeError",
@@ -124,7 +126,7 @@ def test_an_upcaster_that_fails_on_a_stored_payload_makes_that_row_unreadable(
         db.execute("UPDATE events SET schema_version = 1 WHERE position = 2")
 
     with contextlib.closing(EventStore(str(database))) as store:
-        with pytest.raises(StoredEventError, match="position 2.*upcaster.*KeyError") as caught:
+        with pytest.raises(StoredEventError, match=r"position 2.*upcaster.*KeyError") as caught:
             list(store.read_stream("RvqBox-u1"))
         assert caught.value.position == 2
         skipped: list[StoredEventError] = []
@@ -140,7 +142,7 @@ def test_an_upcaster_that_fails_on_a_stored_payload_makes_that_row_unreadable(
     assert [int(line.split()[0]) for line in result.stdout.splitlines()] == [1, 3]
 
 
-CLIENT_ONLY = '''
+CLIENT_ONLY = """
 import attrs
 
 
@@ -148,7 +150,7 @@ import attrs
 class RvqClientOnly:
     box_id: str
     amount: int
-'''
+"""
 
 
 @pytest.mark.process
@@ -169,7 +171,7 @@ def test_a_command_class_the_daemon_cannot_load_is_unregistered_at_once(
     newer.dispatch([RvqPut, RvqClientOnly], to=RvqBox, identity="box_id")
     with Application("review32", router=newer).attach(port=port) as client:
         started = time.monotonic()
-        with pytest.raises(UnregisteredCommand, match="RvqClientOnly.*cannot load"):
+        with pytest.raises(UnregisteredCommand, match=r"RvqClientOnly.*cannot load"):
             client.dispatch(RvqClientOnly("cl-1", 5), timeout=8.0)
         answers = client.dispatch_many(
             [RvqPut("cl-2", 1), RvqClientOnly("cl-2", 5), RvqPut("cl-3", 1)], timeout=8.0
@@ -210,7 +212,7 @@ def test_a_command_that_cannot_travel_fails_alone_with_a_serialization_error(
     assert system.dispatch(RvqLoose("lo-1", [1, 2])).version == 1
 
 
-SERVER_ONLY = '''
+SERVER_ONLY = """
 import attrs
 
 
@@ -218,7 +220,7 @@ import attrs
 class RvqServerOnlyEvent:
     box_id: str
     amount: int
-'''
+"""
 
 
 @pytest.mark.process
@@ -285,7 +287,9 @@ def test_an_event_with_integer_keys_is_stored_and_read_back(tmp_path: Path) -> N
         assert recorded.data == event
         assert [e.data for e in store.read_stream("RvqBox-sc-1")] == [event]
     # From JSON too, where every key is a string: an integer written out is taken as one.
-    assert command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"1": 10, "-2": 20}}) == event
+    assert (
+        command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"1": 10, "-2": 20}}) == event
+    )
     with pytest.raises(SerializationError, match=r"by_level\['x'\]"):
         command_from_data(RvqScored, {"box_id": "sc-1", "by_level": {"x": 1}})
 
