@@ -12,8 +12,6 @@ import dataclasses
 import enum
 import json
 import math
-import re
-import types
 import typing
 import weakref
 from collections.abc import Callable
@@ -338,25 +336,10 @@ def attributes_state(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """``obj``'s public instance attributes, unstructured (what snapshots store); a set is a
     list (JSON has no sets; restored as a set by annotation or the fresh instance's value)."""
     return {
-        name: _no_sets(unstructure(value))
+        name: unstructure(value)
         for name, value in vars(obj).items()
         if name not in exclude and not name.startswith("_")
     }
-
-
-def _no_sets(value: Any) -> Any:
-    """``value`` with every set and frozenset in it made a list (sorted when it can be)."""
-    if isinstance(value, (set, frozenset)):
-        items = [_no_sets(item) for item in value]
-        try:
-            return sorted(items)
-        except TypeError:
-            return items
-    if isinstance(value, dict):
-        return {key: _no_sets(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_no_sets(item) for item in value]
-    return value
 
 
 def _hints_of(cls: type) -> dict[str, Any]:
@@ -390,36 +373,5 @@ def restore_attributes(obj: Any, state: dict[str, Any]) -> None:
             hint = None if plain else type(current)
         label = f"{type(obj).__name__}.{name}"
         if hint is not None:
-            value = structure(_int_keys(value, hint), hint, label)
+            value = structure(value, hint, label)
         setattr(obj, name, value)
-
-
-_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
-_INT_TEXT = re.compile(r"-?[0-9]+\Z")
-
-
-def _int_keys(value: Any, hint: Any) -> Any:
-    """``value`` with the keys JSON made strings made ints again where ``hint`` says
-    ``dict[int, ...]`` (also nested, and in an optional): what a snapshot of such a state
-    needs to be restored at all."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if typing.get_origin(arg) in _MAPPINGS or _is_array_type(arg):
-                return _int_keys(value, arg)
-        return value
-    if origin in _MAPPINGS and len(args) == 2 and isinstance(value, dict):
-        key, item = args
-        if key is not int and typing.get_origin(item) is None:
-            return value  # (nothing to change: most states)
-        return {
-            (int(k) if key is int and isinstance(k, str) and _INT_TEXT.match(k) else k): (
-                _int_keys(v, item)
-            )
-            for k, v in value.items()
-        }
-    if _is_array_type(hint) and args and isinstance(value, list):
-        if typing.get_origin(args[0]) is None:
-            return value
-        return [_int_keys(v, args[0]) for v in value]
-    return value
