@@ -1,4 +1,4 @@
-"""Domain of helper-32's review tests (module-level: multiproc actors unpickle by reference)."""
+"""Domain of tests/test_hostile_edges.py (module-level: multiproc actors unpickle by reference)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""helper-32's review: hostile input through the public API, each test failing without its fix."""
+"""Hostile input through the public API (found by helper-32's review; each test failed before
+its fix): exceptions whose str() raises, middleware that raises, upcasters that raise, classes
+one side cannot load, commands that cannot travel or are too big for one message, fields of
+sets, int-keyed dicts and scalar unions, dispatch_async after a fork, short-lived threads, and
+one handler named as a string."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from backstage_actors import (
 from backstage_actors.command import DispatchResult, command_from_data
 
 from .conftest import free_port, wait_until
-from .review32_domain import (
+from .hostile_edges_domain import (
     RvqBox,
     RvqLabelled,
     RvqLoose,
