@@ -10,12 +10,12 @@ Every verb takes ``--json``: its output is then JSON on stdout, and an error is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 from importlib import metadata
-from typing import Any
 
 import click
 
@@ -182,25 +182,52 @@ def start(
         fail(str(exc), EXIT_INPUT)
     if roles and not join:
         fail("--role is for a cluster member: add --join HOST:PORT", EXIT_INPUT)
-    try:
-        with _daemon.start_lock(port, host, timeout):  # one start of this daemon at a time
-            state = _start_unlocked(
+    with contextlib.ExitStack() as held:
+        try:  # one start of this daemon at a time
+            held.enter_context(_daemon.start_lock(port, host, timeout))
+        except SystemNotRunning as exc:
+            fail(str(exc), EXIT_NOT_RUNNING)
+        state = _daemon.read_state(port, host)
+        if state is not None and _daemon.running(state):
+            fail(
+                f"{state['app']} already runs on port {port} (admin pid {state['admin_pid']})",
+                EXIT_NOT_RUNNING,
+            )
+        if join:  # before anything starts: a bad store, a leader that is not there
+            _cli_cluster.check_join(application, database, host, port, join)
+        leftovers = _daemon.kill_leftovers(port, host=host)  # a crashed daemon's orphans
+        if leftovers:
+            click.echo(
+                f"cleaned up {len(leftovers)} leftover processes of a crashed daemon: {leftovers}",
+                err=True,
+            )
+        if _thespian.port_in_use(port, host):
+            fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
+        if database and "://" not in database:
+            ensure_directory(os.path.dirname(os.path.abspath(database)))
+        try:
+            state = _daemon.start_daemon(
                 app,
-                application,
-                database,
                 port,
+                database,
                 host,
                 log_file,
                 pid_file,
                 timeout,
                 metrics_port,
                 metrics_host,
-                join,
-                roles,
-                shards,
+                join=join,
+                roles=roles or _cli_cluster.ROLES,
+                shards=shards,
             )
-    except SystemNotRunning as exc:
-        fail(str(exc), EXIT_NOT_RUNNING)
+        except BackstageError as exc:
+            _daemon.kill_leftovers(port, host=host)
+            fail(
+                str(exc), exit_code_for(exc) if not isinstance(exc, StorageError) else EXIT_STORAGE
+            )
+        except Exception as exc:
+            _daemon.kill_leftovers(port, host=host)
+            fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
     if as_json:
         click.echo(json.dumps(dict(state)))
         return
@@ -210,64 +237,6 @@ def start(
         + (f"\n  metrics  http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "")
         + (f"\n  cluster  {_cli_cluster.joined(host, port, join, state)}" if join else "")
     )
-
-
-def _start_unlocked(
-    app: str,
-    application: Any,
-    database: str | None,
-    port: int,
-    host: str,
-    log_file: str | None,
-    pid_file: str | None,
-    timeout: float,
-    metrics_port: int | None,
-    metrics_host: str,
-    join: str | None,
-    roles: tuple[str, ...],
-    shards: int | None,
-) -> Any:
-    """``start``'s work, under its lock."""
-    state = _daemon.read_state(port, host)
-    if state is not None and _daemon.running(state):
-        fail(
-            f"{state['app']} already runs on port {port} (admin pid {state['admin_pid']})",
-            EXIT_NOT_RUNNING,
-        )
-    if join:  # before anything starts: a bad store, a leader that is not there
-        _cli_cluster.check_join(application, database, host, port, join)
-    leftovers = _daemon.kill_leftovers(port, host=host)  # a crashed daemon's orphans
-    if leftovers:
-        click.echo(
-            f"cleaned up {len(leftovers)} leftover processes of a crashed daemon: {leftovers}",
-            err=True,
-        )
-    if _thespian.port_in_use(port, host):
-        fail(f"port {port} is already in use by another program", EXIT_NOT_RUNNING)
-    if database and "://" not in database:
-        ensure_directory(os.path.dirname(os.path.abspath(database)))
-    try:
-        state = _daemon.start_daemon(
-            app,
-            port,
-            database,
-            host,
-            log_file,
-            pid_file,
-            timeout,
-            metrics_port,
-            metrics_host,
-            join=join,
-            roles=roles or _cli_cluster.ROLES,
-            shards=shards,
-        )
-    except BackstageError as exc:
-        _daemon.kill_leftovers(port, host=host)
-        fail(str(exc), exit_code_for(exc) if not isinstance(exc, StorageError) else EXIT_STORAGE)
-    except Exception as exc:
-        _daemon.kill_leftovers(port, host=host)
-        fail(f"cannot start {app}: {type(exc).__name__}: {exc}")
-    return state
 
 
 @cli.command()

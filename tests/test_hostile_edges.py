@@ -48,6 +48,7 @@ from .hostile_edges_domain import (
     make_handled_app,
 )
 from .test_cli import BACKSTAGE
+from .test_client_edges import _report
 
 
 def amounts(system: Any, stream_id: str) -> list[int]:
@@ -353,9 +354,6 @@ def test_dispatch_async_in_a_forked_worker(start_app: Any, base: str) -> None:
     """A pre-forking server's master used dispatch_async (its pool has a thread, idle), then
     forked: a worker's dispatch_async must run, not wait in a pool with no thread."""
     import asyncio
-    import json
-    import os
-    import signal
 
     port = free_port()
     app = make_app()
@@ -363,15 +361,7 @@ def test_dispatch_async_in_a_forked_worker(start_app: Any, base: str) -> None:
     client = app.attach(port=port)
     try:
         assert asyncio.run(client.dispatch_async(RvqPut("fk-0", 1))).version == 1
-        pid, read = _forked_async_dispatch(client, "fk-1")
-        try:
-            wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0], 30, what=f"worker {pid}")
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise
-        with contextlib.closing(os.fdopen(read, "rb")) as pipe:
-            report = json.loads(pipe.read() or b"{}")
+        report = _report(*_forked_async_dispatch(client, "fk-1"))
         assert report == {"version": 1}, report
         assert asyncio.run(client.dispatch_async(RvqPut("fk-0", 1))).version == 2
     finally:

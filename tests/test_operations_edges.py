@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,22 @@ def test_start_with_a_stale_state_file_kills_nothing_but_the_daemons(tmp_path: P
         shut_down(backstage)
 
 
+@contextlib.contextmanager
+def _bank_daemon(tmp_path: Path, account: str) -> Iterator[Backstage]:
+    """A bank daemon in a home of its own, ``account`` opened; stopped (whatever is left of
+    it) at the end."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    try:
+        started = backstage.start()
+        assert started.returncode == 0, started.stderr
+        backstage.send("OpenAccount", {"account_id": account, "owner": account.upper()})
+        yield backstage
+    finally:
+        shut_down(backstage)
+
+
 # -- the application's root supervisor is gone, its admin is not ---------------------------------
 
 
@@ -169,13 +186,7 @@ def test_a_daemon_whose_root_supervisor_died_is_reported_and_started_again(
     only a `backstage stop` that waited out its whole timeout got the user out)."""
     import time
 
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    try:
-        started = backstage.start()
-        assert started.returncode == 0, started.stderr
-        backstage.send("OpenAccount", {"account_id": "rvr", "owner": "R"})
+    with _bank_daemon(tmp_path, "rvr") as backstage:
         root = int(backstage.json("tree")["pid"])
         admin = int(backstage.state()["admin_pid"])
         os.kill(root, signal.SIGKILL)
@@ -202,8 +213,6 @@ def test_a_daemon_whose_root_supervisor_died_is_reported_and_started_again(
         assert stopped.returncode == 0, stopped.stderr
         assert time.monotonic() - began < 10.0
         wait_until(lambda: not process_alive(admin), timeout=10, what="the admin's end")
-    finally:
-        shut_down(backstage)
 
 
 # -- a full disk under BACKSTAGE_HOME while `backstage start` writes its state -------------------
@@ -299,13 +308,7 @@ def test_sigkill_of_the_daemons_logger_process_does_not_take_the_daemon_down(
     where it stored `self.logdefs`: the AttributeError ended the admin, and with it (every
     process dies with its admin) the whole daemon. One SIGKILL of a process that only writes
     log lines must not stop the application."""
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    try:
-        started = backstage.start()
-        assert started.returncode == 0, started.stderr
-        backstage.send("OpenAccount", {"account_id": "rvl", "owner": "L"})
+    with _bank_daemon(tmp_path, "rvl") as backstage:
         admin = int(backstage.state()["admin_pid"])
         actors = {int(n["pid"]) for n in _walk(backstage.json("tree")) if n.get("pid")}
         children = [
@@ -325,8 +328,6 @@ def test_sigkill_of_the_daemons_logger_process_does_not_take_the_daemon_down(
         deposited = backstage.send("Deposit", {"account_id": "rvl", "amount": 3}, "--strong")
         assert deposited["version"] == 2
         assert backstage.run("status").returncode == 0
-    finally:
-        shut_down(backstage)
 
 
 def _walk(node: dict[str, Any]) -> Any:
