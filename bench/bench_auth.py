@@ -21,7 +21,7 @@ from typing import Any
 
 from backstage_actors import _thespian
 from backstage_actors._daemon import log_defs
-from backstage_actors._thespian.auth import FrameCodec
+from backstage_actors._thespian.auth import HEAD, FrameCodec
 from backstage_actors.client import RunningSystem
 from supervisors import start_supervisor
 
@@ -125,7 +125,7 @@ def _per_message(number: int = 20_000) -> tuple[float, float]:
         pickle.loads(pickle.dumps(message))
 
     def unpickle() -> None:
-        pickle.loads(memoryview(body)[32:])
+        pickle.loads(memoryview(body)[HEAD:])
 
     def best(step: Any) -> float:
         return min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
