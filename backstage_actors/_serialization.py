@@ -165,10 +165,14 @@ def _set_unstructure_hook(tp: Any) -> Any:
         items = [converter.unstructure(item, item_type) for item in value]
         try:
             return sorted(items)
-        except TypeError:
-            return items
+        except TypeError:  # (dicts of attrs values, mixed types): ordered by their JSON, so
+            return sorted(items, key=_json_order)  # that equal sets are the same JSON anywhere
 
     return unstructure_set
+
+
+def _json_order(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, default=repr)
 
 
 converter.register_unstructure_hook_factory(_is_set_type, _set_unstructure_hook)
