@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import json
 import math
+import types
 import typing
 import weakref
 from collections.abc import Callable
@@ -180,6 +181,49 @@ converter.register_unstructure_hook_factory(_is_set_type, _set_unstructure_hook)
 # A union of JSON scalars (``int | str``) takes a value of one of its types as it is (cattrs
 # has no hook for it otherwise: every class with such a field was refused).
 configure_union_passthrough(str | int | float | bool | None, converter, accept_ints_as_floats=False)
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_scalar(tp: Any) -> bool:
+    return tp in _JSON_SCALARS or typing.get_origin(tp) is typing.Literal
+
+
+def _never_scalar(tp: Any) -> bool:
+    """Whether a value of ``tp`` is never a JSON scalar once unstructured (an array, an object)."""
+    origin = typing.get_origin(tp) or tp
+    if attrs.has(origin) or dataclasses.is_dataclass(origin):
+        return True
+    containers = (list, tuple, dict, set, frozenset, collections.abc.Collection)
+    return (
+        isinstance(origin, type)
+        and issubclass(origin, containers)
+        and not issubclass(origin, (str, bytes, bytearray))
+    )
+
+
+def _is_ambiguous_union(tp: Any) -> bool:
+    """A union of a JSON scalar and a type stored as a scalar too (``Colour | str``,
+    ``datetime | str``): the passthrough would read the stored value back as the scalar."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    members = typing.get_args(tp)
+    if not any(_is_scalar(m) and m is not type(None) for m in members):
+        return False
+    return not all(_is_scalar(m) or _never_scalar(m) for m in members)
+
+
+def _ambiguous_union_hook(tp: Any) -> Any:
+    def refuse(value: Any, _: Any) -> Any:
+        raise TypeError(
+            f"{tp} cannot be read back: its members are stored as the same JSON scalars; "
+            "give them fields of their own"
+        )
+
+    return refuse
+
+
+converter.register_structure_hook_factory(_is_ambiguous_union, _ambiguous_union_hook)
 
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 
