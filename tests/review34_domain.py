@@ -67,3 +67,27 @@ router.dispatch([RvzBook], to=RvzShow, identity="show_id")
 
 def make_app(**options: Any) -> Application:
     return Application("review34", router=router, **options)
+
+
+@attrs.frozen
+class RvzLoose:
+    """A command with an untyped field: whatever the caller puts there."""
+
+    box_id: str
+    payload: Any = None
+
+
+@attrs.frozen
+class RvzTook:
+    box_id: str
+
+
+class RvzLooseBox(Aggregate):
+    def execute(self, command: Any) -> Any:
+        return RvzTook(command.box_id)
+
+    def apply(self, event: Any) -> None:
+        pass
+
+
+router.dispatch(RvzLoose, to=RvzLooseBox, identity="box_id")

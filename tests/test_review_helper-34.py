@@ -12,7 +12,7 @@ import pytest
 
 from backstage_actors import EventStore, SerializationError
 
-from .review34_domain import RvzBook, RvzFelt, RvzMood, RvzSeat, RvzStamped, make_app
+from .review34_domain import RvzBook, RvzFelt, RvzLoose, RvzMood, RvzSeat, RvzStamped, make_app
 
 
 def _same_set_in_two_orders() -> tuple[frozenset[RvzSeat], frozenset[RvzSeat]]:
@@ -62,3 +62,33 @@ def test_an_event_is_never_read_back_as_another_value(tmp_path: Path, event: Any
             return  # refused, as it was: nothing is stored that reads back as something else
         read = [e.data for e in store.read_stream("RvzBox-x")]
         assert read == [event], f"stored, and read back as {read}"
+
+
+@pytest.mark.process
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["multiproc"])
+def test_commands_that_fit_one_message_but_not_with_their_metadata(
+    start_app: Any, base: str
+) -> None:
+    """dispatch_many splits its messages by the commands' pickled sizes alone: commands that
+    together just fit, with the metadata each may carry (up to 64 KiB of JSON), make a message
+    past what the receiving transport takes: it is refused unread, and every command in it
+    times out as 'may or may not have been executed'."""
+    from backstage_actors.command import MAX_SENDABLE, check_sendable
+
+    system = start_app(make_app())
+    count = 40
+    each = MAX_SENDABLE // count - 1000  # characters of payload per command
+    commands = [RvzLoose(f"fit-{n}", _strings(f"{n:02d}", each)) for n in range(count)]
+    assert sum(check_sendable(command) for command in commands) <= MAX_SENDABLE  # one message
+    notes = [{"note": f"{n:02d}" + "m" * 60_000} for n in range(count)]  # (distinct strings)
+    answers = system.dispatch_many(commands, metadata=notes, timeout=90.0)
+    assert [type(answer).__name__ for answer in answers] == ["DispatchResult"] * count
+
+
+def _strings(tag: str, characters: int) -> list[str]:
+    """Distinct strings (pickle would share equal ones) of ``characters`` in all, none longer
+    than a command's string may be."""
+    chunk = 900_000
+    sizes = [chunk] * (characters // chunk) + [characters % chunk]
+    return [f"{tag}-{i:03d}" + "x" * (size - 7) for i, size in enumerate(sizes) if size > 7]
