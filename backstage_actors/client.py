@@ -16,6 +16,7 @@ commands from many threads are in flight at once. How they travel is ``_courier`
 from __future__ import annotations
 
 import contextlib
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -259,7 +260,9 @@ class RunningSystem:
         identity = route.identity if route is not None else None
         item = new_item(command, metadata, self.settings.limits, identity)
         if self.base != "simple":  # it travels as a pickle: check it here, not mid-send
-            item = attrs.evolve(item, size=check_sendable(command))
+            # (its metadata, up to max_metadata_bytes of JSON, travels in the same message)
+            meta = len(pickle.dumps(item.metadata, pickle.HIGHEST_PROTOCOL))
+            item = attrs.evolve(item, size=check_sendable(command) + meta)
         return item
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
