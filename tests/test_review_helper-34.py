@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def test_a_named_command_with_a_set_is_answered_when_sent_again(tmp_path: Path) 
     "event",
     [
         RvzFelt("f-1", RvzMood.CALM),
-        RvzStamped("t-1", datetime(2026, 12, 5, 3, 0, tzinfo=timezone.utc)),
+        RvzStamped("t-1", datetime(2026, 12, 5, 3, 0, tzinfo=UTC)),
     ],
     ids=["enum-or-str", "datetime-or-str"],
 )
