@@ -173,7 +173,10 @@ def _set_unstructure_hook(tp: Any) -> Any:
 
 
 def _json_order(item: Any) -> str:
-    return json.dumps(item, sort_keys=True, default=repr)
+    try:
+        return json.dumps(item, sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # (keys of mixed types: no JSON order; its repr)
+        return repr(item)
 
 
 converter.register_unstructure_hook_factory(_is_set_type, _set_unstructure_hook)
