@@ -1,4 +1,7 @@
-"""Review of the integration of 2026-12-05's fixes (helper-34): each test failed before its fix."""
+"""Where two of 2026-12-05's fixes met (found by helper-34's review of their merge; each test
+failed before its fix): a named command holding a set sent again, unions whose members are
+stored as the same JSON scalar, and a batch that fits by its commands but not with their
+metadata."""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ import pytest
 
 from backstage_actors import EventStore, SerializationError
 
-from .review34_domain import RvzBook, RvzFelt, RvzLoose, RvzMood, RvzSeat, RvzStamped, make_app
+from .integration_edges_domain import (
+    RvzBook,
+    RvzFelt,
+    RvzLoose,
+    RvzMood,
+    RvzSeat,
+    RvzStamped,
+    make_app,
+)
 
 
 def _same_set_in_two_orders() -> tuple[frozenset[RvzSeat], frozenset[RvzSeat]]:

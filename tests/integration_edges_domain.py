@@ -1,4 +1,4 @@
-"""Domain of tests/test_review_helper-34.py (module-level: multiproc actors unpickle by reference)."""
+"""Domain of tests/test_integration_edges.py (module-level: multiproc actors unpickle by reference)."""
 
 from __future__ import annotations
 
