@@ -137,12 +137,18 @@ def test_sigkill_of_a_shard_under_load_loses_and_doubles_nothing(start_app: Any)
     system = start_app(make_counters(shards=2), port=port)
     system.dispatch(Add("warm", 1))
     victim = shard_nodes(system)[0]["pid"]
-    killer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    start = system.store.last_position()
+
+    def kill_under_load() -> None:  # once the clients' commands are being stored, not by a clock
+        wait_until(lambda: system.store.last_position() >= start + 60, 60, what="load")
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_under_load)
     killer.start()
     try:
         confirmed = run_at_once(_named_adds, [(port, f"c{n}", 150) for n in range(3)])
     finally:
-        killer.cancel()
+        killer.join(60)
     assert confirmed == [150, 150, 150]
     assert not process_alive(victim)
     events = [e for e in system.store.read_all() if e.stream_id.startswith("Counter-c")]
