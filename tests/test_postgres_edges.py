@@ -215,6 +215,16 @@ def test_a_handler_error_message_postgres_cannot_hold_is_parked_not_stuck(
     system.stop()
 
 
+def test_a_rejection_whose_text_postgres_cannot_hold_is_recorded(pg_dsn: str) -> None:
+    """A refusal whose message holds a NUL (or a lone surrogate) is recorded with that text
+    made storable, as a dead letter's is; the record was lost (PostgreSQL's text refuses it)."""
+    with EventStore(pg_dsn) as store:
+        meta = {"command_id": "rv-nul", "command": "RvhzCmd"}
+        store.record_rejection("rv-nul", meta, ValueError("no\x00 \ud800 way"))
+        [rejection] = store.recorder.rejections("command_id", "rv-nul")
+        assert rejection.error == "no\\x00 \\ud800 way"
+
+
 def _set_and_reload(pg_server: PrivateServer, name: str, value: str | None) -> None:
     """ALTER SYSTEM SET (or RESET, for None) ``name``, reloaded, and in force for new sessions."""
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import _serialization as ser
-from ..errors import BackstageError, StoredEventError
+from ..errors import BackstageError, StoredEventError, error_text
 from . import _appending as ap
 from ._codec import decode_event
 from .memory import MemoryRecorder
@@ -372,7 +372,7 @@ class EventStore:
                 stream_id,
                 str(metadata.get("command", "")),
                 type(error).__name__,
-                str(error),
+                _storable(error_text(error)),
                 json.dumps(dict(metadata), default=str),
                 _now(),
             )
