@@ -30,7 +30,7 @@ from . import _async, _courier, _shared, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._protocol import Settings
 from .aggregate import Aggregate
-from .command import CommandItem, DispatchResult, check_sendable, new_item
+from .command import CommandItem, DispatchResult, new_item, sendable
 from .errors import BackstageError, ConsistencyTimeout, SystemNotRunning
 from .middleware import Pipeline
 from .store import EventStore
@@ -261,8 +261,9 @@ class RunningSystem:
         item = new_item(command, metadata, self.settings.limits, identity)
         if self.base != "simple":  # it travels as a pickle: check it here, not mid-send
             # (its metadata, up to max_metadata_bytes of JSON, travels in the same message)
+            data = sendable(command)
             meta = len(pickle.dumps(item.metadata, pickle.HIGHEST_PROTOCOL))
-            item = attrs.evolve(item, size=check_sendable(command) + meta)
+            item = attrs.evolve(item, size=len(data) + meta, pickled=data)
         return item
 
     def _send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:

@@ -7,7 +7,6 @@ and answers each with a :class:`DispatchResult` or an error.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import pickle
 from collections.abc import Mapping
@@ -19,10 +18,17 @@ from . import _serialization as ser
 from ._ids import new_id, request_id
 from .errors import InvalidCommand, SerializationError
 from .limits import DEFAULT_LIMITS, Limits, check_command, check_data
-from .router import UnknownCommand
+from .router import UnknownCommand, _field_names
 from .store.records import RecordedEvent
 
-__all__ = ["CommandItem", "DispatchResult", "check_sendable", "command_from_data", "new_item"]
+__all__ = [
+    "CommandItem",
+    "DispatchResult",
+    "check_sendable",
+    "command_from_data",
+    "new_item",
+    "sendable",
+]
 
 
 @attrs.frozen
@@ -50,6 +56,9 @@ class CommandItem:
     metadata: dict[str, Any]
     idempotent: bool = False  # the caller named the command: a repeat is answered, not re-run
     size: int = attrs.field(default=0, eq=False)  # bytes pickled, where measured (multiproc)
+    # The command as it travels (see __reduce__): pickled once, by the caller's check or on
+    # arrival, and sent on as those bytes by every process it passes.
+    pickled: bytes = attrs.field(default=b"", eq=False, repr=False)
 
     @property
     def command_id(self) -> str:
@@ -59,7 +68,7 @@ class CommandItem:
         # The command travels as a pickle of its own: a process that cannot load its class (a
         # daemon running another version of the app) still reads the item, and answers it with
         # an UnregisteredCommand, instead of dropping the whole message (every command in it).
-        command = pickle.dumps(self.command, pickle.HIGHEST_PROTOCOL)
+        command = self.pickled or pickle.dumps(self.command, pickle.HIGHEST_PROTOCOL)
         return (_load_item, (self.request_id, command, self.metadata, self.idempotent))
 
     @property
@@ -75,7 +84,7 @@ def _load_item(
     except Exception as exc:
         name = str(metadata.get("command", "a command"))
         loaded = UnknownCommand(name, f"{type(exc).__name__}: {exc}")
-    return CommandItem(request_id, loaded, metadata, idempotent)
+    return CommandItem(request_id, loaded, metadata, idempotent, pickled=command)
 
 
 # What one command may take as a pickle: a message between processes is refused past 256 MiB
@@ -83,41 +92,40 @@ def _load_item(
 MAX_SENDABLE = (256 << 20) - (1 << 20)
 
 
-def check_sendable(command: Any) -> int:
-    """A command that must travel to other processes (multiproc) must pickle, within
-    :data:`MAX_SENDABLE` bytes: one that does not (a function, a lock, a generator in a loosely
-    typed field) is a :class:`SerializationError` naming its fields, before anything is sent.
-    Returns its size pickled."""
+def sendable(command: Any) -> bytes:
+    """``command`` pickled, as it travels to other processes (multiproc), within
+    :data:`MAX_SENDABLE` bytes: one that does not pickle (a function, a lock, a generator in a
+    loosely typed field) or is too big is a :class:`SerializationError` naming its fields,
+    before anything is sent."""
     name = type(command).__name__
     try:
-        size = len(pickle.dumps(command, pickle.HIGHEST_PROTOCOL))
+        data = pickle.dumps(command, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     else:
-        if size <= MAX_SENDABLE:
-            return size
+        if len(data) <= MAX_SENDABLE:
+            return data
         raise SerializationError(
-            f"{name}: {size:,} bytes pickled, more than a message between the running system's "
-            f"processes holds ({MAX_SENDABLE:,}); keep large blobs outside commands"
+            f"{name}: {len(data):,} bytes pickled, more than a message between the running "
+            f"system's processes holds ({MAX_SENDABLE:,}); keep large blobs outside commands"
         )
     paths = []
-    for field in attrs.fields(type(command)) if attrs.has(type(command)) else []:
+    for field in _field_names(type(command)):
         try:
-            pickle.dumps(getattr(command, field.name, None), pickle.HIGHEST_PROTOCOL)
+            pickle.dumps(getattr(command, field, None), pickle.HIGHEST_PROTOCOL)
         except Exception:
-            paths.append(f"$.{field.name}")
-    if dataclasses.is_dataclass(command):
-        for field in dataclasses.fields(command):
-            try:
-                pickle.dumps(getattr(command, field.name, None), pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                paths.append(f"$.{field.name}")
+            paths.append(f"$.{field}")
     where = ", ".join(paths) or "$"
     raise SerializationError(
         f"{name}: cannot be sent to the running system's processes: {where}: {error}",
         paths[0] if paths else "$",
         paths,
     )
+
+
+def check_sendable(command: Any) -> int:
+    """:func:`sendable`'s size: what ``command`` takes of a message."""
+    return len(sendable(command))
 
 
 def new_item(
