@@ -222,39 +222,42 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         if self._local.conn is not None:
             yield
             return
+        try:
+            with self._begun(begin) as conn:
+                self._local.conn = conn
+                try:
+                    yield
+                except BaseException:
+                    if not conn.closed:
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._local.conn = None
+                conn.execute(end)
+        except psycopg.Error as exc:
+            raise self._error(what, exc) from exc
+
+    @contextmanager
+    def _begun(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool on which ``begin`` ran. Nothing is done before it, so a
+        connection found lost (a server restart) is replaced, until ``reconnect_timeout``."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.05
-        try:
-            while True:
-                with self.pool.connection(timeout=self.reconnect_timeout) as conn:
-                    try:
-                        conn.execute(begin)
-                    except psycopg.OperationalError as exc:
-                        # Nothing done yet: a connection lost (a server restart) is replaced.
-                        if not _lost(exc) or time.monotonic() + delay > deadline:
-                            raise
-                        _log.warning(
-                            "%s: connection lost (%s); beginning again",
-                            self.location,
-                            first_line(exc),
-                        )
-                    else:
-                        self._local.conn = conn
-                        try:
-                            yield
-                        except BaseException:
-                            self._local.conn = None
-                            if not conn.closed:
-                                conn.execute("ROLLBACK")
-                            raise
-                        self._local.conn = None
-                        conn.execute(end)
-                        return
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        except psycopg.Error as exc:
-            self._local.conn = None
-            raise self._error(what, exc) from exc
+        while True:
+            with self.pool.connection(timeout=self.reconnect_timeout) as conn:
+                try:
+                    conn.execute(begin)
+                except psycopg.OperationalError as exc:
+                    if not _lost(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    _log.warning(
+                        "%s: connection lost (%s); beginning again", self.location, first_line(exc)
+                    )
+                else:
+                    yield conn
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def connection(self) -> psycopg.Connection[Any] | None:
         """The connection of the transaction open in this thread (projections write on it)."""
