@@ -19,7 +19,10 @@ decided ahead (a whole mailbox per round); answers are held.
 
 An exception in ``apply`` crashes that cell only: its command gets :class:`AggregateFailed`,
 what the cell decided before it in the round is committed, and the cell rebuilds from the store
-before its next command. A cell whose stored events cannot be applied is broken: it answers
+before its next command. So does anything else raised by the aggregate's code that is not an
+``Exception`` (a ``BaseException`` of its own, ``SystemExit``), in ``execute`` too: only a
+``KeyboardInterrupt`` interrupts the round (see :meth:`Cells._interrupted`); otherwise one
+command could take down its shard, and the command resent to the restarted shard would again. A cell whose stored events cannot be applied is broken: it answers
 every command with :class:`AggregateFailed` (rather than crash-looping) until it is passivated.
 
 Cells are kept in an ``OrderedDict`` by last use: passivation (the cap, idle lifespans) drops
@@ -296,6 +299,10 @@ class Cells:
             return Decision(work, exc)
         except Exception as exc:
             return Decision(work, CommandRejected(name, type(exc).__name__, error_text(exc)))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # not a refusal: the aggregate's code broke down
+            return Decision(work, self._crash(cell, name, exc, "deciding"))
         finally:
             metadata = {"stream_id": cell.stream_id, "command": name}
             telemetry.finish("execute", self.stats, started, metadata)
@@ -314,19 +321,20 @@ class Cells:
         try:
             for event in events:
                 state.apply(event)
-        except Exception as exc:
-            return Decision(work, self._crash(cell, name, exc))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            return Decision(work, self._crash(cell, name, exc, "applying its events"))
         state.version += len(events)
         ids = [event_id(item.command_id, i) for i in range(len(events))]
         requests.append(AppendRequest(cell.stream_id, encoded, expected, item.metadata, ids))
         return Decision(work, index=len(requests) - 1)
 
-    def _crash(self, cell: Cell, name: str, exc: Exception) -> AggregateFailed:
-        """``apply`` raised: this cell restarts from the store (what it decided before in the
-        round is committed first); the command gets the error returned."""
+    def _crash(self, cell: Cell, name: str, exc: BaseException, doing: str) -> AggregateFailed:
+        """The aggregate's code broke down: this cell restarts from the store (what it decided
+        before in the round is committed first); the command gets the error returned."""
         message = (
-            f"{cell.stream_id}: {name}: applying its events raised "
-            f"{type(exc).__name__}: {error_text(exc)}"
+            f"{cell.stream_id}: {name}: {doing} raised {type(exc).__name__}: {error_text(exc)}"
         )
         log().error("%s", message, exc_info=exc)
         self.restarts += 1
@@ -415,7 +423,9 @@ class Cells:
                 cell.state = self._rebuild(cell)
             except BackstageError as exc:
                 return None, exc
-            except Exception as exc:  # its class cannot even be made: no use retrying now
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # its class cannot even be made: no use retrying now
                 what = f"{type(exc).__name__}: {error_text(exc)}"
                 message = f"{cell.stream_id} cannot start: {what}"
                 log().error("%s", message, exc_info=exc)
@@ -438,7 +448,9 @@ class Cells:
                 try:
                     aggregate.restore_snapshot(snapshot.state)
                     aggregate.version = snapshot.version
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     log().warning(
                         "%s: ignoring a snapshot that cannot be restored: %s", cell.stream_id, exc
                     )
@@ -455,9 +467,9 @@ class Cells:
                     break
                 aggregate.apply(event)
                 aggregate.version = version
-        except StorageError:
-            raise  # the store cannot be read now: the next command tries again
-        except Exception as exc:
+        except (StorageError, KeyboardInterrupt):
+            raise  # the store cannot be read now (or Ctrl-C): the next command tries again
+        except BaseException as exc:
             # A stored event this code cannot read or apply: answer errors, no crash loop.
             cell.broken = (
                 f"{cell.stream_id}: cannot rebuild: the event at version "

@@ -193,7 +193,9 @@ class ProcessManagerActor(SubscriberActor):
                 try:
                     if not self._pm_step(step):
                         return False  # this instance is busy, or no router yet
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     step.error, step.done = exc, True
             else:
                 step.error = error
@@ -374,7 +376,9 @@ class ProcessManagerActor(SubscriberActor):
             if state is not None:
                 ser.dumps(state, f"{self.name} state")  # (unserializable: fails here)
             step.new_state = state
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             step.error = exc
 
     def _save(self, finished: list[_Step]) -> None:

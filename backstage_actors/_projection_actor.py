@@ -109,9 +109,9 @@ class ProjectionActor(SubscriberActor):
                     recorded = self.store.decode_row(row)
                     self.subscriber.project(recorded.data, Metadata.of(recorded), self.target)
                 self.save_checkpoint_fenced(self.target_store, rows[-1][0])
-        except CheckpointMoved:
+        except (CheckpointMoved, KeyboardInterrupt):
             raise
-        except Exception:
+        except BaseException:  # one by one, then: the event that fails is found
             return False
         elapsed = time.perf_counter() - started
         self.stats.record_many("handle", len(rows), elapsed)

@@ -428,7 +428,9 @@ class SubscriberActor(SupervisedActor):
             try:
                 with telemetry.span("handle", self.stats, subscriber=self.name):
                     deliver(recorded.data if recorded else None, meta)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # (SystemExit too: the event fails, not the subscriber)
                 error = exc
         if error is not None and not self._policy(error, recorded, meta, row):
             return False
@@ -438,10 +440,12 @@ class SubscriberActor(SupervisedActor):
 
     def _decode(
         self, row: tuple[Any, ...]
-    ) -> tuple[RecordedEvent | None, Metadata, Exception | None]:
+    ) -> tuple[RecordedEvent | None, Metadata, BaseException | None]:
         try:
             recorded = self.store.decode_row(row)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             meta = Metadata(
                 position=row[0], event_id=row[1], stream_id=row[2], stream_version=row[3]
             )
@@ -464,7 +468,9 @@ class SubscriberActor(SupervisedActor):
             decision = self.subscriber.error(
                 error, recorded.data if recorded else None, meta, self.failures
             )
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             log().exception("%s: its error policy raised; parking the event", self.name)
             decision, error = PARK, exc
         if isinstance(decision, Retry):
@@ -522,7 +528,9 @@ class SubscriberActor(SupervisedActor):
                 self.store.set_dead_letter_status(letter_id, "truncated")
                 return f"failed: the event at position {letter.position} is gone (truncated)"
             self.redeliver(recorded, Metadata.of(recorded), letter_id)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             self.store.park(
                 self.name,
                 recorded

@@ -30,8 +30,9 @@ from backstage_actors.store import _durability
 from .dispatch_domain import aggregate_nodes
 
 
-class Interrupted(BaseException):
-    """Stands for a KeyboardInterrupt (Ctrl-C) reaching the serving thread."""
+class Interrupted(KeyboardInterrupt):
+    """Stands for a KeyboardInterrupt (Ctrl-C) reaching the serving thread (the only
+    exception of user code that interrupts a round: see test_poison_commands)."""
 
 
 @attrs.frozen

@@ -1,0 +1,120 @@
+"""Domain of tests/test_poison_commands.py (module-level: multiproc actors unpickle by
+reference): aggregate and subscriber code that raises what is not an ``Exception``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from backstage_actors import (
+    Aggregate,
+    Application,
+    EventHandler,
+    ProcessManager,
+    Projection,
+    Router,
+)
+
+
+class PsnOwnBase(BaseException):
+    """A BaseException of user code (not an Exception)."""
+
+
+def raise_for(mode: str) -> None:
+    if mode == "base":
+        raise PsnOwnBase("user code's own BaseException")
+    if mode == "sysexit":
+        raise SystemExit(3)
+
+
+@attrs.frozen
+class PsnDo:
+    box_id: str
+    amount: int
+    decide: str = ""  # raise_for's mode in execute
+    apply: str = ""  # ... in apply
+    handle: str = ""  # ... in the handler
+
+
+@attrs.frozen
+class PsnDone:
+    box_id: str
+    amount: int
+    apply: str
+    handle: str
+
+
+class PsnBox(Aggregate):
+    def __init__(self) -> None:
+        self.total = 0
+
+    def execute(self, command: Any) -> Any:
+        raise_for(command.decide)
+        return PsnDone(command.box_id, command.amount, command.apply, command.handle)
+
+    def apply(self, event: Any) -> None:
+        raise_for(event.apply)
+        self.total += event.amount
+
+
+class PsnHandler(EventHandler):
+    """Raises per its event's ``handle`` mode; after ``max_failures`` it parks the event."""
+
+    name = "psn-handler"
+    retry_base = 0.01
+    consistency = "eventual"
+
+    def handle(self, event: Any, metadata: Any) -> None:
+        raise_for(event.handle)
+
+
+class PsnProjection(Projection):
+    """Raises per its event's ``handle`` mode; records the others."""
+
+    name = "psn-projection"
+    tables = ("psn_seen",)
+    retry_base = 0.01
+    consistency = "eventual"
+
+    def init(self, db: Any) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS psn_seen (position BIGINT PRIMARY KEY)")
+
+    def project(self, event: Any, metadata: Any, db: Any) -> None:
+        raise_for(event.handle)
+        db.execute("INSERT INTO psn_seen (position) VALUES (?)", (metadata.position,))
+
+
+class PsnManager(ProcessManager):
+    """One process per box; its step raises per its event's ``handle`` mode."""
+
+    name = "psn-manager"
+    retry_base = 0.01
+    consistency = "eventual"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def interested(self, event: Any) -> tuple[str, str] | None:
+        return ("continue", event.box_id) if isinstance(event, PsnDone) else None
+
+    def handle(self, event: Any) -> Any:
+        raise_for(event.handle)
+        return None
+
+    def apply(self, event: Any) -> None:
+        self.seen += 1
+
+
+SUBSCRIBERS = {
+    "psn-handler": PsnHandler,
+    "psn-projection": PsnProjection,
+    "psn-manager": PsnManager,
+}
+
+router = Router()
+router.dispatch(PsnDo, to=PsnBox, identity="box_id")
+
+
+def make_app(**options: Any) -> Application:
+    return Application("poison", router=router, handlers=list(SUBSCRIBERS.values()), **options)
