@@ -355,12 +355,14 @@ def rebuild_projection(
     again (it starts over from the origin: the same end, and the caller hears of it)."""
     request_id = str(uuid.uuid4())
     bus = _bus(endpoint, root)
+    # Where first: the bus answers in order, so the first address it gives is of the instance
+    # the request went to or of one before it, and a restart in between is seen as a change.
+    endpoint.tell(bus, supervisors.WhereIs(name, asked := f"{request_id}-where"))
     endpoint.tell(bus, RebuildRequest(name, request_id))
     deadline = time.monotonic() + timeout
     instance: Any = None  # the projection's address, once the bus said it
-    asked = ""  # the id of an unanswered question to the bus, where the projection is
+    # (asked: the id of an unanswered question to the bus, where the projection is)
     quiet_since = time.monotonic()
-    endpoint.tell(bus, supervisors.WhereIs(name, asked := f"{request_id}-where"))
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
