@@ -14,6 +14,7 @@ Parquet file cannot be appended to: resume a Parquet export with ``--since`` int
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -22,12 +23,17 @@ from typing import Any
 import attrs
 
 from . import _security
-from .errors import BackstageError
-from .history import query_rows
+from .errors import BackstageError, StoredEventError
 from .store import EventStore
 from .store.records import EventQuery
 
-__all__ = ["FORMATS", "ExportResult", "export_events", "last_exported_position"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "broken_events",
+    "export_events",
+    "last_exported_position",
+]
 
 FORMATS = ("jsonl", "parquet")
 
@@ -92,19 +98,63 @@ def _export(
 
 
 def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
-    """Pages of rows past ``after`` matching ``query``."""
-    page: list[tuple[Any, ...]] = []
-    for row in query_rows(store, query, after):
-        page.append(row)
-        if len(page) >= _PAGE:
-            yield page
-            page = []
-    if page:
+    """Pages of rows past ``after`` matching ``query``. A row whose stored data or metadata is
+    not valid JSON (written by hand) ends the pages: the rows before it come as a last page,
+    then :class:`StoredEventError` names it (and the other broken rows of its page)."""
+    while True:
+        page = store.recorder.checked_page(after, _PAGE, query)
+        if not page:
+            return
+        if min(map(_VALIDITY, page)) != 3:  # (the database checked: no parse here)
+            broken = [row for row in page if row[10] != 3]
+            good = page[: page.index(broken[0])]
+            if good:
+                yield good
+            raise _broken(broken, page[-1][0] if len(page) == _PAGE else None)
         yield page
+        if len(page) < _PAGE:
+            return
+        after = page[-1][0]
+
+
+def broken_events(store: EventStore) -> StoredEventError | None:
+    """One error naming every event of ``store`` whose stored JSON is broken (the first few by
+    position and stream, the rest counted); None when there is none."""
+    broken: list[tuple[Any, ...]] = []
+    after = 0
+    while page := store.recorder.checked_page(after, _PAGE, EventQuery()):
+        if min(map(_VALIDITY, page)) != 3:
+            broken.extend(row for row in page if row[10] != 3)
+        after = page[-1][0]
+    return _broken(broken, None) if broken else None
+
+
+_VALIDITY = operator.itemgetter(10)  # the column checked_page adds: 3 when both are JSON
+_NAMED = 10  # broken rows named in one error; the rest are counted
+
+
+def _broken(rows: list[tuple[Any, ...]], checked_to: int | None) -> StoredEventError:
+    """The error naming the broken ``rows``; ``checked_to``: the last position checked, when
+    the events after it were not."""
+    described = []
+    for row in rows[:_NAMED]:
+        bad = [name for bit, name in ((1, "data"), (2, "metadata")) if not row[10] & bit]
+        described.append(
+            f"position {row[0]} (stream {row[2]!r:.80}, {row[4]:.80}): its {' and '.join(bad)}"
+            " is not valid JSON"
+        )
+    more = f"; and {len(rows) - _NAMED} more" if len(rows) > _NAMED else ""
+    if checked_to is not None:
+        more += f" (up to position {checked_to}; those after it were not checked)"
+    return StoredEventError(
+        f"the stored JSON of {'an event' if len(rows) == 1 else f'{len(rows)} events'} is"
+        f" broken: {'; '.join(described)}{more}",
+        rows[0][0],
+    )
 
 
 def _json_line(row: tuple[Any, ...]) -> str:
-    position, event_id, stream_id, version, type_name, schema_version, _, data, meta, at = row
+    position, event_id, stream_id, version, type_name, schema_version, _, data, meta, at, _ = row
     # The stored JSON goes in as it is (no parse and dump); a payload on several lines (copied
     # from elsewhere) is made compact, so one event stays one line.
     if "\n" in data:
@@ -132,13 +182,20 @@ def _export_jsonl(
     count, last = 0, 0
     total = store.last_position()
     with os.fdopen(_security.open_private(path, flags), "w", encoding="utf-8") as file:
-        for page in _rows(store, query, after):
-            file.write("".join(_json_line(row) for row in page))
-            file.flush()
-            count += len(page)
-            last = page[-1][0]
-            if progress:
-                progress(last, total)
+        try:
+            for page in _rows(store, query, after):
+                file.write("".join(_json_line(row) for row in page))
+                file.flush()
+                count += len(page)
+                last = page[-1][0]
+                if progress:
+                    progress(last, total)
+        except StoredEventError as exc:
+            raise StoredEventError(
+                f"cannot export: {exc}; {path} ends with the event before position"
+                f" {exc.position} (mend or delete those rows, then --resume)",
+                exc.position,
+            ) from None
     if progress:
         progress(total, total)
     return count, last
@@ -225,6 +282,9 @@ def _export_parquet(
                 last = page[-1][0]
                 if progress:
                     progress(last, total)
+    except StoredEventError as exc:
+        os.unlink(partial)
+        raise StoredEventError(f"cannot export: {exc}; nothing was written", exc.position) from None
     except BaseException:
         os.unlink(partial)
         raise

@@ -18,7 +18,14 @@ from ._queries import check_rejection_field, where
 from .recorder import TABLES
 from .records import DeadLetter, EventQuery, Rejection
 
-__all__ = ["POSTGRES", "SQLITE", "SQLBookkeeping", "Statements", "rejections_ddl"]
+__all__ = [
+    "POSTGRES",
+    "SQLITE",
+    "SQLBookkeeping",
+    "Statements",
+    "checked_page_sql",
+    "rejections_ddl",
+]
 
 _SNAPSHOT_COLUMNS = "stream_id, version, schema_version, type, data, taken_at"
 _REJECTION_COLUMNS = ", ".join(TABLES["rejections"])
@@ -222,6 +229,12 @@ class SQLBookkeeping:
         statement = self.sql.query_page.format(conditions=conditions)
         return self._all("read events", statement, [after, *params, limit])
 
+    def checked_page(self, after: int, limit: int, query: EventQuery) -> list[Row]:
+        conditions, params = where(self.dialect, query)
+        return self._all(
+            "read events", checked_page_sql(self.dialect, conditions), [after, *params, limit]
+        )
+
     def version_at(self, stream_id: str, at: str) -> int:
         row = self._one("read a stream's version", self.sql.version_at, (stream_id, at))
         return int(row[0] or 0) if row else 0
@@ -237,3 +250,20 @@ class SQLBookkeeping:
     def rejections(self, field: str, value: str) -> list[Rejection]:
         statement = self.sql.rejections.format(field=check_rejection_field(field))
         return [Rejection(*row) for row in self._all("read rejections", statement, (value,))]
+
+
+def checked_page_sql(dialect: str, conditions: str) -> str:
+    """``query_page`` with the validity column of :meth:`Recorder.checked_page`: SQLite's
+    ``json_valid`` (~0.3 us an event); PostgreSQL's cast to ``json`` validates and raises on the
+    first bad row (the recorder then finds them in Python: only when one is broken)."""
+    if dialect == "sqlite":
+        valid, mark = "json_valid(data) + 2 * json_valid(metadata)", "?"
+    else:
+        valid, mark = (
+            "CASE WHEN data::json IS NULL OR metadata::json IS NULL THEN 0 ELSE 3 END",
+            "%s",
+        )
+    return (
+        f"SELECT {COLUMNS}, {valid} FROM events WHERE position > {mark}{conditions}"
+        f" ORDER BY position LIMIT {mark}"
+    )

@@ -51,8 +51,10 @@ from ._group_commit import GroupCommit
 from ._pg_bookkeeping import PgBookkeeping
 from ._pg_schema import HISTORY_SCHEMA, SCHEMA
 from ._pg_support import Listener, PostgresHandle, describe_url, first_line
-from ._sql_bookkeeping import POSTGRES, SQLBookkeeping
+from ._queries import where
+from ._sql_bookkeeping import POSTGRES, SQLBookkeeping, checked_page_sql
 from .recorder import Recorder
+from .records import EventQuery
 
 __all__ = ["Listener", "PostgresHandle", "PostgresRecorder", "describe_url"]
 
@@ -397,6 +399,21 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
             f"SELECT {COLUMNS} FROM events WHERE position >= %s ORDER BY position LIMIT %s",
             (from_position, limit),
         )
+
+    def checked_page(self, after: int, limit: int, query: EventQuery) -> list[Row]:
+        conditions, params = where(self.dialect, query)
+        statement = checked_page_sql(self.dialect, conditions)
+
+        def work(conn: psycopg.Connection[Any]) -> list[Row] | None:
+            try:
+                with conn.transaction():  # (a savepoint: the failed cast ends only it)
+                    return conn.execute(statement, [after, *params, limit]).fetchall()
+            except pg_errors.InvalidTextRepresentation:  # a row's JSON is broken
+                return None
+
+        rows = self._run("read events", work)
+        # Which row, which column: parsed here, only for a page that holds a broken row.
+        return Recorder.checked_page(self, after, limit, query) if rows is None else rows
 
     def event_row(self, position: int) -> Row | None:
         return self._one(

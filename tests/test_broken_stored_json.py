@@ -1,0 +1,131 @@
+"""Rows whose stored ``data`` or ``metadata`` is not valid JSON (written into the database by hand,
+not by Backstage): ``backstage export`` and ``backstage copy`` stop with an error naming each such
+event's position and stream, instead of writing an invalid JSON line (export) or failing on an
+unnamed row (copy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backstage_actors._export import export_events
+from backstage_actors.errors import StoredEventError
+from backstage_actors.store import EventStore
+from backstage_actors.store.records import EventQuery
+
+from .store_conformance import ConfDeposited
+
+BACKSTAGE = str(Path(sys.executable).with_name("backstage"))
+
+
+def _store_with_broken_rows(where: str, count: int = 12) -> None:
+    """``count`` events in two streams; position 5's data and position 9's metadata broken
+    by hand."""
+    with EventStore(where) as store:
+        for n in range(1, count + 1):
+            store.append(f"acct-{n % 2}", [ConfDeposited(f"a{n}", n)], metadata={"n": n})
+    _mangle(where, 'UPDATE events SET data = \'{"account": "a5", \' WHERE position = 5')
+    _mangle(where, "UPDATE events SET metadata = 'n=9' WHERE position = 9")
+
+
+def _mangle(where: str, sql: str) -> None:
+    with EventStore(where) as store:
+        if where.startswith("postgresql://"):
+            store.handle.execute(sql)
+        else:
+            store.recorder.conn.execute(sql)  # type: ignore[attr-defined]
+            store.recorder.conn.commit()  # type: ignore[attr-defined]
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_export_stops_at_a_row_whose_stored_json_is_broken(tmp_path: Path) -> None:
+    source = str(tmp_path / "hand.db")
+    _store_with_broken_rows(source)
+    out = tmp_path / "out.jsonl"
+    with EventStore(source) as store, pytest.raises(StoredEventError) as caught:
+        export_events(store, str(out))
+    message = str(caught.value)
+    assert caught.value.position == 5
+    assert "position 5 (stream 'acct-1', ConfDeposited): its data is not valid JSON" in message
+    assert "position 9 (stream 'acct-1', ConfDeposited): its metadata is not valid JSON" in message
+    # Every line written is JSON: the events before the first broken one, and no more.
+    assert [e["position"] for e in _lines(out)] == [1, 2, 3, 4]
+
+    # Mended, the export goes on after what the file holds.
+    _mangle(
+        source, 'UPDATE events SET data = \'{"account": "a5", "amount": 5}\' WHERE position = 5'
+    )
+    _mangle(source, "UPDATE events SET metadata = '{\"n\": 9}' WHERE position = 9")
+    with EventStore(source) as store:
+        export_events(store, str(out), resume=True)
+    assert [e["position"] for e in _lines(out)] == list(range(1, 13))
+
+
+def test_the_cli_export_of_a_broken_row_is_one_clear_error(tmp_path: Path) -> None:
+    source = str(tmp_path / "hand.db")
+    _store_with_broken_rows(source)
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [BACKSTAGE, "export", str(out), "--db", source], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "position 5 (stream 'acct-1'" in done.stderr
+    assert f"{out} ends with the event before position 5" in done.stderr
+    assert all(isinstance(line, dict) for line in _lines(out))
+
+
+def test_a_parquet_export_of_a_broken_row_leaves_no_file(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow.parquet", reason="pyarrow (the extra `export`) is missing")
+    source = str(tmp_path / "hand.db")
+    _store_with_broken_rows(source)
+    out = tmp_path / "out.parquet"
+    with EventStore(source) as store, pytest.raises(StoredEventError, match="nothing was written"):
+        export_events(store, str(out), "parquet")
+    assert list(tmp_path.iterdir()) == [tmp_path / "hand.db"]
+
+
+def test_a_broken_row_far_into_a_store_is_found(tmp_path: Path) -> None:
+    """Past the first page (5,000 events), and with a filter: only matching rows count."""
+    source = str(tmp_path / "deep.db")
+    with EventStore(source) as store:
+        for start in range(0, 12_000, 1000):
+            events = [ConfDeposited(str(n), n) for n in range(start, start + 1000)]
+            store.append(f"acct-{start // 1000}", events, metadata={"user": f"u{start % 2000}"})
+    _mangle(source, "UPDATE events SET data = 'oops' WHERE position IN (11500, 11501)")
+    _mangle(source, "UPDATE events SET data = 'oops' WHERE position = 10500")  # (user u0)
+    out = tmp_path / "deep.jsonl"
+    with EventStore(source) as store:
+        with pytest.raises(StoredEventError, match=r"3 events is broken: position 10500 "):
+            export_events(store, str(out))
+        assert len(_lines(out)) == 10_499
+        only = EventQuery(metadata=(("user", "u1000"),))
+        with pytest.raises(StoredEventError, match=r"2 events is broken: position 11500 "):
+            export_events(store, str(out), query=only)
+        assert len(_lines(out)) == 5 * 1000 + 499
+
+
+def test_a_postgres_export_stops_at_a_row_whose_data_is_broken(pg_dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL's columns are text: data can hold anything (metadata is held to JSON by the
+    index on its correlation id)."""
+    with EventStore(pg_dsn) as store:
+        for n in range(1, 7):
+            store.append("acct-1", [ConfDeposited(f"a{n}", n)], metadata={"n": n})
+    _mangle(pg_dsn, "UPDATE events SET data = '{oops' WHERE position IN (3, 5)")
+    out = tmp_path / "pg.jsonl"
+    with EventStore(pg_dsn) as store:
+        with pytest.raises(StoredEventError) as caught:
+            export_events(store, str(out))
+        assert [e["position"] for e in _lines(out)] == [1, 2]
+        assert "position 3 (stream 'acct-1', ConfDeposited): its data is not valid JSON" in str(
+            caught.value
+        )
+        assert "position 5 (stream 'acct-1'" in str(caught.value)
+        store.append("acct-1", [ConfDeposited("a7", 7)])  # the store goes on serving
