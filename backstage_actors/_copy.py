@@ -19,7 +19,8 @@ from collections.abc import Callable
 import click
 
 from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail, progress_bar
-from .errors import BackstageError, StorageError
+from ._export import broken_events
+from .errors import BackstageError, StorageError, StoredEventError
 from .store import EventStore, redact, store_kind
 from .store.recorder import TABLES
 
@@ -42,20 +43,34 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
                 f"the destination {redact(destination)} is not empty ({held}); copy into an"
                 " empty store"
             )
-        with src.snapshot(), dst.transaction():
-            totals = {table: src.recorder.count(table) for table in TABLES}
-            total, done = sum(totals.values()), 0
+        with src.snapshot():
+            # A row written by hand whose JSON is broken is named before anything is written
+            # (PostgreSQL refuses broken metadata, unnamed; broken data it would keep).
+            broken = broken_events(src)
+            if broken is not None:
+                raise StoredEventError(
+                    f"cannot copy {redact(source)}: {broken}; mend or delete those rows, then"
+                    " copy again (nothing was copied)",
+                    broken.position,
+                )
+            with dst.transaction():
+                return _copy_tables(src, dst, progress)
+
+
+def _copy_tables(src: EventStore, dst: EventStore, progress: Progress | None) -> dict[str, int]:
+    totals = {table: src.recorder.count(table) for table in TABLES}
+    total, done = sum(totals.values()), 0
+    if progress:
+        progress(0, total)
+    for table in TABLES:
+        for rows in src.recorder.export(table):
+            dst.recorder.import_rows(table, [tuple(row) for row in rows])
+            done += len(rows)
             if progress:
-                progress(0, total)
-            for table in TABLES:
-                for rows in src.recorder.export(table):
-                    dst.recorder.import_rows(table, [tuple(row) for row in rows])
-                    done += len(rows)
-                    if progress:
-                        progress(done, total)
-            # Positions of events deleted since (truncated) are not handed out again either.
-            dst.recorder.reserve_positions(src.recorder.next_position())
-        return totals
+                progress(done, total)
+    # Positions of events deleted since (truncated) are not handed out again either.
+    dst.recorder.reserve_positions(src.recorder.next_position())
+    return totals
 
 
 def register(cli: click.Group) -> None:

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from backstage_actors._copy import copy_store
 from backstage_actors._export import export_events
 from backstage_actors.errors import StoredEventError
 from backstage_actors.store import EventStore
+from backstage_actors.store.recorder import TABLES
 from backstage_actors.store.records import EventQuery
 
 from .store_conformance import ConfDeposited
@@ -129,3 +131,26 @@ def test_a_postgres_export_stops_at_a_row_whose_data_is_broken(pg_dsn: str, tmp_
         )
         assert "position 5 (stream 'acct-1'" in str(caught.value)
         store.append("acct-1", [ConfDeposited("a7", 7)])  # the store goes on serving
+    # A copy from it names them too (the failed check ends a savepoint, not the snapshot).
+    with pytest.raises(StoredEventError, match=r"position 3 \(stream 'acct-1'.*position 5 "):
+        copy_store(pg_dsn, str(tmp_path / "from-pg.db"))
+
+
+def test_a_copy_names_every_row_whose_stored_json_is_broken(tmp_path: Path, pg_dsn: str) -> None:
+    source = str(tmp_path / "hand.db")
+    _store_with_broken_rows(source)
+    for destination in (pg_dsn, str(tmp_path / "copy.db")):
+        with pytest.raises(StoredEventError) as caught:
+            copy_store(source, destination)
+        message = str(caught.value)
+        assert "position 5 (stream 'acct-1', ConfDeposited): its data is not valid JSON" in message
+        assert "position 9 (stream 'acct-1', ConfDeposited): its metadata" in message
+        with EventStore(destination) as store:  # nothing was copied
+            assert all(store.recorder.count(table) == 0 for table in TABLES)
+    done = subprocess.run(
+        [BACKSTAGE, "copy", source, str(tmp_path / "cli.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "position 9 (stream 'acct-1'" in done.stderr, done.stderr
