@@ -188,6 +188,41 @@ configure_union_passthrough(str | int | float | bool | None, converter, accept_i
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
+def _is_float_union(tp: Any) -> bool:
+    """A union of JSON scalars with ``float`` and without ``int`` (``float | str``): the
+    passthrough takes a float as it is but refuses an int, which a ``float`` field takes."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    members = typing.get_args(tp)
+    return (
+        float in members
+        and int not in members
+        and set(members) != {float, type(None)}  # (float | None: cattrs' own, which takes ints)
+        and all(m in _JSON_SCALARS or typing.get_origin(m) is typing.Literal for m in members)
+    )
+
+
+def _float_union_hook(tp: Any) -> Any:
+    none = type(None) in typing.get_args(tp)
+    others = tuple(m for m in typing.get_args(tp) if m is not float and m is not type(None))
+    rest: Any = others[0] if len(others) == 1 else typing.Union[others]  # noqa: UP007
+
+    def structure_float_union(value: Any, _: Any) -> Any:
+        if value.__class__ is int or value.__class__ is float:  # (not a bool)
+            return _float(value, float)  # as a float field: 5 is 5.0, a huge int an error
+        if value is None and none:
+            return None
+        try:
+            return converter.structure(value, rest)
+        except Exception:
+            raise TypeError(f"expected {tp}, got {type(value).__name__} {value!r:.40}") from None
+
+    return structure_float_union
+
+
+converter.register_structure_hook_factory(_is_float_union, _float_union_hook)
+
+
 def _is_scalar(tp: Any) -> bool:
     return tp in _JSON_SCALARS or typing.get_origin(tp) is typing.Literal
 
