@@ -300,7 +300,58 @@ def _integer_key(key: Any) -> Any:
 
 
 converter.register_structure_hook_factory(_is_int_keyed, _int_keyed_hook)
-converter.register_unstructure_hook(Decimal, str)
+#: The digits of a Decimal before and after its point that a PostgreSQL ``numeric`` holds: the
+#: column a projection writes one to. Past them nothing computes with it either: arithmetic in the
+#: default context raises ``decimal.Overflow`` from 10**1,000,000 on, ``int()`` of 1E+1000000 took
+#: 27 s (of 1E+999999999: minutes, holding its shard), ``f"{d:f}"`` of 1E-999999999 is 1 GB.
+MAX_DECIMAL_DIGITS_BEFORE_POINT = 131_072
+MAX_DECIMAL_DIGITS_AFTER_POINT = 16_383
+
+
+class UnstorableDecimal(str):
+    """The text of a Decimal no column holds (not finite, or too many digits), unstructured
+    with what is wrong (``problem``) so that :func:`~backstage_actors.limits.problems` names its
+    field path among every other bad field; written out, it is the Decimal's text."""
+
+    problem: str
+
+
+def decimal_problem(value: Decimal) -> str | None:
+    """What makes ``value`` unstorable, or None."""
+    if not value.is_finite():
+        return f"the decimal {value} is not a finite number"
+    before = value.adjusted() + 1
+    if before > MAX_DECIMAL_DIGITS_BEFORE_POINT:
+        return (
+            f"the decimal {str(value)[:40]} has {before:,} digits before the point (at most"
+            f" {MAX_DECIMAL_DIGITS_BEFORE_POINT:,}: a PostgreSQL numeric's)"
+        )
+    exponent = value.as_tuple().exponent  # (an int: the value is finite)
+    after = -exponent if isinstance(exponent, int) else 0
+    if after > MAX_DECIMAL_DIGITS_AFTER_POINT:
+        return (
+            f"the decimal {str(value)[:40]} has {after:,} digits after the point (at most"
+            f" {MAX_DECIMAL_DIGITS_AFTER_POINT:,}: a PostgreSQL numeric's)"
+        )
+    return None
+
+
+def _unstructure_decimal(value: Decimal) -> str:
+    text = str(value)
+    if not isinstance(value, Decimal):  # (an int given for a Decimal field: its text, as ever)
+        return text
+    # Most decimals: finite, and written out in full in fewer characters than either bound.
+    if "E" not in text and len(text) < MAX_DECIMAL_DIGITS_AFTER_POINT and value.is_finite():
+        return text
+    problem = decimal_problem(value)
+    if problem is None:
+        return text
+    marked = UnstorableDecimal(text)
+    marked.problem = problem
+    return marked
+
+
+converter.register_unstructure_hook(Decimal, _unstructure_decimal)
 converter.register_unstructure_hook(UUID, str)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_unstructure_hook(date, date.isoformat)

@@ -4,7 +4,8 @@
 Every way in (``dispatch``, ``dispatch_many``, the CLI's ``send`` and ``send --file``, the shell)
 checks a command here, once, before any actor sees it; an aggregate's events are checked the same
 way before they reach the store. A violation is a :class:`SerializationError` (a field's content:
-a lone surrogate, a NUL, a string, number or nesting out of bounds) or an
+a lone surrogate, a NUL, a string, number or nesting out of bounds, a ``Decimal`` that is not
+finite or has more digits than a PostgreSQL ``numeric`` holds) or an
 :class:`InvalidCommand` (the identity), naming every bad field path at once::
 
     app = Application("bank", router=router, limits=Limits(max_string_length=10_000))
@@ -115,6 +116,8 @@ def problems(value: Any, limits: Limits = DEFAULT_LIMITS, path: str = "$") -> li
                     (child, f"{where}[{index}]", depth + 1)
                     for index, child in reversed(list(enumerate(item)))
                 )
+        elif kind is ser.UnstorableDecimal:
+            found.append(f"{where}: {item.problem}")
         elif isinstance(item, int) and not isinstance(item, bool):  # an IntEnum, say
             stack.append((int(item), where, depth))
         elif isinstance(item, str):  # a StrEnum, say
