@@ -22,6 +22,7 @@ from .errors import SerializationError, StoredEventError
 
 __all__ = [
     "EventRegistry",
+    "check_event_class",
     "event_topic",
     "event_type",
     "event_version",
@@ -50,6 +51,15 @@ def event_topic(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def check_event_class(cls: Any) -> None:
+    """Raise :class:`SerializationError` unless ``cls`` can be an event's class."""
+    if not is_message_class(cls):
+        raise SerializationError(
+            f"{getattr(cls, '__name__', cls)!r} is not an attrs class or dataclass; "
+            "events must be one of those"
+        )
+
+
 class EventRegistry:
     """Type name → class, and (type name, from version) → upcaster."""
 
@@ -59,11 +69,7 @@ class EventRegistry:
         self._lock = threading.Lock()
 
     def register(self, cls: type) -> type:
-        if not is_message_class(cls):
-            raise SerializationError(
-                f"{getattr(cls, '__name__', cls)!r} is not an attrs class or dataclass; "
-                "events must be one of those"
-            )
+        check_event_class(cls)
         name = event_type(cls)
         with self._lock:
             known = self._classes.get(name)

@@ -19,10 +19,10 @@ import attrs
 
 from .. import _serialization as ser
 from ..errors import SerializationError, StoredEventError
-from ..event import event_topic, event_type, event_version, registry
+from ..event import check_event_class, event_topic, event_type, event_version, registry
 from ..limits import DEFAULT_LIMITS, Limits, check_data
 
-__all__ = ["EncodedEvent", "decode_event", "encode_event", "fast_structure"]
+__all__ = ["EncodedEvent", "check_event", "decode_event", "encode_event", "fast_structure"]
 
 _PLAIN = (int, str, float, bool, type(None))
 MAX_EVENT_BYTES = DEFAULT_LIMITS.max_event_bytes
@@ -54,6 +54,17 @@ def encode_event(
         known = (event_type(cls), event_version(cls), event_topic(cls))
         _encoders[cls] = known
     name, version, topic = known
+    return EncodedEvent(name, version, topic, _text(event, cls, name, validate, limits), event)
+
+
+def check_event(event: Any, limits: Limits = DEFAULT_LIMITS) -> None:
+    """What :func:`encode_event` checks of ``event``, without registering its class (a test's
+    ``given`` history: one test suite may hold two applications' classes of the same name)."""
+    check_event_class(type(event))
+    _text(event, type(event), event_type(event), True, limits)
+
+
+def _text(event: Any, cls: type, name: str, validate: bool, limits: Limits) -> str:
     data = ser.unstructure(event)
     check = _checks.get(cls, _UNKNOWN)
     if check is _UNKNOWN:
@@ -71,7 +82,7 @@ def encode_event(
         )
     if validate and not plain:
         ser.structure(json.loads(text), cls, name)  # the full check, naming what is wrong
-    return EncodedEvent(name, version, topic, text, event)
+    return text
 
 
 _UNKNOWN: Any = object()
