@@ -91,6 +91,7 @@ def start_lock(port: int, host: str = LOCAL, timeout: float = 60.0) -> Any:
     of racing it for the port and cleaning up "leftovers" that are the first one's processes.
     A POSIX record lock: the daemon's processes, forked meanwhile, do not inherit it."""
     fd = _security.open_private(home() / f"{file_stem(port, host)}.start", os.O_RDWR)
+    _starter_fds.add(fd)  # (the daemon's processes, forked meanwhile, close it)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -107,6 +108,7 @@ def start_lock(port: int, host: str = LOCAL, timeout: float = 60.0) -> Any:
             time.sleep(0.05)
         yield
     finally:
+        _starter_fds.discard(fd)
         os.close(fd)
 
 
@@ -244,40 +246,43 @@ def _end_processes(listed: Any, timeout: float) -> list[int]:
     return sorted(found)
 
 
-# This command's own stdout and stderr, kept aside while the actor system forks. A fork keeps
-# every fd open (close-on-exec does not apply): the daemon would hold them for its whole life,
-# and whoever reads this command's output (a pipe, `$(backstage start ...)`) would wait forever.
-_saved_output: tuple[int, ...] = ()
+# Descriptors of this command that the daemon must not hold, closed in every process forked
+# while they are open: its own stdout and stderr, kept aside while the actor system forks (whoever
+# reads this command's output, a pipe, `$(backstage start ...)`, would wait forever), the log
+# and /dev/null it points fds 0-2 at, the start lock's file. A fork keeps every fd open
+# (close-on-exec does not apply), and the daemon's processes would hold them for their lives.
+_starter_fds: set[int] = set()
 
 
-def _close_saved_output() -> None:
-    global _saved_output
-    for fd in _saved_output:
+def _close_starter_fds() -> None:
+    for fd in _starter_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _saved_output = ()
+    _starter_fds.clear()
 
 
-os.register_at_fork(after_in_child=_close_saved_output)
+os.register_at_fork(after_in_child=_close_starter_fds)
 
 
 @contextlib.contextmanager
 def redirected_output(log_file: str) -> Any:
     """Point fds 1 and 2 at ``log_file`` and fd 0 at /dev/null while the actor system forks: its
     processes outlive this command and must not hold on to its terminal or pipes."""
-    global _saved_output
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = _saved_output = os.dup(0), os.dup(1), os.dup(2)
+    saved = os.dup(0), os.dup(1), os.dup(2)
+    _starter_fds.update(saved)
     log = _security.open_private(log_file)  # never through a symlink
+    _starter_fds.add(log)
     null = os.open(os.devnull, os.O_RDONLY)
+    _starter_fds.add(null)
     try:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
         yield
     finally:
-        _saved_output = ()
+        _starter_fds.difference_update((*saved, log, null))
         sys.stdout.flush()
         sys.stderr.flush()
         for target, fd in enumerate(saved):

@@ -38,6 +38,7 @@ import os
 import pickle
 import socket
 import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -294,12 +295,14 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
     def __init__(self, init: Any, *args: Any) -> None:
         global _member
         if isinstance(init, tcp.TCPEndpoint):  # in a process of the system's own
+            drop_inherited(init)
             _member = self.scope
             if self.scope.thespian_log:
                 utilis._thesplog_file = self.scope.thespian_log
                 utilis._thesplog_old_file = self.scope.thespian_log + ".old"
         with entered(self.scope):
             super().__init__(init, *args)
+        (_members if isinstance(init, tcp.TCPEndpoint) else _clients).add(self)
 
     def serializer(self, intent: Any) -> bytes:
         if self.codec is None:
@@ -405,6 +408,45 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
         with contextlib.suppress(OSError):
             inc.socket.send(self.scope.signer().frame(_PROBED + nonce))
         inc.close()
+
+
+# The transports of this process and of the processes it was forked from: the clients
+# (``attach``, a thread's endpoint, the transport of the process that starts a system) and the
+# system's own, whose sockets a process forked from here must let go of (see drop_inherited).
+_clients: weakref.WeakSet[AuthenticatedTCPTransport] = weakref.WeakSet()
+_members: weakref.WeakSet[AuthenticatedTCPTransport] = weakref.WeakSet()
+LOGGER_INSTANCE = -1  # the instance number Thespian gives its logger's endpoint
+
+
+def _transport_sockets(transport: Any) -> list[socket.socket]:
+    """Every socket ``transport`` holds: its listening one and its connections."""
+    held = [getattr(transport, "socket", None)]
+    for attribute in ("_incomingSockets", "_transmitIntents", "_openSockets"):
+        held += [
+            getattr(each, "socket", None) for each in getattr(transport, attribute, {}).values()
+        ]
+    return [sock for sock in held if isinstance(sock, socket.socket)]
+
+
+def drop_inherited(endpoint: Any) -> None:
+    """In a process of a system just forked (its admin, its logger, an actor), before its own
+    transport exists: close the sockets it inherited that are not its own. A fork closes
+    nothing, close-on-exec or not. The admin forks from the process that starts the system
+    (``backstage start``), whose transport listens for the admin's answer: every process of
+    the daemon held that listening socket, kept its port bound after the starter exited and
+    could accept connections meant for it. Thespian's logger, forked from the admin, kept the
+    admin's listening socket and connections (Thespian closes those in the actors it forks,
+    not in its logger). Each socket is detached first, so that the objects left over from the
+    parent (never used here) cannot close a descriptor number this process reuses."""
+    inherited = list(_clients)
+    if endpoint.args[0] == LOGGER_INSTANCE:  # (an actor's: Thespian closed them already)
+        inherited += list(_members)
+    for transport in inherited:
+        for sock in _transport_sockets(transport):
+            with contextlib.suppress(OSError):
+                os.close(sock.detach())
+    _clients.clear()
+    _members.clear()
 
 
 def system_base(scope: Scope) -> type:
