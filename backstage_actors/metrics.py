@@ -28,12 +28,17 @@ Series (see the README for the table)::
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
+import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -45,8 +50,17 @@ from prometheus_client.registry import Collector
 import supervisors
 
 from . import telemetry
+from ._security import RefusalLog
 
-__all__ = ["MetricsServer", "TimeoutCounter", "TreeCollector", "owner_lookup", "serve"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "READ_TIMEOUT",
+    "MetricsServer",
+    "TimeoutCounter",
+    "TreeCollector",
+    "owner_lookup",
+    "serve",
+]
 
 SUBSCRIBER_KINDS = ("handler", "projection", "process_manager")
 
@@ -216,6 +230,114 @@ class TreeCollector(Collector):
         yield from (restarts, live, passivated)
 
 
+# The endpoint answers anyone who reaches it (unauthenticated by design: bound to 127.0.0.1
+# unless told otherwise). Each connection costs a descriptor and a thread while it is open: at
+# most MAX_CONNECTIONS are served at once (the next ones are closed at once, refusals logged at
+# a bounded rate), and a client has READ_TIMEOUT seconds in all to send its request, then
+# WRITE_TIMEOUT seconds per send of the answer. Before, a flood of idle connections held a
+# descriptor and a thread each, for ever: the process hosting the endpoint (the metrics actor's,
+# or in-process the application's own) ran out of descriptors. A scrape is one short request.
+MAX_CONNECTIONS = 16
+READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 10.0
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, read before a deadline: a client sending a byte now and then
+    cannot hold its connection (a timeout per read would let it)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {READ_TIMEOUT}s")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _LogStream(io.TextIOBase):
+    """Where wsgiref writes a failed answer's traceback: the log (at debug), not stderr."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log().debug("metrics: %s", text.rstrip())
+        return len(text)
+
+
+class _Handler(WSGIRequestHandler):
+    """One request per connection, read within READ_TIMEOUT; no access log."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # (socketserver's reader, which knows no deadline)
+        self.rfile = io.BufferedReader(
+            _DeadlineReader(self.connection, time.monotonic() + READ_TIMEOUT)
+        )
+
+    def parse_request(self) -> bool:
+        complete = bool(super().parse_request())
+        self.connection.settimeout(WRITE_TIMEOUT)  # (the request is in: now the answer)
+        return complete
+
+    def get_stderr(self) -> Any:
+        return _LogStream()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``max_connections`` of them at once."""
+
+    daemon_threads = True
+    block_on_close = False  # (close() does not wait for a slow client)
+    request_queue_size = 64  # (a burst of scrapes is not dropped by the kernel)
+
+    def __init__(self, *args: Any, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refusals = RefusalLog(__name__)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refusals.refused(
+                f"a connection to the metrics endpoint beyond {self.max_connections} at once",
+                client_address,
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread for it (the process is out of them): let it go
+            self.slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.refusals.refused("a connection that failed or sent no request in time", client_address)
+
+
+def _server_class(host: str, port: int) -> tuple[type[_Server], str]:
+    """The server class for ``host``'s address family (IPv6 too), and the address to bind."""
+    family, *_, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return type("MetricsHTTPServer", (_Server,), {"address_family": family}), str(address[0])
+
+
 class MetricsServer:
     """``/metrics`` on ``host:port`` in a daemon thread, for ``collector`` alone."""
 
@@ -228,7 +350,14 @@ class MetricsServer:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self._server, self._thread = start_http_server(port, host, self.registry)
+        server_class, address = _server_class(host, port)
+        self._server = make_server(
+            address, port, make_wsgi_app(self.registry), server_class, handler_class=_Handler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="backstage-metrics", daemon=True
+        )
+        self._thread.start()
         self.host, self.port = host, int(self._server.server_address[1])
         self._on_close = on_close
 
