@@ -45,6 +45,14 @@ def log() -> logging.Logger:
 MAX_REMEMBERED = 10_000  # aggregate addresses a client keeps, most recently used
 DIRECT_PATIENCE = 1.0  # seconds to wait for an aggregate addressed directly before the detour
 MAX_UNCLAIMED = 10_000  # in-process answers read by another call, kept for their own
+# On multiproc a wait for an answer is cut in slices this long: after a slice without one,
+# whether the system's admin still accepts connections (a stopped or crashed system: the
+# caller hears so at once, instead of waiting out its timeout).
+PROBE_EVERY = 1.0
+
+
+class SystemGone(SystemNotRunning):
+    """The actor system a running system's handle talks to is not running any more."""
 
 
 class _SystemLock:
@@ -134,6 +142,42 @@ def _tell(endpoint: Any, address: Any, message: Any) -> bool:
     return True
 
 
+class _Guarded:
+    """A multiproc endpoint whose waits (``ask``, ``listen``) are cut in slices of at most
+    :data:`PROBE_EVERY` seconds; after a slice without an answer, ``check()`` raises
+    :class:`SystemGone` if the system is gone. Everything else is the endpoint's."""
+
+    __slots__ = ("check", "endpoint")
+
+    def __init__(self, endpoint: Any, check: Callable[[], None]) -> None:
+        self.endpoint = endpoint
+        self.check = check
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.endpoint, name)
+
+    def listen(self, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (MAX_WAIT if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            reply = self.endpoint.listen(max(0.0, min(left, PROBE_EVERY)))
+            if reply is not None or left <= PROBE_EVERY:
+                return reply
+            self.check()
+
+    def ask(self, address: Any, message: Any, timeout: float | None = None) -> Any:
+        began = time.monotonic()
+        wait = MAX_WAIT if timeout is None else timeout
+        reply = self.endpoint.ask(address, message, min(wait, PROBE_EVERY))
+        if reply is not None or wait <= PROBE_EVERY:
+            return reply
+        self.check()
+        return self.listen(max(0.0, wait - (time.monotonic() - began)))
+
+
+MAX_WAIT = 10.0**6  # what "no timeout" waits (see client.MAX_TIMEOUT)
+
+
 def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
     name = type(item.command).__name__
     telemetry.emit("timeout", {"count": 1.0}, {"command": name})
@@ -208,6 +252,7 @@ class Courier:
         self._names_for, self._names = 0, frozenset[str]()  # see _lane_names
         self.check_running = check_running
         self._router: Any = None
+        self._admin: tuple[str, int] | None = None  # where the admin listens (see check_admin)
         self._lock = _SystemLock()
         self._pid = self._owner_pid = os.getpid()  # the process whose main thread owns actor_system
         self._local = threading.local()
@@ -255,14 +300,24 @@ class Courier:
         if pid != self._pid:
             self._forked(pid)
         if pid == self._owner_pid and threading.current_thread() is threading.main_thread():
-            return _Locked(self._lock, self.actor_system)
+            return _Locked(self._lock, _Guarded(self.actor_system, self.check_admin))
         held: _ThreadEndpoint | None = getattr(self._local, "endpoint", None)
         if held is None or held.pid != pid:
             held = _ThreadEndpoint(_thespian.external_context(self.actor_system), pid)
             self._local.endpoint = held
             with self._lock:
                 self._contexts.add(held)
-        return contextlib.nullcontext(held.context)
+        return contextlib.nullcontext(_Guarded(held.context, self.check_admin))
+
+    def check_admin(self) -> None:
+        """:class:`SystemGone` if nothing listens where the system's admin did (multiproc)."""
+        if self._admin is None:
+            self._admin = _thespian.admin_location(self.actor_system) or ("", 0)
+        host, port = self._admin
+        if port and not _thespian.port_in_use(port, host):
+            raise SystemGone(
+                f"the actor system on {host}:{port} is not running (it was stopped, or it crashed)"
+            )
 
     def _forked(self, pid: int) -> None:
         """In a forked child: a lock of its own (another thread of the parent may have held
@@ -314,10 +369,16 @@ class Courier:
             # Named, so that a detour through the router can never run it twice. (In-process
             # the answer is there when tell() returns: no detour, no need.)
             call.items = [attrs.evolve(item, idempotent=True) for item in items]
-            direct = self._by_lane(call, direct)
+            try:
+                direct = self._by_lane(call, direct)
+            except SystemGone as exc:
+                self._gone(call, exc)
             if not call.waiting:
                 return call.answers, 0
-        self._by_message(call, direct, batch_size)
+        try:
+            self._by_message(call, direct, batch_size)
+        except SystemGone as exc:
+            self._gone(call, exc)
         self._time_out(call)
         return call.answers, call.durable_at
 
@@ -335,9 +396,11 @@ class Courier:
         if isinstance(reply, Executed):
             self._take(reply, call.waiting, call.answers, lane=lane)
         if call.waiting:
-            # It stopped, crashed, moved or is slow: the router knows the way.
+            # It stopped, crashed, moved or is slow: the router knows the way, if the system
+            # still runs.
             self._forget(stream_id)
             lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
+            self.check_admin()
         return None
 
     def _by_message(
@@ -350,12 +413,15 @@ class Courier:
         left = call.deadline - time.monotonic()
         try:
             router = self.router_address(patience=max(0.05, min(10.0, left)))
+        except SystemGone:
+            raise
         except SystemNotRunning:
             if left >= 10.0 or not call.sent:  # (nothing of it was sent: say why)
                 raise
             return  # (the answers still waiting time out: _time_out)
         with self.endpoint() as endpoint:
             me = _thespian.own_address(endpoint)
+            call.sent = True
             if direct is not None and me is not None:
                 address, stream_id, _ = direct
                 call.detour_at = time.monotonic() + min(DIRECT_PATIENCE, call.timeout / 2)
@@ -424,10 +490,21 @@ class Courier:
         left = call.deadline - time.monotonic()
         try:
             router = self.router_address(patience=max(0.05, min(10.0, left)))
+        except SystemGone:
+            raise
         except SystemNotRunning:
             return None
         named = [attrs.evolve(item, idempotent=True) for item in items]
         return router if _tell(endpoint, router, Execute(named, me)) else None
+
+    @staticmethod
+    def _gone(call: _Call, exc: SystemGone) -> None:
+        """What is still waiting gets ``exc``, saying whether it may have run."""
+        for index in call.waiting.values():
+            name = type(call.items[index].command).__name__
+            fate = "it may or may not have been executed" if call.sent else "it was not executed"
+            call.answers[index] = SystemGone(f"{name}: {exc}; {fate}")
+        call.waiting.clear()
 
     def _time_out(self, call: _Call) -> None:
         """What is still waiting gets :class:`DispatchTimeout`."""

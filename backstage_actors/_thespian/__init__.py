@@ -68,6 +68,7 @@ __all__ = [
     "AuthenticationRefused",
     "LeanPollSelector",
     "LeanSimpleBase",
+    "admin_location",
     "admin_status",
     "attach",
     "compact_registry",
@@ -283,6 +284,19 @@ def admin_status(endpoint: Any, timeout: float = 5.0) -> Any:
         return None
     reply = endpoint.ask(admin, Thespian_StatusReq(), timeout)
     return reply if isinstance(reply, Thespian_SystemStatus) else None
+
+
+def admin_location(handle: Any) -> tuple[str, int] | None:
+    """``(host, port)`` where the admin of the system ``handle`` talks to listens (None if it
+    cannot be told): probe it with :func:`port_in_use` to learn whether the system still runs."""
+    admin = getattr(getattr(handle, "_systemBase", None), "adminAddr", None)
+    if admin is None:
+        return None
+    try:
+        host, port = admin.addressDetails.connectArgs[0][:2]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return str(host or "127.0.0.1"), int(port)
 
 
 def system_key(handle: Any) -> str | None:
