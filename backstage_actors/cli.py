@@ -239,29 +239,56 @@ def start(
     )
 
 
+# How `backstage stop --timeout T` spends T (a deadline for the whole stop): the last quarter
+# of it (at most KILL_RESERVE seconds) is kept to end by signals whatever is left; of the rest,
+# DRAIN_SHARE goes to the orderly stop of the tree, and what the drain leaves to Thespian's
+# shutdown of the actor system and then to waiting for its processes to exit. SIGKILL is sent
+# to whatever outlives all that, even past T: no process of a stopped daemon survives it.
+KILL_RESERVE = 5.0
+DRAIN_SHARE = 0.7
+
+
 @cli.command()
 @port_option
 @host_option
 @click.option("--force", is_flag=True, help="Kill every process of the daemon instead of draining.")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds for the whole stop: the tree drains, the actor system stops, and whatever is "
+    "left is killed within them.",
+)
 @json_option
 @click.pass_obj
 def stop(
     session: Session, port: int, host: str, force: bool, timeout: float, as_json: bool
 ) -> None:
     """Stop the daemon: drain, stop the tree in reverse order, then the actor system."""
+    if not timeout > 0:  # (NaN too)
+        fail(f"--timeout must be a positive number of seconds, not {timeout}", EXIT_INPUT)
+    deadline = time.monotonic() + timeout
+    reserve = min(KILL_RESERVE, timeout / 4)
+    orderly_until = deadline - reserve
+
+    def left(until: float) -> float:
+        return max(0.0, until - time.monotonic())
+
     state = _daemon.read_state(port, host)
     if state is not None and _daemon.admin_alive(state) and not _daemon.root_alive(state):
         force = True  # its application is gone: nothing is left to drain, only processes
     if not force:
         _, system = session.system(port, need_app=False, host=host)
         system.owns_system = True  # this stop is meant to end the actor system
-        system.shutdown(timeout=timeout)
+        drain = left(orderly_until) * DRAIN_SHARE
+        system.shutdown(timeout=max(0.05, drain), system_deadline=orderly_until)
         session.forget(port, host)
-        deadline = time.monotonic() + timeout
-        while _daemon.daemon_processes(port, host) and time.monotonic() < deadline:
+        while _daemon.daemon_processes(port, host) and time.monotonic() < orderly_until:
             time.sleep(0.05)
-    killed = _daemon.kill_leftovers(port, host=host)
+    killed = _daemon.kill_leftovers(
+        port, timeout=max(0.2, min(left(deadline), KILL_RESERVE)), host=host
+    )
     if force and not killed and not _daemon.read_state(port, host):
         fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
     _daemon.remove_state(port, host)

@@ -26,7 +26,7 @@ import attrs
 
 import supervisors
 
-from . import _async, _courier, _shared, history, telemetry
+from . import _async, _courier, _shared, _thespian, history, telemetry
 from ._event_bus import rebuild_projection, retry_dead_letters, wait_for_position
 from ._protocol import Settings
 from .aggregate import Aggregate
@@ -386,8 +386,10 @@ class RunningSystem:
             return
         self.shutdown(timeout)
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the application's tree in order, and the actor system if this handle started it."""
+    def shutdown(self, timeout: float = 30.0, *, system_deadline: float | None = None) -> None:
+        """Stop the application's tree in order (within ``timeout`` seconds), and the actor
+        system if this handle owns it: Thespian's admin then waits for its actors, until
+        ``system_deadline`` (a ``time.monotonic()`` instant; default: for Thespian's 10 s)."""
         if self._stopped:
             return
         if self.waker is not None:
@@ -399,7 +401,10 @@ class RunningSystem:
             pass
         finally:
             if self.owns_system:
-                self.actor_system.shutdown()
+                _thespian.shutdown(
+                    self.actor_system,
+                    None if system_deadline is None else system_deadline - time.monotonic(),
+                )
             self._release()
 
     def _release(self) -> None:

@@ -17,6 +17,7 @@
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
 | ``admin.convention.CONVENTION_REREGISTRATION_PERIOD``, ``CONVENTION_RESTART_PERIOD`` (``convention``, a cluster member only) | 2 s instead of 7 min 22 s and 3 min 22 s | a dead member is seen after 3 missed registrations (6 s); a member's first check comes before the leader drops it | failure detection | the admins of cluster members |
 | ``multiprocCommon.MultiProcAdmin.logDefs`` (``keep_the_logger``) | a property reading the ``logdefs`` the admin keeps | when its logger process dies the admin starts another with ``self.logDefs``, an attribute it never set: the AttributeError ended the admin, and the whole daemon with it | semantics | Backstage's systems only (an admin forked by ``start_actor_system``) |
+| ``systemBase.MAX_SYSTEM_SHUTDOWN_DELAY`` during one ``shutdown`` call (``shutdown``) | what is left of the caller's deadline instead of 10 s | ``backstage stop --timeout T`` must end within T | semantics | the process that stops a daemon, for that call |
 | reads: ``_systemBase``, ``actorRegistry``, ``System:ExternalRequester``, ``transport.myAddress``, ``adminAddr``, ``_myRef._adminAddr``, ``external_clone()`` | none | answers already delivered, own address, a system's identity, a context per thread | read | - |
 
 Thespian's behaviour Backstage relies on without patching it (tested in
@@ -80,6 +81,7 @@ __all__ = [
     "port_in_use",
     "probe",
     "ready_response",
+    "shutdown",
     "start_actor_system",
     "system_key",
     "terse_messages",
@@ -284,6 +286,26 @@ def admin_status(endpoint: Any, timeout: float = 5.0) -> Any:
         return None
     reply = endpoint.ask(admin, Thespian_StatusReq(), timeout)
     return reply if isinstance(reply, Thespian_SystemStatus) else None
+
+
+def shutdown(actor_system: Any, timeout: float | None = None) -> None:
+    """``actor_system.shutdown()``, waiting at most ``timeout`` seconds for the admin to say it
+    stopped (Thespian waits ``MAX_SYSTEM_SHUTDOWN_DELAY``, 10 s, whatever the caller can wait;
+    None keeps that). A caller with a deadline (``backstage stop --timeout``) ends whatever is
+    left by signals."""
+    if timeout is None:
+        actor_system.shutdown()
+        return
+    from datetime import timedelta
+
+    from thespian.system import systemBase
+
+    saved = systemBase.MAX_SYSTEM_SHUTDOWN_DELAY
+    systemBase.MAX_SYSTEM_SHUTDOWN_DELAY = timedelta(seconds=max(0.0, timeout))
+    try:
+        actor_system.shutdown()
+    finally:
+        systemBase.MAX_SYSTEM_SHUTDOWN_DELAY = saved
 
 
 def admin_location(handle: Any) -> tuple[str, int] | None:
