@@ -296,7 +296,16 @@ class Application:
                 raise  # a system is there, with another secret: say so, not "nothing runs"
             except OSError as exc:
                 raise SystemNotRunning(f"no actor system answers on {host}:{port}: {exc}") from None
-        root = actor_system.createActor(Supervisor, globalName=self.root_name)
+        where = f"{host}:{port}" if port is not None else "that actor system"
+        # Looked up, never created (an admin without this application would get an empty root).
+        root = _thespian.global_address(actor_system, self.root_name)
+        if root is None:
+            raise SystemNotRunning(
+                f"{self.name} does not run on {where}: its admin knows no {self.root_name!r} "
+                "(it was never started there, or its root supervisor ended)"
+            )
+        if root is _thespian.NOT_TOLD:  # (an admin that does not answer, a simple system)
+            root = actor_system.createActor(Supervisor, globalName=self.root_name)
         if database is None and port is not None:
             database = self._running_database(actor_system, root, f"{host}:{port}")
         return RunningSystem(

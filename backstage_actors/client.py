@@ -303,12 +303,12 @@ class RunningSystem:
         ``attach`` did, and the handle uses the new one."""
         if self.owns_system or self.base == "simple" or self._stopped:
             return False
-        try:
+        try:  # (looked up, never created: an admin whose application ended has none)
             with self._endpoint() as endpoint:
-                root = endpoint.createActor(supervisors.Supervisor, globalName=self.app.root_name)
+                root = _thespian.global_address(endpoint, self.app.root_name)
         except Exception:  # no admin there (yet): nothing moved that can be found
             return False
-        if root == self.root:
+        if root is None or root is _thespian.NOT_TOLD or root == self.root:
             return False
         self.root = self._courier.root = root
         self._courier._router = None

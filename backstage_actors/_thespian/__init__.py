@@ -65,6 +65,7 @@ from .speed import (  # noqa: E402
 )
 
 __all__ = [
+    "NOT_TOLD",
     "THESPIAN_VERSION",
     "AuthenticationRefused",
     "LeanPollSelector",
@@ -75,6 +76,7 @@ __all__ = [
     "compact_registry",
     "external_context",
     "free_port",
+    "global_address",
     "lean_simple_system",
     "local_address",
     "own_address",
@@ -284,8 +286,19 @@ def admin_status(endpoint: Any, timeout: float = 5.0) -> Any:
     admin = getattr(getattr(endpoint, "_systemBase", None), "adminAddr", None)
     if admin is None:
         return None
+    import time
+
+    deadline = time.monotonic() + timeout
     reply = endpoint.ask(admin, Thespian_StatusReq(), timeout)
-    return reply if isinstance(reply, Thespian_SystemStatus) else None
+    # (an answer that came too late for an earlier question of this endpoint's may come first)
+    while not isinstance(reply, Thespian_SystemStatus):
+        left = deadline - time.monotonic()
+        if reply is None and left <= 0:
+            return None
+        reply = endpoint.listen(max(0.0, left))
+        if reply is None and deadline <= time.monotonic():
+            return None
+    return reply
 
 
 def shutdown(actor_system: Any, timeout: float | None = None) -> None:
@@ -319,6 +332,23 @@ def admin_location(handle: Any) -> tuple[str, int] | None:
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return str(host or "127.0.0.1"), int(port)
+
+
+class NOT_TOLD:
+    """What :func:`global_address` returns when no admin answers (a simple system has none)."""
+
+
+def global_address(endpoint: Any, name: str, timeout: float = 5.0) -> Any:
+    """The address of the actor known by ``globalName=name`` to the admin ``endpoint`` is
+    attached to, None if it knows no such actor, :class:`NOT_TOLD` if it does not answer.
+
+    Never creates one, as ``createActor(cls, globalName=name)`` does when the name is free: a
+    client looking for an application's root in an admin whose application has ended (its root
+    supervisor gave up, or was killed) would start an empty root supervisor there."""
+    status = admin_status(endpoint, timeout)
+    if status is None:
+        return NOT_TOLD
+    return status.globalActors.get(name)
 
 
 def system_key(handle: Any) -> str | None:

@@ -1,0 +1,50 @@
+"""Finding an application's root supervisor in a running admin never starts one: a handle
+whose daemon's application ended (its root supervisor gave up or was killed, the admin lives
+on) looked the root up again with ``createActor(Supervisor, globalName=...)``, which starts an
+empty root supervisor, a process of its own, when the name is free; ``app.attach`` did the
+same. Real daemon of the bank, real processes counted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from backstage_actors import SystemNotRunning
+from examples.bank import app
+from examples.bank.domain import OpenAccount
+
+from .conftest import process_alive, wait_until
+from .test_cli import Backstage, shut_down
+
+pytestmark = pytest.mark.process
+
+
+def test_a_root_that_ended_is_not_started_again_empty_by_a_client(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    system = None
+    try:
+        assert backstage.start().returncode == 0
+        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
+            system = app.attach(port=backstage.port)
+            assert system.dispatch(OpenAccount("rl1", "R"), timeout=30).version == 1
+            root = int(system.tree()["pid"])
+            os.kill(root, signal.SIGKILL)
+            wait_until(lambda: not process_alive(root), what="the root's end")
+            left = set(backstage.processes())
+
+            with pytest.raises(SystemNotRunning):
+                system.tree(timeout=2)
+            assert set(backstage.processes()) <= left, "tree() started a process in the admin"
+            with pytest.raises(SystemNotRunning, match="does not run"):
+                app.attach(port=backstage.port)
+            assert set(backstage.processes()) <= left, "attach() started a process in the admin"
+    finally:
+        if system is not None:
+            system.stop()
+        shut_down(backstage)
