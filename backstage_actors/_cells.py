@@ -20,9 +20,9 @@ decided ahead (a whole mailbox per round); answers are held.
 An exception in ``apply`` crashes that cell only: its command gets :class:`AggregateFailed`,
 what the cell decided before it in the round is committed, and the cell rebuilds from the store
 before its next command. So does anything else raised by the aggregate's code that is not an
-``Exception`` (a ``BaseException`` of its own, ``SystemExit``), in ``execute`` too: only a
-``KeyboardInterrupt`` interrupts the round (see :meth:`Cells._interrupted`); otherwise one
-command could take down its shard, and the command resent to the restarted shard would again. A cell whose stored events cannot be applied is broken: it answers
+``Exception`` (a ``BaseException`` of its own), in ``execute`` too, except what ``stops`` names
+(``Settings.stops``: in-process, Ctrl-C and ``sys.exit()``), which interrupts the round (see
+:meth:`Cells._interrupted`). A cell whose stored events cannot be applied is broken: it answers
 every command with :class:`AggregateFailed` (rather than crash-looping) until it is passivated.
 
 Cells are kept in an ``OrderedDict`` by last use: passivation (the cap, idle lifespans) drops
@@ -164,6 +164,7 @@ class Cells:
         max_live: int = 10_000,
         lifespan: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit),
     ) -> None:
         self.store = store
         self.router = router
@@ -171,6 +172,7 @@ class Cells:
         self.max_live = max(1, max_live)
         self.lifespan = lifespan
         self.limits = limits
+        self.stops = stops  # what interrupts a round rather than failing a command
         self.writer = Writer(store)
         self.cells: OrderedDict[str, Cell] = OrderedDict()  # least recently used first
         self.ready: dict[str, Cell] = {}  # cells with work, in arrival order
@@ -299,7 +301,7 @@ class Cells:
             return Decision(work, exc)
         except Exception as exc:
             return Decision(work, CommandRejected(name, type(exc).__name__, error_text(exc)))
-        except KeyboardInterrupt:
+        except self.stops:
             raise
         except BaseException as exc:  # not a refusal: the aggregate's code broke down
             return Decision(work, self._crash(cell, name, exc, "deciding"))
@@ -321,7 +323,7 @@ class Cells:
         try:
             for event in events:
                 state.apply(event)
-        except KeyboardInterrupt:
+        except self.stops:
             raise
         except BaseException as exc:
             return Decision(work, self._crash(cell, name, exc, "applying its events"))
@@ -423,7 +425,7 @@ class Cells:
                 cell.state = self._rebuild(cell)
             except BackstageError as exc:
                 return None, exc
-            except KeyboardInterrupt:
+            except self.stops:
                 raise
             except BaseException as exc:  # its class cannot even be made: no use retrying now
                 what = f"{type(exc).__name__}: {error_text(exc)}"
@@ -448,7 +450,7 @@ class Cells:
                 try:
                     aggregate.restore_snapshot(snapshot.state)
                     aggregate.version = snapshot.version
-                except KeyboardInterrupt:
+                except self.stops:
                     raise
                 except BaseException as exc:
                     log().warning(
@@ -467,8 +469,10 @@ class Cells:
                     break
                 aggregate.apply(event)
                 aggregate.version = version
-        except (StorageError, KeyboardInterrupt):
-            raise  # the store cannot be read now (or Ctrl-C): the next command tries again
+        except StorageError:
+            raise  # the store cannot be read now: the next command tries again
+        except self.stops:
+            raise
         except BaseException as exc:
             # A stored event this code cannot read or apply: answer errors, no crash loop.
             cell.broken = (

@@ -193,7 +193,7 @@ class ProcessManagerActor(SubscriberActor):
                 try:
                     if not self._pm_step(step):
                         return False  # this instance is busy, or no router yet
-                except KeyboardInterrupt:
+                except self.settings.stops:
                     raise
                 except BaseException as exc:
                     step.error, step.done = exc, True
@@ -376,7 +376,7 @@ class ProcessManagerActor(SubscriberActor):
             if state is not None:
                 ser.dumps(state, f"{self.name} state")  # (unserializable: fails here)
             step.new_state = state
-        except KeyboardInterrupt:
+        except self.settings.stops:
             raise
         except BaseException as exc:
             step.error = exc

@@ -109,7 +109,9 @@ class ProjectionActor(SubscriberActor):
                     recorded = self.store.decode_row(row)
                     self.subscriber.project(recorded.data, Metadata.of(recorded), self.target)
                 self.save_checkpoint_fenced(self.target_store, rows[-1][0])
-        except (CheckpointMoved, KeyboardInterrupt):
+        except CheckpointMoved:
+            raise
+        except self.settings.stops:
             raise
         except BaseException:  # one by one, then: the event that fails is found
             return False

@@ -39,6 +39,17 @@ class Settings:
     admin_port: int | None = None
     member: str | None = None  # "host:port" of this cluster member's admin (see _cluster)
 
+    @property
+    def stops(self) -> tuple[type[BaseException], ...]:
+        """What the application's code may raise that stops the work under way rather than
+        failing one command or event (every other exception does that). In-process the
+        application's own process runs it, where Ctrl-C and a signal handler's ``sys.exit()``
+        (a web server's worker told to stop) arrive as exceptions in whatever code runs; an
+        actor process of a daemon is stopped only by its actor system, so nothing raised there
+        is more than its command's or event's failure (else one command could take down its
+        shard, and again when it is sent to the restarted one)."""
+        return (KeyboardInterrupt, SystemExit) if self.base == "simple" else ()
+
 
 @attrs.frozen
 class Execute:

@@ -91,6 +91,7 @@ class ShardActor(SupervisedActor):
             per_shard,
             self.settings.lifespan,
             limits=self.settings.limits,
+            stops=self.settings.stops,
         )
         self.round_due = False
         self.wakeup_due = False

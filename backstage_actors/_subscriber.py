@@ -428,9 +428,9 @@ class SubscriberActor(SupervisedActor):
             try:
                 with telemetry.span("handle", self.stats, subscriber=self.name):
                     deliver(recorded.data if recorded else None, meta)
-            except KeyboardInterrupt:
+            except self.settings.stops:
                 raise
-            except BaseException as exc:  # (SystemExit too: the event fails, not the subscriber)
+            except BaseException as exc:  # (of its own: the event fails, not the subscriber)
                 error = exc
         if error is not None and not self._policy(error, recorded, meta, row):
             return False
@@ -443,7 +443,7 @@ class SubscriberActor(SupervisedActor):
     ) -> tuple[RecordedEvent | None, Metadata, BaseException | None]:
         try:
             recorded = self.store.decode_row(row)
-        except KeyboardInterrupt:
+        except self.settings.stops:
             raise
         except BaseException as exc:
             meta = Metadata(
@@ -468,7 +468,7 @@ class SubscriberActor(SupervisedActor):
             decision = self.subscriber.error(
                 error, recorded.data if recorded else None, meta, self.failures
             )
-        except KeyboardInterrupt:
+        except self.settings.stops:
             raise
         except BaseException as exc:
             log().exception("%s: its error policy raised; parking the event", self.name)
@@ -528,7 +528,7 @@ class SubscriberActor(SupervisedActor):
                 self.store.set_dead_letter_status(letter_id, "truncated")
                 return f"failed: the event at position {letter.position} is gone (truncated)"
             self.redeliver(recorded, Metadata.of(recorded), letter_id)
-        except KeyboardInterrupt:
+        except self.settings.stops:
             raise
         except BaseException as exc:
             self.store.park(

@@ -21,11 +21,17 @@ class PsnOwnBase(BaseException):
     """A BaseException of user code (not an Exception)."""
 
 
-def raise_for(mode: str) -> None:
+RAISED: set[str] = set()  # "once" modes that have raised in this process
+
+
+def raise_for(mode: str, who: str = "") -> None:
     if mode == "base":
         raise PsnOwnBase("user code's own BaseException")
     if mode == "sysexit":
         raise SystemExit(3)
+    if mode == f"{who}-once" and mode not in RAISED:
+        RAISED.add(mode)
+        raise SystemExit(4)  # (as a signal handler's sys.exit() lands in whatever code runs)
 
 
 @attrs.frozen
@@ -66,7 +72,7 @@ class PsnHandler(EventHandler):
     consistency = "eventual"
 
     def handle(self, event: Any, metadata: Any) -> None:
-        raise_for(event.handle)
+        raise_for(event.handle, self.name)
 
 
 class PsnProjection(Projection):
@@ -81,7 +87,7 @@ class PsnProjection(Projection):
         db.execute("CREATE TABLE IF NOT EXISTS psn_seen (position BIGINT PRIMARY KEY)")
 
     def project(self, event: Any, metadata: Any, db: Any) -> None:
-        raise_for(event.handle)
+        raise_for(event.handle, self.name)
         db.execute("INSERT INTO psn_seen (position) VALUES (?)", (metadata.position,))
 
 
@@ -99,7 +105,7 @@ class PsnManager(ProcessManager):
         return ("continue", event.box_id) if isinstance(event, PsnDone) else None
 
     def handle(self, event: Any) -> Any:
-        raise_for(event.handle)
+        raise_for(event.handle, self.name)
         return None
 
     def apply(self, event: Any) -> None:

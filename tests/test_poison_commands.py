@@ -1,7 +1,9 @@
 """Aggregate and subscriber code that raises what is not an ``Exception`` (a ``BaseException``
-of its own, ``SystemExit``) fails that command, or that event, alone: the shard and every
-other aggregate in it keep serving, and so does the subscriber, on both bases. (Before, such a
-command took down its multiproc shard, and the shard restarted only to meet it again.)"""
+of its own; ``SystemExit`` in a daemon's actor process) fails that command, or that event,
+alone: the shard and every other aggregate in it keep serving, and so does the subscriber.
+(Before, such a command took down its multiproc shard, and the shard restarted only to meet it
+again.) In-process, ``SystemExit`` (a signal handler's ``sys.exit()``) and Ctrl-C stop the work
+under way and reach the caller, as they would any other code of the process."""
 
 from __future__ import annotations
 
@@ -28,10 +30,15 @@ def test_a_base_exception_of_aggregate_code_fails_its_command_alone(
     system = start_app(make_app())
     system.dispatch(PsnDo("px-1", 1))
     before = shards(system)
+    batch = [PsnDo("px-2", 2), PsnDo("px-1", 5, **{where: mode}), PsnDo("px-3", 3)]
 
-    answers = system.dispatch_many(
-        [PsnDo("px-2", 2), PsnDo("px-1", 5, **{where: mode}), PsnDo("px-3", 3)], timeout=20.0
-    )
+    if base == "simple" and mode == "sysexit":  # the process is told to stop: the caller hears
+        with pytest.raises(SystemExit):
+            system.dispatch_many(batch, timeout=20.0)
+        assert system.dispatch(PsnDo("px-1", 4), timeout=20.0).version == 2  # nothing lost kept
+        assert [e.data.amount for e in system.store.read_stream("PsnBox-px-1")] == [1, 4]
+        return
+    answers = system.dispatch_many(batch, timeout=20.0)
 
     assert isinstance(answers[0], DispatchResult), answers[0]
     assert isinstance(answers[1], AggregateFailed), answers[1]
@@ -49,6 +56,9 @@ def test_a_base_exception_of_subscriber_code_parks_that_event_alone(
     start_app: Any, base: str, mode: str, subscriber: str
 ) -> None:
     system = start_app(make_app())
+    if base == "simple" and mode == "sysexit":
+        _a_signal_s_exit_reaches_the_caller_in_process(system, subscriber)
+        return
     bad = system.dispatch(PsnDo("ph-1", 1, handle=mode)).position
     good = system.dispatch(PsnDo("ph-2", 2)).position
     system.wait_for(good, handlers=[subscriber], deadline_in=20.0)
@@ -56,3 +66,16 @@ def test_a_base_exception_of_subscriber_code_parks_that_event_alone(
     letters = system.store.dead_letters(subscriber)
     assert [(d.position, d.status) for d in letters] == [(bad, "parked")]
     assert ("PsnOwnBase" if mode == "base" else "SystemExit") in letters[0].error_type
+
+
+def _a_signal_s_exit_reaches_the_caller_in_process(system: Any, subscriber: str) -> None:
+    """SystemExit raised once in the subscriber's code (where a signal handler's sys.exit()
+    lands): it reaches whoever called into the system, and the event is not parked but
+    delivered again on the next call."""
+    mode = f"{subscriber}-once"
+    with pytest.raises(SystemExit):  # (the dispatch runs the subscribers in-process: or the wait)
+        position = system.dispatch(PsnDo("ps-1", 1, handle=mode)).position
+        system.wait_for(position, handlers=[subscriber], deadline_in=20.0)
+    good = system.dispatch(PsnDo("ps-2", 2)).position
+    system.wait_for(good, handlers=[subscriber], deadline_in=20.0)
+    assert system.store.dead_letters(subscriber) == []
