@@ -253,6 +253,7 @@ class Courier:
         self.check_running = check_running
         self._router: Any = None
         self._admin: tuple[str, int] | None = None  # where the admin listens (see check_admin)
+        self._admin_key: bytes | None = None  # its secret (see check_admin)
         self._lock = _SystemLock()
         self._pid = self._owner_pid = os.getpid()  # the process whose main thread owns actor_system
         self._local = threading.local()
@@ -310,13 +311,26 @@ class Courier:
         return contextlib.nullcontext(_Guarded(held.context, self.check_admin))
 
     def check_admin(self) -> None:
-        """:class:`SystemGone` if nothing listens where the system's admin did (multiproc)."""
+        """:class:`SystemGone` if the system's admin no longer listens where it did (multiproc):
+        nothing listens there, or what does answers not as a system holding its secret (the
+        port was taken by another process after the system ended)."""
         if self._admin is None:
+            self._admin_key = _thespian.admin_key(self.actor_system)
             self._admin = _thespian.admin_location(self.actor_system) or ("", 0)
         host, port = self._admin
-        if port and not _thespian.port_in_use(port, host):
+        if not port:
+            return
+        if not _thespian.port_in_use(port, host):
             raise SystemGone(
                 f"the actor system on {host}:{port} is not running (it was stopped, or it crashed)"
+            )
+        if (
+            self._admin_key is not None
+            and _thespian.answers_as(host, port, self._admin_key) is False
+        ):
+            raise SystemGone(
+                f"the actor system on {host}:{port} is not running: what listens there now does"
+                " not answer as it (another process took the port, or a system with another secret)"
             )
 
     def _forked(self, pid: int) -> None:

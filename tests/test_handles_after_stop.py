@@ -6,6 +6,8 @@ executed"). Real daemons of the bank, a real attached handle, a real shell sessi
 from __future__ import annotations
 
 import os
+import socketserver
+import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -78,5 +80,59 @@ def test_a_shell_session_fails_at_once_after_backstage_stop(tmp_path: Path) -> N
                 assert time.monotonic() - began < PROMPT, verb
     finally:
         for _, system in session.attached.values():
+            system.stop()
+        shut_down(backstage)
+
+
+class _Stranger(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True  # (the admin's port may still be in TIME_WAIT)
+    daemon_threads = True
+
+
+class _Banner(socketserver.BaseRequestHandler):
+    """Another service on the port: greets every connection, then hangs up (as SSH does)."""
+
+    def handle(self) -> None:
+        self.request.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+
+@pytest.mark.parametrize("stranger", ["banner", "hang-up"])
+def test_a_handle_fails_at_once_when_another_process_took_the_port(
+    tmp_path: Path, stranger: str
+) -> None:
+    """After ``backstage stop``, something else listens on the admin's port: a handle's calls
+    fail at once too (before, whatever listened there passed for the admin, and each call waited
+    out its whole timeout: tree() 14 s for timeout=8)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    system = None
+    handler = _Banner if stranger == "banner" else socketserver.BaseRequestHandler
+    server: socketserver.TCPServer | None = None
+    try:
+        assert backstage.start().returncode == 0
+        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
+            system = app.attach(port=backstage.port)
+        assert system.dispatch(OpenAccount("hs4", "H"), timeout=30).version == 1
+        assert backstage.run("stop").returncode == 0
+        server = _Stranger(("127.0.0.1", backstage.port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+        calls = {
+            "dispatch": lambda: system.dispatch(Deposit("hs4", 1), timeout=15),
+            "new stream": lambda: system.dispatch(OpenAccount("hs5", "H"), timeout=15),
+            "tree": lambda: system.tree(timeout=15),
+        }
+        for what, call in calls.items():
+            began = time.monotonic()
+            with pytest.raises(SystemNotRunning, match="another process took the port") as raised:
+                call()
+            assert time.monotonic() - began < PROMPT, (what, raised.value)
+            assert str(backstage.port) in str(raised.value)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if system is not None:
             system.stop()
         shut_down(backstage)

@@ -53,7 +53,7 @@ from thespian.system.messages.status import (  # noqa: E402
 
 from .. import _security  # noqa: E402
 from . import auth  # noqa: E402
-from .auth import AuthenticationRefused, probe  # noqa: E402
+from .auth import AuthenticationRefused, answers_as, probe  # noqa: E402
 from .speed import (  # noqa: E402
     LeanPollSelector,
     LeanSimpleBase,
@@ -70,8 +70,10 @@ __all__ = [
     "AuthenticationRefused",
     "LeanPollSelector",
     "LeanSimpleBase",
+    "admin_key",
     "admin_location",
     "admin_status",
+    "answers_as",
     "attach",
     "compact_registry",
     "external_context",
@@ -332,6 +334,15 @@ def admin_location(handle: Any) -> tuple[str, int] | None:
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return str(host or "127.0.0.1"), int(port)
+
+
+def admin_key(handle: Any) -> bytes | None:
+    """The secret the system ``handle`` talks to authenticates with (None: it does not, or it
+    cannot be told): :func:`answers_as` tells its admin from another process on its port."""
+    transport = getattr(getattr(handle, "_systemBase", None), "transport", None)
+    codec = getattr(getattr(transport, "scope", None), "codec", None)
+    key = getattr(codec, "key", None)
+    return key if isinstance(key, bytes) else None
 
 
 class NOT_TOLD:

@@ -64,6 +64,7 @@ __all__ = [
     "AuthenticationRefused",
     "FrameCodec",
     "Scope",
+    "answers_as",
     "entered",
     "install",
     "probe",
@@ -479,6 +480,34 @@ def probe(host: str, port: int, key: bytes, timeout: float = 5.0) -> bool | None
                     break
                 answer += chunk
         except OSError:
+            return False
+    return hmac.compare_digest(answer, expected)
+
+
+def answers_as(host: str, port: int, key: bytes, timeout: float = 0.5) -> bool | None:
+    """Whether what listens on ``host:port`` answers as the actor system holding ``key``:
+    True; False if it answered otherwise or hung up without the answer (another process took
+    the port, or a system with another secret); None if that cannot be told: nothing listens,
+    or no answer within ``timeout`` (a busy admin looks the same as a silent stranger)."""
+    codec = FrameCodec(key)
+    nonce = os.urandom(16)
+    expected = codec.frame(_PROBED + nonce)
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except OSError:
+        return None
+    answer = b""
+    with sock:
+        try:
+            sock.sendall(codec.frame(_PROBE + nonce))
+            while len(answer) < len(expected) and answer == expected[: len(answer)]:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                answer += chunk
+        except TimeoutError:
+            return None
+        except OSError:  # (reset: it hung up)
             return False
     return hmac.compare_digest(answer, expected)
 
