@@ -10,6 +10,7 @@ tree and returns a :class:`RunningSystem`, the handle you dispatch commands thro
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,7 +213,13 @@ class Application:
         metrics_port = self.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or self.metrics_host
         if metrics_port is not None:
-            if metrics_port and _thespian.port_in_use(metrics_port, metrics_host):
+            try:
+                taken = bool(metrics_port) and _thespian.port_in_use(metrics_port, metrics_host)
+            except socket.gaierror as exc:
+                raise BackstageError(
+                    f"the metrics host {metrics_host!r} cannot be used: {exc.strerror}"
+                ) from None
+            if taken:
                 raise BackstageError(f"the metrics port {metrics_host}:{metrics_port} is in use")
             if base == "multiproc":
                 assert port is not None  # (chosen above for every base but simple)

@@ -260,14 +260,29 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
     Only a refusal (or no route) says no: a connection that does not complete in time is a
     listener whose queue of connections is full, as under a flood of them, not an empty port.
+    Every address ``host`` resolves to is tried, IPv6 too (a name for both, ``localhost``, is in
+    use if either is); ``socket.gaierror`` if it resolves to none.
     """
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) not in _NOBODY_THERE
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # (a family this machine cannot open)
+            continue
+        with sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(address) not in _NOBODY_THERE:
+                return True
+    return False
 
 
 _NOBODY_THERE = frozenset(
-    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EADDRNOTAVAIL,
+        errno.EAFNOSUPPORT,
+    }
 )
 
 
