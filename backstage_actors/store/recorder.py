@@ -269,9 +269,14 @@ class Recorder(abc.ABC):
 
 
 def _valid_json(text: Any) -> int:
-    """1 when ``text`` is JSON text (as SQLite's ``json_valid`` says), else 0."""
+    """1 when ``text`` is JSON text (as SQLite's ``json_valid`` and PostgreSQL's cast say),
+    else 0. NaN and Infinity are not: Python's parser takes them, the databases do not."""
     try:
-        json.loads(text)
+        json.loads(text, parse_constant=_not_json)
     except (ValueError, TypeError):
         return 0
     return 1
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
