@@ -60,8 +60,10 @@ class Scenario:
                 raise TypeError(
                     "given(...) needs aggregate= or router= to know who handles commands"
                 )
-            route, _, identity = self.router.stream_of(command, self.limits)
+            route = self.router.route(command)
             cls, field = route.aggregate, route.identity
+            value = getattr(command, field, None)
+            identity = "" if value is None else str(value)  # (as the router's stream_of)
         state = cls()
         state.id = identity  # as the runtime sets it (known from the router's identity field)
         state.version = 0
@@ -75,7 +77,7 @@ class Scenario:
                     "a command must be an attrs class or dataclass instance, not"
                     f" {type(command).__name__}"
                 )
-            check_command(command, field, self.limits)
+            check_command(command, field, self.limits)  # (the identity too: every bad field)
         except BackstageError as exc:
             self.error = exc
             return self

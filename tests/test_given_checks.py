@@ -109,3 +109,17 @@ def test_given_does_not_claim_an_event_name_for_the_process() -> None:
     first.__module__, second.__module__ = "gv_one", "gv_two"
     given([first("p")], aggregate=GvPad)
     given([second("p")], aggregate=GvPad)
+
+
+def test_a_command_s_bad_identity_is_the_scenario_s_error_too() -> None:
+    """The identity is checked as every other field: a refusal kept for ``then_raises``, with
+    every bad field named (before, the router's check raised out of ``when`` at once)."""
+    router = Router()
+    router.dispatch([GvNote], to=GvPad, identity="pad_id")
+    given(router=router).when(GvNote("p" * 300, "x")).then_raises(
+        InvalidCommand, r"\$\.pad_id: an identity of 300 characters"
+    )
+    given(router=router).when(GvNote(" ", "x")).then_raises(InvalidCommand, "missing or empty")
+    both = given(router=router).when(GvNote("p" * 300, "nul\x00"))
+    both.then_raises(SerializationError, r"\$\.text: a NUL")
+    assert "$.pad_id: an identity of 300" in str(both.error)
