@@ -63,7 +63,14 @@ def check_join(app: Any, database: str | None, host: str, port: int, join: str) 
         )
     if (leader_host, leader_port) == (host, port):
         return  # the leader names itself
-    verdict = _thespian.probe(leader_host, leader_port, _security.secret(), PROBE_TIMEOUT)
+    try:
+        verdict = _thespian.probe(leader_host, leader_port, _security.secret(), PROBE_TIMEOUT)
+    except _thespian.NotAnswering:
+        fail(
+            f"the leader at {join} accepts connections but did not answer within "
+            f"{PROBE_TIMEOUT}s (it is stopped or overloaded)",
+            EXIT_NOT_RUNNING,
+        )
     if verdict is None:
         fail(
             f"no leader answers at {join}: start the leader first (its --join names itself: "

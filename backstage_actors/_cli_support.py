@@ -77,6 +77,8 @@ def ensure_directory(path: str) -> None:
 def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (DispatchTimeout, ConsistencyTimeout, TimeoutError)):
         return EXIT_TIMEOUT
+    if isinstance(error, _daemon.AdminNotAnswering):  # (it runs: it does not answer in time)
+        return EXIT_TIMEOUT
     if isinstance(error, SystemNotRunning):
         return EXIT_NOT_RUNNING
     if isinstance(error, StorageError):
@@ -107,16 +109,23 @@ class Session:
     ) -> tuple[Any, Any]:
         """The daemon on ``host:port``; without ``need_app`` its module need not import here.
         A daemon stopped and started again since (a shell outlives it) is attached afresh."""
+        try:
+            return self.connect(port, need_app, host)
+        except BackstageError as exc:
+            fail(str(exc), exit_code_for(exc))
+
+    def connect(
+        self, port: int, need_app: bool = True, host: str = _daemon.LOCAL, patience: float = 5.0
+    ) -> tuple[Any, Any]:
+        """:meth:`system`, raising what ``_daemon.attach`` raises (its admin is given
+        ``patience`` seconds to answer) instead of failing the verb."""
         known = self.attached.get((host, port))
         now = _identity(_daemon.read_state(port, host))
         if known is not None and self.daemons.get((host, port)) != now:
             self.forget(port, host)
             known = None
         if known is None or (need_app and getattr(known[0], "stand_in", False)):
-            try:
-                self.attached[host, port] = _daemon.attach(port, need_app, host)
-            except BackstageError as exc:
-                fail(str(exc), exit_code_for(exc))
+            self.attached[host, port] = _daemon.attach(port, need_app, host, patience)
             self.daemons[host, port] = now
         return self.attached[host, port]
 

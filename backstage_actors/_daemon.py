@@ -29,6 +29,7 @@ from .store import EventStore, normalise, redact
 
 __all__ = [
     "DEFAULT_PORT",
+    "AdminNotAnswering",
     "DaemonState",
     "daemon_processes",
     "home",
@@ -422,8 +423,38 @@ def running(state: DaemonState | None) -> bool:
     return admin_alive(state) and root_alive(state)
 
 
-def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, Any]:
-    """``(app, running_system)`` for the daemon on ``host:port``; SystemNotRunning if none.
+class AdminNotAnswering(BackstageError):
+    """The daemon's admin accepts connections but does not answer (stopped, or overloaded):
+    its processes run, and nothing can be asked of them through it (``stop`` kills them)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; `backstage stop` ends its processes")
+        self.reason = reason
+
+
+def _unanswered(where: str, state: DaemonState | None, patience: float) -> str:
+    """Why nothing can be asked of the daemon on ``where`` (its admin said nothing in time)."""
+    admin = int(state["admin_pid"]) if state and state.get("admin_pid") else None
+    why = "it is stopped by a signal: SIGCONT resumes it" if admin and frozen(admin) else ""
+    return (
+        f"the daemon on {where} does not answer: its admin"
+        + (f" (pid {admin})" if admin else "")
+        + f" accepts connections but said nothing within {patience:.1f}s"
+        + f" ({why or 'it is stopped or overloaded'})"
+    )
+
+
+def frozen(pid: int) -> bool:
+    """Whether process ``pid`` is stopped by a signal (SIGSTOP, SIGTSTP: ``T`` in its stat)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] in ("T", "t")
+
+
+def attach(
+    port: int, need_app: bool = True, host: str = LOCAL, patience: float = 5.0
+) -> tuple[Any, Any]:
+    """``(app, running_system)`` for the daemon on ``host:port``; SystemNotRunning if none,
+    :class:`AdminNotAnswering` if its admin says nothing within ``patience`` seconds.
 
     Without ``need_app`` (verbs that only look inside or stop: tree, status, stop) the app's
     module need not import here: a stand-in with the daemon's name and database serves. A
@@ -450,7 +481,11 @@ def attach(port: int, need_app: bool = True, host: str = LOCAL) -> tuple[Any, An
             f"no backstage daemon runs on {where} (start one with `backstage start APP`)"
         )
     try:
-        actor_system = _thespian.attach(port, state.get("host", host) if state else host)
+        actor_system = _thespian.attach(
+            port, state.get("host", host) if state else host, patience=patience
+        )
+    except _thespian.NotAnswering:
+        raise AdminNotAnswering(_unanswered(where, state, patience)) from None
     except Exception as exc:  # nothing there, or a system with another secret: it says which
         raise SystemNotRunning(f"cannot attach to the daemon on {where}: {exc}") from None
     # (On an error the handle is dropped, never shut down: that would stop the daemon.)

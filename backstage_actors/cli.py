@@ -246,6 +246,10 @@ def start(
 # to whatever outlives all that, even past T: no process of a stopped daemon survives it.
 KILL_RESERVE = 5.0
 DRAIN_SHARE = 0.7
+# Seconds the admin has to answer stop's probe (at most the drain's share of the deadline): one
+# that does not (stopped by a signal, or wedged) cannot drain anything, and its processes are
+# killed by pid instead, as with --force.
+ATTACH_PATIENCE = 5.0
 
 
 @cli.command()
@@ -275,14 +279,26 @@ def stop(
     def left(until: float) -> float:
         return max(0.0, until - time.monotonic())
 
+    def drain_budget() -> float:
+        return max(0.05, left(orderly_until) * DRAIN_SHARE)
+
     state = _daemon.read_state(port, host)
     if state is not None and _daemon.admin_alive(state) and not _daemon.root_alive(state):
         force = True  # its application is gone: nothing is left to drain, only processes
+    unanswered = ""
     if not force:
-        _, system = session.system(port, need_app=False, host=host)
+        try:  # (the admin answers its probe in milliseconds; a frozen one never does)
+            _, system = session.connect(
+                port, need_app=False, host=host, patience=min(ATTACH_PATIENCE, drain_budget())
+            )
+        except _daemon.AdminNotAnswering as exc:
+            # Nothing can be drained through it: its processes are ended by pid, as --force does.
+            unanswered, force = exc.reason, True
+        except BackstageError as exc:
+            fail(str(exc), exit_code_for(exc))
+    if not force:
         system.owns_system = True  # this stop is meant to end the actor system
-        drain = left(orderly_until) * DRAIN_SHARE
-        system.shutdown(timeout=max(0.05, drain), system_deadline=orderly_until)
+        system.shutdown(timeout=drain_budget(), system_deadline=orderly_until)
         session.forget(port, host)
         while _daemon.daemon_processes(port, host) and time.monotonic() < orderly_until:
             time.sleep(0.05)
@@ -292,6 +308,8 @@ def stop(
     if force and not killed and not _daemon.read_state(port, host):
         fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
     _daemon.remove_state(port, host)
+    if unanswered:
+        click.echo(f"warning: {unanswered}: its processes were killed, not drained", err=True)
     if as_json:
         click.echo(json.dumps({"stopped": True, "killed": killed}))
         return

@@ -53,7 +53,7 @@ from thespian.system.messages.status import (  # noqa: E402
 
 from .. import _security  # noqa: E402
 from . import auth  # noqa: E402
-from .auth import AuthenticationRefused, answers_as, probe  # noqa: E402
+from .auth import AuthenticationRefused, NotAnswering, answers_as, probe  # noqa: E402
 from .speed import (  # noqa: E402
     LeanPollSelector,
     LeanSimpleBase,
@@ -70,6 +70,7 @@ __all__ = [
     "AuthenticationRefused",
     "LeanPollSelector",
     "LeanSimpleBase",
+    "NotAnswering",
     "admin_key",
     "admin_location",
     "admin_status",
@@ -142,12 +143,15 @@ def attach(
     secret: bytes | None = None,
     thespian_log: str | None = None,
     authenticate: bool = True,
+    patience: float = 5.0,
 ) -> Any:
     """Attach to the running multiproc system on ``port`` without ever starting one.
 
     ConnectionRefusedError if nothing listens there; :class:`AuthenticationRefused` if what
-    listens does not hold this process's secret. ``authenticate=False`` (measurements, loopback
-    only) attaches to a system started without authentication.
+    listens does not hold this process's secret; :class:`NotAnswering` if it accepts the
+    connection but says nothing within ``patience`` seconds (a stopped or overloaded admin).
+    ``authenticate=False`` (measurements, loopback only) attaches to a system started without
+    authentication.
     """
     use_poll_selector()
     terse_messages()
@@ -156,7 +160,13 @@ def attach(
             raise ConnectionRefusedError(f"no unauthenticated actor system on {host}:{port}")
         return _system(_scope(None, host, thespian_log, False), {"Admin Port": port}, None)
     scope = _scope(secret, local_address(host), thespian_log)
-    verdict = probe(host, port, scope.signer().key)
+    try:
+        verdict = probe(host, port, scope.signer().key, patience)
+    except NotAnswering:
+        raise NotAnswering(
+            f"the actor system on {host}:{port} accepts connections but did not answer within "
+            f"{patience:.1f}s (its admin is stopped, or too busy to read its sockets)"
+        ) from None
     if verdict is None:
         raise ConnectionRefusedError(f"no actor system listens on {host}:{port}")
     if not verdict:

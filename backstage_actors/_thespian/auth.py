@@ -63,6 +63,7 @@ __all__ = [
     "AuthenticatedTCPTransport",
     "AuthenticationRefused",
     "FrameCodec",
+    "NotAnswering",
     "Scope",
     "answers_as",
     "entered",
@@ -95,6 +96,11 @@ _ACK_SIZE = max(len(body) for body in _ACKS)
 
 class AuthenticationRefused(ConnectionError):
     """The actor system at an address did not accept this process's secret."""
+
+
+class NotAnswering(TimeoutError):
+    """Something accepts connections at an address but says nothing in time: an admin that is
+    stopped (SIGSTOP), or too busy to read its sockets. Not a wrong secret: that is answered."""
 
 
 class FrameRejected(ValueError):
@@ -462,12 +468,17 @@ def system_base(scope: Scope) -> type:
 
 def probe(host: str, port: int, key: bytes, timeout: float = 5.0) -> bool | None:
     """Whether the actor system at ``host:port`` holds ``key``: True; False if something
-    listens there but does not answer as one that holds it; None if nothing listens."""
+    listens there and answers, but not as one that holds it; None if nothing listens.
+    :class:`NotAnswering` if the connection is accepted (the kernel does that for a process
+    that is stopped, too) but no answer comes within ``timeout`` seconds: that says nothing
+    about the secret."""
     codec = FrameCodec(key)
     nonce = os.urandom(16)
     expected = codec.frame(_PROBED + nonce)
     try:
         sock = socket.create_connection((host, port), timeout)
+    except TimeoutError:  # (a full queue of connections: someone listens, and is not reading)
+        raise NotAnswering(f"{host}:{port} did not accept a connection within {timeout}s") from None
     except OSError:
         return None
     answer = b""
@@ -479,6 +490,12 @@ def probe(host: str, port: int, key: bytes, timeout: float = 5.0) -> bool | None
                 if not chunk:
                     break
                 answer += chunk
+        except TimeoutError:
+            if answer:  # (it answered something, just not all of it: not a holder's answer)
+                return False
+            raise NotAnswering(
+                f"{host}:{port} accepts connections but did not answer within {timeout}s"
+            ) from None
         except OSError:
             return False
     return hmac.compare_digest(answer, expected)

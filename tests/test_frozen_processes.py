@@ -1,0 +1,70 @@
+"""A daemon with a process that does not answer: stopped by a signal (SIGSTOP), or killed and
+restarted by its supervisor while a caller waits on it. Every verb says which part does not
+answer, within a bounded time; ``stop`` still stops the daemon within its deadline; a strong
+dispatch follows its event bus to its next instance."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import process_alive
+from .test_cli import Backstage, one_error_line, port_open, session_processes, shut_down
+
+pytestmark = pytest.mark.process
+
+STARTUP = 2.5  # seconds: the `backstage` command's own start-up on a loaded 2-core machine
+
+
+@contextlib.contextmanager
+def frozen(*pids: int) -> Iterator[None]:
+    """``pids`` stopped (SIGSTOP) for the block, then continued (if they still live)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_stop_ends_a_daemon_whose_admin_is_frozen_within_its_deadline(tmp_path: Path) -> None:
+    # The admin's kernel still accepts connections; the probe of the secret gets no answer.
+    # Before, that was taken for a wrong secret: `stop` failed after ~5.8 s saying the daemon
+    # "refused this client's secret", and stopped nothing.
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    try:
+        assert backstage.start().returncode == 0
+        state = backstage.state()
+        admin = int(state["admin_pid"])
+        with frozen(admin):
+            status = backstage.run("status")
+            assert status.returncode == 4, status.stderr
+            error = one_error_line(status)
+            assert "secret" not in error
+            assert f"its admin (pid {admin}) accepts connections but said nothing" in error
+            assert "stopped by a signal" in error
+
+            began = time.monotonic()
+            stopped = backstage.run("stop", "--timeout", "4")
+            took = time.monotonic() - began
+
+            assert stopped.returncode == 0, stopped.stderr
+            assert "does not answer" in stopped.stderr
+            assert "killed, not drained" in stopped.stderr
+            assert took < 4 + STARTUP, took
+            assert session_processes(int(state["sid"])) == []
+            assert not process_alive(admin)
+            assert not port_open(backstage.port)
+        assert backstage.run("status").returncode == 3  # and nothing is left to find
+    finally:
+        shut_down(backstage)
