@@ -235,4 +235,6 @@ def show_status(app: Any, system: Any, as_json: bool) -> bool:
 
 
 def _own(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: report[k] for k in ("status", "aggregates", "restarts", "subscribers")}
+    return {
+        k: report[k] for k in ("status", "not_answering", "aggregates", "restarts", "subscribers")
+    }

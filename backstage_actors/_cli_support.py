@@ -381,9 +381,17 @@ def collect_status(system: Any, node: dict[str, Any] | None = None) -> dict[str,
     subscribers = [
         n for n in nodes if n.get("kind") in ("handler", "projection", "process_manager")
     ]
+    # A process that does not answer (stopped by a signal, wedged) shows in the tree as
+    # "unresponsive", without what is under it: the system is degraded, and says where.
+    silent = [
+        {"name": n["name"], "kind": n.get("kind"), "pid": n.get("pid")}
+        for n in nodes
+        if n.get("status") == "unresponsive"
+    ]
     return {
         "application": node["name"],
-        "status": node["status"],
+        "status": "degraded" if silent and node["status"] == "running" else node["status"],
+        "not_answering": silent,
         "last_position": system.store.last_position(),
         "aggregates": {k: router.get(k) for k in ("live", "max_live", "passivated")},
         "restarts": sum(int(n.get("restarts", 0)) for n in nodes),
@@ -404,9 +412,15 @@ def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str
     aggregates = report["aggregates"]
     head = [f"{report['application']}: {report['status']}, {report['last_position']} events stored"]
     body = [
+        f"not answering: {n['name']} [{n['kind']}]"
+        + (f" pid {n['pid']}" if n.get("pid") else "")
+        + (" (its subscribers are not shown)" if n["kind"] == "events" else "")
+        for n in report.get("not_answering", ())
+    ]
+    body.append(
         f"aggregates: {aggregates['live']} live (cap {aggregates['max_live']}), "
         f"{aggregates['passivated']} passivated; restarts in the tree: {report['restarts']}"
-    ]
+    )
     for sub in report["subscribers"]:
         state = sub["state"] or sub["status"]
         timing = f" handle {sub['handle']['mean_ms']} ms" if sub.get("handle") else ""

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from supervisors import walk
+
 from .conftest import process_alive
-from .test_cli import Backstage, one_error_line, port_open, session_processes, shut_down
+from .test_cli import Backstage, one_error_line, port_open, running, session_processes, shut_down
 
 pytestmark = pytest.mark.process
 
@@ -68,3 +70,24 @@ def test_stop_ends_a_daemon_whose_admin_is_frozen_within_its_deadline(tmp_path: 
         assert backstage.run("status").returncode == 3  # and nothing is left to find
     finally:
         shut_down(backstage)
+
+
+def test_status_says_which_part_does_not_answer(tmp_path: Path) -> None:
+    # Before, with the event bus stopped `status` said "running" and listed no subscriber.
+    with running(tmp_path) as backstage:
+        bus = next(n["pid"] for n in walk(backstage.json("tree")) if n["kind"] == "events")
+        with frozen(bus):
+            began = time.monotonic()
+            report = backstage.json("status")
+            text = backstage.run("status")
+            took = time.monotonic() - began
+
+        assert report["status"] == "degraded", report
+        assert report["not_answering"] == [{"name": "events", "kind": "events", "pid": bus}]
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.splitlines()
+        assert lines[0].startswith("backstage:bank: degraded,"), lines
+        assert f"not answering: events [events] pid {bus}" in lines[1], lines
+        assert took < 2 * (6 + STARTUP), took  # the tree's 5 s for an answer, each time
+        # Continued, it answers again: the same verb says so.
+        assert backstage.json("status")["status"] == "running"
