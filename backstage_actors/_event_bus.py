@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from thespian.actors import WatchMessage
+from thespian.actors import ActorSystemFailure, WatchMessage
 
 import supervisors
 from supervisors import (
@@ -309,6 +309,20 @@ def _bus(endpoint: Any, root: Any, timeout: float = 5.0) -> Any:
     return locate(endpoint, root, EVENTS, timeout, "the application has no running event bus")
 
 
+def _told(endpoint: Any, address: Any, message: Any) -> bool:
+    """``endpoint.tell``; False where Thespian found the target dead as it sent (it raises)."""
+    try:
+        endpoint.tell(address, message)
+    except ActorSystemFailure:
+        return False
+    return True
+
+
+#: Seconds of a strong wait without an answer before the root is asked where the bus is: a bus
+#: restarted meanwhile (its process killed) lost its waiters, and the wait moves to the new one.
+RECHECK_BUS = 1.0
+
+
 def wait_for_position(
     endpoint: Any,
     root: Any,
@@ -319,15 +333,48 @@ def wait_for_position(
 ) -> None:
     """Block until the subscribers reached ``position``, at most ``timeout`` seconds (what is
     left of the caller's ``asked``, which the error names); :class:`ConsistencyTimeout`
-    otherwise."""
+    otherwise. Every :data:`RECHECK_BUS` seconds without an answer the root is asked where the
+    bus is, and a new instance (the bus restarted: its waiters went with the old one) is asked
+    again."""
     request = WaitFor(str(uuid.uuid4()), position, tuple(names) if names else None, timeout)
     deadline = time.monotonic() + timeout
     try:
         # (the events are stored whatever happens here: a bus that cannot be found, stopping
         # or behind a root that does not answer, is a consistency timeout, within the timeout)
         bus = _bus(endpoint, root, min(5.0, timeout))
-        left = max(0.05, deadline - time.monotonic())
-        reply = supervisors.request(endpoint, bus, request, left)
+        check_at = time.monotonic() + RECHECK_BUS
+        if not _told(endpoint, bus, request):
+            check_at = 0.0  # (it died as it was told: ask where its next instance is)
+        where = ""  # the id of the last question to the root: where the bus is
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise supervisors.SupervisionError("no answer in time")
+            if now >= check_at:
+                alive = getattr(endpoint, "check", None)  # (a client's: SystemGone once it ended)
+                if alive is not None:
+                    alive()
+                where = f"{request.request_id}-where-{now}"
+                if not _told(endpoint, root, supervisors.WhereIs(EVENTS, where)):
+                    raise SystemNotRunning("the application's root supervisor is gone")
+                check_at = now + RECHECK_BUS
+            # (steps of 0.1 s at most, a look without waiting first: simpleSystemBase's
+            # listen() runs its actors, and sleeps until its next timer before handing over
+            # an answer already there; see supervisors.request)
+            reply = endpoint.listen(0)
+            if reply is None:
+                reply = endpoint.listen(max(0.0, min(deadline, check_at, now + 0.1) - now))
+            if isinstance(reply, Reached) and reply.request_id == request.request_id:
+                break
+            if isinstance(reply, supervisors.Failure) and reply.request == request:
+                check_at = 0.0  # the bus crashed on it: ask where its next instance is
+            elif isinstance(reply, supervisors.ChildAddress) and reply.request_id == where:
+                where = ""
+                if reply.address is not None and reply.address != bus:
+                    bus = reply.address  # restarted: the old one's waiters went with it
+                    left = max(0.05, deadline - time.monotonic())
+                    if not _told(endpoint, bus, attrs.evolve(request, patience=left)):
+                        check_at = 0.0
     except SystemNotRunning as exc:
         raise ConsistencyTimeout(
             f"the events were stored (up to position {position}), but the handlers cannot "
@@ -339,7 +386,7 @@ def wait_for_position(
             f"{'handlers ' + ', '.join(names) if names else 'the strongly consistent handlers'} "
             f"did not process them within {timeout if asked is None else asked}s"
         ) from None
-    if isinstance(reply, Reached) and reply.error:
+    if reply.error:
         raise ConsistencyTimeout(
             f"the events were stored (up to position {position}), but {reply.error}"
         )

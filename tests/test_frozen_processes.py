@@ -8,15 +8,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supervisors import walk
 
-from .conftest import process_alive
+from .conftest import process_alive, thespian_log_defs, wait_until
 from .test_cli import Backstage, one_error_line, port_open, running, session_processes, shut_down
 
 pytestmark = pytest.mark.process
@@ -91,3 +93,53 @@ def test_status_says_which_part_does_not_answer(tmp_path: Path) -> None:
         assert took < 2 * (6 + STARTUP), took  # the tree's 5 s for an answer, each time
         # Continued, it answers again: the same verb says so.
         assert backstage.json("status")["status"] == "running"
+
+
+def _waiting(system: Any) -> int:
+    """How many strong waits the event bus holds (0 while the tree cannot say)."""
+    try:
+        tree = system.tree(timeout=1.0)
+    except Exception:
+        return 0
+    bus = next((n for n in walk(tree) if n.get("kind") == "events"), {})
+    return int(bus.get("waiting", 0))
+
+
+def test_a_strong_dispatch_follows_its_bus_to_the_next_instance(tmp_path: Path) -> None:
+    # The bus is killed (SIGKILL) while a strong dispatch waits on it; its supervisor starts
+    # another, whose subscribers catch up. Before, the waiter died with the old bus and the
+    # dispatch waited out its whole timeout (ConsistencyTimeout).
+    from examples.bank import make_app
+    from examples.bank.domain import Deposit, OpenAccount
+
+    app = make_app(str(tmp_path / "bank.db"))
+    system = app.start(base="multiproc", log_defs=thespian_log_defs(str(tmp_path / "a.log")))
+    try:
+        system.dispatch(OpenAccount("fzq", "Fzq"), consistency="strong", timeout=30)
+        nodes = list(walk(system.tree()))
+        bus = next(n["pid"] for n in nodes if n["kind"] == "events")
+        projection = next(n["pid"] for n in nodes if n["name"] == "balances")
+        outcome: list[Any] = []
+
+        def dispatch() -> None:
+            began = time.monotonic()
+            try:
+                outcome.append(system.dispatch(Deposit("fzq", 7), consistency="strong", timeout=20))
+            except Exception as exc:
+                outcome.append(exc)
+            outcome.append(time.monotonic() - began)
+
+        waiter = threading.Thread(target=dispatch)
+        with frozen(projection):  # it cannot reach the new position: the dispatch waits
+            waiter.start()
+            wait_until(lambda: _waiting(system) >= 1, timeout=20, what="the strong wait")
+            os.kill(bus, signal.SIGKILL)
+        waiter.join(30)
+
+        result, took = outcome
+        assert not isinstance(result, BaseException), result
+        assert result.version == 2
+        assert took < 12, took  # (the restart's back-off and the new subscribers' catch-up)
+        assert not process_alive(bus)
+    finally:
+        system.stop()
