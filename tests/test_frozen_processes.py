@@ -143,3 +143,99 @@ def test_a_strong_dispatch_follows_its_bus_to_the_next_instance(tmp_path: Path) 
         assert not process_alive(bus)
     finally:
         system.stop()
+
+
+def _logger_of(admin: int, root: int) -> int:
+    """Thespian's logger: the admin's child that is not the application's root."""
+    children = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _ppid(int(entry.name)) == admin
+    ]
+    [logger] = [pid for pid in children if pid != root]
+    return logger
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _notifier_position(system: Any) -> int:
+    try:
+        tree = system.tree(timeout=1.0)
+    except Exception:
+        return -1
+    node = next((n for n in walk(tree) if n.get("name") == "notifier"), {})
+    return int(node.get("position") or -1)
+
+
+def test_actors_that_log_keep_working_while_the_logger_is_frozen(tmp_path: Path) -> None:
+    # Thespian's logger stopped: it reads nothing, acknowledges nothing. Thespian counted the
+    # records an actor sent it against its 20 transmits in flight: after 20 log lines the
+    # notifier (a strong handler that logs each account opened) could send nothing to anyone,
+    # its progress and its answers queued behind them. Strong dispatches timed out, the tree
+    # showed it unresponsive; eventual ones went on. Now at most 8 records are in flight, the
+    # next ones wait their turn in the actor's process: nothing else waits behind them, and
+    # none is lost (up to 10,000 held).
+    from examples.bank import make_app
+    from examples.bank.domain import OpenAccount
+
+    log = tmp_path / "a.log"
+    app = make_app(str(tmp_path / "bank.db"))
+    system = app.start(base="multiproc", log_defs=thespian_log_defs(str(log)))
+    try:
+        root = int(system.tree()["pid"])
+        logger = _logger_of(_ppid(root), root)
+        with frozen(logger):
+            results = system.dispatch_many(
+                [OpenAccount(f"lgq-{i}", f"Owner {i}") for i in range(200)], timeout=60
+            )
+            assert not [r for r in results if isinstance(r, BaseException)]
+            strong = system.dispatch(OpenAccount("lgq-x", "X"), consistency="strong", timeout=10)
+            assert _notifier_position(system) >= strong.events[0].position
+        system.dispatch(OpenAccount("lgq-y", "Y"), consistency="strong", timeout=10)
+        wait_until(
+            lambda: log.read_text().count("Welcome ") == 202,
+            what="every record once the logger takes them again",
+        )
+        text = log.read_text()
+        missing = [i for i in range(200) if f"Welcome Owner {i}, account lgq-{i} is" not in text]
+        assert missing == []
+        assert "were dropped" not in text
+    finally:
+        system.stop()
+
+
+def test_log_records_past_the_held_ones_are_counted_and_named() -> None:
+    # The bound of what a process holds for a logger that takes nothing: past it, records are
+    # dropped, and the next one sent says how many were.
+    import logging
+
+    from thespian.system.transport import SendStatus, TransmitIntent
+
+    from backstage_actors._thespian import auth
+
+    sent: list[Any] = []
+    records = auth._LogRecords(lambda _, intent: sent.append(intent))
+    failed: list[Any] = []
+
+    def record(n: int) -> Any:
+        entry = logging.LogRecord("lgq", logging.INFO, __file__, 1, f"line {n}", None, None)
+        return TransmitIntent("logger", entry, onError=lambda r, i: failed.append(i))
+
+    total = auth.MAX_LOGS_IN_FLIGHT + auth.MAX_LOGS_HELD + 3
+    for n in range(total):
+        records.hold(None, record(n))
+
+    assert [i.message.msg for i in sent] == [f"line {n}" for n in range(auth.MAX_LOGS_IN_FLIGHT)]
+    assert len(records.held) == auth.MAX_LOGS_HELD
+    assert [i.message.msg for i in failed] == [f"line {n}" for n in range(total - 3, total)]
+    sent[0].tx_done(SendStatus.Sent)  # the logger takes one: the oldest held goes
+    assert sent[-1].message.msg == (
+        "[3 log records of this process were dropped before this one: Thespian's logger did "
+        f"not take them in time] line {auth.MAX_LOGS_IN_FLIGHT}"
+    )
+    assert records.in_flight == auth.MAX_LOGS_IN_FLIGHT

@@ -31,9 +31,11 @@ replay of recorded traffic and encrypts nothing: across hosts, use a private net
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import pickle
 import socket
@@ -45,7 +47,7 @@ from typing import Any
 from thespian.system import utilis
 from thespian.system.multiprocTCPBase import ActorSystemBase as TCPSystemBase
 from thespian.system.timing import ExpirationTimer, ExpirationTimerView
-from thespian.system.transport import IPBase
+from thespian.system.transport import IPBase, SendStatus
 from thespian.system.transport import TCPTransport as tcp
 from thespian.system.transport.streamBuffer import (
     ReceiveBuffer,
@@ -84,6 +86,14 @@ MAX_FRAME = 256 << 20  # bytes: a frame claiming more is refused before it is bu
 # peer without the secret could otherwise hold the process's last descriptor (its admin then
 # fails to make any socket and dies) or slow every wait with thousands of idle connections.
 MAX_UNPROVEN = 64
+# Log records on their way to Thespian's logger from one process: at most MAX_LOGS_IN_FLIGHT
+# unacknowledged, the next ones held here in order (sent as those are acknowledged), past
+# MAX_LOGS_HELD dropped (the next one sent says how many were). Thespian counts them with every
+# other message against its 20 transmits in flight, in one queue: a logger that stops reading
+# (stopped by a signal, a full disk) left an actor that logs unable to send anything to anyone,
+# and one that logs fast waited for the logger between its messages.
+MAX_LOGS_IN_FLIGHT = 8
+MAX_LOGS_HELD = 10_000
 _PROBE = b"backstage-probe\0"  # not a pickle: every pickle Thespian sends starts with b"\x80"
 _PROBED = b"backstage-probed\0"
 # Thespian's ACK frames are constants (b"<n>>" + pickle): their bodies, and what they mean.
@@ -334,9 +344,22 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
     def run_time(self, timer: Any) -> None:
         self._run_time = _Deadline(timer) if type(timer) is ExpirationTimer else timer
 
-    def scheduleTransmit(self, *args: Any, **kwargs: Any) -> Any:
+    def scheduleTransmit(self, address_manager: Any, intent: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(intent.message, logging.LogRecord):
+            self._logs().hold(address_manager, intent)
+            return None
         with entered(self.scope):
-            return super().scheduleTransmit(*args, **kwargs)
+            return super().scheduleTransmit(address_manager, intent, *args, **kwargs)
+
+    def _logs(self) -> _LogRecords:
+        logs = self.__dict__.get("_log_records")
+        if logs is None:
+            logs = self.__dict__["_log_records"] = _LogRecords(self._send_log)
+        return logs
+
+    def _send_log(self, address_manager: Any, intent: Any) -> None:
+        with entered(self.scope):
+            super().scheduleTransmit(address_manager, intent)
 
     def _acceptNewIncoming(self) -> Any:
         if self.codec is None:
@@ -415,6 +438,50 @@ class AuthenticatedTCPTransport(tcp.TCPTransport):
         with contextlib.suppress(OSError):
             inc.socket.send(self.scope.signer().frame(_PROBED + nonce))
         inc.close()
+
+
+class _LogRecords:
+    """One process's log records for Thespian's logger (see :data:`MAX_LOGS_IN_FLIGHT`)."""
+
+    __slots__ = ("dropped", "held", "in_flight", "send", "sending")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.in_flight = 0
+        self.held: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.dropped = 0
+        self.sending = False
+
+    def hold(self, address_manager: Any, intent: Any) -> None:
+        if len(self.held) >= MAX_LOGS_HELD:
+            self.dropped += 1
+            intent.tx_done(SendStatus.Failed)
+            return
+        self.held.append((address_manager, intent))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.sending:  # (an intent that failed at once, inside send: the loop goes on)
+            return
+        self.sending = True
+        try:
+            while self.held and self.in_flight < MAX_LOGS_IN_FLIGHT:
+                address_manager, intent = self.held.popleft()
+                if self.dropped:
+                    intent.message.msg = (
+                        f"[{self.dropped} log records of this process were dropped before this "
+                        f"one: Thespian's logger did not take them in time] {intent.message.msg}"
+                    )
+                    self.dropped = 0
+                self.in_flight += 1
+                intent.addCallback(self.done, self.done)
+                self.send(address_manager, intent)
+        finally:
+            self.sending = False
+
+    def done(self, result: Any, intent: Any) -> None:
+        self.in_flight -= 1
+        self.flush()
 
 
 # The transports of this process and of the processes it was forked from: the clients
