@@ -67,8 +67,9 @@ def check_join(app: Any, database: str | None, host: str, port: int, join: str) 
         verdict = _thespian.probe(leader_host, leader_port, _security.secret(), PROBE_TIMEOUT)
     except _thespian.NotAnswering:
         fail(
-            f"the leader at {join} accepts connections but did not answer within "
-            f"{PROBE_TIMEOUT}s (it is stopped or overloaded)",
+            f"what listens at {join} does not answer as a Backstage system: it accepted the "
+            f"connection and said nothing within {PROBE_TIMEOUT}s (a leader that is stopped "
+            "or overloaded, or another program)",
             EXIT_NOT_RUNNING,
         )
     if verdict is None:
