@@ -305,6 +305,8 @@ def stop(
     killed = _daemon.kill_leftovers(
         port, timeout=max(0.2, min(left(deadline), KILL_RESERVE)), host=host
     )
+    if unanswered and not killed:  # (another machine's daemon: its processes are not ours)
+        fail(f"{unanswered}: nothing was stopped", EXIT_TIMEOUT)
     if force and not killed and not _daemon.read_state(port, host):
         fail(f"no backstage daemon runs on port {port}", EXIT_NOT_RUNNING)
     _daemon.remove_state(port, host)

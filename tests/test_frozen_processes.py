@@ -6,6 +6,7 @@ dispatch follows its event bus to its next instance."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -72,6 +73,42 @@ def test_stop_ends_a_daemon_whose_admin_is_frozen_within_its_deadline(tmp_path: 
         assert backstage.run("status").returncode == 3  # and nothing is left to find
     finally:
         shut_down(backstage)
+
+
+def test_stop_from_another_home_names_the_admin_that_does_not_answer(tmp_path: Path) -> None:
+    # A daemon this machine has no state file for (another host's, here another home with the
+    # same secret): its processes cannot be found, so nothing can be killed. Before the stop
+    # said "no backstage daemon runs on port N".
+    owner = Backstage(tmp_path / "owner")
+    owner.home.mkdir(mode=0o700)
+    stranger = Backstage(tmp_path / "stranger", port=owner.port)
+    stranger.home.mkdir(mode=0o700)
+    state_file = owner.home / f"daemon-127.0.0.2-{owner.port}.json"
+    sid = None
+    try:
+        assert owner.start("--host", "127.0.0.2").returncode == 0
+        state = json.loads(state_file.read_text())
+        sid = int(state["sid"])
+        (stranger.home / "secret").write_bytes((owner.home / "secret").read_bytes())
+        (stranger.home / "secret").chmod(0o600)
+        with frozen(int(state["admin_pid"])):
+            stopped = stranger.run("stop", "--host", "127.0.0.2", "--timeout", "4")
+            assert stopped.returncode == 4, stopped.stderr
+            error = one_error_line(stopped)
+            assert "does not answer: its admin accepts connections but said nothing" in error
+            assert error.endswith("nothing was stopped")
+            assert process_alive(int(state["admin_pid"]))  # (nothing of it was touched)
+    finally:
+        owner.run("stop", "--host", "127.0.0.2", "--timeout", "10")
+        if sid is not None:
+            wait_until(lambda: not _kill_all(session_processes(sid)), what="the daemon's end")
+
+
+def _kill_all(pids: list[int]) -> list[int]:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def test_status_says_which_part_does_not_answer(tmp_path: Path) -> None:
