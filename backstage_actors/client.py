@@ -396,7 +396,8 @@ class RunningSystem:
             self.waker.close()
         try:
             with self._endpoint() as endpoint:
-                supervisors.stop_supervisor(endpoint, self.root, timeout=timeout)
+                if not self._root_ended(endpoint, timeout):
+                    supervisors.stop_supervisor(endpoint, self.root, timeout=timeout)
         except (supervisors.SupervisionError, BackstageError):
             pass
         finally:
@@ -406,6 +407,18 @@ class RunningSystem:
                     None if system_deadline is None else system_deadline - time.monotonic(),
                 )
             self._release()
+
+    def _root_ended(self, endpoint: Any, timeout: float) -> bool:
+        """Whether the admin says the application's root supervisor is gone (it gave up, or
+        was killed): then nothing answers a Stop, and asking it waited out the whole timeout
+        (30 s by default) before the actor system was shut down."""
+        if self.base == "simple":
+            return False
+        try:
+            found = _thespian.global_address(endpoint, self.app.root_name, min(timeout, 5.0))
+        except Exception:  # no admin answers: the Stop finds out as it did
+            return False
+        return found is None
 
     def _release(self) -> None:
         self._stopped = True
