@@ -75,6 +75,16 @@ class TreeGathering:
         if not gather.waiting:
             self._finish_gather(rid, gather)
 
+    def _gathers_drop(self, name: str) -> None:
+        """Child ``name`` ended: it will not answer the descriptions asked of it. A tree
+        waiting for it is answered without it (showing what the supervisor knows: restarting,
+        stopped), instead of waiting out its timeout (5 s) to call it ``unresponsive``."""
+        for rid, gather in list(self._gathers.items()):
+            if name in gather.waiting:
+                gather.waiting.discard(name)
+                if not gather.waiting:
+                    self._finish_gather(rid, gather)
+
     def _finish_gather(self, rid: int, gather: _Gather) -> None:
         del self._gathers[rid]
         children = []

@@ -331,13 +331,14 @@ class Supervisor(TreeGathering, SupervisedActor):
             self._stopping_names.discard(child.name)
             child.status = "stopped"
             self._stopped(child)
-            return
-        failure = child.failure
-        if was != "exiting":
-            failure = Failure(child.name, "Killed", "the actor's process died")
-            if was == "starting":
-                child.failed_starts += 1
-        self._ended(child, failure)
+        else:
+            failure = child.failure
+            if was != "exiting":
+                failure = Failure(child.name, "Killed", "the actor's process died")
+                if was == "starting":
+                    child.failed_starts += 1
+            self._ended(child, failure)
+        self._gathers_drop(child.name)
 
     def _ended(self, child: Child, failure: Failure | None) -> None:
         """``child`` ended on its own (crash when ``failure`` is set); restart it or not."""

@@ -161,6 +161,35 @@ def test_sigkill_of_a_worker_process_restarts_it(multiproc_system: Any) -> None:
 
 
 @pytest.mark.process
+def test_a_tree_waiting_on_a_child_that_dies_is_answered_at_once(multiproc_system: Any) -> None:
+    """A child killed while its supervisor waits for its description will never answer: the
+    tree was answered only at its timeout (5 s by default; after every SIGKILL a test's first
+    tree() took that long), with the child 'unresponsive'."""
+    from supervisors._messages import GetTree, TreeNode
+
+    asys = multiproc_system
+    probe = asys.createActor(Probe)
+    root = start_supervisor(asys, SupervisorSpec(children=[worker("w", probe)]))
+    first = whereis(asys, root, "w")
+    pid = asys.ask(first, "pid", 5)
+    os.kill(pid, signal.SIGSTOP)  # it cannot answer the description it is asked for
+    try:
+        asys.tell(root, GetTree("tree-of-a-dying-child", 30.0))
+        whereis(asys, root, "w")  # answered after the GetTree: the child's description is asked
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    deadline = started + 30.0
+    reply = None
+    while not (isinstance(reply, TreeNode) and reply.request_id == "tree-of-a-dying-child"):
+        assert time.monotonic() < deadline, "no tree"
+        reply = asys.listen(1.0)
+    assert time.monotonic() - started < 15.0
+    assert child(reply.node, "w")["status"] != "unresponsive"
+    assert restarted(asys, root, first, "w") is not None
+
+
+@pytest.mark.process
 def test_sigkill_of_a_nested_supervisor_takes_its_subtree_and_restarts_it(
     multiproc_system: Any,
 ) -> None:
