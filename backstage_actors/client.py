@@ -394,10 +394,12 @@ class RunningSystem:
             return
         if self.waker is not None:
             self.waker.close()
+        until = time.monotonic() + timeout  # (the look at the admin comes out of it)
         try:
             with self._endpoint() as endpoint:
                 if not self._root_ended(endpoint, timeout):
-                    supervisors.stop_supervisor(endpoint, self.root, timeout=timeout)
+                    left = max(0.05, until - time.monotonic())
+                    supervisors.stop_supervisor(endpoint, self.root, timeout=left)
         except (supervisors.SupervisionError, BackstageError):
             pass
         finally:
