@@ -152,6 +152,28 @@ def shut_down(backstage: Backstage) -> None:
 
 
 @contextlib.contextmanager
+def attached_bank(tmp_path: Path) -> Iterator[tuple[Backstage, Any]]:
+    """A bank daemon started by the CLI in a home of its own (``BACKSTAGE_HOME`` meanwhile),
+    and a handle attached to it; the handle is let go and the daemon ended afterwards, whatever
+    the test did to either."""
+    from examples.bank import app
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    backstage = Backstage(home)
+    system = None
+    try:
+        assert backstage.start().returncode == 0
+        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
+            system = app.attach(port=backstage.port)
+            yield backstage, system
+    finally:
+        if system is not None:
+            system.stop()
+        shut_down(backstage)
+
+
+@contextlib.contextmanager
 def running(home: Path) -> Iterator[Backstage]:
     backstage = Backstage(home)
     try:
@@ -451,16 +473,21 @@ def test_send_errors_are_one_line_with_an_exit_code(bank: Backstage, case: str) 
 
 
 @contextlib.contextmanager
-def frozen_shards(backstage: Backstage) -> Iterator[None]:
-    """The daemon's shard processes stopped (SIGSTOP) for the block, then continued."""
-    pids = [n["pid"] for n in walk(backstage.json("tree")) if n["kind"] == "shard"]
+def frozen(*pids: int) -> Iterator[None]:
+    """``pids`` stopped (SIGSTOP) for the block, then continued (if they still live)."""
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def frozen_shards(backstage: Backstage) -> contextlib.AbstractContextManager[None]:
+    """The daemon's shard processes stopped (SIGSTOP) for the block, then continued."""
+    return frozen(*(n["pid"] for n in walk(backstage.json("tree")) if n["kind"] == "shard"))
 
 
 def test_send_times_out(bank: Backstage) -> None:

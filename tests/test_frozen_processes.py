@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,19 @@ import pytest
 from supervisors import walk
 
 from .conftest import process_alive, thespian_log_defs, wait_until
-from .test_cli import Backstage, one_error_line, port_open, running, session_processes, shut_down
+from .test_cli import (
+    Backstage,
+    frozen,
+    one_error_line,
+    port_open,
+    running,
+    session_processes,
+    shut_down,
+)
 
 pytestmark = pytest.mark.process
 
 STARTUP = 2.5  # seconds: the `backstage` command's own start-up on a loaded 2-core machine
-
-
-@contextlib.contextmanager
-def frozen(*pids: int) -> Iterator[None]:
-    """``pids`` stopped (SIGSTOP) for the block, then continued (if they still live)."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 def test_stop_ends_a_daemon_whose_admin_is_frozen_within_its_deadline(tmp_path: Path) -> None:

@@ -16,10 +16,9 @@ import pytest
 
 from backstage_actors import SystemNotRunning
 from backstage_actors.cli import EXIT_NOT_RUNNING, Session, run
-from examples.bank import app
 from examples.bank.domain import Deposit, OpenAccount
 
-from .test_cli import Backstage, shut_down
+from .test_cli import Backstage, attached_bank, shut_down
 
 pytestmark = pytest.mark.process
 
@@ -27,14 +26,7 @@ PROMPT = 3.0  # seconds: "at once", on a loaded 2-core machine (the timeouts ask
 
 
 def test_an_attached_handle_fails_at_once_after_backstage_stop(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    system = None
-    try:
-        assert backstage.start().returncode == 0
-        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
-            system = app.attach(port=backstage.port)
+    with attached_bank(tmp_path) as (backstage, system):
         assert system.dispatch(OpenAccount("hs1", "H"), timeout=30).version == 1
         assert backstage.run("stop").returncode == 0
 
@@ -54,10 +46,6 @@ def test_an_attached_handle_fails_at_once_after_backstage_stop(tmp_path: Path) -
         [answer] = system.dispatch_many([Deposit("hs1", 1)], timeout=15)
         assert isinstance(answer, SystemNotRunning), answer
         assert time.monotonic() - began < PROMPT
-    finally:
-        if system is not None:
-            system.stop()
-        shut_down(backstage)
 
 
 def test_a_shell_session_fails_at_once_after_backstage_stop(tmp_path: Path) -> None:
@@ -103,36 +91,29 @@ def test_a_handle_fails_at_once_when_another_process_took_the_port(
     """After ``backstage stop``, something else listens on the admin's port: a handle's calls
     fail at once too (before, whatever listened there passed for the admin, and each call waited
     out its whole timeout: tree() 14 s for timeout=8)."""
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    system = None
     handler = _Banner if stranger == "banner" else socketserver.BaseRequestHandler
     server: socketserver.TCPServer | None = None
-    try:
-        assert backstage.start().returncode == 0
-        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
-            system = app.attach(port=backstage.port)
-        assert system.dispatch(OpenAccount("hs4", "H"), timeout=30).version == 1
-        assert backstage.run("stop").returncode == 0
-        server = _Stranger(("127.0.0.1", backstage.port), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    with attached_bank(tmp_path) as (backstage, system):
+        try:
+            assert system.dispatch(OpenAccount("hs4", "H"), timeout=30).version == 1
+            assert backstage.run("stop").returncode == 0
+            server = _Stranger(("127.0.0.1", backstage.port), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
-        calls = {
-            "dispatch": lambda: system.dispatch(Deposit("hs4", 1), timeout=15),
-            "new stream": lambda: system.dispatch(OpenAccount("hs5", "H"), timeout=15),
-            "tree": lambda: system.tree(timeout=15),
-        }
-        for what, call in calls.items():
-            began = time.monotonic()
-            with pytest.raises(SystemNotRunning, match="another process took the port") as raised:
-                call()
-            assert time.monotonic() - began < PROMPT, (what, raised.value)
-            assert str(backstage.port) in str(raised.value)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if system is not None:
-            system.stop()
-        shut_down(backstage)
+            calls = {
+                "dispatch": lambda: system.dispatch(Deposit("hs4", 1), timeout=15),
+                "new stream": lambda: system.dispatch(OpenAccount("hs5", "H"), timeout=15),
+                "tree": lambda: system.tree(timeout=15),
+            }
+            for what, call in calls.items():
+                began = time.monotonic()
+                with pytest.raises(
+                    SystemNotRunning, match="another process took the port"
+                ) as raised:
+                    call()
+                assert time.monotonic() - began < PROMPT, (what, raised.value)
+                assert str(backstage.port) in str(raised.value)
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()

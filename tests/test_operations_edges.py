@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import process_alive, wait_until
-from .test_cli import Backstage, finish, session_processes, shut_down
+from .test_cli import Backstage, attached_bank, finish, session_processes, shut_down
 
 pytestmark = pytest.mark.process
 
@@ -457,20 +457,10 @@ def test_an_attached_program_recovers_its_strong_dispatches_after_a_daemon_resta
     dispatches find the new router by the dead letters, but every strong dispatch (and every
     `tree()`) failed from then on, until the program itself was restarted. The handle must
     find the application's new root."""
-    from unittest import mock
-
     from backstage_actors.errors import BackstageError
-    from examples.bank import app
     from examples.bank.domain import Deposit, OpenAccount
 
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    system = None
-    try:
-        assert backstage.start().returncode == 0
-        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
-            system = app.attach(port=backstage.port)
+    with attached_bank(tmp_path) as (backstage, system):
         system.dispatch(OpenAccount("rvt", "T"), consistency="strong", timeout=30)
         assert backstage.run("stop").returncode == 0
         assert backstage.start().returncode == 0
@@ -489,10 +479,6 @@ def test_an_attached_program_recovers_its_strong_dispatches_after_a_daemon_resta
                 outcomes.append(type(exc).__name__)
         assert isinstance(outcomes[-1], int), outcomes
         assert system.tree()["status"] == "running"
-    finally:
-        if system is not None:
-            system.stop()
-        shut_down(backstage)
 
 
 # -- a projection killed in the middle of its rebuild --------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -18,33 +17,22 @@ from examples.bank import app
 from examples.bank.domain import OpenAccount
 
 from .conftest import process_alive, wait_until
-from .test_cli import Backstage, shut_down
+from .test_cli import attached_bank
 
 pytestmark = pytest.mark.process
 
 
 def test_a_root_that_ended_is_not_started_again_empty_by_a_client(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    backstage = Backstage(home)
-    system = None
-    try:
-        assert backstage.start().returncode == 0
-        with mock.patch.dict(os.environ, {"BACKSTAGE_HOME": str(home)}):
-            system = app.attach(port=backstage.port)
-            assert system.dispatch(OpenAccount("rl1", "R"), timeout=30).version == 1
-            root = int(system.tree()["pid"])
-            os.kill(root, signal.SIGKILL)
-            wait_until(lambda: not process_alive(root), what="the root's end")
-            left = set(backstage.processes())
+    with attached_bank(tmp_path) as (backstage, system):
+        assert system.dispatch(OpenAccount("rl1", "R"), timeout=30).version == 1
+        root = int(system.tree()["pid"])
+        os.kill(root, signal.SIGKILL)
+        wait_until(lambda: not process_alive(root), what="the root's end")
+        left = set(backstage.processes())
 
-            with pytest.raises(SystemNotRunning):
-                system.tree(timeout=2)
-            assert set(backstage.processes()) <= left, "tree() started a process in the admin"
-            with pytest.raises(SystemNotRunning, match="does not run"):
-                app.attach(port=backstage.port)
-            assert set(backstage.processes()) <= left, "attach() started a process in the admin"
-    finally:
-        if system is not None:
-            system.stop()
-        shut_down(backstage)
+        with pytest.raises(SystemNotRunning):
+            system.tree(timeout=2)
+        assert set(backstage.processes()) <= left, "tree() started a process in the admin"
+        with pytest.raises(SystemNotRunning, match="does not run"):
+            app.attach(port=backstage.port)
+        assert set(backstage.processes()) <= left, "attach() started a process in the admin"
