@@ -144,6 +144,14 @@ def cluster(
         running.kill_all()
 
 
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie; a process that ends between the two questions is not."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def addresses(view: list[dict[str, Any]]) -> list[str]:
     return sorted(member["address"] for member in view)
 
@@ -371,9 +379,7 @@ def test_a_killed_member_leaves_members_and_leaves_nothing_behind(
         member.kill()  # unshare; --kill-child ends the namespace's init, and the kernel the rest
         killed = time.monotonic()
         wait_until(
-            lambda: (
-                not [p for p in inside if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            ),
+            lambda: not [p for p in inside if _alive(p)],
             timeout=30,
             what="every process of the killed member to end",
         )
