@@ -13,6 +13,7 @@
 | ``ReceiveEnvelope.identify``, ``TransmitIntent.identify`` (``speed``) | name a message's type | ``str(message)`` for every message | performance | nobody else: Thespian's text outside a Backstage system |
 | ``multiprocCommon.startChild`` (``speed.run_actors_on_a_floor``) | an actor process's loop runs from a frame that opens a 128 KiB data-stack chunk | CPython 3.11 maps and unmaps a 16 KiB chunk at every call across a chunk's end (python/cpython#142183), and a forked actor starts at an arbitrary depth: up to 30 % of an actor process's CPU, half the daemon's in the bank's chaos drill | performance | Backstage's systems only: other transports' actors start as before |
 | ``wakeupTransportBase.run_time`` of ``TCPTransport``: a property of the same subclass (``auth``) | a deadline not yet due has at least 1 µs left | its loop waits on its sockets for the deadline's ``remaining()`` timedelta, and one under 0.5 µs rounds to ``timedelta(0)``, which it drops: it then waits with no timeout, and a wakeup (a subscriber's next page, its slow poll) comes only with the next message | semantics | Backstage's systems only |
+| ``wakeupTransportBase._run_subtransport``, for a Backstage transport run with ``TransmitOnly`` (``timers``) | it waits for its transmits up to the caller's limit and leaves the wakeups pending; the next run that handles messages delivers them, overdue | with 950 messages queued (to a stopped or slow target) a process drains its queue with ``run(TransmitOnly)``, which returned each wakeup that came due to that drain loop, and the loop dropped it: a subscriber whose reports to a stopped event bus piled up lost its slow poll, and every later one (events stored with no notice to the bus were never handled) | semantics | Backstage's systems only |
 | simpleSystemBase ``_pop_expired_wakeups``, ``_newRefAndActor`` (its ``actor_base_receive``): a subclass (``speed.LeanSimpleBase``) | cheap timers and debug lines | ~3 times per command | performance | Backstage's simple systems only |
 | simpleSystemBase ``_runSingleSend``: the same subclass | a first delivery goes straight to a live actor; to a stopped one whose exit its parent has not handled, to the dead letters | cost; Thespian drops that message silently | performance, semantics | Backstage's simple systems only |
 | simpleSystemBase ``actorRegistry`` (``compact_registry``) | forget ended actors | it grows without bound | performance | the system passed |
@@ -64,6 +65,7 @@ from .speed import (  # noqa: E402
     terse_messages,
     use_poll_selector,
 )
+from .timers import keep_wakeups_while_transmitting  # noqa: E402
 
 __all__ = [
     "NOT_TOLD",
@@ -126,6 +128,7 @@ def start_actor_system(
     terse_messages()
     run_actors_on_a_floor()
     keep_the_logger()
+    keep_wakeups_while_transmitting()
     capabilities = {**(capabilities or {}), "Admin Port": port or free_port(host)}
     return _system(_scope(secret, host, thespian_log, authenticate), capabilities, log_defs)
 

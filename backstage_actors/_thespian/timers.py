@@ -1,0 +1,47 @@
+"""Wakeups that survive Thespian's transmit-only mode (see the table in
+``backstage_actors._thespian``).
+
+An actor process holds at most 20 messages in flight and queues the rest; at 950 queued (a
+target that takes nothing: stopped, or far slower than the sender) ``asyncTransportBase`` drains
+its queue before it reads anything again, calling ``run(TransmitOnly)`` until 780 are left or
+the oldest message's time (5 minutes) is up. ``wakeupTransportBase`` waits there only until the
+next wakeup is due and then hands that wakeup to its caller, as it hands one to a caller
+waiting for a message; but the drain loop wants only a count of transmits, and drops it. So each
+wakeup that came due while a process only transmitted was lost, and a timer that arms the next
+one when it fires (a subscriber's slow poll and its next page) was a chain ended for good.
+
+Here a Backstage transport that only transmits waits on its transmits alone and leaves every
+wakeup pending: the first run that handles messages again finds them overdue and delivers them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thespian.system.transport import Thespian__Run_Expired, TransmitOnly
+from thespian.system.transport.wakeupTransportBase import wakeupTransportBase
+
+from .auth import AuthenticatedTCPTransport
+
+__all__ = ["keep_wakeups_while_transmitting"]
+
+_thespians_run_subtransport = wakeupTransportBase._run_subtransport
+
+
+def _run_subtransport(self: Any, incoming_handler: Any, max_runtime: Any) -> Any:
+    if not isinstance(self, AuthenticatedTCPTransport) or not (
+        incoming_handler is TransmitOnly or isinstance(incoming_handler, TransmitOnly)
+    ):
+        return _thespians_run_subtransport(self, incoming_handler, max_runtime)
+    # Transmits only: wait for them up to the caller's limit, not for the next wakeup, and do
+    # not take the wakeups that are due out of the pending ones.
+    self.run_time = max_runtime
+    result = self._runWithExpiry(incoming_handler)
+    return None if isinstance(result, Thespian__Run_Expired) else result
+
+
+def keep_wakeups_while_transmitting() -> None:
+    """Patch ``wakeupTransportBase._run_subtransport`` (once) so that a Backstage system's TCP
+    transport keeps its wakeups while it only transmits; other transports run as before."""
+    if wakeupTransportBase._run_subtransport is not _run_subtransport:
+        wakeupTransportBase._run_subtransport = _run_subtransport
