@@ -23,6 +23,7 @@ import time
 import uuid
 from bisect import bisect_left
 from collections import OrderedDict, deque
+from datetime import UTC, datetime
 from typing import Any
 
 from . import _serialization as ser
@@ -56,11 +57,11 @@ class _Step:
         "error",
         "manager",
         "meta",
-        "new_state",
         "position",
         "process_id",
         "recorded",
         "row",
+        "state_text",
         "waiting",
     )
 
@@ -78,7 +79,7 @@ class _Step:
         self.deadline = 0.0  # monotonic time by which its commands must be answered
         self.error: BaseException | None = None
         self.done = True
-        self.new_state: dict[str, Any] | None = None  # what _save stores (after apply)
+        self.state_text: str | None = None  # the JSON state _save stores (after apply)
 
 
 class ProcessManagerActor(SubscriberActor):
@@ -373,9 +374,9 @@ class ProcessManagerActor(SubscriberActor):
         try:
             manager.apply(step.recorded.data)
             state = None if step.action == "stop" else manager.state()
-            if state is not None:
-                ser.dumps(state, f"{self.name} state")  # (unserializable: fails here)
-            step.new_state = state
+            # Encoded here, once (what _save stores): an unserializable state fails its step,
+            # named by its path, before anything of the step is saved.
+            step.state_text = None if state is None else ser.dumps(state, f"{self.name} state")
         except self.settings.stops:
             raise
         except BaseException as exc:
@@ -390,7 +391,9 @@ class ProcessManagerActor(SubscriberActor):
                     manager = step.manager
                     if manager is None or step.recorded is None:
                         continue
-                    self.store.save_process(self.name, manager.process_id, step.new_state)
+                    self.store.recorder.save_process(
+                        self.name, manager.process_id, step.state_text, _now()
+                    )
                 self.save_checkpoint_fenced(self.store, finished[-1].position)
         except CheckpointMoved:  # (nothing of these steps saved over the new holder's)
             self.checkpoint_moved()
@@ -398,3 +401,8 @@ class ProcessManagerActor(SubscriberActor):
         self.position = finished[-1].position
         self.handled += len(finished)
         self.failures = 0
+
+
+def _now() -> str:
+    """When a state is saved, as the store writes it (``EventStore.save_process``)."""
+    return datetime.now(UTC).isoformat()
