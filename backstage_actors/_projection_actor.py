@@ -128,10 +128,21 @@ class ProjectionActor(SubscriberActor):
         return True
 
     def redeliver(self, recorded: RecordedEvent, meta: Metadata, letter_id: int = 0) -> None:
+        """Project a parked event again, once: in the application's database the rows and the
+        letter's new status are one commit. In a file of its own they cannot be, so the rows
+        are committed with a mark of the letter (a checkpoint named after it and its event),
+        and a retry that finds the mark projects nothing: it only closes the letter, which the
+        one before it did not live to do."""
+        own_file = self.target_store is not self.store
+        mark = f"{self.name}/retried letter/{letter_id}/{meta.event_id}"
+        if own_file and letter_id and self.target_store.has_checkpoint(mark):
+            return
         with self.target_store.transaction():
             self.subscriber.project(recorded.data, meta, self.target)
-            if letter_id and self.target_store is self.store:  # (rows and letter: one commit)
+            if letter_id and not own_file:
                 self.store.set_dead_letter_status(letter_id, "retried")
+            elif letter_id:
+                self.target_store.save_checkpoint(mark, meta.position)
 
     # -- rebuild ----------------------------------------------------------------------------
 
