@@ -23,7 +23,6 @@ import time
 import uuid
 from bisect import bisect_left
 from collections import OrderedDict, deque
-from datetime import UTC, datetime
 from typing import Any
 
 from . import _serialization as ser
@@ -391,9 +390,7 @@ class ProcessManagerActor(SubscriberActor):
                     manager = step.manager
                     if manager is None or step.recorded is None:
                         continue
-                    self.store.recorder.save_process(
-                        self.name, manager.process_id, step.state_text, _now()
-                    )
+                    self.store.save_process(self.name, manager.process_id, step.state_text)
                 self.save_checkpoint_fenced(self.store, finished[-1].position)
         except CheckpointMoved:  # (nothing of these steps saved over the new holder's)
             self.checkpoint_moved()
@@ -401,8 +398,3 @@ class ProcessManagerActor(SubscriberActor):
         self.position = finished[-1].position
         self.handled += len(finished)
         self.failures = 0
-
-
-def _now() -> str:
-    """When a state is saved, as the store writes it (``EventStore.save_process``)."""
-    return datetime.now(UTC).isoformat()

@@ -440,9 +440,13 @@ class EventStore:
         text = self.recorder.process_state(name, process_id)
         return None if text is None else dict(json.loads(text))
 
-    def save_process(self, name: str, process_id: str, state: dict[str, Any] | None) -> None:
-        """Save an instance's state (None deletes it: the process stopped)."""
-        text = None if state is None else ser.dumps(state, f"{name} state")
+    def save_process(self, name: str, process_id: str, state: dict[str, Any] | str | None) -> None:
+        """Save an instance's state (None deletes it: the process stopped). A ``str`` is the
+        state already encoded as JSON (by ``_serialization.dumps``, as a process manager does
+        once per step to check it)."""
+        text = (
+            state if state is None or isinstance(state, str) else ser.dumps(state, f"{name} state")
+        )
         self.recorder.save_process(name, process_id, text, _now())
 
 
