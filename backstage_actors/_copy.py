@@ -20,7 +20,7 @@ import click
 
 from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail, progress_bar
 from ._export import broken_events
-from .errors import BackstageError, StorageError, StoredEventError
+from .errors import BackstageError, StorageError
 from .store import EventStore, redact, store_kind
 from .store.recorder import TABLES
 
@@ -47,11 +47,10 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
             # A row written by hand whose JSON is broken is named before anything is written
             # (PostgreSQL refuses broken metadata, unnamed; broken data it would keep).
             broken = broken_events(src)
-            if broken is not None:
-                raise StoredEventError(
-                    f"cannot copy {redact(source)}: {broken}; mend or delete those rows, then"
-                    " copy again (nothing was copied)",
-                    broken.position,
+            if broken:
+                raise broken.error(
+                    f"cannot copy {redact(source)}: ",
+                    "; mend or delete those rows, then copy again (nothing was copied)",
                 )
             with dst.transaction():
                 return _copy_tables(src, dst, progress)

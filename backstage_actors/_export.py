@@ -9,6 +9,10 @@ an event (or inside the last one, after a crash: ``--resume`` cuts that partial 
 after the last complete one). Parquet needs ``pyarrow`` (``pip install backstage-actors[export]``);
 it is written to ``FILE.partial`` and renamed at the end, so ``FILE`` is never half a file. A
 Parquet file cannot be appended to: resume a Parquet export with ``--since`` into a new file.
+
+An event whose stored JSON is broken (written by hand) ends a JSON lines file at the event before
+it. The rest of the store is still checked, so that one error names every broken event (the first
+100, the others counted) and one mending suffices before ``--resume``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .store.records import EventQuery
 
 __all__ = [
     "FORMATS",
+    "NAMED",
+    "BrokenRows",
     "ExportResult",
     "broken_events",
     "export_events",
@@ -100,57 +106,101 @@ def _export(
 def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
     """Pages of rows past ``after`` matching ``query``. A row whose stored data or metadata is
     not valid JSON (written by hand) ends the pages: the rows before it come as a last page,
-    then :class:`StoredEventError` names it (and the other broken rows of its page)."""
+    the rest of the store is checked (not read into memory), then one
+    :class:`StoredEventError` names every broken row (the first :data:`NAMED`, the rest
+    counted)."""
     while True:
         page = store.recorder.checked_page(after, _PAGE, query)
         if not page:
             return
         if min(map(_VALIDITY, page)) != 3:  # (the database checked: no parse here)
-            broken = [row for row in page if row[10] != 3]
-            good = page[: page.index(broken[0])]
+            first = next(row for row in page if row[10] != 3)
+            good = page[: page.index(first)]
             if good:
                 yield good
-            raise _broken(broken, page[-1][0] if len(page) == _PAGE else None)
+            broken = BrokenRows()
+            _check_events(store, query, page, broken)
+            raise broken.error()
         yield page
         if len(page) < _PAGE:
             return
         after = page[-1][0]
 
 
-def broken_events(store: EventStore) -> StoredEventError | None:
-    """One error naming every event of ``store`` whose stored JSON is broken (the first few by
-    position and stream, the rest counted); None when there is none."""
-    broken: list[tuple[Any, ...]] = []
-    after = 0
-    while page := store.recorder.checked_page(after, _PAGE, EventQuery()):
+def _check_events(
+    store: EventStore, query: EventQuery, page: list[tuple[Any, ...]] | None, into: BrokenRows
+) -> None:
+    """Add the broken rows of ``page`` and of every page after it (from the start when None)
+    that match ``query`` to ``into``."""
+    if page is None:
+        page = store.recorder.checked_page(0, _PAGE, query)
+    while page:
         if min(map(_VALIDITY, page)) != 3:
-            broken.extend(row for row in page if row[10] != 3)
-        after = page[-1][0]
-    return _broken(broken, None) if broken else None
+            into.add_events(page)
+        if len(page) < _PAGE:
+            return
+        page = store.recorder.checked_page(page[-1][0], _PAGE, query)
+
+
+def broken_events(store: EventStore) -> BrokenRows:
+    """The events of ``store`` whose stored JSON is broken (none: an empty, false result)."""
+    broken = BrokenRows()
+    _check_events(store, EventQuery(), None, broken)
+    return broken
 
 
 _VALIDITY = operator.itemgetter(10)  # the column checked_page adds: 3 when both are JSON
-_NAMED = 10  # broken rows named in one error; the rest are counted
+NAMED = 100  # broken rows named in one error; the rest are counted
 
 
-def _broken(rows: list[tuple[Any, ...]], checked_to: int | None) -> StoredEventError:
-    """The error naming the broken ``rows``; ``checked_to``: the last position checked, when
-    the events after it were not."""
-    described = []
-    for row in rows[:_NAMED]:
-        bad = [name for bit, name in ((1, "data"), (2, "metadata")) if not row[10] & bit]
-        described.append(
-            f"position {row[0]} (stream {row[2]!r:.80}, {row[4]:.80}): its {' and '.join(bad)}"
-            " is not valid JSON"
+class BrokenRows:
+    """Broken rows found by a scan: the first :data:`NAMED` described, the rest only counted
+    (memory stays bounded whatever the store holds)."""
+
+    def __init__(self) -> None:
+        self.named: list[str] = []
+        self.count = 0
+        self.events = 0  # of count, events (the others: rows of the other tables)
+        self.position: int | None = None  # the first broken event's
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, description: str) -> None:
+        """One more broken row, described (``table (key): what is wrong``)."""
+        self.count += 1
+        if len(self.named) < NAMED:
+            self.named.append(description)
+
+    def add_events(self, page: list[tuple[Any, ...]]) -> None:
+        """The broken rows of a page of :meth:`Recorder.checked_page`."""
+        for row in page:
+            if row[10] == 3:
+                continue
+            if self.position is None:
+                self.position = row[0]
+            self.events += 1
+            bad = [name for bit, name in ((1, "data"), (2, "metadata")) if not row[10] & bit]
+            self.add(
+                f"position {row[0]} (stream {row[2]!r:.80}, {row[4]:.80}): its"
+                f" {' and '.join(bad)} is not valid JSON"
+            )
+
+    def error(self, prefix: str = "", suffix: str = "") -> StoredEventError:
+        """One error naming them (``prefix`` and ``suffix`` around the list)."""
+        if self.events == self.count:
+            what = "an event" if self.count == 1 else f"{self.count} events"
+            head = f"the stored JSON of {what} is broken"
+        else:
+            head = (
+                "a stored row is broken"
+                if self.count == 1
+                else f"{self.count} stored rows are broken"
+            )
+        more = f"; and {self.count - len(self.named)} more" if self.count > len(self.named) else ""
+        return StoredEventError(
+            f"{prefix}{head}: {'; '.join(self.named)}{more}{suffix}", self.position
         )
-    more = f"; and {len(rows) - _NAMED} more" if len(rows) > _NAMED else ""
-    if checked_to is not None:
-        more += f" (up to position {checked_to}; those after it were not checked)"
-    return StoredEventError(
-        f"the stored JSON of {'an event' if len(rows) == 1 else f'{len(rows)} events'} is"
-        f" broken: {'; '.join(described)}{more}",
-        rows[0][0],
-    )
 
 
 def _json_line(row: tuple[Any, ...]) -> str:

@@ -175,3 +175,38 @@ def test_a_postgres_row_holding_nan_is_broken_too(pg_dsn: str, tmp_path: Path) -
     )
     assert "position 3 (stream 'acct-n'" in str(caught.value)
     assert [e["position"] for e in _lines(out)] == [1]
+
+
+def test_one_export_names_the_broken_rows_of_every_page(tmp_path: Path) -> None:
+    """Not the first page's broken rows only: the user mended those, ran again, and met the
+    next page's. Past 100 the rest are counted (the scan holds no more than that in memory)."""
+    source = str(tmp_path / "pages.db")
+    with EventStore(source) as store:
+        for start in range(0, 12_000, 1000):
+            events = [ConfDeposited(str(n), n) for n in range(start, start + 1000)]
+            store.append(f"acct-{start // 1000}", events)
+    # Three pages of 5,000 events: a broken row in each.
+    _mangle(source, "UPDATE events SET data = 'oops' WHERE position IN (3, 7000, 11999)")
+    out = tmp_path / "pages.jsonl"
+    with EventStore(source) as store, pytest.raises(StoredEventError) as caught:
+        export_events(store, str(out))
+    message = str(caught.value)
+    assert "the stored JSON of 3 events is broken: position 3 (stream 'acct-0'" in message
+    assert "position 7000 (stream 'acct-6'" in message
+    assert "position 11999 (stream 'acct-11'" in message
+    assert "more" not in message and caught.value.position == 3
+    assert [e["position"] for e in _lines(out)] == [1, 2]  # (--resume goes on from there)
+
+    _mangle(source, "UPDATE events SET metadata = '{' WHERE position BETWEEN 100 AND 219")
+    for run in ("export", "copy"):
+        with EventStore(source) as store, pytest.raises(StoredEventError) as caught:
+            if run == "export":
+                export_events(store, str(out))
+            else:
+                copy_store(source, str(tmp_path / "copy.db"))
+        message = str(caught.value)
+        assert "the stored JSON of 123 events is broken: position 3 " in message, run
+        assert message.count("is not valid JSON") == 100, run
+        assert "position 100 (stream 'acct-0', ConfDeposited): its metadata is not" in message
+        assert "position 198 " in message and "position 199 " not in message, run
+        assert "; and 23 more" in message, run
