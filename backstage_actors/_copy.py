@@ -8,6 +8,11 @@ they were. A destination that holds
 anything is refused: a copy never merges two histories. The source is read in one read
 transaction: the copy is the store as it stood when the copy began, even while an application
 goes on writing to it (what it writes meanwhile is not in the copy).
+
+A row the destination would not hold as the source does is refused, whatever its table: JSON
+that is not JSON (event data and metadata, snapshots, process manager state, a rejection's
+metadata: written by hand) and, into PostgreSQL, text holding a NUL character. One error names
+every such row (the first 100, the others counted) and nothing is copied.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail, progress_bar
-from ._export import broken_events
+from ._export import BrokenRows, broken_events
 from .errors import BackstageError, StorageError
 from .store import EventStore, redact, store_kind
-from .store.recorder import TABLES
+from .store.recorder import TABLES, _valid_json
 
 __all__ = ["copy_store", "register"]
 
@@ -44,31 +50,87 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
                 " empty store"
             )
         with src.snapshot():
-            # A row written by hand whose JSON is broken is named before anything is written
-            # (PostgreSQL refuses broken metadata, unnamed; broken data it would keep).
+            # A row written by hand that is broken is named, with every other one, and nothing
+            # is copied: events whose JSON is broken are found first (the database checks them;
+            # PostgreSQL would refuse broken metadata, unnamed, and keep broken data), the
+            # other tables' rows as they are copied (the transaction then rolls back).
             broken = broken_events(src)
-            if broken:
-                raise broken.error(
-                    f"cannot copy {redact(source)}: ",
-                    "; mend or delete those rows, then copy again (nothing was copied)",
-                )
+            postgres = store_kind(destination) == "postgres"
             with dst.transaction():
-                return _copy_tables(src, dst, progress)
+                copied = _copy_tables(src, dst, progress, broken, postgres)
+                if broken:
+                    raise broken.error(
+                        f"cannot copy {redact(source)}: ",
+                        "; mend or delete those rows, then copy again (nothing was copied)",
+                    )
+            return copied
 
 
-def _copy_tables(src: EventStore, dst: EventStore, progress: Progress | None) -> dict[str, int]:
+# The columns holding JSON text, by table (events: checked by the database, see broken_events),
+# and the columns that name a row in an error.
+_JSON = {
+    "snapshots": ("data",),
+    "snapshot_history": ("data",),
+    "process_managers": ("state",),
+    "rejections": ("metadata",),
+}
+_KEYS = {
+    "streams": ("stream_id",),
+    "snapshots": ("stream_id", "version"),
+    "snapshot_history": ("stream_id", "version"),
+    "checkpoints": ("name",),
+    "dead_letters": ("id", "subscriber", "position"),
+    "process_managers": ("name", "process_id"),
+    "rejections": ("id", "command_id", "stream_id"),
+}
+
+
+def _check(table: str, rows: list[tuple[Any, ...]], postgres: bool, into: BrokenRows) -> None:
+    """Add the rows of ``table`` that the destination would not keep intact to ``into``: JSON
+    that is not JSON, and (into PostgreSQL, whose text cannot hold it) a NUL character."""
+    columns = TABLES[table]
+    json_at = [(columns.index(name), name) for name in _JSON.get(table, ())]
+    keys = [(columns.index(name), name) for name in _KEYS[table]]
+    for row in rows:
+        bad = [f"its {name} is not valid JSON" for at, name in json_at if not _valid_json(row[at])]
+        if postgres:
+            bad += [
+                f"its {name} holds a NUL character (PostgreSQL's text cannot)"
+                for name, value in zip(columns, row, strict=True)
+                if isinstance(value, str) and "\x00" in value
+            ]
+        if bad:
+            key = ", ".join(f"{name} {row[at]!r:.80}" for at, name in keys)
+            into.add(f"{table} ({key}): {' and '.join(bad)}")
+
+
+def _copy_tables(
+    src: EventStore,
+    dst: EventStore,
+    progress: Progress | None,
+    broken: BrokenRows,
+    postgres: bool,
+) -> dict[str, int]:
+    """Copy the tables, the events last; once a row is found broken, the rest is only checked
+    (and the events, written last, not even read)."""
     totals = {table: src.recorder.count(table) for table in TABLES}
     total, done = sum(totals.values()), 0
     if progress:
         progress(0, total)
-    for table in TABLES:
+    for table in [*(t for t in TABLES if t != "events"), "events"]:
+        if table == "events" and broken:
+            continue
         for rows in src.recorder.export(table):
-            dst.recorder.import_rows(table, [tuple(row) for row in rows])
+            if table != "events":
+                _check(table, rows, postgres, broken)
+            if not broken:
+                dst.recorder.import_rows(table, [tuple(row) for row in rows])
             done += len(rows)
             if progress:
                 progress(done, total)
     # Positions of events deleted since (truncated) are not handed out again either.
-    dst.recorder.reserve_positions(src.recorder.next_position())
+    if not broken:
+        dst.recorder.reserve_positions(src.recorder.next_position())
     return totals
 
 

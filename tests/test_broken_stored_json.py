@@ -210,3 +210,88 @@ def test_one_export_names_the_broken_rows_of_every_page(tmp_path: Path) -> None:
         assert "position 100 (stream 'acct-0', ConfDeposited): its metadata is not" in message
         assert "position 198 " in message and "position 199 " not in message, run
         assert "; and 23 more" in message, run
+
+
+def _bookkeeping(where: str) -> None:
+    """A store with one row in each table, its snapshot, kept snapshot, process state and
+    rejection metadata then broken by hand."""
+    with EventStore(where) as store:
+        store.append("acct-1", [ConfDeposited("a", 1)] * 3, metadata={"n": 1})
+        store.save_snapshot("acct-1", 2, {"balance": 2}, 1, "Acct")
+        store.save_checkpoint("balances", 3)
+        store.save_process("transfers", "t-1", {"step": "withdrawn"})
+        store.park("notifier", store.event_at(1), "ValueError", "boom", "tb", 3)  # type: ignore[arg-type]
+        store.record_rejection("acct-1", {"command_id": "c-9", "command": "Pay"}, ValueError())
+    _mangle(where, "UPDATE snapshots SET data = '{\"balance\": '")
+    _mangle(where, "UPDATE snapshot_history SET data = 'NaN'")
+    _mangle(where, "UPDATE process_managers SET state = 'step=withdrawn'")
+    _mangle(where, "UPDATE rejections SET metadata = '{command_id: c-9}'")
+
+
+def _nothing_in(where: str) -> bool:
+    with EventStore(where) as store:
+        return all(store.recorder.count(table) == 0 for table in TABLES)
+
+
+BOOKKEEPING = (
+    "4 stored rows are broken:"
+    " snapshots (stream_id 'acct-1', version 2): its data is not valid JSON;"
+    " snapshot_history (stream_id 'acct-1', version 2): its data is not valid JSON;"
+    " process_managers (name 'transfers', process_id 't-1'): its state is not valid JSON;"
+    " rejections (id 1, command_id 'c-9', stream_id 'acct-1'): its metadata is not valid JSON;"
+    " mend or delete those rows"
+)
+
+
+def test_a_copy_names_broken_snapshots_process_state_and_rejections(
+    tmp_path: Path, pg_server: Any
+) -> None:
+    """Copied silently before (broken at the destination as at the source), from
+    SQLite and from PostgreSQL alike; now named, every one, and nothing is copied."""
+    source = str(tmp_path / "kept.db")
+    _bookkeeping(source)
+    for destination in (str(tmp_path / "copy.db"), pg_server.dsn(pg_server.new_schema())):
+        with pytest.raises(StoredEventError) as caught:
+            copy_store(source, destination)
+        assert BOOKKEEPING in str(caught.value), str(caught.value)
+        assert _nothing_in(destination)
+    from_pg = pg_server.dsn(pg_server.new_schema())
+    _bookkeeping(from_pg)
+    with pytest.raises(StoredEventError) as caught:
+        copy_store(from_pg, str(tmp_path / "from-pg.db"))
+    assert BOOKKEEPING in str(caught.value)
+    assert _nothing_in(str(tmp_path / "from-pg.db"))
+
+    # With broken events too: one error for all of them (the events first).
+    _mangle(source, "UPDATE events SET data = '{' WHERE position = 2")
+    done = subprocess.run(
+        [BACKSTAGE, "copy", source, str(tmp_path / "cli.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "5 stored rows are broken: position 2 (stream 'acct-1', ConfDeposited)" in done.stderr
+    assert BOOKKEEPING[len("4 stored rows are broken:") :] in done.stderr
+    assert _nothing_in(str(tmp_path / "cli.db"))
+
+
+def test_a_copy_into_postgres_names_a_dead_letter_holding_a_nul(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """SQLite's text holds a NUL, PostgreSQL's cannot: the copy failed at the end with
+    "PostgreSQL text fields cannot contain NUL (0x00) bytes", naming no row."""
+    source = str(tmp_path / "nul.db")
+    with EventStore(source) as store:
+        [event] = store.append("acct-1", [ConfDeposited("a", 1)])
+        store.park("notifier", event, "ValueError", "boom", "tb", 1)
+    _mangle(source, "UPDATE dead_letters SET error = 'bo' || char(0) || 'om'")
+    with pytest.raises(StoredEventError) as caught:
+        copy_store(source, pg_dsn)
+    assert (
+        "a stored row is broken: dead_letters (id 1, subscriber 'notifier', position 1): its"
+        " error holds a NUL character (PostgreSQL's text cannot)"
+    ) in str(caught.value)
+    assert _nothing_in(pg_dsn)
+    copy_store(source, str(tmp_path / "copy.db"))  # SQLite keeps it as it is
+    assert _nothing_in(str(tmp_path / "copy.db")) is False
