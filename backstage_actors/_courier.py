@@ -49,6 +49,9 @@ MAX_UNCLAIMED = 10_000  # in-process answers read by another call, kept for thei
 # whether the system's admin still accepts connections (a stopped or crashed system: the
 # caller hears so at once, instead of waiting out its timeout).
 PROBE_EVERY = 1.0
+# How long that look waits for the admin's answer to its probe: no answer by then is a busy
+# (or stopped) admin, not a gone one.
+ADMIN_PATIENCE = 0.5
 
 
 class SystemGone(SystemNotRunning):
@@ -313,21 +316,27 @@ class Courier:
     def check_admin(self) -> None:
         """:class:`SystemGone` if the system's admin no longer listens where it did (multiproc):
         nothing listens there, or what does answers not as a system holding its secret (the
-        port was taken by another process after the system ended)."""
+        port was taken by another process after the system ended). One connection, one probe
+        (``auth.probe``); an admin that accepts it but says nothing in time (busy, or stopped
+        by a signal) is not taken for gone: the caller's own timeout still runs."""
         if self._admin is None:
             self._admin_key = _thespian.admin_key(self.actor_system)
             self._admin = _thespian.admin_location(self.actor_system) or ("", 0)
         host, port = self._admin
         if not port:
             return
-        if not _thespian.port_in_use(port, host):
+        if self._admin_key is None:  # (a system started without authentication: no probe)
+            holder: bool | None = True if _thespian.port_in_use(port, host) else None
+        else:
+            try:
+                holder = _thespian.probe(host, port, self._admin_key, ADMIN_PATIENCE)
+            except _thespian.NotAnswering:
+                return
+        if holder is None:
             raise SystemGone(
                 f"the actor system on {host}:{port} is not running (it was stopped, or it crashed)"
             )
-        if (
-            self._admin_key is not None
-            and _thespian.answers_as(host, port, self._admin_key) is False
-        ):
+        if not holder:
             raise SystemGone(
                 f"the actor system on {host}:{port} is not running: what listens there now does"
                 " not answer as it (another process took the port, or a system with another secret)"

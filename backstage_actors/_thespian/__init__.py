@@ -55,7 +55,7 @@ from thespian.system.messages.status import (  # noqa: E402
 
 from .. import _security  # noqa: E402
 from . import auth  # noqa: E402
-from .auth import AuthenticationRefused, NotAnswering, answers_as, probe  # noqa: E402
+from .auth import AuthenticationRefused, NotAnswering, probe  # noqa: E402
 from .speed import (  # noqa: E402
     LeanPollSelector,
     LeanSimpleBase,
@@ -77,7 +77,6 @@ __all__ = [
     "admin_key",
     "admin_location",
     "admin_status",
-    "answers_as",
     "attach",
     "compact_registry",
     "external_context",
@@ -354,7 +353,7 @@ def shutdown(actor_system: Any, timeout: float | None = None) -> None:
 
 def admin_location(handle: Any) -> tuple[str, int] | None:
     """``(host, port)`` where the admin of the system ``handle`` talks to listens (None if it
-    cannot be told): probe it with :func:`port_in_use` to learn whether the system still runs."""
+    cannot be told): :func:`probe` it to learn whether the system still runs."""
     admin = getattr(getattr(handle, "_systemBase", None), "adminAddr", None)
     if admin is None:
         return None
@@ -367,7 +366,7 @@ def admin_location(handle: Any) -> tuple[str, int] | None:
 
 def admin_key(handle: Any) -> bytes | None:
     """The secret the system ``handle`` talks to authenticates with (None: it does not, or it
-    cannot be told): :func:`answers_as` tells its admin from another process on its port."""
+    cannot be told): :func:`probe` tells its admin from another process on its port."""
     transport = getattr(getattr(handle, "_systemBase", None), "transport", None)
     codec = getattr(getattr(transport, "scope", None), "codec", None)
     key = getattr(codec, "key", None)

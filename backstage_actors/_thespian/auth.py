@@ -67,7 +67,6 @@ __all__ = [
     "FrameCodec",
     "NotAnswering",
     "Scope",
-    "answers_as",
     "entered",
     "install",
     "probe",
@@ -575,15 +574,6 @@ def probe(host: str, port: int, key: bytes, timeout: float = 5.0) -> bool | None
         except OSError:
             return False
     return hmac.compare_digest(answer, expected)
-
-
-def answers_as(host: str, port: int, key: bytes, timeout: float = 0.5) -> bool | None:
-    """:func:`probe`, with no answer within ``timeout`` taken as "cannot be told" (None): a busy
-    admin looks the same as a silent stranger."""
-    try:
-        return probe(host, port, key, timeout)
-    except NotAnswering:
-        return None
 
 
 _installed = False
