@@ -145,6 +145,9 @@ def _tell(endpoint: Any, address: Any, message: Any) -> bool:
     return True
 
 
+MAX_WAIT = 10.0**6  # what "no timeout" waits (see client.MAX_TIMEOUT)
+
+
 class _Guarded:
     """A multiproc endpoint whose waits (``ask``, ``listen``) are cut in slices of at most
     :data:`PROBE_EVERY` seconds; after a slice without an answer, ``check()`` raises
@@ -178,9 +181,6 @@ class _Guarded:
         return self.listen(max(0.0, wait - (time.monotonic() - began)))
 
 
-MAX_WAIT = 10.0**6  # what "no timeout" waits (see client.MAX_TIMEOUT)
-
-
 def _timeout(item: CommandItem, timeout: float, sent: bool) -> DispatchTimeout:
     name = type(item.command).__name__
     telemetry.emit("timeout", {"count": 1.0}, {"command": name})
@@ -199,10 +199,11 @@ class _ThreadEndpoint:
     reference is the only one): a server that runs each request in a new thread would
     otherwise keep every one's sockets open until it runs out of file descriptors."""
 
-    __slots__ = ("__weakref__", "context", "pid", "release")
+    __slots__ = ("__weakref__", "context", "guarded", "pid", "release")
 
-    def __init__(self, context: Any, pid: int) -> None:
+    def __init__(self, context: Any, pid: int, check: Callable[[], None]) -> None:
         self.context = context
+        self.guarded = _Guarded(context, check)  # (one per thread, not one per call)
         self.pid = pid
         self.release = weakref.finalize(self, _exit_context, context, pid)
 
@@ -259,6 +260,7 @@ class Courier:
         self._admin_key: bytes | None = None  # its secret (see check_admin)
         self._lock = _SystemLock()
         self._pid = self._owner_pid = os.getpid()  # the process whose main thread owns actor_system
+        self._main = _Guarded(actor_system, self.check_admin)  # that main thread's (multiproc)
         self._local = threading.local()
         # Every thread's endpoint; one goes (its sockets closed) when its thread ends.
         self._contexts: weakref.WeakSet[_ThreadEndpoint] = weakref.WeakSet()
@@ -304,14 +306,15 @@ class Courier:
         if pid != self._pid:
             self._forked(pid)
         if pid == self._owner_pid and threading.current_thread() is threading.main_thread():
-            return _Locked(self._lock, _Guarded(self.actor_system, self.check_admin))
+            return _Locked(self._lock, self._main)
         held: _ThreadEndpoint | None = getattr(self._local, "endpoint", None)
         if held is None or held.pid != pid:
-            held = _ThreadEndpoint(_thespian.external_context(self.actor_system), pid)
+            context = _thespian.external_context(self.actor_system)
+            held = _ThreadEndpoint(context, pid, self.check_admin)
             self._local.endpoint = held
             with self._lock:
                 self._contexts.add(held)
-        return contextlib.nullcontext(_Guarded(held.context, self.check_admin))
+        return contextlib.nullcontext(held.guarded)
 
     def check_admin(self) -> None:
         """:class:`SystemGone` if the system's admin no longer listens where it did (multiproc):

@@ -1,14 +1,17 @@
-"""A multiproc handle's look at its admin (``_courier``): whether the admin still runs is
-told by one connection. Real daemons of the bank, a real listener on the port."""
+"""A multiproc handle's endpoints and its look at the admin (``_courier``): each thread keeps one
+guarded endpoint; the look at whether the admin still runs is one connection. Real daemons of the bank, a real listener on the port."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backstage_actors import _courier
 from examples.bank.domain import OpenAccount
 
 from .test_cli import attached_bank
@@ -42,3 +45,24 @@ def test_the_look_at_the_admin_is_one_connection(tmp_path: Path) -> None:
             system._courier.check_admin()  # no answer in time: busy, not gone (no error)
 
             assert _accepted(silent) == 1
+
+
+def test_each_thread_keeps_one_guarded_endpoint(tmp_path: Path) -> None:
+    """``endpoint()`` runs for every command: it built a new guard of the endpoint each time."""
+    with attached_bank(tmp_path) as (_, system):
+        courier = system._courier
+        with courier.endpoint() as first, courier.endpoint() as second:
+            assert first is second
+            assert isinstance(first, _courier._Guarded)
+        seen: list[Any] = []
+
+        def twice() -> None:
+            for _ in range(2):
+                with courier.endpoint() as endpoint:
+                    seen.append(endpoint)
+
+        worker = threading.Thread(target=twice)
+        worker.start()
+        worker.join()
+        assert seen[0] is seen[1]
+        assert seen[0] is not first
