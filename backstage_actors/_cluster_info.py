@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 
 import supervisors
-from supervisors import Supervisor
 
 from . import _thespian
 from ._cluster import Member, members_of
@@ -118,7 +117,18 @@ def _info(
 def member_tree(app: Any, host: str, port: int, timeout: float) -> dict[str, Any]:
     """The supervision tree of ``app`` on the member whose admin is ``host:port``."""
     endpoint = _thespian.attach(port, host)  # (a client's handle: letting go leaves it running)
-    root = endpoint.createActor(Supervisor, globalName=app.root_name)
+    # Looked up, never created: createActor(Supervisor, globalName=...) would start an empty
+    # root supervisor on a member whose application ended (or never started there).
+    root = _thespian.global_address(endpoint, app.root_name, timeout)
+    if root is _thespian.NOT_TOLD:
+        raise SystemNotRunning(
+            f"{host}:{port} does not answer: its admin said nothing in {timeout}s"
+        )
+    if root is None:
+        raise SystemNotRunning(
+            f"{host}:{port} does not run {app.name}: its admin knows no root supervisor "
+            f"{app.root_name!r} (it ended, or was never started there)"
+        )
     try:
         return supervisors.tree(endpoint, root, timeout=timeout)
     except supervisors.SupervisionError as exc:
