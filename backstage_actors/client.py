@@ -43,6 +43,10 @@ CONSISTENCIES = ("eventual", "strong")
 # What "wait as long as it takes" becomes: seconds (~11 days; poll() takes at most 2**31 ms).
 MAX_TIMEOUT = 10.0**6
 
+# Seconds an admin has to say where the application's root is before a call that asks the
+# root anyway (tree): one that takes longer is busy or stopped, not one whose root ended.
+ROOT_PATIENCE = 1.0
+
 
 def _check_timeout(timeout: float) -> float:
     """A deadline that can never pass (NaN) would wait forever on multiproc: refuse it; an
@@ -299,16 +303,34 @@ class RunningSystem:
 
     def _root_moved(self) -> bool:
         """Whether the application's root is somewhere else now (an attached handle whose
-        daemon was stopped and started again): then it is looked up by its global name, as
-        ``attach`` did, and the handle uses the new one."""
+        daemon was stopped and started again): then the handle uses the new one."""
         if self.owns_system or self.base == "simple" or self._stopped:
             return False
-        try:  # (looked up, never created: an admin whose application ended has none)
+        try:
             with self._endpoint() as endpoint:
-                root = _thespian.global_address(endpoint, self.app.root_name)
-        except Exception:  # no admin there (yet): nothing moved that can be found
+                return self._follow(self._root_now(endpoint))
+        except BackstageError:  # the system is gone: nothing moved that can be found
             return False
-        if root is None or root is _thespian.NOT_TOLD or root == self.root:
+
+    def _root_now(self, endpoint: Any, patience: float = 5.0) -> Any:
+        """Where the admin says the application's root supervisor is now: its address; None
+        if the admin knows none (the root gave up, or was killed); ``NOT_TOLD`` if that cannot
+        be told (no admin answers within ``patience`` seconds; a simple system has none).
+        :class:`SystemGone` if the actor system is gone. Looked up, never created (as
+        ``attach`` does): an admin whose application ended would get an empty root."""
+        if self.base == "simple":
+            return _thespian.NOT_TOLD
+        try:
+            return _thespian.global_address(endpoint, self.app.root_name, patience)
+        except _courier.SystemGone:
+            raise
+        except Exception:  # (no admin answers as one: nothing can be told)
+            return _thespian.NOT_TOLD
+
+    def _follow(self, root: Any) -> bool:
+        """Use ``root`` (what :meth:`_root_now` found) if it is another than this handle's,
+        and this handle does not own its system; whether it did."""
+        if root is None or root is _thespian.NOT_TOLD or root == self.root or self.owns_system:
             return False
         self.root = self._courier.root = root
         self._courier._router = None
@@ -362,16 +384,28 @@ class RunningSystem:
     # -- introspection and shutdown ---------------------------------------------------------
 
     def tree(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The live supervision tree as nested dicts."""
-        for attempt in (1, 2):
-            with self._endpoint() as endpoint:
-                try:
-                    return supervisors.tree(endpoint, self.root, timeout=timeout)
-                except supervisors.SupervisionError as exc:
-                    failure = exc
-            if attempt == 2 or not self._root_moved():
-                break
-        raise SystemNotRunning(f"the application's root supervisor does not answer: {failure}")
+        """The live supervision tree as nested dicts.
+
+        On multiproc the admin is asked first where the root supervisor is (one round trip):
+        a root that ended is said at once, not after the whole timeout, and an attached
+        handle whose daemon was started again asks the new one."""
+        with self._endpoint() as endpoint:
+            root = self._root_now(endpoint, min(timeout, ROOT_PATIENCE))
+            if root is None:
+                raise SystemNotRunning(
+                    f"application {self.app.name!r} is not running: its root supervisor "
+                    "ended (it gave up after too many crashes, or was killed); its actor "
+                    "system still runs"
+                )
+            if root is _thespian.NOT_TOLD and self.base != "simple":
+                self._courier.check_admin()  # (SystemGone at once if it is gone)
+            self._follow(root)
+            try:
+                return supervisors.tree(endpoint, self.root, timeout=timeout)
+            except supervisors.SupervisionError as exc:
+                raise SystemNotRunning(
+                    f"the application's root supervisor does not answer: {exc}"
+                ) from None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Orderly shutdown: the tree stops in reverse start order, then the actor system.
@@ -414,13 +448,7 @@ class RunningSystem:
         """Whether the admin says the application's root supervisor is gone (it gave up, or
         was killed): then nothing answers a Stop, and asking it waited out the whole timeout
         (30 s by default) before the actor system was shut down."""
-        if self.base == "simple":
-            return False
-        try:
-            found = _thespian.global_address(endpoint, self.app.root_name, min(timeout, 5.0))
-        except Exception:  # no admin answers: the Stop finds out as it did
-            return False
-        return found is None
+        return self._root_now(endpoint, min(timeout, 5.0)) is None
 
     def _release(self) -> None:
         self._stopped = True
