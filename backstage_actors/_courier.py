@@ -54,6 +54,9 @@ PROBE_EVERY = 1.0
 ADMIN_PATIENCE = 0.5
 
 
+NO_ROUTER = "the router is not running"
+
+
 class SystemGone(SystemNotRunning):
     """The actor system a running system's handle talks to is not running any more."""
 
@@ -244,6 +247,7 @@ class Courier:
         base: str,
         settings: Settings,
         check_running: Callable[[], None],
+        root_moved: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.actor_system = actor_system
@@ -255,6 +259,9 @@ class Courier:
         self.shards = settings.shards
         self._names_for, self._names = 0, frozenset[str]()  # see _lane_names
         self.check_running = check_running
+        # Whether the application's root is elsewhere now (an attached handle's daemon started
+        # again: see RunningSystem._root_moved); if so it updated root and forgot the router.
+        self.root_moved = root_moved
         self._router: Any = None
         self._admin: tuple[str, int] | None = None  # where the admin listens (see check_admin)
         self._admin_key: bytes | None = None  # its secret (see check_admin)
@@ -358,10 +365,27 @@ class Courier:
         needs none of it."""
         if self._router is None or refresh:
             with self.endpoint() as endpoint:
-                self._router = _shared.locate(
-                    endpoint, self.root, ROUTER, patience, "the router is not running"
-                )
+                self._router = self._locate_router(endpoint, patience)
         return self._router
+
+    def _locate_router(self, endpoint: Any, patience: float) -> Any:
+        """The router, as the root tells. A root that does not answer within
+        :data:`PROBE_EVERY` may be gone with its system, or one started again on the same port
+        may have a new one: the admin is asked (``root_moved``), and the rest of ``patience``
+        goes to the root it names (before, the whole of it went to the old one)."""
+        began = time.monotonic()
+        first = min(patience, PROBE_EVERY)
+        try:
+            return _shared.locate(endpoint, self.root, ROUTER, first, NO_ROUTER)
+        except SystemGone:
+            raise
+        except SystemNotRunning:
+            if first >= patience:
+                raise
+        self.check_admin()
+        self.root_moved()
+        left = max(0.05, patience - (time.monotonic() - began))
+        return _shared.locate(endpoint, self.root, ROUTER, left, NO_ROUTER)
 
     def send(self, items: list[CommandItem], timeout: float, batch_size: int = 1000) -> list[Any]:
         """Send ``items`` in ``Execute`` messages and gather one answer per item, in four steps:
@@ -427,6 +451,9 @@ class Courier:
             self._forget(stream_id)
             lanes.forget(lane)  # (a failed call closed it already; an empty answer did not)
             self.check_admin()
+            # Or the system was started again (same port, same secret): the router this
+            # handle knows went with the old one; the new one's is looked up (root_moved).
+            self.root_moved()
         return None
 
     def _by_message(

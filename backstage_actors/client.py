@@ -43,8 +43,9 @@ CONSISTENCIES = ("eventual", "strong")
 # What "wait as long as it takes" becomes: seconds (~11 days; poll() takes at most 2**31 ms).
 MAX_TIMEOUT = 10.0**6
 
-# Seconds an admin has to say where the application's root is before a call that asks the
-# root anyway (tree): one that takes longer is busy or stopped, not one whose root ended.
+# Seconds an admin has to say where the application's root is (before tree() asks the root
+# anyway; when a dispatch looks for a root that moved): one that takes longer is busy or
+# stopped, not one whose root ended or moved.
 ROOT_PATIENCE = 1.0
 
 
@@ -82,7 +83,7 @@ class RunningSystem:
         self._stopped = False
         self._store: Any = None
         self._courier = _courier.Courier(
-            app, actor_system, root, base, settings, self._check_running
+            app, actor_system, root, base, settings, self._check_running, self._root_moved
         )
         self.metrics: Any = None  # the /metrics server this process runs for it, if any
         self.async_pool: Any = None  # the threads of dispatch_async (see _async)
@@ -308,7 +309,7 @@ class RunningSystem:
             return False
         try:
             with self._endpoint() as endpoint:
-                return self._follow(self._root_now(endpoint))
+                return self._follow(self._root_now(endpoint, ROOT_PATIENCE))
         except BackstageError:  # the system is gone: nothing moved that can be found
             return False
 
