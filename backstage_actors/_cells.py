@@ -15,7 +15,9 @@ The shard runs its cells in rounds, each in four named steps:
 
 So the invariant is one sentence: **no answer leaves a round before the commit holding every
 append its state counted on, and none is given from a state whose append failed.** Work is
-decided ahead (a whole mailbox per round); answers are held.
+decided ahead (a whole mailbox per round); answers are held. What a round reads from the store
+(a cell rebuilt, a named command found stored) may be another process's commit that is not on
+disk yet: such a round's answers count on every commit written so far (``Writer.commit``).
 
 An exception in ``apply`` crashes that cell only: its command gets :class:`AggregateFailed`,
 what the cell decided before it in the round is committed, and the cell rebuilds from the store
@@ -180,6 +182,8 @@ class Cells:
         self.restarts = 0
         self.shortest_lifespan: float | None = None  # of the cells made so far
         self.last_position = 0  # of the last round's commit
+        # This round's decisions counted on stored events they read (see Writer.commit).
+        self.read = False
         self.stats = telemetry.Stats()
         self.meters: dict[str, telemetry.CommandMeter] = {}  # aggregate type -> counts
 
@@ -220,10 +224,11 @@ class Cells:
     def run_round(self) -> list[Answer]:
         """Decide, commit and answer what the cells with work have in their mailboxes."""
         ready, self.ready = self.ready, {}
+        self.read = False
         try:
             requests: list[AppendRequest] = []
             rounds = [(cell, self._decide(cell, requests)) for cell in ready.values()]
-            results = self.writer.commit(requests)
+            results = self.writer.commit(requests, self.read)
             answers: list[Answer] = []
             for cell, decisions in rounds:
                 self._answer(cell, decisions, results, answers)
@@ -423,6 +428,7 @@ class Cells:
         if cell.state is None and cell.broken is None:
             try:
                 cell.state = self._rebuild(cell)
+                self.read = self.read or cell.state.version > 0
             except BackstageError as exc:
                 return None, exc
             except self.stops:
@@ -488,6 +494,7 @@ class Cells:
         version = self.store.event_version(first, cell.stream_id)
         if version is None:
             return None
+        self.read = True
         events: list[RecordedEvent] = []
         for event in self.store.read_stream(cell.stream_id, from_version=version):
             if event.metadata.get("command_id") != item.command_id:

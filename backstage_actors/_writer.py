@@ -9,6 +9,12 @@ that within a transaction), so no append is ever stored on a state that is not.
 A storage error that fails the whole transaction is every append's outcome: nothing of it is
 stored, and each caller hears of it (or has its command decided again, see ``_cells``).
 
+A round's answers may also count on stored events its decisions read: a cell rebuilt, a named
+command found stored. With shared flushes another process's commit is visible before its flush,
+so such a round counts on every commit written so far: its own commit does that (numbered after
+the reads, its flush covers every commit they saw), and a round that numbered none takes a
+``barrier``.
+
 On SQLite a commit's flush to disk is left for later: every answer carries the last commit the
 shard made (``durable_at``), which its state may count on even when it records nothing, and is
 given only once a flush that covers that commit has ended
@@ -59,9 +65,13 @@ class Writer:
         self.stats = telemetry.Stats()
         self.meter = telemetry.CommandMeter()  # commit batch sizes
 
-    def commit(self, requests: list[AppendRequest]) -> list[Any]:
-        """Store ``requests`` in one transaction; one outcome per request, in order."""
+    def commit(self, requests: list[AppendRequest], read: bool = False) -> list[Any]:
+        """Store ``requests`` in one transaction; one outcome per request, in order. ``read``:
+        the round's decisions counted on what they read from the store (see ``counts_on_reads``).
+        """
         if not requests:
+            if read:
+                self.counts_on_reads()
             return []
         try:
             with telemetry.span("append", self.stats, appends=len(requests)):
@@ -74,6 +84,8 @@ class Writer:
         self.commits += 1
         if self.defers and self.recorder.deferred:
             self.durable_at, self.recorder.deferred = self.recorder.deferred, 0
+        elif read:  # (refused whole: no commit of this round was numbered after the reads)
+            self.counts_on_reads()
         self.appends += len(requests)
         self.meter.batch(len(requests))
         return results
@@ -97,6 +109,14 @@ class Writer:
                 (reply_to, request_id, exc, stream) for reply_to, request_id, _, stream in answers
             ]
         return answers
+
+    def counts_on_reads(self) -> None:
+        """The round's answers count on what it read from the store (a cell rebuilt, a named
+        command found stored), which may be another process's commit not flushed yet (its
+        frames are visible before its writer's fdatasync), and the round numbered no commit of
+        its own after those reads: from now on answers count on every commit written so far."""
+        if self.defers:
+            self.durable_at = max(self.durable_at, self.recorder.barrier())
 
     def interrupted(self) -> None:
         """A round was interrupted (perhaps between its commit and the line that numbers it):
