@@ -174,13 +174,13 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         if self.conn.in_transaction:
             yield self
             return
-        self._begin()
-        try:
+        try:  # (BEGIN and COMMIT inside: whatever is raised, no transaction is left open)
+            self._begin()
             yield self
+            self._commit()
         except BaseException:
-            self._rollback()
+            self._rollback()  # (none once COMMIT ran: the commit stands)
             raise
-        self._commit()
         if flush:
             self.flush()
 
@@ -293,18 +293,21 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self._begin_turn()
         try:
             committing = not self.conn.in_transaction
-            if committing:
-                self._begin()
+            # BEGIN and COMMIT inside: whatever is raised between them (an interruption before
+            # COMMIT too), the transaction is rolled back, not left open for the next writes to
+            # join (they would be answered as stored and never committed).
             try:
+                if committing:
+                    self._begin()
                 self._write_each(prepared, results, recorded_at, stamp)
+                if committing:
+                    self._commit()
             except BaseException:
                 if committing:
-                    self._rollback()
+                    self._rollback()  # (none once COMMIT ran: the commit stands)
                 raise
-            if committing:
-                self._commit()
-                if self._unflushed:
-                    commit = self._turns.committed()
+            if committing and self._unflushed:
+                commit = self._turns.committed()
         finally:
             self._turns.end_turn()
         # Flushed once the turn is over: other processes commit while this one waits on the disk.
