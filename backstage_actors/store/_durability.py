@@ -13,6 +13,10 @@ an fdatasync(2) has made durable. A process whose commit is already covered skip
 flush; otherwise it takes the flush lock (a POSIX record lock on the counters' bytes), and one
 fdatasync covers every commit written before it. No process acknowledges a commit before a
 flush that started after it has ended, as under ``synchronous=FULL``.
+
+Both locks are taken inside the ``try`` whose ``finally`` lets go of them (letting go of a lock
+not held does nothing): an interruption (Ctrl-C) landing as one is taken never leaves this
+process holding it, every other process's appends or flushes waiting for it for good.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class Turns:
 
     def begin_turn(self) -> None:
         """Wait for this process's turn to append (an exclusive flock of the lock file);
-        :meth:`end_turn` gives it up."""
+        :meth:`end_turn` gives it up (call it in a ``finally`` around this call)."""
         fd = self.open()
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -127,8 +131,8 @@ class Turns:
     def flush(self, commit: int, sync: Callable[[], None]) -> bool:
         """Return once commit number ``commit`` is on disk; True if this call flushed."""
         assert self.fd is not None and self.counters is not None
-        fcntl.lockf(self.fd, fcntl.LOCK_EX, _FLUSH_LOCK_LENGTH, _FLUSH_LOCK_AT)
-        try:
+        try:  # (taken inside: see the module's docstring)
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, _FLUSH_LOCK_LENGTH, _FLUSH_LOCK_AT)
             written, flushed = _COUNTERS.unpack_from(self.counters)
             if flushed >= commit:
                 self.known_flushed = max(self.known_flushed, flushed)

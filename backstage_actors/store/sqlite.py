@@ -249,8 +249,8 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         (for a caller that cannot tell which of them it counts on); 0 without shared flushes."""
         if self._wal is None:
             return 0
-        self._begin_turn()
-        try:
+        try:  # (the turn taken inside: see _durability)
+            self._begin_turn()
             return self._turns.committed()
         finally:
             self._turns.end_turn()
@@ -290,8 +290,8 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
     ) -> None:
         # Written in full rather than with the context managers: this runs for every command.
         commit = 0
-        self._begin_turn()
-        try:
+        try:  # (the turn taken inside: see _durability)
+            self._begin_turn()
             committing = not self.conn.in_transaction
             # BEGIN and COMMIT inside: whatever is raised between them (an interruption before
             # COMMIT too), the transaction is rolled back, not left open for the next writes to
