@@ -56,6 +56,8 @@ class Writer:
         # The last commit left to the callers to flush: every answer from now on may count on
         # it (even one without an append), so each carries it (0: none).
         self.durable_at = 0
+        # SQLite's data_version when the last barrier was taken (see counts_on_reads).
+        self.barrier_at: int | None = None
         # Every commit made before this writer is on disk before it answers anything: its
         # aggregates rebuild from them, and the shard it replaces may have died between a
         # commit and its flush (killed, or in-process a crash that lost the commit's answers).
@@ -112,11 +114,17 @@ class Writer:
 
     def counts_on_reads(self) -> None:
         """The round's answers count on what it read from the store (a cell rebuilt, a named
-        command found stored), which may be another process's commit not flushed yet (its
+        command found stored), which may be another connection's commit not flushed yet (its
         frames are visible before its writer's fdatasync), and the round numbered no commit of
-        its own after those reads: from now on answers count on every commit written so far."""
-        if self.defers:
+        its own after those reads: from now on answers count on every commit written so far.
+        Unless no other connection committed since the last barrier (SQLite's
+        ``data_version``): what the round read was all there then, and answers count on it."""
+        if not self.defers:
+            return
+        version = self.recorder.data_version()
+        if version != self.barrier_at:
             self.durable_at = max(self.durable_at, self.recorder.barrier())
+            self.barrier_at = version
 
     def interrupted(self) -> None:
         """A round was interrupted (perhaps between its commit and the line that numbers it):

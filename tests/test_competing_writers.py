@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from backstage_actors import CommandRejected
+from backstage_actors._shared import shared_store
 
 from .competing_writer_domain import CwrEnsure, CwrOpen, app
 
@@ -91,3 +92,22 @@ def test_a_rejection_counts_on_what_it_read_too(start_app: Any, app_database: st
         system.dispatch(CwrOpen("b"))
     committed, flushed = lock_counters(app_database)
     assert flushed >= committed, f"refused on commit {committed}, flushed through {flushed}"
+
+
+@pytest.mark.parametrize("base", ["simple"])
+def test_with_no_other_writer_a_rebuilt_cell_costs_no_flush(
+    start_app: Any, app_database: str
+) -> None:
+    """No other connection committed since the last barrier: CwrEnsure(a) on a cell rebuilt
+    from the store counts on what is already covered, and makes no flush of its own."""
+    application = app()
+    application.max_live = 1  # (each command's cell is rebuilt from the store)
+    system = start_app(application)
+    system.dispatch(CwrOpen("a"))
+    system.dispatch(CwrOpen("b"))
+    system.dispatch(CwrEnsure("a"))  # (the first barrier since the start)
+    recorder: Any = shared_store(system.settings).recorder
+    before = (recorder.flushes, lock_counters(app_database))
+    for account in ["b", "a", "b"]:
+        system.dispatch(CwrEnsure(account))
+    assert (recorder.flushes, lock_counters(app_database)) == before

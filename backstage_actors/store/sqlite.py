@@ -255,6 +255,11 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         finally:
             self._turns.end_turn()
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes whenever another connection (of any
+        process) commits."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def _begin_turn(self) -> None:
         try:
             self._turns.begin_turn()
