@@ -43,6 +43,10 @@ CONSISTENCIES = ("eventual", "strong")
 # What "wait as long as it takes" becomes: seconds (~11 days; poll() takes at most 2**31 ms).
 MAX_TIMEOUT = 10.0**6
 
+# What stops a call of the caller's own process (Ctrl-C, a signal handler's sys.exit()) rather
+# than failing one command of a batch: dispatch_many lets it through, sending nothing.
+_STOPS = (KeyboardInterrupt, SystemExit)
+
 # Seconds an admin has to say where the application's root is (before tree() asks the root
 # anyway; when a dispatch looks for a root that moved): one that takes longer is busy or
 # stopped, not one whose root ended or moved.
@@ -224,6 +228,8 @@ class RunningSystem:
             if not chain:  # nothing to tell: no pipeline either
                 try:
                     items.append((index, self._item(command, given), None))
+                except _STOPS:  # (Ctrl-C while a big batch is built: the whole call stops)
+                    raise
                 except BaseException as exc:
                     answers[index] = exc
                 continue
@@ -234,6 +240,8 @@ class RunningSystem:
                     if pipeline.halted:
                         raise pipeline.error or BackstageError("halted")
                 items.append((index, self._item(command, pipeline.metadata), pipeline))
+            except _STOPS:
+                raise
             except BaseException as exc:
                 pipeline.error = exc
                 answers[index] = exc

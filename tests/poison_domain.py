@@ -44,6 +44,21 @@ class PsnDo:
 
 
 @attrs.frozen
+class PsnPickled:
+    """A command whose pickling runs ``raise_for(mode)``: a Ctrl-C (``"ctrl-c"``) that lands while
+    a caller builds a batch, or a BaseException of its own."""
+
+    box_id: str
+    mode: str
+
+    def __reduce__(self) -> Any:
+        if self.mode == "ctrl-c":
+            raise KeyboardInterrupt
+        raise_for(self.mode)
+        return (PsnPickled, (self.box_id, self.mode))
+
+
+@attrs.frozen
 class PsnDone:
     box_id: str
     amount: int
@@ -120,6 +135,7 @@ SUBSCRIBERS = {
 
 router = Router()
 router.dispatch(PsnDo, to=PsnBox, identity="box_id")
+router.dispatch(PsnPickled, to=PsnBox, identity="box_id")
 
 
 def make_app(**options: Any) -> Application:

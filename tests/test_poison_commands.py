@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from backstage_actors import AggregateFailed
+from backstage_actors import AggregateFailed, Middleware
 from backstage_actors.command import DispatchResult
 
 from .dispatch_domain import router_node
-from .poison_domain import SUBSCRIBERS, PsnDo, make_app
+from .poison_domain import SUBSCRIBERS, PsnDo, PsnOwnBase, PsnPickled, make_app, raise_for
 
 
 def shards(system: Any) -> list[tuple[Any, ...]]:
@@ -79,3 +79,54 @@ def _a_signal_s_exit_reaches_the_caller_in_process(system: Any, subscriber: str)
     good = system.dispatch(PsnDo("ps-2", 2)).position
     system.wait_for(good, handlers=[subscriber], deadline_in=20.0)
     assert system.store.dead_letters(subscriber) == []
+
+
+class _CtrlCBefore(Middleware):
+    """Ctrl-C (or a BaseException of the application's own) as the caller's middleware runs
+    for the command whose box is ``box_id``."""
+
+    def __init__(self, box_id: str, mode: str) -> None:
+        self.box_id, self.mode = box_id, mode
+
+    def before_dispatch(self, pipeline: Any) -> None:
+        if pipeline.command.box_id == self.box_id:
+            if self.mode == "ctrl-c":
+                raise KeyboardInterrupt
+            raise_for(self.mode)
+
+
+def _stored(system: Any, *boxes: str) -> list[int]:
+    return [e.data.amount for box in boxes for e in system.store.read_stream(f"PsnBox-{box}")]
+
+
+def test_ctrl_c_in_the_caller_s_middleware_stops_dispatch_many_and_sends_nothing(
+    start_app: Any,
+) -> None:
+    """It was one entry of the answers, and the rest of the batch was sent."""
+    system = start_app(make_app(middleware=[_CtrlCBefore("pc-2", "ctrl-c")]))
+    batch = [PsnDo("pc-1", 1), PsnDo("pc-2", 2), PsnDo("pc-3", 3)]
+    with pytest.raises(KeyboardInterrupt):
+        system.dispatch_many(batch, timeout=20.0)
+    assert _stored(system, "pc-1", "pc-2", "pc-3") == []
+    assert system.dispatch(PsnDo("pc-1", 4), timeout=20.0).version == 1  # still serving
+
+
+def test_a_base_exception_of_the_caller_s_middleware_is_its_command_s_answer(
+    start_app: Any,
+) -> None:
+    system = start_app(make_app(middleware=[_CtrlCBefore("pb-2", "base")]))
+    answers = system.dispatch_many([PsnDo("pb-1", 1), PsnDo("pb-2", 2)], timeout=20.0)
+    assert isinstance(answers[0], DispatchResult) and isinstance(answers[1], PsnOwnBase)
+    assert _stored(system, "pb-1", "pb-2") == [1]
+
+
+def test_ctrl_c_while_a_batch_is_pickled_stops_dispatch_many(start_app: Any, base: str) -> None:
+    """Without middleware: a Ctrl-C that lands as a command is pickled for its trip (multiproc)."""
+    if base == "simple":
+        pytest.skip("in-process commands are not pickled on their way")
+    system = start_app(make_app())
+    with pytest.raises(KeyboardInterrupt):
+        system.dispatch_many([PsnDo("pk-1", 1), PsnPickled("pk-2", "ctrl-c")], timeout=20.0)
+    answers = system.dispatch_many([PsnDo("pk-1", 1), PsnPickled("pk-2", "base")], timeout=20.0)
+    assert isinstance(answers[0], DispatchResult) and isinstance(answers[1], PsnOwnBase)
+    assert _stored(system, "pk-1") == [1]
