@@ -23,6 +23,7 @@ from ._cli_support import (
     exit_code_for,
     fail,
     host_option,
+    not_answering,
     render_tree,
     status_lines,
 )
@@ -204,22 +205,29 @@ def show_trees(app: Any, system: Any, as_json: bool) -> bool:
     return True
 
 
-def show_status(app: Any, system: Any, as_json: bool) -> bool:
+def show_status(app: Any, system: Any, as_json: bool) -> list[str] | None:
     """``status`` of a cluster: the store's lines once, each member's own under its address;
-    False if the leader does not answer (the caller shows this member's own status)."""
+    what is unwell (a member that does not answer, or one degraded; empty: nothing), or None if
+    the leader does not answer (the caller shows this member's own status)."""
     infos = _view_or_none(app, system)
     if infos is None:
-        return False
+        return None
     report = collect_status(system)  # the store's figures, the same from every member
     sections = [
         (member, None if member.tree is None else collect_status(system, member.tree))
         for member in infos
     ]
+    unwell = [
+        f"{member.host}:{member.port} "
+        + (f"does not answer ({member.problem})" if own is None else not_answering(own))
+        for member, own in sections
+        if own is None or own["status"] == "degraded"
+    ]
     if as_json:
         shared = {k: report[k] for k in ("application", "last_position", "dead_letters")}
         members = [{**m.to_json(), **({} if own is None else _own(own))} for m, own in sections]
         click.echo(json.dumps({**shared, "members": members}, indent=2))
-        return True
+        return unwell
     head, _, tail = status_lines(report)
     for line in head:
         click.echo(line)
@@ -232,7 +240,7 @@ def show_status(app: Any, system: Any, as_json: bool) -> bool:
             click.echo(f"  {line}")
     for line in tail:
         click.echo(line)
-    return True
+    return unwell
 
 
 def _own(report: dict[str, Any]) -> dict[str, Any]:

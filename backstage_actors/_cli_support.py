@@ -406,6 +406,17 @@ def collect_status(system: Any, node: dict[str, Any] | None = None) -> dict[str,
     }
 
 
+def not_answering(report: dict[str, Any]) -> str:
+    """The parts of ``status``'s report that do not answer, on one line."""
+    return (
+        "; ".join(
+            f"{n['name']} [{n['kind']}]" + (f" pid {n['pid']}" if n.get("pid") else "")
+            for n in report.get("not_answering", ())
+        )
+        + " not answering"
+    )
+
+
 def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """``status``'s lines for one system's report: the store's (first and last) and the
     system's own (between; a cluster shows them once per member)."""

@@ -35,6 +35,7 @@ from ._cli_support import (
     fail,
     host_option,
     letter_fields,
+    not_answering,
     open_store,
     parse_json,
     render_tree,
@@ -436,17 +437,23 @@ def status(session: Session, as_json: bool, port: int, host: str) -> None:
     """Live aggregates, handler positions and lag, restarts (in a cluster: per member)."""
     app, system = session.system(port, need_app=False, host=host)
     try:
-        if _cli_cluster.is_member(system) and _cli_cluster.show_status(app, system, as_json):
-            return
+        if _cli_cluster.is_member(system):
+            unwell = _cli_cluster.show_status(app, system, as_json)
+            if unwell is not None:
+                if unwell:
+                    fail(f"the cluster is degraded: {'; '.join(unwell)}", EXIT_TIMEOUT)
+                return
         report = collect_status(system)
     except BackstageError as exc:
         fail(str(exc), exit_code_for(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    head, body, tail = status_lines(report)
-    for line in [*head, *body, *tail]:
-        click.echo(line)
+    else:
+        head, body, tail = status_lines(report)
+        for line in [*head, *body, *tail]:
+            click.echo(line)
+    if report["status"] == "degraded":  # (a health check's exit code: 4, as for an admin)
+        fail(f"{report['application']} is degraded: {not_answering(report)}", EXIT_TIMEOUT)
 
 
 @cli.command("dead-letters")

@@ -111,13 +111,18 @@ def test_status_says_which_part_does_not_answer(tmp_path: Path) -> None:
         bus = next(n["pid"] for n in walk(backstage.json("tree")) if n["kind"] == "events")
         with frozen(bus):
             began = time.monotonic()
-            report = backstage.json("status")
+            as_json = backstage.run("status", "--json")
             text = backstage.run("status")
             took = time.monotonic() - began
 
+        # A health check's exit code: 4 (as for an admin that does not answer), report shown.
+        assert as_json.returncode == 4, as_json.stderr
+        report = json.loads(as_json.stdout)
         assert report["status"] == "degraded", report
         assert report["not_answering"] == [{"name": "events", "kind": "events", "pid": bus}]
-        assert text.returncode == 0, text.stderr
+        assert json.loads(as_json.stderr)["code"] == 4
+        assert text.returncode == 4, text.stderr
+        assert f"bank is degraded: events [events] pid {bus} not answering" in text.stderr
         lines = text.stdout.splitlines()
         assert lines[0].startswith("backstage:bank: degraded,"), lines
         assert f"not answering: events [events] pid {bus}" in lines[1], lines
