@@ -11,7 +11,8 @@ goes on writing to it (what it writes meanwhile is not in the copy).
 
 A row the destination would not hold as the source does is refused, whatever its table: JSON
 that is not JSON (event data and metadata, snapshots, process manager state, a rejection's
-metadata: written by hand) and, into PostgreSQL, text holding a NUL character. One error names
+metadata: written by hand), text that is not UTF-8 (written into SQLite by another program)
+and, into PostgreSQL, text holding a NUL character. One error names
 every such row (the first 100, the others counted) and nothing is copied.
 """
 
@@ -28,6 +29,7 @@ from ._cli_support import EXIT_INPUT, EXIT_STORAGE, fail, progress_bar
 from ._export import BrokenRows, broken_events
 from .errors import BackstageError, StorageError
 from .store import EventStore, redact, store_kind
+from .store._appending import UnreadableRow
 from .store.recorder import TABLES, _valid_json
 
 __all__ = ["copy_store", "register"]
@@ -86,13 +88,15 @@ _KEYS = {
 
 
 def _check(table: str, rows: list[tuple[Any, ...]], postgres: bool, into: BrokenRows) -> None:
-    """Add the rows of ``table`` that the destination would not keep intact to ``into``: JSON
-    that is not JSON, and (into PostgreSQL, whose text cannot hold it) a NUL character."""
+    """Add the rows of ``table`` that the destination would not keep intact to ``into``: text
+    that is not UTF-8, JSON that is not JSON, and (into PostgreSQL, whose text cannot hold it) a
+    NUL character."""
     columns = TABLES[table]
     json_at = [(columns.index(name), name) for name in _JSON.get(table, ())]
     keys = [(columns.index(name), name) for name in _KEYS[table]]
     for row in rows:
-        bad = [f"its {name} is not valid JSON" for at, name in json_at if not _valid_json(row[at])]
+        bad = [row.what] if type(row) is UnreadableRow else []
+        bad += [f"its {name} is not valid JSON" for at, name in json_at if not _valid_json(row[at])]
         if postgres:
             bad += [
                 f"its {name} holds a NUL character (PostgreSQL's text cannot)"

@@ -10,8 +10,8 @@ after the last complete one). Parquet needs ``pyarrow`` (``pip install backstage
 it is written to ``FILE.partial`` and renamed at the end, so ``FILE`` is never half a file. A
 Parquet file cannot be appended to: resume a Parquet export with ``--since`` into a new file.
 
-An event whose stored JSON is broken (written by hand) ends a JSON lines file at the event before
-it. The rest of the store is still checked, so that one error names every broken event (the first
+An event whose stored JSON is broken, or whose text is not UTF-8 (written by hand, or by another
+program), ends a JSON lines file at the event before it. The rest of the store is still checked, so that one error names every broken event (the first
 100, the others counted) and one mending suffices before ``--resume``.
 """
 
@@ -29,6 +29,7 @@ import attrs
 from . import _security
 from .errors import BackstageError, StoredEventError
 from .store import EventStore
+from .store._appending import UnreadablePage, UnreadableRow
 from .store.records import EventQuery
 
 __all__ = [
@@ -105,7 +106,7 @@ def _export(
 
 def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
     """Pages of rows past ``after`` matching ``query``. A row whose stored data or metadata is
-    not valid JSON (written by hand) ends the pages: the rows before it come as a last page,
+    not valid JSON, or that holds text that is not UTF-8 (written by hand), ends the pages: the rows before it come as a last page,
     the rest of the store is checked (not read into memory), then one
     :class:`StoredEventError` names every broken row (the first :data:`NAMED`, the rest
     counted)."""
@@ -113,8 +114,8 @@ def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
         page = store.recorder.checked_page(after, _PAGE, query)
         if not page:
             return
-        if min(map(_VALIDITY, page)) != 3:  # (the database checked: no parse here)
-            first = next(row for row in page if row[10] != 3)
+        if type(page) is UnreadablePage or min(map(_VALIDITY, page)) != 3:  # (no parse here)
+            first = next(row for row in page if _broken(row))
             good = page[: page.index(first)]
             if good:
                 yield good
@@ -135,7 +136,7 @@ def _check_events(
     if page is None:
         page = store.recorder.checked_page(0, _PAGE, query)
     while page:
-        if min(map(_VALIDITY, page)) != 3:
+        if type(page) is UnreadablePage or min(map(_VALIDITY, page)) != 3:
             into.add_events(page)
         if len(page) < _PAGE:
             return
@@ -150,6 +151,12 @@ def broken_events(store: EventStore) -> BrokenRows:
 
 
 _VALIDITY = operator.itemgetter(10)  # the column checked_page adds: 3 when both are JSON
+
+
+def _broken(row: tuple[Any, ...]) -> bool:
+    return row[10] != 3 or type(row) is UnreadableRow
+
+
 NAMED = 100  # broken rows named in one error; the rest are counted
 
 
@@ -162,6 +169,7 @@ class BrokenRows:
         self.count = 0
         self.events = 0  # of count, events (the others: rows of the other tables)
         self.position: int | None = None  # the first broken event's
+        self.not_utf8 = False  # an event holds text that is not UTF-8
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -175,22 +183,26 @@ class BrokenRows:
     def add_events(self, page: list[tuple[Any, ...]]) -> None:
         """The broken rows of a page of :meth:`Recorder.checked_page`."""
         for row in page:
-            if row[10] == 3:
+            if not _broken(row):
                 continue
             if self.position is None:
                 self.position = row[0]
             self.events += 1
             bad = [name for bit, name in ((1, "data"), (2, "metadata")) if not row[10] & bit]
+            wrong = [f"its {' and '.join(bad)} is not valid JSON"] if bad else []
+            if type(row) is UnreadableRow:  # (its text is shown with backslash escapes)
+                wrong.insert(0, row.what)
+                self.not_utf8 = True
             self.add(
-                f"position {row[0]} (stream {row[2]!r:.80}, {row[4]:.80}): its"
-                f" {' and '.join(bad)} is not valid JSON"
+                f"position {row[0]} (stream {row[2]!r:.80}, {row[4]:.80}): {' and '.join(wrong)}"
             )
 
     def error(self, prefix: str = "", suffix: str = "") -> StoredEventError:
         """One error naming them (``prefix`` and ``suffix`` around the list)."""
         if self.events == self.count:
             what = "an event" if self.count == 1 else f"{self.count} events"
-            head = f"the stored JSON of {what} is broken"
+            stored = "JSON or text" if self.not_utf8 else "JSON"
+            head = f"the stored {stored} of {what} is broken"
         else:
             head = (
                 "a stored row is broken"

@@ -33,6 +33,23 @@ Failed = dict[str, int]  # stream id -> the version a failed append of the batch
 _SCALARS = (str, int, bool, type(None))
 
 
+class UnreadableRow(tuple[Any, ...]):
+    """A row holding text that is not UTF-8 (written by another program; SQLite stores any bytes
+    as text): that text decoded with backslash escapes (enough to name and park it, never to
+    use), ``what`` is wrong (``its type is not UTF-8 (b'...')``) and the ``error`` a reader of
+    it raises (:func:`decode_row` does)."""
+
+    what: str
+    error: StoredEventError
+
+
+class UnreadablePage(list[Row]):
+    """A page of rows some of which are :class:`UnreadableRow`; ``error`` names each of them
+    (a healthy page is a plain list: checking its type costs nothing per row)."""
+
+    error: StoredEventError
+
+
 def prepare(requests: Sequence[AppendRequest], validate: bool) -> tuple[Prepared, Results]:
     """Encode each request's events and check what needs no storage; a refused request's slot
     holds its error (and so does a later one of the same stream that counted on it)."""
@@ -58,6 +75,8 @@ def prepare(requests: Sequence[AppendRequest], validate: bool) -> tuple[Prepared
 
 def decode_row(row: Row) -> RecordedEvent:
     """A raw ``events`` row as a RecordedEvent; :class:`StoredEventError` if it is unreadable."""
+    if type(row) is UnreadableRow:
+        raise row.error
     position, event_id_, stream_id, version, type_name, schema_version, topic, data, meta, at = row
     event = decode_event(type_name, schema_version, topic, data, position)
     try:

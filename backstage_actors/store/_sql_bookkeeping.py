@@ -11,9 +11,10 @@ query through :func:`._queries.matches` and :func:`._queries.check_rejection_fie
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
-from ._appending import COLUMNS, Row
+from ._appending import COLUMNS, Row, UnreadablePage, UnreadableRow
 from ._queries import check_rejection_field, where
 from .recorder import TABLES
 from .records import DeadLetter, EventQuery, Rejection
@@ -26,6 +27,8 @@ __all__ = [
     "checked_page_sql",
     "rejections_ddl",
 ]
+
+_log = logging.getLogger("backstage_actors.store")
 
 _SNAPSHOT_COLUMNS = "stream_id, version, schema_version, type, data, taken_at"
 _REJECTION_COLUMNS = ", ".join(TABLES["rejections"])
@@ -161,14 +164,14 @@ class SQLBookkeeping:
         )
 
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
-        row = self._one("load a snapshot", self.sql.snapshot, (stream_id,))
+        row = _snapshot_readable(self._one("load a snapshot", self.sql.snapshot, (stream_id,)))
         return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     def snapshot_row_at(
         self, stream_id: str, version: int, schema_version: int | None
     ) -> tuple[int, int, str, str, str] | None:
         params = (stream_id, version, schema_version, schema_version)
-        row = self._one("load a snapshot", self.sql.snapshot_at, params)
+        row = _snapshot_readable(self._one("load a snapshot", self.sql.snapshot_at, params))
         return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     # -- checkpoints and dead letters -------------------------------------------------------
@@ -200,7 +203,7 @@ class SQLBookkeeping:
 
     def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]:
         params = (subscriber, subscriber, status, status)
-        rows = self._all("read dead letters", self.sql.dead_letters, params)
+        rows = _readable(self._all("read dead letters", self.sql.dead_letters, params))
         return [DeadLetter(*row) for row in rows]
 
     def set_dead_letter_status(self, letter_id: int, status: str) -> None:
@@ -212,6 +215,8 @@ class SQLBookkeeping:
         row = self._one(
             "load a process manager's state", self.sql.process_state, (name, process_id)
         )
+        if type(row) is UnreadableRow:
+            raise row.error
         return str(row[0]) if row else None
 
     def save_process(self, name: str, process_id: str, state: str | None, at: str) -> None:
@@ -249,7 +254,29 @@ class SQLBookkeeping:
 
     def rejections(self, field: str, value: str) -> list[Rejection]:
         statement = self.sql.rejections.format(field=check_rejection_field(field))
-        return [Rejection(*row) for row in self._all("read rejections", statement, (value,))]
+        rows = _readable(self._all("read rejections", statement, (value,)))
+        return [Rejection(*row) for row in rows]
+
+
+# Rows holding text that is not UTF-8 (SQLite only; see sqlite._checked): an event row raises
+# its error where it is decoded (decode_row), so that a reader skips or parks it alone; the
+# other rows here.
+
+
+def _readable(rows: list[Row]) -> list[Row]:
+    """``rows``, or the error naming those holding text that is not UTF-8."""
+    if type(rows) is UnreadablePage:
+        raise rows.error
+    return rows
+
+
+def _snapshot_readable(row: Row | None) -> Row | None:
+    """A snapshot holding text that is not UTF-8 is only a lost shortcut, as one whose JSON is
+    broken: the stream is rebuilt from its events."""
+    if type(row) is UnreadableRow:
+        _log.warning("ignoring a snapshot that cannot be read: %s", row.error)
+        return None
+    return row
 
 
 def checked_page_sql(dialect: str, conditions: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -18,14 +19,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from ..errors import BackstageError, StorageError, WrongExpectedVersion
+from ..errors import BackstageError, StorageError, StoredEventError, WrongExpectedVersion
 from ..limits import unstorable
 from . import _appending as ap
 from ._appending import COLUMNS as _COLUMNS
 from ._appending import Failed as _Failed
 from ._appending import Prepared as _Prepared
 from ._appending import Results as _Results
-from ._appending import Row
+from ._appending import Row, UnreadablePage, UnreadableRow
 from ._durability import Turns, WalSync
 from ._sql_bookkeeping import SQLITE, SQLBookkeeping
 from ._sqlite_schema import ensure_history_schema, open_database
@@ -74,6 +75,24 @@ def _sync(wal: WalSync) -> bool:
 
 #: A commit number past any: a flush asked for it covers every commit written so far.
 _EVERY_COMMIT = 2**63 - 1
+
+# Stored text that is not UTF-8 (SQLite keeps any bytes another program writes as TEXT) fails a
+# whole fetch with this OperationalError, naming no row. Only then are the rows read again as
+# bytes (:func:`_checked`), to name each such row and column: a healthy read costs nothing more.
+_NOT_UTF8 = "Could not decode to UTF-8"
+_FROM = re.compile(r"\bFROM (\w+)")
+# The columns that name a row of each table in an error (those the query returned).
+_KEYS = {
+    "events": ("position", "stream_id", "version"),
+    "streams": ("stream_id",),
+    "snapshots": ("stream_id", "version"),
+    "snapshot_history": ("stream_id", "version"),
+    "checkpoints": ("name",),
+    "dead_letters": ("id", "subscriber", "position"),
+    "process_managers": ("name", "process_id"),
+    "rejections": ("id", "command_id", "stream_id"),
+}
+_NAMED = 10  # unreadable rows named in the error of one page; the others are counted
 
 
 class SQLiteRecorder(SQLBookkeeping, Recorder):
@@ -149,11 +168,48 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
     # -- the primitives of the shared bookkeeping (_sql_bookkeeping) --------------------------
 
     def _all(self, what: str, query: str, params: Any = None) -> list[Row]:
-        return self.conn.execute(query, params or ()).fetchall()
+        return self._fetch(query, params or ())
 
     def _one(self, what: str, query: str, params: Any = None) -> Row | None:
-        row: Row | None = self.conn.execute(query, params or ()).fetchone()
-        return row
+        return self._fetch_one(query, params or ())
+
+    def _fetch(self, query: str, params: Any, known: dict[str, Any] | None = None) -> list[Row]:
+        """The rows of ``query``; a row holding text that is not UTF-8 comes as an
+        :class:`UnreadableRow` in an :class:`UnreadablePage` (``known``: keys naming the rows
+        that the query does not return, such as the stream it reads)."""
+        try:
+            return self.conn.execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _NOT_UTF8 not in str(exc):
+                raise
+        return self._fetch_bytes(query, params, None, known)
+
+    def _fetch_one(self, query: str, params: Any) -> Row | None:
+        """The first row of ``query`` (None if none), as :meth:`_fetch` gives rows."""
+        try:
+            row: Row | None = self.conn.execute(query, params).fetchone()
+            return row
+        except sqlite3.OperationalError as exc:
+            if _NOT_UTF8 not in str(exc):
+                raise
+        rows = self._fetch_bytes(query, params, 1)
+        return rows[0] if rows else None
+
+    def _fetch_bytes(
+        self, query: str, params: Any, size: int | None, known: dict[str, Any] | None = None
+    ) -> list[Row]:
+        """:meth:`_fetch` once a row did not decode: the rows read again as bytes (in the same
+        transaction, if one is open), each column decoded on its own to find what does not."""
+        conn, factory = self.conn, self.conn.text_factory
+        conn.text_factory = bytes
+        try:
+            cursor = conn.execute(query, params)
+            raw = cursor.fetchall() if size is None else cursor.fetchmany(size)
+        finally:
+            conn.text_factory = factory
+        table = m.group(1) if (m := _FROM.search(query)) else "?"
+        names = [column[0] for column in cursor.description]
+        return _checked(table, names, raw, known or {}, params)
 
     def _change(self, what: str, *statements: tuple[str, Any]) -> None:
         with self.transaction():
@@ -470,10 +526,10 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self, stream_id: str, event_ids: Sequence[str]
     ) -> list[RecordedEvent] | None:
         marks = ",".join("?" * len(event_ids))
-        rows = self.conn.execute(
+        rows = self._fetch(
             f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks}) ORDER BY position",
             list(event_ids),
-        ).fetchall()
+        )
         if len(rows) == len(event_ids) and all(r[2] == stream_id for r in rows):
             return [ap.decode_row(r) for r in rows]
         return None
@@ -491,30 +547,31 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         self, stream_id: str, low: int, high: int, limit: int, backward: bool
     ) -> list[Row]:
         order = "DESC" if backward else "ASC"
-        return self.conn.execute(
+        return self._fetch(
             f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ?"
             f" ORDER BY version {order} LIMIT ?",
             (stream_id, low, high, limit),
-        ).fetchall()
+        )
 
     def payload_page(self, stream_id: str, low: int, limit: int) -> list[tuple[Any, ...]]:
-        return self.conn.execute(
+        rows = self._fetch(
             "SELECT version, type, schema_version, topic, data, position FROM events"
             " WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?",
             (stream_id, low, limit),
-        ).fetchall()
+            {"stream_id": stream_id},
+        )
+        if type(rows) is UnreadablePage:  # (a rebuild cannot skip an event: it fails on it)
+            raise rows.error
+        return rows
 
     def events_page(self, from_position: int, limit: int) -> list[Row]:
-        return self.conn.execute(
+        return self._fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
             (from_position, limit),
-        ).fetchall()
+        )
 
     def event_row(self, position: int) -> Row | None:
-        row: Row | None = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,)
-        ).fetchone()
-        return row
+        return self._fetch_one(f"SELECT {_COLUMNS} FROM events WHERE position = ?", (position,))
 
     def event_version(self, event_id: str, stream_id: str) -> int | None:
         row = self.conn.execute(
@@ -588,11 +645,34 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
 
     def export(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
         columns = TABLES[_table(table)]
-        cursor = self.conn.execute(
-            f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}"
-        )
-        while rows := cursor.fetchmany(1000):
-            yield rows
+        query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}"
+        cursor, done = self.conn.execute(query), 0
+        try:
+            while rows := cursor.fetchmany(1000):
+                yield rows
+                done += len(rows)
+            return
+        except sqlite3.OperationalError as exc:
+            if _NOT_UTF8 not in str(exc):
+                raise
+        # A row holding text that is not UTF-8: the rest read again as bytes (the snapshot()
+        # transaction keeps the rows and their order), each page as _fetch gives it.
+        conn, factory = self.conn, self.conn.text_factory
+        first = True
+        while True:
+            conn.text_factory = bytes
+            try:
+                if first:
+                    cursor, first = conn.execute(query), False
+                    # (given already; in pages: the memory stays bounded)
+                    while done and (given := cursor.fetchmany(min(done, 1000))):
+                        done -= len(given)
+                raw = cursor.fetchmany(1000)
+            finally:
+                conn.text_factory = factory
+            if not raw:
+                return
+            yield _checked(table, list(columns), raw, {}, ())
 
     def import_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         columns = TABLES[_table(table)]
@@ -614,6 +694,64 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
             self.conn.execute(
                 "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (seq,)
             )
+
+
+def _checked(
+    table: str, names: list[str], raw: list[tuple[Any, ...]], known: dict[str, Any], params: Any
+) -> list[Row]:
+    """Rows read with text as bytes, decoded; a row whose text is not all UTF-8 becomes an
+    :class:`UnreadableRow` naming the row (``table``, its key) and each such column, and the
+    page an :class:`UnreadablePage` whose error names them all."""
+    page = UnreadablePage()
+    bad: list[UnreadableRow] = []
+    for values in raw:
+        texts: list[Any] = []
+        wrong: list[str] = []
+        for name, value in zip(names, values, strict=True):
+            if type(value) is bytes:
+                try:
+                    value = value.decode()
+                except UnicodeDecodeError:
+                    wrong.append(f"its {name} is not UTF-8 ({value!r:.60})")
+                    value = value.decode("utf-8", "backslashreplace")
+            texts.append(value)
+        if not wrong:
+            page.append(tuple(texts))
+            continue
+        row = UnreadableRow(texts)
+        row.what = " and ".join(wrong)
+        position = values[names.index("position")] if table == "events" else None
+        row.error = StoredEventError(
+            f"{table} ({_key(table, names, values, known, params)}): {row.what}", position
+        )
+        page.append(row)
+        bad.append(row)
+    if not bad:  # (mended between the two reads)
+        return list(page)
+    more = f"; and {len(bad) - _NAMED} more" if len(bad) > _NAMED else ""
+    page.error = StoredEventError(
+        "; ".join(str(row.error) for row in bad[:_NAMED]) + more, bad[0].error.position
+    )
+    return page
+
+
+def _key(
+    table: str, names: list[str], values: tuple[Any, ...], known: dict[str, Any], params: Any
+) -> str:
+    """What names a row in an error: ``known`` keys and those of the table the row holds (or,
+    with none, the query's parameters)."""
+    held = {**known, **{name: value for name, value in zip(names, values, strict=True)}}
+    keys = [(name, held[name]) for name in _KEYS.get(table, ()) if name in held]
+    if not keys:
+        return ", ".join(f"{_shown(value)}" for value in params) or "?"
+    return ", ".join(f"{name} {_shown(value)}" for name, value in keys)
+
+
+def _shown(value: Any) -> str:
+    if type(value) is bytes:
+        with contextlib.suppress(UnicodeDecodeError):
+            value = value.decode()
+    return str(value) if type(value) is int else f"{value!r:.80}"
 
 
 def _table(name: str) -> str:
