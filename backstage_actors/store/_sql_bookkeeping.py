@@ -164,14 +164,17 @@ class SQLBookkeeping:
         )
 
     def snapshot_row(self, stream_id: str) -> tuple[int, int, str, str, str] | None:
-        row = _snapshot_readable(self._one("load a snapshot", self.sql.snapshot, (stream_id,)))
+        row = self._one("load a snapshot", self.sql.snapshot, (stream_id,))
+        row = _snapshot_readable(stream_id, row)
         return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     def snapshot_row_at(
         self, stream_id: str, version: int, schema_version: int | None
     ) -> tuple[int, int, str, str, str] | None:
         params = (stream_id, version, schema_version, schema_version)
-        row = _snapshot_readable(self._one("load a snapshot", self.sql.snapshot_at, params))
+        row = _snapshot_readable(
+            stream_id, self._one("load a snapshot", self.sql.snapshot_at, params)
+        )
         return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     # -- checkpoints and dead letters -------------------------------------------------------
@@ -203,7 +206,11 @@ class SQLBookkeeping:
 
     def dead_letters(self, subscriber: str | None, status: str | None) -> list[DeadLetter]:
         params = (subscriber, subscriber, status, status)
-        rows = _readable(self._all("read dead letters", self.sql.dead_letters, params))
+        rows = self._all("read dead letters", self.sql.dead_letters, params)
+        if type(rows) is UnreadablePage:
+            # Kept listable and retryable (a retry needs only the id and the position): what
+            # does not decode is shown with backslash escapes, and named in the log.
+            _log.warning("dead letters hold text that is not UTF-8: %s", rows.error)
         return [DeadLetter(*row) for row in rows]
 
     def set_dead_letter_status(self, letter_id: int, status: str) -> None:
@@ -260,7 +267,7 @@ class SQLBookkeeping:
 
 # Rows holding text that is not UTF-8 (SQLite only; see sqlite._checked): an event row raises
 # its error where it is decoded (decode_row), so that a reader skips or parks it alone; the
-# other rows here.
+# other rows here (but dead letters: see above).
 
 
 def _readable(rows: list[Row]) -> list[Row]:
@@ -270,11 +277,11 @@ def _readable(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def _snapshot_readable(row: Row | None) -> Row | None:
+def _snapshot_readable(stream_id: str, row: Row | None) -> Row | None:
     """A snapshot holding text that is not UTF-8 is only a lost shortcut, as one whose JSON is
     broken: the stream is rebuilt from its events."""
     if type(row) is UnreadableRow:
-        _log.warning("ignoring a snapshot that cannot be read: %s", row.error)
+        _log.warning("ignoring the snapshot of %r, which cannot be read: %s", stream_id, row.error)
         return None
     return row
 

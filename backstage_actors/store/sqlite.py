@@ -180,8 +180,8 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
         try:
             return self.conn.execute(query, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if _NOT_UTF8 not in str(exc):
-                raise
+            if _NOT_UTF8 not in str(exc) or not query.startswith("SELECT"):
+                raise  # (a write is never run twice: RETURNING gives no text here anyway)
         return self._fetch_bytes(query, params, None, known)
 
     def _fetch_one(self, query: str, params: Any) -> Row | None:
@@ -190,7 +190,7 @@ class SQLiteRecorder(SQLBookkeeping, Recorder):
             row: Row | None = self.conn.execute(query, params).fetchone()
             return row
         except sqlite3.OperationalError as exc:
-            if _NOT_UTF8 not in str(exc):
+            if _NOT_UTF8 not in str(exc) or not query.startswith("SELECT"):
                 raise
         rows = self._fetch_bytes(query, params, 1)
         return rows[0] if rows else None
