@@ -12,8 +12,8 @@ goes on writing to it (what it writes meanwhile is not in the copy).
 A row the destination would not hold as the source does is refused, whatever its table: JSON
 that is not JSON (event data and metadata, snapshots, process manager state, a rejection's
 metadata: written by hand), text that is not UTF-8 (written into SQLite by another program)
-and, into PostgreSQL, text holding a NUL character. One error names
-every such row (the first 100, the others counted) and nothing is copied.
+and, into PostgreSQL, text holding a NUL character. One error names every such row (the first
+100, the others counted) and nothing is copied.
 """
 
 from __future__ import annotations

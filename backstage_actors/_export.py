@@ -11,8 +11,9 @@ it is written to ``FILE.partial`` and renamed at the end, so ``FILE`` is never h
 Parquet file cannot be appended to: resume a Parquet export with ``--since`` into a new file.
 
 An event whose stored JSON is broken, or whose text is not UTF-8 (written by hand, or by another
-program), ends a JSON lines file at the event before it. The rest of the store is still checked, so that one error names every broken event (the first
-100, the others counted) and one mending suffices before ``--resume``.
+program), ends a JSON lines file at the event before it. The rest of the store is still checked,
+so that one error names every broken event (the first 100, the others counted) and one mending
+suffices before ``--resume``.
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ def _export(
 
 def _rows(store: EventStore, query: EventQuery, after: int) -> Any:
     """Pages of rows past ``after`` matching ``query``. A row whose stored data or metadata is
-    not valid JSON, or that holds text that is not UTF-8 (written by hand), ends the pages: the rows before it come as a last page,
-    the rest of the store is checked (not read into memory), then one
-    :class:`StoredEventError` names every broken row (the first :data:`NAMED`, the rest
-    counted)."""
+    not valid JSON, or that holds text that is not UTF-8 (written by hand), ends the pages: the
+    rows before it come as a last page, the rest of the store is checked (not read into
+    memory), then one :class:`StoredEventError` names every broken row (the first
+    :data:`NAMED`, the rest counted)."""
     while True:
         page = store.recorder.checked_page(after, _PAGE, query)
         if not page:

@@ -155,11 +155,13 @@ def test_unreadable_bookkeeping_rows_are_named_and_a_snapshot_is_passed_over(
         [recorded] = store.append("Nu8Pad-d", [Nu8Jotted("d", "x")])
         store.park("nu8-counter", recorded, "ValueError", "no", "", 1)
         store.save_process("Nu8Saga", "p-1", {"step": 1})
+        store.record_rejection("Nu8Pad-r", {"command_id": "nu8-c"}, ValueError("no"))
     _sql(
         db,
         "UPDATE snapshots SET data = CAST(x'7bff7d' AS TEXT)",
         "UPDATE dead_letters SET error = CAST(x'6e6fff' AS TEXT)",
         "UPDATE process_managers SET state = CAST(x'7bff7d' AS TEXT)",
+        "UPDATE rejections SET error = CAST(x'6e6fff' AS TEXT)",
     )
     with EventStore(str(db)) as store:
         with caplog.at_level(logging.WARNING, logger="backstage_actors.store"):
@@ -177,6 +179,12 @@ def test_unreadable_bookkeeping_rows_are_named_and_a_snapshot_is_passed_over(
         )
         with pytest.raises(StoredEventError, match=r"its state is not UTF-8"):
             store.load_process("Nu8Saga", "p-1")
+        with pytest.raises(StoredEventError) as caught:  # (what trace reads)
+            store.recorder.rejections("command_id", "nu8-c")
+        assert str(caught.value) == (
+            "rejections (id 1, command_id 'nu8-c', stream_id 'Nu8Pad-r'): its error is not UTF-8"
+            " (b'no\\xff')"
+        )
 
 
 @pytest.mark.process
