@@ -52,6 +52,7 @@ from .errors import (
     CommandRejected,
     InvalidCommand,
     StorageError,
+    StoredEventError,
     UnhandledCommand,
     UnregisteredCommand,
     WrongExpectedVersion,
@@ -481,9 +482,14 @@ class Cells:
             raise
         except BaseException as exc:
             # A stored event this code cannot read or apply: answer errors, no crash loop.
+            # (a stored row that cannot be read names itself: it may be a page's later row)
+            where = (
+                ""
+                if isinstance(exc, StoredEventError)
+                else f"the event at version {aggregate.version + 1}: "
+            )
             cell.broken = (
-                f"{cell.stream_id}: cannot rebuild: the event at version "
-                f"{aggregate.version + 1}: {type(exc).__name__}: {error_text(exc)}"
+                f"{cell.stream_id}: cannot rebuild: {where}{type(exc).__name__}: {error_text(exc)}"
             )
             log().error("%s", cell.broken, exc_info=exc)
         return aggregate
