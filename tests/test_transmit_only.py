@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from backstage_actors import EventStore
+from backstage_actors import EventStore, _thespian
 from supervisors import walk
 
 from .conftest import thespian_log_defs, wait_until
 from .test_cli import frozen
-from .transmit_only_domain import TxoTicked, TxoTicks, make_app
+from .transmit_only_domain import TxoFlooder, TxoSink, TxoTicked, TxoTicks, make_app
 
 pytestmark = pytest.mark.process
 
@@ -28,8 +29,8 @@ pytestmark = pytest.mark.process
 BACKLOG = 1_200
 
 
-def _entered_transmit_only(pid: int) -> bool:
-    log = Path(os.environ["BACKSTAGE_HOME"]) / "thespian.log"
+def _entered_transmit_only(pid: int, log: Path | None = None) -> bool:
+    log = log or Path(os.environ["BACKSTAGE_HOME"]) / "thespian.log"
     try:
         text = log.read_text(errors="replace")
     except FileNotFoundError:
@@ -75,3 +76,32 @@ def test_a_subscriber_keeps_its_poll_after_transmit_only_mode(tmp_path: Path) ->
     finally:
         store.close()
         system.stop()
+
+
+def test_a_wakeup_armed_before_transmit_only_mode_in_a_handler_comes_after_it(
+    tmp_path: Path,
+) -> None:
+    # A handler arms a wakeup, then sends more than 970 messages to a stopped actor: its
+    # process enters transmit-only mode inside that handler. Once the target runs again and the
+    # handler returns, the wakeup (overdue by then) comes at once. Before, the transmit-only
+    # runs left the transport's deadline at theirs (half a transmit's 5 minutes): the loop
+    # that runs the handlers waited for that, not for the wakeup.
+    log = tmp_path / "t.log"
+    system = _thespian.start_actor_system("multiproc", thespian_log=str(log))
+    try:
+        sink = system.createActor(TxoSink)
+        sink_pid = system.ask(sink, "pid", 10)
+        flooder = system.createActor(TxoFlooder)
+        flooder_pid = system.ask(flooder, "pid", 10)
+        assert isinstance(sink_pid, int) and isinstance(flooder_pid, int)
+        with frozen(sink_pid):
+            system.tell(flooder, ("flood", sink, 1_000))
+            wait_until(
+                lambda: _entered_transmit_only(flooder_pid, log),
+                timeout=60,
+                what="transmit-only mode",
+            )
+        answer = system.listen(timedelta(seconds=20))
+    finally:
+        system.shutdown()
+    assert answer == "woke", "the wakeup did not come once the handler had returned"

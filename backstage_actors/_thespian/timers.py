@@ -12,6 +12,8 @@ one when it fires (a subscriber's slow poll and its next page) was a chain ended
 
 Here a Backstage transport that only transmits waits on its transmits alone and leaves every
 wakeup pending: the first run that handles messages again finds them overdue and delivers them.
+It puts the transport's deadline back when it ends: the drain runs inside a handler's send, and
+the loop that ran the handler goes on waiting for that deadline (the next wakeup's).
 """
 
 from __future__ import annotations
@@ -34,9 +36,17 @@ def _run_subtransport(self: Any, incoming_handler: Any, max_runtime: Any) -> Any
     ):
         return _thespians_run_subtransport(self, incoming_handler, max_runtime)
     # Transmits only: wait for them up to the caller's limit, not for the next wakeup, and do
-    # not take the wakeups that are due out of the pending ones.
+    # not take the wakeups that are due out of the pending ones. Then the deadline is put back:
+    # this run is nested in a handler's send, and the loop that ran the handler goes on with it
+    # (the next wakeup's, or its own limit); left at this run's limit, a wakeup armed before
+    # came only once that passed (half a transmit's 5 minutes), however overdue.
+    outer = getattr(self, "_run_time", None)  # (none before a process's first run)
     self.run_time = max_runtime
-    result = self._runWithExpiry(incoming_handler)
+    try:
+        result = self._runWithExpiry(incoming_handler)
+    finally:
+        if outer is not None:
+            self.run_time = outer
     return None if isinstance(result, Thespian__Run_Expired) else result
 
 
