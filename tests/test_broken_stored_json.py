@@ -295,3 +295,34 @@ def test_a_copy_into_postgres_names_a_dead_letter_holding_a_nul(
     assert _nothing_in(pg_dsn)
     copy_store(source, str(tmp_path / "copy.db"))  # SQLite keeps it as it is
     assert _nothing_in(str(tmp_path / "copy.db")) is False
+
+
+def test_a_copy_into_postgres_names_an_event_holding_a_nul(tmp_path: Path, pg_dsn: str) -> None:
+    """The events were left out of the NUL check: a NUL written by hand in an event's text
+    (its stream, its type) failed the copy into PostgreSQL at the end, naming no row."""
+    source = str(tmp_path / "nul-event.db")
+    with EventStore(source) as store:
+        for n in range(1, 4):
+            store.append("acct-1", [ConfDeposited(f"a{n}", n)])
+    _mangle(source, "UPDATE events SET type = 'Conf' || char(0) || 'Deposited' WHERE position = 2")
+    _mangle(source, "UPDATE events SET stream_id = 'acct' || char(0) || '3' WHERE position = 3")
+    with pytest.raises(StoredEventError) as caught:
+        copy_store(source, pg_dsn)
+    named = (
+        "events (position 2, stream_id 'acct-1'): its type holds a NUL character (PostgreSQL's"
+        " text cannot); events (position 3, stream_id 'acct\\x003'): its stream_id holds a NUL"
+        " character (PostgreSQL's text cannot)"
+    )
+    assert f"2 stored rows are broken: {named}" in str(caught.value), str(caught.value)
+    assert _nothing_in(pg_dsn)
+    copy_store(source, str(tmp_path / "copy.db"))  # SQLite keeps it as it is
+    assert _nothing_in(str(tmp_path / "copy.db")) is False
+    # With an event whose JSON is broken (a NUL in it, named once), all in one error.
+    _mangle(source, "UPDATE events SET data = '{\"a\": \"' || char(0) || '\"}' WHERE position = 1")
+    with pytest.raises(StoredEventError) as caught:
+        copy_store(source, pg_dsn)
+    assert (
+        "3 stored rows are broken: position 1 (stream 'acct-1', ConfDeposited): its data is not"
+        f" valid JSON; {named}"
+    ) in str(caught.value), str(caught.value)
+    assert _nothing_in(pg_dsn)
