@@ -72,7 +72,8 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
 
     ``lock_timeout`` bounds a wait for a lock (another writer), ``statement_timeout`` any
     statement; ``synchronous="NORMAL"`` commits with ``synchronous_commit = off`` (a crash of the
-    server may lose the last commits, never corrupt). ``pool_size`` connections at most.
+    server may lose the last commits, never corrupt), ``"FULL"`` with ``on`` whatever the
+    server's default (a commit is on disk before it is acknowledged or visible). ``pool_size`` connections at most.
     """
 
     sql = POSTGRES
@@ -97,7 +98,13 @@ class PostgresRecorder(PgBookkeeping, SQLBookkeeping, Recorder):
         self._settings = (
             f"SET lock_timeout = {int(lock_timeout * 1000)};"
             f" SET statement_timeout = {int(statement_timeout * 1000)};"
-            + (" SET synchronous_commit = off;" if synchronous.upper() in ("NORMAL", "OFF") else "")
+            # Set either way: FULL's promise is not left to a default (a server, database or
+            # role at off would acknowledge commits a crash loses, visible before on disk).
+            + (
+                " SET synchronous_commit = off;"
+                if synchronous.upper() in ("NORMAL", "OFF")
+                else " SET synchronous_commit = on;"
+            )
         )
         self._lock_timeout = f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}"
         self._local = _Local()
