@@ -111,3 +111,39 @@ def test_with_no_other_writer_a_rebuilt_cell_costs_no_flush(
     for account in ["b", "a", "b"]:
         system.dispatch(CwrEnsure(account))
     assert (recorder.flushes, lock_counters(app_database)) == before
+
+
+@pytest.mark.parametrize("base", ["simple"])
+def test_another_connection_of_the_same_process_counts_as_another_writer(
+    start_app: Any, app_database: str
+) -> None:
+    """The skip of the barrier (no other connection committed since the last one, SQLite's
+    ``data_version``) holds for a second connection in the shard's own process: its unflushed
+    commit of CwrOpened(c), read by a rebuilt cell after a barrier, is flushed before the
+    answer."""
+    from backstage_actors._ids import event_id
+    from backstage_actors.store import EventStore
+
+    from .competing_writer_domain import CwrOpened
+
+    application = app()
+    application.max_live = 1  # (each command's cell is rebuilt from the store)
+    system = start_app(application)
+    system.dispatch(CwrOpen("warm-up"))
+    system.dispatch(CwrOpen("b"))
+    system.dispatch(CwrEnsure("warm-up"))  # (rebuilt: a barrier, data_version noted)
+    with EventStore(app_database, shared_flush=True) as other:
+        other.recorder.defer_flush = True  # type: ignore[attr-defined]
+        other.append(
+            "CwrAccount-c",
+            [CwrOpened("c")],
+            expected_version=0,
+            metadata={"command": "CwrOpen", "command_id": "open-c"},
+            event_ids=[event_id("open-c", 0)],
+        )
+        committed, flushed = lock_counters(app_database)
+        assert committed > flushed  # (the set-up: a commit not flushed)
+        answer = system.dispatch(CwrEnsure("c"))
+        assert answer.version == 1 and answer.events == []
+        committed, flushed = lock_counters(app_database)
+        assert flushed >= committed, f"answered on commit {committed}, flushed through {flushed}"
