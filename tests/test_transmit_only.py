@@ -84,8 +84,8 @@ def test_a_wakeup_armed_before_transmit_only_mode_in_a_handler_comes_after_it(
     # A handler arms a wakeup, then sends more than 970 messages to a stopped actor: its
     # process enters transmit-only mode inside that handler. Once the target runs again and the
     # handler returns, the wakeup (overdue by then) comes at once. Before, the transmit-only
-    # runs left the transport's deadline at theirs (half a transmit's 5 minutes): the loop
-    # that runs the handlers waited for that, not for the wakeup.
+    # runs left the transport's deadline at theirs: the loop that runs the handlers waited for
+    # that, not for the wakeup (it came 300 s late, a transmit's limit).
     log = tmp_path / "t.log"
     system = _thespian.start_actor_system("multiproc", thespian_log=str(log))
     try:

@@ -39,7 +39,7 @@ def _run_subtransport(self: Any, incoming_handler: Any, max_runtime: Any) -> Any
     # not take the wakeups that are due out of the pending ones. Then the deadline is put back:
     # this run is nested in a handler's send, and the loop that ran the handler goes on with it
     # (the next wakeup's, or its own limit); left at this run's limit, a wakeup armed before
-    # came only once that passed (half a transmit's 5 minutes), however overdue.
+    # came only once that passed (up to a transmit's 5 minutes: 300 s here), however overdue.
     outer = getattr(self, "_run_time", None)  # (none before a process's first run)
     self.run_time = max_runtime
     try:
