@@ -363,10 +363,11 @@ class Courier:
         """The router actor's address (looked up once, waiting ``patience`` seconds at most;
         ``refresh`` looks again). For tools that talk to the actors themselves; dispatching
         needs none of it."""
-        if self._router is None or refresh:
+        router = self._router  # (read once: another thread may forget it meanwhile)
+        if router is None or refresh:
             with self.endpoint() as endpoint:
-                self._router = self._locate_router(endpoint, patience)
-        return self._router
+                router = self._router = self._locate_router(endpoint, patience)
+        return router
 
     def _locate_router(self, endpoint: Any, patience: float) -> Any:
         """The router, as the root tells. A root that does not answer within
