@@ -30,7 +30,7 @@ from ._export import BrokenRows, broken_events
 from .errors import BackstageError, StorageError
 from .store import EventStore, redact, store_kind
 from .store._appending import UnreadableRow
-from .store.recorder import TABLES, _valid_json
+from .store.recorder import KEYS, TABLES, _valid_json
 
 __all__ = ["copy_store", "register"]
 
@@ -78,16 +78,6 @@ _JSON = {
 }
 # An event's JSON holding a NUL is not JSON (the character must be escaped): named before, once.
 _NAMED_BEFORE = {"events": ("data", "metadata")}
-_KEYS = {
-    "events": ("position", "stream_id"),
-    "streams": ("stream_id",),
-    "snapshots": ("stream_id", "version"),
-    "snapshot_history": ("stream_id", "version"),
-    "checkpoints": ("name",),
-    "dead_letters": ("id", "subscriber", "position"),
-    "process_managers": ("name", "process_id"),
-    "rejections": ("id", "command_id", "stream_id"),
-}
 
 
 def _check(table: str, rows: list[tuple[Any, ...]], postgres: bool, into: BrokenRows) -> None:
@@ -96,7 +86,7 @@ def _check(table: str, rows: list[tuple[Any, ...]], postgres: bool, into: Broken
     NUL character."""
     columns = TABLES[table]
     json_at = [(columns.index(name), name) for name in _JSON.get(table, ())]
-    keys = [(columns.index(name), name) for name in _KEYS[table]]
+    keys = [(columns.index(name), name) for name in KEYS[table]]
     unchecked = _NAMED_BEFORE.get(table, ())
     for row in rows:
         bad = [row.what] if type(row) is UnreadableRow else []

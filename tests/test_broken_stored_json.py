@@ -309,9 +309,9 @@ def test_a_copy_into_postgres_names_an_event_holding_a_nul(tmp_path: Path, pg_ds
     with pytest.raises(StoredEventError) as caught:
         copy_store(source, pg_dsn)
     named = (
-        "events (position 2, stream_id 'acct-1'): its type holds a NUL character (PostgreSQL's"
-        " text cannot); events (position 3, stream_id 'acct\\x003'): its stream_id holds a NUL"
-        " character (PostgreSQL's text cannot)"
+        "events (position 2, stream_id 'acct-1', version 2): its type holds a NUL character"
+        " (PostgreSQL's text cannot); events (position 3, stream_id 'acct\\x003', version 3):"
+        " its stream_id holds a NUL character (PostgreSQL's text cannot)"
     )
     assert f"2 stored rows are broken: {named}" in str(caught.value), str(caught.value)
     assert _nothing_in(pg_dsn)

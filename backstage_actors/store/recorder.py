@@ -74,6 +74,19 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: The columns that name a row of each table in an error (a broken row named by ``copy``, a
+#: row read back as bytes by the SQLite store).
+KEYS: dict[str, tuple[str, ...]] = {
+    "events": ("position", "stream_id", "version"),
+    "streams": ("stream_id",),
+    "snapshots": ("stream_id", "version"),
+    "snapshot_history": ("stream_id", "version"),
+    "checkpoints": ("name",),
+    "dead_letters": ("id", "subscriber", "position"),
+    "process_managers": ("name", "process_id"),
+    "rejections": ("id", "command_id", "stream_id"),
+}
+
 
 class Recorder(abc.ABC):
     """A storage engine for one store. ``location`` names it in messages (never a password)."""

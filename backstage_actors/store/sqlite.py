@@ -30,7 +30,7 @@ from ._appending import Row, UnreadablePage, UnreadableRow
 from ._durability import Turns, WalSync
 from ._sql_bookkeeping import SQLITE, SQLBookkeeping
 from ._sqlite_schema import ensure_history_schema, open_database
-from .recorder import TABLES, Recorder
+from .recorder import KEYS, TABLES, Recorder
 from .records import AppendRequest, RecordedEvent
 
 __all__ = ["SQLiteRecorder"]
@@ -81,17 +81,6 @@ _EVERY_COMMIT = 2**63 - 1
 # bytes (:func:`_checked`), to name each such row and column: a healthy read costs nothing more.
 _NOT_UTF8 = "Could not decode to UTF-8"
 _FROM = re.compile(r"\bFROM (\w+)")
-# The columns that name a row of each table in an error (those the query returned).
-_KEYS = {
-    "events": ("position", "stream_id", "version"),
-    "streams": ("stream_id",),
-    "snapshots": ("stream_id", "version"),
-    "snapshot_history": ("stream_id", "version"),
-    "checkpoints": ("name",),
-    "dead_letters": ("id", "subscriber", "position"),
-    "process_managers": ("name", "process_id"),
-    "rejections": ("id", "command_id", "stream_id"),
-}
 _NAMED = 10  # unreadable rows named in the error of one page; the others are counted
 
 
@@ -741,7 +730,7 @@ def _key(
     """What names a row in an error: ``known`` keys and those of the table the row holds (or,
     with none, the query's parameters)."""
     held = {**known, **{name: value for name, value in zip(names, values, strict=True)}}
-    keys = [(name, held[name]) for name in _KEYS.get(table, ()) if name in held]
+    keys = [(name, held[name]) for name in KEYS.get(table, ()) if name in held]
     if not keys:
         return ", ".join(f"{_shown(value)}" for value in params) or "?"
     return ", ".join(f"{name} {_shown(value)}" for name, value in keys)
