@@ -21,11 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import BackstageError
+from .errors import BackstageError, StorageError
 
 __all__ = [
     "SECRET_BYTES",
     "RefusalLog",
+    "create_database_files",
     "create_if_missing",
     "create_private",
     "home",
@@ -141,6 +142,46 @@ def create_if_missing(path: str | os.PathLike[str]) -> None:
     database may be one); errors are left to whoever opens it next."""
     with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+SQLITE_COMPANIONS = ("-wal", "-shm")  # what SQLite opens beside a database in WAL mode
+
+
+def create_database_files(path: str) -> None:
+    """Before SQLite opens the database ``path``: create it 0600 if it is missing and, in a
+    directory that others can write to (``/tmp``, a shared project directory), make sure it and
+    its ``-wal`` and ``-shm`` are this user's, creating those two first (empty, 0600).
+
+    SQLite creates them with ``O_CREAT`` alone: a ``-wal`` that another user planted there (and
+    keeps open) received every event written, as did a planted database; a planted ``-shm`` is
+    the index SQLite trusts to read the ``-wal``. Ours, in a sticky directory, nobody else can
+    replace them. :class:`StorageError` naming every file that is not this user's."""
+    create_if_missing(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        shared = os.stat(directory).st_mode & 0o022
+    except OSError:
+        return  # (SQLite says what is wrong with the path)
+    if not shared:
+        return  # (nobody else can put anything there)
+    foreign = []
+    for name in (path, *(path + suffix for suffix in SQLITE_COMPANIONS)):
+        if name != path:
+            create_if_missing(name)
+        try:
+            info = os.lstat(name)
+        except OSError:
+            continue
+        link = stat.S_ISLNK(info.st_mode) and name == path  # (a database may be a link)
+        if info.st_uid != os.geteuid() or not (stat.S_ISREG(info.st_mode) or link):
+            foreign.append(f"{name} ({stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+    if foreign:
+        raise StorageError(
+            f"refusing the database {path}: others can write to {directory}, and "
+            f"{', '.join(foreign)} is not a plain file of this user's (planted there, it "
+            "would receive the events written): "
+            "remove it, or keep the database in a directory of your own"
+        )
 
 
 class RefusalLog:

@@ -160,7 +160,7 @@ def open_database(
         raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
     if path != ":memory:" and not path.startswith("file:"):
         # 0600 whatever the umask: SQLite gives the -wal and -shm files the database's mode.
-        _security.create_if_missing(path)
+        _security.create_database_files(path)  # (and refuses others' in a shared directory)
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
