@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -126,8 +127,26 @@ def _parse(text: str, where: str) -> bytes:
 
 
 def open_private(path: str | os.PathLike[str], flags: int = os.O_WRONLY | os.O_APPEND) -> int:
-    """Open ``path`` (created 0600 if missing) without following a symbolic link; a descriptor."""
-    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """Open ``path`` (created 0600 if missing) without following a symbolic link; a descriptor.
+
+    A file already there that another user owns is refused (``PermissionError``): planted in a
+    shared directory (``--log-file /tmp/app.log``, an export), it would receive what is written,
+    and its owner keeps reading it. Root's files are accepted (``/dev/null``). The open does
+    not wait for a reader of a FIFO (one planted there would hang the caller)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner not in (os.geteuid(), 0):
+            raise PermissionError(
+                errno.EPERM,
+                f"{os.fspath(path)} belongs to another user (uid {owner}): remove it, or write "
+                "somewhere else",
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def create_private(path: str | os.PathLike[str]) -> None:
