@@ -133,7 +133,12 @@ def open_private(path: str | os.PathLike[str], flags: int = os.O_WRONLY | os.O_A
     shared directory (``--log-file /tmp/app.log``, an export), it would receive what is written,
     and its owner keeps reading it. Root's files are accepted (``/dev/null``). The open does
     not wait for a reader of a FIFO (one planted there would hang the caller)."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, f"{os.fspath(path)} is a FIFO that nothing reads") from None
+        raise
     try:
         owner = os.fstat(fd).st_uid
         if owner not in (os.geteuid(), 0):

@@ -6,6 +6,7 @@ file. The attacker runs as ``nobody``; we run as root."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import attrs
@@ -17,7 +18,7 @@ from backstage_actors.store import EventStore
 
 from .test_cli import Backstage, shut_down
 from .test_database_file_planting import keep_open_as_nobody, spy_read_the_secret
-from .test_security import as_nobody, shared_tmp  # noqa: F401
+from .test_security import as_nobody, nobody, shared_tmp  # noqa: F401
 
 pytestmark = pytest.mark.process
 
@@ -69,3 +70,35 @@ def test_a_daemon_refuses_a_log_or_pid_file_another_user_planted(
         shut_down(backstage)
         spy_read_the_secret(spy)
     assert os.stat(planted).st_size == 0, "the daemon wrote into another user's file"
+
+
+@as_nobody
+def test_an_export_to_a_fifo_another_user_planted_neither_hangs_nor_writes(
+    shared_tmp: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    target = shared_tmp / "events.jsonl"
+    planted = nobody("import os, sys; os.mkfifo(sys.argv[1], 0o666)", target)
+    assert planted.returncode == 0, planted.stderr
+    outcome: list[BaseException | None] = []
+
+    def export() -> None:
+        with EventStore(str(tmp_path / "app.db")) as store:
+            store.append("planted-export-2", [PlantedExportSecretNoted(SECRET)])
+            try:
+                export_events(store, str(target))
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+    exporting = threading.Thread(target=export)
+    exporting.start()
+    exporting.join(10)
+    if exporting.is_alive():  # waiting for a reader of the FIFO: be that reader, and fail
+        with open(target, "rb") as reader:
+            reader.read()
+        exporting.join()
+        pytest.fail("the export waited for a reader of another user's FIFO")
+    [error] = outcome
+    assert isinstance(error, BackstageError), error
+    assert f"{target} is a FIFO that nothing reads" in str(error)
