@@ -177,6 +177,13 @@ def start(
             "$BACKSTAGE_HOME) but not encrypted: keep the port on a private network",
             err=True,
         )
+    if database and redact(database) != database:  # (its processes keep this command line)
+        click.echo(
+            "warning: the password in --db stays in the command line of every process of the "
+            "daemon, which any user of this host can read (ps): put it in ~/.pgpass or "
+            "PGPASSWORD instead",
+            err=True,
+        )
     try:
         application = _daemon.load_app(app)
     except BackstageError as exc:
