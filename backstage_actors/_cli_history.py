@@ -232,6 +232,15 @@ def _skip(error: StoredEventError) -> None:
     click.echo(f"warning: skipped the event at position {error.position}: {error}", err=True)
 
 
+def _skip_row(error: StoredEventError) -> None:
+    """One warning line for a row of a trace that cannot be read (an event, or the request's
+    refusals, which are then all left out)."""
+    if error.position is None:
+        click.echo(f"warning: skipped the request's refusals: {error}", err=True)
+    else:
+        _skip(error)
+
+
 def _readable(store: EventStore, rows: list[tuple[Any, ...]]) -> Any:
     """The rows as events; an unreadable one is skipped with a warning line naming it."""
     for row in rows:
@@ -370,7 +379,7 @@ def trace(ident: str, database: str | None, as_json: bool, port: int) -> None:
     id), indented by causation, refused and failed commands included."""
     store = _store(port, database)
     try:
-        tree = _guard(lambda: history.trace(store, ident))
+        tree = _guard(lambda: history.trace(store, ident, _skip_row))
     finally:
         store.close()
     if as_json:

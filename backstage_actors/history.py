@@ -19,15 +19,16 @@ events (the events from the first version when no snapshot is kept at or before 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from . import _serialization as ser
 from ._ids import event_id as first_event_id_of
 from .aggregate import Aggregate
-from .errors import BackstageError
+from .errors import BackstageError, StoredEventError
 from .store import EventStore
+from .store._appending import UnreadableRow
 from .store._codec import decode_event
 from .store.records import EventQuery, Rejection
 
@@ -282,9 +283,17 @@ def event_record(row: Row) -> dict[str, Any]:
 # -- the causal trace of a request ----------------------------------------------------------------
 
 
-def trace(store: EventStore, ident: str) -> dict[str, Any]:
+def trace(
+    store: EventStore,
+    ident: str,
+    on_unreadable: Callable[[StoredEventError], None] | None = None,
+) -> dict[str, Any]:
     """The tree of commands and events one request caused, found from a command id, a
     correlation id or an event id: ``{"correlation_id", "roots": [command nodes], ...}``.
+
+    A row that cannot be read (text that is not UTF-8, in a SQLite store) raises
+    :class:`StoredEventError` naming it, or with ``on_unreadable`` is passed to it and left out
+    of the tree (an event row alone; the request's refusals all, when one of them is unreadable).
 
     A command node: ``kind="command"``, ``command_id``, ``command`` (type name), ``stream_id``,
     ``outcome`` (``ok``, ``rejected`` or ``failed``), ``error``, ``refusals`` (every refused
@@ -292,7 +301,9 @@ def trace(store: EventStore, ident: str) -> dict[str, Any]:
     ``stream_id``, ``version``, ``position``, ``type``, ``recorded_at``, ``children`` (the
     commands it caused, through process managers).
     """
-    correlation = _correlation_of(store, ident)
+    if on_unreadable is not None:
+        on_unreadable = _once(on_unreadable)
+    correlation = _correlation_of(store, ident, on_unreadable)
     query = EventQuery(metadata=(("correlation_id", correlation),))
     rows = list(query_rows(store, query))
     # The event a request began with when no command did (appended without a correlation id,
@@ -300,7 +311,8 @@ def trace(store: EventStore, ident: str) -> dict[str, Any]:
     origin = store.recorder.event_by_id(correlation)
     if origin is not None and all(row[1] != origin[1] for row in rows):
         rows = sorted([origin, *rows], key=lambda row: int(row[0]))
-    refused = store.recorder.rejections("correlation_id", correlation)
+    rows = list(_readable(rows, on_unreadable))
+    refused = _rejections(store, "correlation_id", correlation, on_unreadable)
     commands: dict[str, dict[str, Any]] = {}
     events: dict[str, dict[str, Any]] = {}
     loose: list[dict[str, Any]] = []
@@ -352,8 +364,51 @@ def _loads(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _correlation_of(store: EventStore, ident: str) -> str:
-    row = store.recorder.event_by_id(ident)
+def _once(report: Callable[[StoredEventError], None]) -> Callable[[StoredEventError], None]:
+    """``report``, called once for each error (a row read twice is named once)."""
+    seen: set[str] = set()
+
+    def once(error: StoredEventError) -> None:
+        if str(error) not in seen:
+            seen.add(str(error))
+            report(error)
+
+    return once
+
+
+def _readable(rows: list[Row], on_unreadable: Callable[[StoredEventError], None] | None) -> Any:
+    """The rows but those holding text that is not UTF-8 (escaped, never to be shown as if read):
+    each of those raises its error, or goes to ``on_unreadable``."""
+    for row in rows:
+        if type(row) is UnreadableRow:
+            if on_unreadable is None:
+                raise row.error
+            on_unreadable(row.error)
+            continue
+        yield row
+
+
+def _rejections(
+    store: EventStore,
+    field: str,
+    value: str,
+    on_unreadable: Callable[[StoredEventError], None] | None,
+) -> list[Rejection]:
+    """The rejections whose ``field`` is ``value``; when one cannot be read, its error is raised,
+    or goes to ``on_unreadable`` and none is returned."""
+    try:
+        return store.recorder.rejections(field, value)
+    except StoredEventError as error:
+        if on_unreadable is None:
+            raise
+        on_unreadable(error)
+        return []
+
+
+def _correlation_of(
+    store: EventStore, ident: str, on_unreadable: Callable[[StoredEventError], None] | None
+) -> str:
+    row = store.recorder.event_by_id(ident)  # (unreadable, it is named where the tree is made)
     if row is not None:
         return str(_loads(row[8]).get("correlation_id") or ident)
     try:
@@ -362,11 +417,13 @@ def _correlation_of(store: EventStore, ident: str) -> str:
         first = None
     if first is not None and _loads(first[8]).get("command_id") == ident:
         return str(_loads(first[8]).get("correlation_id") or ident)
-    refused = store.recorder.rejections("command_id", ident)
+    refused = _rejections(store, "command_id", ident, on_unreadable)
     if refused:
         return refused[0].correlation_id
     query = EventQuery(metadata=(("correlation_id", ident),))
-    if store.recorder.query_page(0, 1, query) or store.recorder.rejections("correlation_id", ident):
+    if store.recorder.query_page(0, 1, query) or _rejections(
+        store, "correlation_id", ident, on_unreadable
+    ):
         return ident
     raise HistoryError(f"no event, command or request has the id {ident!r}")
 
