@@ -15,6 +15,11 @@ Keys are read with the terminal in cbreak mode (no echo, no line buffering, Ctrl
 works): ``q`` quits. No mouse, nothing but ANSI sequences: it works over ssh. When stdout is not
 a terminal it prints one plain snapshot (two samples a second apart, for the rates). If the
 daemon goes away the view says so and keeps trying to reach it again.
+
+A part of the tree that does not answer (a process stopped by a signal, wedged) makes a sample
+wait out the tree's timeout (5 s): the samples are taken by a thread of their own, so that the
+view keeps being drawn (saying how long it has been asking) and ``q`` quits at once meanwhile;
+the header then says ``degraded`` and names each part that does not answer, as ``status`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import select
 import sys
 import termios
+import threading
 import time
 import tty
 from collections.abc import Iterator
@@ -68,6 +74,14 @@ class Sample:
         self.nodes = list(supervisors.walk(tree))
         self.router = next((n for n in self.nodes if n.get("kind") == "router"), {})
         self.store = next((n for n in self.nodes if n.get("kind") == "store"), {})
+        # (as `status` finds them: a process that does not answer is "unresponsive" in the tree)
+        self.silent = [n for n in self.nodes if n.get("status") == "unresponsive"]
+
+    @property
+    def status(self) -> str:
+        """The root's status, or ``degraded`` while it runs and a part does not answer."""
+        status = str(self.tree.get("status"))
+        return "degraded" if self.silent and status == "running" else status
 
     def per_aggregate(self) -> dict[str, telemetry.CommandMeter]:
         """Commands of every type merged per aggregate type (one row each in the view)."""
@@ -119,9 +133,13 @@ class TopView:
 
     # -- rendering --------------------------------------------------------------------------
 
-    def render(self, now: float | None = None) -> RenderableType:
+    def render(self, now: float | None = None, asking_since: float | None = None) -> RenderableType:
+        """The view; ``asking_since``: when the sample still awaited was asked for."""
         now = time.monotonic() if now is None else now
         if self.down_since is not None or self.current is None:
+            if self.current is None and self.down_since is None:  # (the first sample)
+                waited = now - (asking_since or now)
+                return Text(f"asking the daemon on port {self.port} ({waited:.0f}s) - q quits")
             waited = now - (self.down_since or now)
             return Panel(
                 Text.assemble(
@@ -133,6 +151,7 @@ class TopView:
         sample = self.current
         return Group(
             self._header(sample),
+            *self._silent(sample, now, asking_since),
             self._tree(sample, now),
             self._commands(sample),
             self._subscribers(sample),
@@ -143,10 +162,11 @@ class TopView:
         restarts = int(router.get("aggregate_restarts", 0)) + sum(
             int(n.get("restarts", 0)) for n in sample.nodes if n.get("kind") != "aggregate"
         )
+        status = sample.status
         return Text.assemble(
             (f"{root['name']}", "bold"),
             " ",
-            (str(root.get("status")), STATUS_STYLES.get(str(root.get("status")), "")),
+            (status, "bold red" if status == "degraded" else STATUS_STYLES.get(status, "")),
             f"  port {self.port}  position {store.get('last_position', '?')}",
             "  aggregates: ",
             (f"{router.get('live', 0)} live", "bold"),
@@ -154,6 +174,24 @@ class TopView:
             f"  restarts {restarts}",
             "   q quits",
         )
+
+    def _silent(
+        self, sample: Sample, now: float, asking_since: float | None
+    ) -> list[RenderableType]:
+        """A line per part that does not answer, and how long the sample under way has waited
+        (when more than a refresh: a part that does not answer makes it wait the tree's 5 s)."""
+        lines: list[RenderableType] = [
+            Text(
+                f"not answering: {n['name']} [{n.get('kind', '?')}]"
+                + (f" pid {n['pid']}" if n.get("pid") else "")
+                + (" (its subscribers are not shown)" if n.get("kind") == "events" else ""),
+                "bold red",
+            )
+            for n in sample.silent
+        ]
+        if asking_since is not None and now - asking_since >= 1.0:
+            lines.append(Text(f"asking the tree again ({now - asking_since:.0f}s)", "dim"))
+        return lines
 
     def _label(self, node: dict[str, Any], path: str, now: float) -> Text:
         status = str(node.get("status", "?"))
@@ -236,6 +274,11 @@ class TopView:
         return {
             "port": self.port,
             "up": True,
+            "status": sample.status,
+            "not_answering": [
+                {"name": n["name"], "kind": n.get("kind"), "pid": n.get("pid")}
+                for n in sample.silent
+            ],
             "tree": sample.tree,
             "commands": self.command_rows(sample),
         }
@@ -282,7 +325,11 @@ class TopView:
                 Text(str(parked), "red" if parked else ""),
             )
         if not table.row_count:
-            table.add_row("(no subscribers)", *[""] * 6)
+            bus_silent = any(n.get("kind") == "events" for n in sample.silent)
+            table.add_row(
+                "(the event bus does not answer)" if bus_silent else "(no subscribers)",
+                *[""] * 6,
+            )
         return table
 
 
@@ -294,23 +341,55 @@ class _Daemon:
         self.host = host
         self.system: Any = None
 
-    def sample(self, view: TopView) -> bool:
-        """Ask the daemon for its tree; on failure note it (and attach afresh next time)."""
+    def fetch(self) -> dict[str, Any] | str:
+        """The daemon's tree, or what went wrong (and it is attached afresh next time)."""
         try:
             if self.system is None:
                 _, self.system = _daemon.attach(self.port, host=self.host)
-            view.update(self.system.tree(timeout=5.0))
-            return True
+            tree: dict[str, Any] = self.system.tree(timeout=5.0)
+            return tree
         except BackstageError as exc:
             self.release()
-            view.down(str(exc))
-            return False
+            return str(exc)
+
+    def sample(self, view: TopView) -> bool:
+        """Ask the daemon for its tree; on failure note it."""
+        return _note(view, self.fetch())
 
     def release(self) -> None:
         if self.system is not None:
             with contextlib.suppress(Exception):
                 self.system.stop()  # (an attached handle only lets go)
             self.system = None
+
+
+def _note(view: TopView, fetched: dict[str, Any] | str, now: float | None = None) -> bool:
+    if isinstance(fetched, str):
+        view.down(fetched, now)
+        return False
+    view.update(fetched, now)
+    return True
+
+
+class _Asking(threading.Thread):
+    """One sample taken by a thread of its own (the view's thread keeps drawing and reading
+    keys while a part that does not answer holds it for the tree's timeout)."""
+
+    def __init__(self, daemon: _Daemon) -> None:
+        super().__init__(name="backstage-top-sample", daemon=True)
+        self.source = daemon
+        self.since = time.monotonic()
+        self.fetched: dict[str, Any] | str = ""
+        self.taken = self.since
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fetched = self.source.fetch()
+        except Exception as exc:  # (a thread's traceback would be drawn over the view)
+            self.source.release()
+            self.fetched = f"{type(exc).__name__}: {exc}"
+        self.taken = time.monotonic()
 
 
 @contextlib.contextmanager
@@ -355,11 +434,28 @@ def run(port: int, interval: float = 1.0, as_json: bool = False, host: str = _da
             return
         fd = sys.stdin.fileno()
         live = Live(console=Console(highlight=False), screen=True, auto_refresh=False)
-        with _keys(fd), live, contextlib.suppress(KeyboardInterrupt):
-            while True:
-                daemon.sample(view)
-                live.update(view.render(), refresh=True)
-                if _quit_pressed(fd, interval):
-                    return
+        asking: _Asking | None = None
+        try:
+            with _keys(fd), live, contextlib.suppress(KeyboardInterrupt):
+                asking = _Asking(daemon)
+                next_sample, drawn = time.monotonic() + interval, None
+                while True:
+                    now = time.monotonic()
+                    if asking is not None and not asking.is_alive():
+                        _note(view, asking.fetched, asking.taken)
+                        asking, drawn = None, None  # (a new sample: drawn at once)
+                    if asking is None and now >= next_sample:
+                        asking, next_sample = _Asking(daemon), now + interval
+                    if drawn is None or now - drawn >= interval:
+                        since = asking.since if asking is not None else None
+                        live.update(view.render(now, since), refresh=True)
+                        drawn = now
+                    if _quit_pressed(fd, 0.1):
+                        return
+        finally:
+            if asking is not None and asking.is_alive():
+                # Its thread holds the handle, waiting on the tree: the handle is let go
+                # with this process (an attached handle only lets go).
+                daemon.system = None
     finally:
         daemon.release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from supervisors import walk
 
 from .conftest import wait_until
-from .test_cli import BACKSTAGE, ROOT, Backstage, one_error_line, shut_down
+from .test_cli import BACKSTAGE, ROOT, Backstage, frozen, one_error_line, shut_down
 
 pytestmark = pytest.mark.process
 
@@ -162,3 +164,37 @@ def test_top_without_a_daemon_is_one_error_line(tmp_path: Path) -> None:
     result = Backstage(tmp_path).run("top")
     assert result.returncode == 3
     assert "no backstage daemon runs on port" in one_error_line(result)
+
+
+def test_top_names_a_part_that_does_not_answer_keeps_drawing_and_quits_at_once(
+    tmp_path: Path,
+) -> None:
+    # Before, with the event bus stopped (SIGSTOP) top said "running" and "(no subscribers)",
+    # drew once every 6 s (each sample waited out the tree's 5 s), and `q` pressed meanwhile
+    # took 2.5 to 4 s to quit.
+    with daemon(tmp_path) as backstage:
+        bus = next(n["pid"] for n in walk(backstage.json("tree")) if n["kind"] == "events")
+        with frozen(bus):
+            terminal = Terminal(backstage)
+            try:
+                wait_until(lambda: terminal.shows(r"backstage:bank degraded"), 30)
+                assert terminal.shows(
+                    rf"not answering: events \[events\] pid {bus} \(its subscribers are not shown\)"
+                )
+                assert terminal.shows(r"\(the event bus does not answer\)")
+                # The next sample waits on the bus: the view is drawn meanwhile, and q quits.
+                mark = terminal.mark()
+                wait_until(lambda: terminal.shows(r"asking the tree again \([1-4]s\)", mark), 20)
+                began = time.monotonic()
+                terminal.press(b"q")
+                assert terminal.process.wait(10) == 0
+                assert time.monotonic() - began < 1.5
+            finally:
+                terminal.close()
+
+            snapshot = backstage.run("top", "--json")
+        assert snapshot.returncode == 0, snapshot.stderr
+        report = json.loads(snapshot.stdout)
+        assert report["status"] == "degraded"
+        assert report["not_answering"] == [{"name": "events", "kind": "events", "pid": bus}]
+        assert json.loads(backstage.run("top", "--json").stdout)["status"] == "running"
