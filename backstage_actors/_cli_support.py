@@ -420,7 +420,8 @@ def not_answering(report: dict[str, Any]) -> str:
 def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """``status``'s lines for one system's report: the store's (first and last) and the
     system's own (between; a cluster shows them once per member)."""
-    aggregates = report["aggregates"]
+    # (None, "?" here, while the router does not answer)
+    aggregates = {k: "?" if v is None else v for k, v in report["aggregates"].items()}
     head = [f"{report['application']}: {report['status']}, {report['last_position']} events stored"]
     body = [
         f"not answering: {n['name']} [{n['kind']}]"

@@ -169,8 +169,9 @@ class TopView:
             (status, "bold red" if status == "degraded" else STATUS_STYLES.get(status, "")),
             f"  port {self.port}  position {store.get('last_position', '?')}",
             "  aggregates: ",
-            (f"{router.get('live', 0)} live", "bold"),
-            f" (cap {router.get('max_live', '?')}), {router.get('passivated', 0)} passivated",
+            # ("?" while the router does not answer: not 0)
+            (f"{router.get('live', '?')} live", "bold"),
+            f" (cap {router.get('max_live', '?')}), {router.get('passivated', '?')} passivated",
             f"  restarts {restarts}",
             "   q quits",
         )
