@@ -188,7 +188,7 @@ def test_top_names_a_part_that_does_not_answer_keeps_drawing_and_quits_at_once(
                 began = time.monotonic()
                 terminal.press(b"q")
                 assert terminal.process.wait(10) == 0
-                assert time.monotonic() - began < 1.5
+                assert time.monotonic() - began < 2.0  # (it took 2.5 to 4 s)
             finally:
                 terminal.close()
 
