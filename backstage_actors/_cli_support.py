@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -381,16 +381,10 @@ def collect_status(system: Any, node: dict[str, Any] | None = None) -> dict[str,
     subscribers = [
         n for n in nodes if n.get("kind") in ("handler", "projection", "process_manager")
     ]
-    # A process that does not answer (stopped by a signal, wedged) shows in the tree as
-    # "unresponsive", without what is under it: the system is degraded, and says where.
-    silent = [
-        {"name": n["name"], "kind": n.get("kind"), "pid": n.get("pid")}
-        for n in nodes
-        if n.get("status") == "unresponsive"
-    ]
+    silent = silent_parts(nodes)
     return {
         "application": node["name"],
-        "status": "degraded" if silent and node["status"] == "running" else node["status"],
+        "status": overall_status(node["status"], silent),
         "not_answering": silent,
         "last_position": system.store.last_position(),
         "aggregates": {k: router.get(k) for k in ("live", "max_live", "passivated")},
@@ -406,15 +400,33 @@ def collect_status(system: Any, node: dict[str, Any] | None = None) -> dict[str,
     }
 
 
+def silent_parts(nodes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The parts of a tree that do not answer: a process stopped by a signal or wedged shows as
+    "unresponsive", without what is under it (``status``'s ``not_answering``, ``top``'s)."""
+    return [
+        {"name": n["name"], "kind": n.get("kind"), "pid": n.get("pid")}
+        for n in nodes
+        if n.get("status") == "unresponsive"
+    ]
+
+
+def overall_status(root_status: str, silent: list[dict[str, Any]]) -> str:
+    """The root's status, or ``degraded`` while it runs and a part does not answer."""
+    return "degraded" if silent and root_status == "running" else root_status
+
+
+def silent_part(part: dict[str, Any], why: bool = False) -> str:
+    """One part that does not answer, as the CLI names it (``why``: and what is not shown)."""
+    return (
+        f"{part['name']} [{part.get('kind') or '?'}]"
+        + (f" pid {part['pid']}" if part.get("pid") else "")
+        + (" (its subscribers are not shown)" if why and part.get("kind") == "events" else "")
+    )
+
+
 def not_answering(report: dict[str, Any]) -> str:
     """The parts of ``status``'s report that do not answer, on one line."""
-    return (
-        "; ".join(
-            f"{n['name']} [{n['kind']}]" + (f" pid {n['pid']}" if n.get("pid") else "")
-            for n in report.get("not_answering", ())
-        )
-        + " not answering"
-    )
+    return "; ".join(map(silent_part, report.get("not_answering", ()))) + " not answering"
 
 
 def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
@@ -423,12 +435,7 @@ def status_lines(report: dict[str, Any]) -> tuple[list[str], list[str], list[str
     # (None, "?" here, while the router does not answer)
     aggregates = {k: "?" if v is None else v for k, v in report["aggregates"].items()}
     head = [f"{report['application']}: {report['status']}, {report['last_position']} events stored"]
-    body = [
-        f"not answering: {n['name']} [{n['kind']}]"
-        + (f" pid {n['pid']}" if n.get("pid") else "")
-        + (" (its subscribers are not shown)" if n["kind"] == "events" else "")
-        for n in report.get("not_answering", ())
-    ]
+    body = [f"not answering: {silent_part(n, why=True)}" for n in report.get("not_answering", ())]
     body.append(
         f"aggregates: {aggregates['live']} live (cap {aggregates['max_live']}), "
         f"{aggregates['passivated']} passivated; restarts in the tree: {report['restarts']}"

@@ -46,6 +46,7 @@ from rich.tree import Tree
 import supervisors
 
 from . import _daemon, telemetry
+from ._cli_support import overall_status, silent_part, silent_parts
 from .errors import BackstageError, SystemNotRunning
 
 __all__ = ["HIGHLIGHT_FOR", "Sample", "TopView", "run"]
@@ -74,14 +75,11 @@ class Sample:
         self.nodes = list(supervisors.walk(tree))
         self.router = next((n for n in self.nodes if n.get("kind") == "router"), {})
         self.store = next((n for n in self.nodes if n.get("kind") == "store"), {})
-        # (as `status` finds them: a process that does not answer is "unresponsive" in the tree)
-        self.silent = [n for n in self.nodes if n.get("status") == "unresponsive"]
+        self.silent = silent_parts(self.nodes)  # (as `status` finds them)
 
     @property
     def status(self) -> str:
-        """The root's status, or ``degraded`` while it runs and a part does not answer."""
-        status = str(self.tree.get("status"))
-        return "degraded" if self.silent and status == "running" else status
+        return overall_status(str(self.tree.get("status")), self.silent)
 
     def per_aggregate(self) -> dict[str, telemetry.CommandMeter]:
         """Commands of every type merged per aggregate type (one row each in the view)."""
@@ -182,13 +180,7 @@ class TopView:
         """A line per part that does not answer, and how long the sample under way has waited
         (when more than a refresh: a part that does not answer makes it wait the tree's 5 s)."""
         lines: list[RenderableType] = [
-            Text(
-                f"not answering: {n['name']} [{n.get('kind', '?')}]"
-                + (f" pid {n['pid']}" if n.get("pid") else "")
-                + (" (its subscribers are not shown)" if n.get("kind") == "events" else ""),
-                "bold red",
-            )
-            for n in sample.silent
+            Text(f"not answering: {silent_part(n, why=True)}", "bold red") for n in sample.silent
         ]
         if asking_since is not None and now - asking_since >= 1.0:
             lines.append(Text(f"asking the tree again ({now - asking_since:.0f}s)", "dim"))
@@ -276,10 +268,7 @@ class TopView:
             "port": self.port,
             "up": True,
             "status": sample.status,
-            "not_answering": [
-                {"name": n["name"], "kind": n.get("kind"), "pid": n.get("pid")}
-                for n in sample.silent
-            ],
+            "not_answering": sample.silent,
             "tree": sample.tree,
             "commands": self.command_rows(sample),
         }
