@@ -68,8 +68,8 @@ def copy_store(source: str, destination: str, progress: Progress | None = None) 
             return copied
 
 
-# The columns holding JSON text, by table (events: checked by the database, see broken_events),
-# and the columns that name a row in an error (every table's rows are checked for a NUL).
+# The columns holding JSON text, by table (events: checked by the database, see broken_events;
+# every table's rows are checked for a NUL into PostgreSQL; store.recorder.KEYS names a row).
 _JSON = {
     "snapshots": ("data",),
     "snapshot_history": ("data",),
